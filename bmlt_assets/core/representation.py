@@ -1,0 +1,90 @@
+"""Book -> tensor: resample snapshots to a fixed grid and turn each book into L levels.
+
+Every level is (bid price, bid quantity, ask price, ask quantity). Prices are signed distances
+from the same snapshot's mid in basis points (bids negative, asks positive), quantities are
+``log1p(qty)``. Three representations (DESIGN.md decision 1):
+
+* ``full``: the top ``raw_levels`` levels as they are;
+* ``aggregated``: ``bucket_count`` price-distance buckets, log-spaced from ``bucket_min_bps`` to
+  ``bucket_max_bps`` (the first bucket starts at the mid); a bucket holds the summed quantity and
+  the quantity-weighted mean distance of the levels inside it (its centre when empty);
+* ``hybrid``: the top ``raw_levels`` raw, then buckets over the deeper levels only.
+
+Prices stay monotone across levels (an empty bucket never sits inside a shallower one).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bmlt_resources.settings import RepresentationConfig
+
+CHANNELS = ("bid_distance_bps", "bid_log1p_qty", "ask_distance_bps", "ask_log1p_qty")
+
+
+def align_to_grid(receive_ns: np.ndarray, grid_ns: np.ndarray, staleness_ns: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each grid time, the last snapshot received at or before it, and whether it is fresh.
+
+    Only data received at or before a grid time is used for it: this is where causality is
+    enforced for the whole pipeline. ``receive_ns`` must be sorted.
+    """
+    row = np.searchsorted(receive_ns, grid_ns, side="right") - 1
+    fresh = row >= 0
+    fresh[fresh] = (grid_ns[fresh] - receive_ns[row[fresh]]) < staleness_ns
+    return row, fresh
+
+
+def bucket_edges_bps(config: RepresentationConfig) -> np.ndarray:
+    inner = np.geomspace(config.bucket_min_bps, config.bucket_max_bps, config.bucket_count)
+    return np.concatenate([[0.0], inner])
+
+
+def _buckets(distance: np.ndarray, qty: np.ndarray, edges: np.ndarray, eligible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Summed quantity and qty-weighted mean |distance| per bucket; (rows, buckets) each."""
+    index = np.searchsorted(edges, distance, side="right") - 1
+    inside = eligible & (distance <= edges[-1])
+    n_buckets = len(edges) - 1
+    qty_sum = np.zeros((distance.shape[0], n_buckets))
+    weighted = np.zeros_like(qty_sum)
+    for bucket in range(n_buckets):
+        member = inside & (index == bucket)
+        qty_sum[:, bucket] = np.where(member, qty, 0.0).sum(axis=1)
+        weighted[:, bucket] = np.where(member, qty * distance, 0.0).sum(axis=1)
+    centre = (edges[:-1] + edges[1:]) / 2
+    mean_distance = np.divide(weighted, qty_sum, out=np.broadcast_to(centre, qty_sum.shape).copy(), where=qty_sum > 0)
+    return qty_sum, mean_distance
+
+
+def represent_books(
+    bid_px: np.ndarray, bid_qty: np.ndarray, ask_px: np.ndarray, ask_qty: np.ndarray, config: RepresentationConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, depth) raw books -> ((rows, L, 4) float32 levels, (rows,) float64 mids)."""
+    mid = (bid_px[:, 0] + ask_px[:, 0]) / 2
+    bid_distance = (mid[:, None] - bid_px) / mid[:, None] * 1e4  # positive, growing with depth
+    ask_distance = (ask_px - mid[:, None]) / mid[:, None] * 1e4
+    raw = config.raw_levels if config.kind in ("full", "hybrid") else 0
+    sides = []
+    for distance, qty in ((bid_distance, bid_qty), (ask_distance, ask_qty)):
+        parts_distance, parts_qty = [distance[:, :raw]], [qty[:, :raw]]
+        if config.kind in ("aggregated", "hybrid"):
+            eligible = np.zeros_like(distance, dtype=bool)
+            eligible[:, raw:] = True
+            bucket_qty, bucket_distance = _buckets(distance, qty, bucket_edges_bps(config), eligible)
+            parts_distance.append(bucket_distance)
+            parts_qty.append(bucket_qty)
+        level_distance = np.maximum.accumulate(np.concatenate(parts_distance, axis=1), axis=1)
+        sides.append((level_distance, np.log1p(np.concatenate(parts_qty, axis=1))))
+    (bid_d, bid_q), (ask_d, ask_q) = sides
+    levels = np.stack([-bid_d, bid_q, ask_d, ask_q], axis=-1).astype(np.float32)
+    return levels, mid
+
+
+def level_names(config: RepresentationConfig) -> list[str]:
+    raw = [f"raw{i + 1}" for i in range(config.raw_levels)] if config.kind in ("full", "hybrid") else []
+    edges = bucket_edges_bps(config)
+    buckets = (
+        [f"bucket[{a:.3g},{b:.3g})bps" for a, b in zip(edges[:-1], edges[1:])]
+        if config.kind in ("aggregated", "hybrid")
+        else []
+    )
+    return raw + buckets

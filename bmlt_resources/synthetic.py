@@ -1,0 +1,232 @@
+"""The embedded synthetic market: multi-asset L2 books with a planted signal and its oracle.
+
+Generative model (one UTC day, grid of ``n`` steps of ``dt`` seconds, per symbol ``k``):
+
+* **Volatility regime** ``g(j)`` in {low, mid, high}, shared by all symbols, constant within
+  blocks of ``regime_block_s``; block to block it follows a Markov chain that stays with
+  probability ``p`` and otherwise moves to one of the two other regimes with equal odds.
+* **Order-flow imbalance** ``z_k(j)``: a stationary Gaussian AR(1), unit variance,
+  ``phi = 0.5 ** (dt / half_life)``. The *signal* of the leader (BTC/USDT) is its own
+  imbalance, ``s_0 = z_0``; every other symbol follows its own flow and the leader's:
+  ``s_k = sqrt(1 - b^2) z_k + b z_0`` (``b = leader_weight``), again unit-variance AR(1).
+* **Log mid price** ``x_k(j+1) = x_k(j) + kappa sigma_k s_k(j) + sigma_k m_g(j) eps_k(j+1)``
+  with ``kappa = signal_strength``, ``sigma_k`` the symbol's per-step volatility, ``m_g`` the
+  regime's volatility multiplier, and ``eps_k = sqrt(rho) f + sqrt(1 - rho) u_k`` correlated
+  across symbols through a common market factor ``f``.
+* **The published book** makes the state observable: the best-level queues are
+  ``D (1 +/- tanh(z_k / 2)) / 2`` with total depth ``D = depth_k q_g`` (thinner in volatile
+  regimes), so both ``z_k`` and the regime can be read off the top of the book. The spread in
+  ticks widens with the regime plus random excursions; deeper levels sit at random gaps of
+  about ``level_spacing_bps`` with log-normal quantities that decay with distance.
+* **Publication**: one snapshot per step, sent 100 ms (at most a quarter cadence) before the
+  grid point and received a few ms later; a random ``dropout_rate`` of snapshots is lost, and
+  nothing is published during the first ``session_gap_s`` of each day (a maintenance gap, so
+  each day is an independent session and no label may straddle midnight).
+
+Everything is deterministic per (seed, date, symbol): a symbol's stream depends only on its own
+random stream, the market factor's and the leader's, never on which other symbols are configured.
+
+**Oracle.** Given what is observable at step ``t`` (``s_k(t)``, the regime, the clock), the
+``h``-step log return is a mixture over the regime of the next block (at most one block boundary
+inside a horizon, enforced by config) of Gaussians with
+
+    mean = kappa sigma s(t) (1 - phi^h) / (1 - phi)
+    var  = kappa^2 sigma^2 (1 - phi^2) / (1 - phi)^2 sum_{m=1}^{h-1} (1 - phi^(h-m))^2
+           + sigma^2 (m_g^2 n_before + m_g'^2 n_after)
+
+so :func:`oracle_probabilities` is Bayes-optimal for any class edges, up to the rounding of the
+mid to the tick grid (below 1e-4 of the return's standard deviation for the default symbols).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import zlib
+from dataclasses import dataclass
+
+import dagster as dg
+import numpy as np
+import polars as pl
+from scipy.signal import lfilter
+from scipy.special import ndtr
+
+from bmlt_assets.core.book import snapshot_frame
+from bmlt_resources.settings import SyntheticConfig
+
+LEADER = "BTC/USDT"
+VOL_MULTIPLIER = np.array([0.6, 1.0, 1.8])
+DEPTH_MULTIPLIER = np.array([1.4, 1.0, 0.55])
+SPREAD_TICKS = np.array([1, 2, 3])
+
+
+@dataclass(frozen=True)
+class SymbolProfile:
+    price: float
+    tick: float
+    vol_per_s: float  # std of the 1-second log return in the mid regime
+    depth: float  # best-level depth (both sides) in the mid regime, base units
+
+
+SYMBOL_PROFILES = {
+    "BTC/USDT": SymbolProfile(60_000.0, 0.01, 0.9e-4, 4.0),
+    "ETH/USDT": SymbolProfile(3_000.0, 0.01, 1.2e-4, 60.0),
+    "SOL/USDT": SymbolProfile(150.0, 0.01, 1.6e-4, 900.0),
+    "BNB/USDT": SymbolProfile(550.0, 0.01, 1.1e-4, 120.0),
+    "XRP/USDT": SymbolProfile(0.6, 0.0001, 1.5e-4, 150_000.0),
+}
+
+
+@dataclass(frozen=True)
+class LatentDay:
+    """The hidden state of one symbol over one day, on the step grid."""
+
+    imbalance: np.ndarray  # z_k(j), the symbol's own order-flow imbalance, (n,)
+    signal: np.ndarray  # s_k(j), (n,)
+    regime: np.ndarray  # g(j), (n,) int
+    sigma: float  # per-step volatility sigma_k
+
+
+class SyntheticMarket:
+    """Pure generator: no Dagster, no I/O."""
+
+    def __init__(self, params: SyntheticConfig, seed: int, cadence_ms: int, depth: int):
+        self.params = params
+        self.seed = seed
+        self.cadence_ms = cadence_ms
+        self.depth = depth
+        self.dt_s = cadence_ms / 1000.0
+        self.n = 86_400_000 // cadence_ms
+        self.phi = 0.5 ** (self.dt_s / params.signal_half_life_s)
+        self.block_steps = max(1, int(params.regime_block_s / self.dt_s))
+
+    # -- random streams ---------------------------------------------------------------------
+    def _rng(self, date: dt.date, stream: str) -> np.random.Generator:
+        return np.random.default_rng([self.seed, date.toordinal(), zlib.crc32(stream.encode())])
+
+    def _ar1(self, rng: np.random.Generator) -> np.ndarray:
+        shocks = rng.standard_normal(self.n) * np.sqrt(1 - self.phi**2)
+        shocks[0] = rng.standard_normal()  # start in the stationary distribution
+        return lfilter([1.0], [1.0, -self.phi], shocks)
+
+    def regimes(self, date: dt.date) -> np.ndarray:
+        rng = self._rng(date, "regime")
+        n_blocks = -(-self.n // self.block_steps)
+        blocks = np.empty(n_blocks, dtype=np.int64)
+        blocks[0] = rng.integers(3)
+        moves = rng.random(n_blocks)
+        jumps = rng.integers(1, 3, n_blocks)
+        for i in range(1, n_blocks):
+            stay = moves[i] < self.params.regime_stay_probability
+            blocks[i] = blocks[i - 1] if stay else (blocks[i - 1] + jumps[i]) % 3
+        return np.repeat(blocks, self.block_steps)[: self.n]
+
+    def _imbalance(self, date: dt.date, symbol: str) -> np.ndarray:
+        return self._ar1(self._rng(date, f"imbalance:{symbol}"))
+
+    def latent(self, date: dt.date, symbol: str) -> LatentDay:
+        own = self._imbalance(date, symbol)
+        if symbol == LEADER:
+            signal = own
+        else:
+            b = self.params.leader_weight
+            signal = np.sqrt(1 - b**2) * own + b * self._imbalance(date, LEADER)
+        sigma = SYMBOL_PROFILES[symbol].vol_per_s * np.sqrt(self.dt_s)
+        return LatentDay(imbalance=own, signal=signal, regime=self.regimes(date), sigma=sigma)
+
+    # -- books ------------------------------------------------------------------------------
+    def simulate(self, date: dt.date, symbol: str) -> pl.DataFrame:
+        """One day of published L2 snapshots of ``symbol`` in the landing schema."""
+        profile = SYMBOL_PROFILES[symbol]
+        p = self.params
+        latent = self.latent(date, symbol)
+        regime = latent.regime
+        n, depth = self.n, self.depth
+
+        factor = self._rng(date, "market-factor").standard_normal(n)
+        rng = self._rng(date, f"book:{symbol}")
+        eps = np.sqrt(p.correlation) * factor + np.sqrt(1 - p.correlation) * rng.standard_normal(n)
+        steps = p.signal_strength * latent.sigma * latent.signal + latent.sigma * VOL_MULTIPLIER[regime] * eps
+        start = np.log(profile.price) + 0.05 * rng.standard_normal()
+        log_mid = start + np.concatenate([[0.0], np.cumsum(steps[:-1])])
+
+        spread = SPREAD_TICKS[regime] + rng.geometric(0.75, n) - 1
+        mid_ticks = np.exp(log_mid) / profile.tick
+        best_bid = np.floor(mid_ticks - spread / 2).astype(np.int64)
+        spacing = max(1.0, p.level_spacing_bps * 1e-4 * profile.price / profile.tick)
+        gaps = np.maximum(1, np.rint(rng.exponential(spacing, (n, 2, depth - 1)))).astype(np.int64)
+        bid_ticks = best_bid[:, None] - np.concatenate([np.zeros((n, 1), np.int64), np.cumsum(gaps[:, 0], 1)], 1)
+        ask_ticks = (best_bid + spread)[:, None] + np.concatenate(
+            [np.zeros((n, 1), np.int64), np.cumsum(gaps[:, 1], 1)], 1
+        )
+
+        top_depth = profile.depth * DEPTH_MULTIPLIER[regime]
+        tilt = np.tanh(latent.imbalance / 2)
+        decay = np.exp(-np.arange(1, depth) / 8.0)
+        deep = top_depth[:, None, None] * decay * rng.lognormal(0.0, 0.4, (n, 2, depth - 1))
+        bid_qty = np.concatenate([(top_depth * (1 + tilt) / 2)[:, None], deep[:, 0]], 1)
+        ask_qty = np.concatenate([(top_depth * (1 - tilt) / 2)[:, None], deep[:, 1]], 1)
+
+        gap_steps = int(np.ceil(p.session_gap_s / self.dt_s))
+        published = (np.arange(n) >= gap_steps) & (rng.random(n) >= p.dropout_rate)
+        day_start_ns = int(dt.datetime(date.year, date.month, date.day, tzinfo=dt.UTC).timestamp()) * 10**9
+        lead_ns = min(100, self.cadence_ms // 4) * 1_000_000
+        grid_ns = day_start_ns + np.arange(n, dtype=np.int64) * self.cadence_ms * 1_000_000
+        exchange_ns = grid_ns - lead_ns
+        receive_ns = exchange_ns + rng.integers(1_000_000, lead_ns // 2 + 1_000_001, n)
+        update_id = (date.toordinal() * 10**9) + np.cumsum(rng.integers(1, 40, n))
+
+        keep = published
+        return snapshot_frame(
+            exchange_ns=exchange_ns[keep],
+            receive_ns=receive_ns[keep],
+            symbol=symbol,
+            update_id=update_id[keep],
+            bid_px=(bid_ticks[keep] * profile.tick),
+            bid_qty=bid_qty[keep],
+            ask_px=(ask_ticks[keep] * profile.tick),
+            ask_qty=ask_qty[keep],
+        )
+
+    # -- oracle -----------------------------------------------------------------------------
+    def oracle_probabilities(
+        self, date: dt.date, symbol: str, steps: np.ndarray, horizon: int, edges: np.ndarray
+    ) -> np.ndarray:
+        """Bayes-optimal class probabilities for samples at ``steps`` of ``date``.
+
+        ``edges`` is (N, C-1): the class edges of each sample in log-return units.
+        """
+        if horizon > self.block_steps:
+            raise ValueError("the oracle assumes at most one regime switch inside a horizon")
+        latent = self.latent(date, symbol)
+        kappa, phi, sigma = self.params.signal_strength, self.phi, latent.sigma
+        mean = kappa * sigma * latent.signal[steps] * (1 - phi**horizon) / (1 - phi)
+        m = np.arange(1, horizon)
+        drift_var = kappa**2 * sigma**2 * (1 - phi**2) / (1 - phi) ** 2 * np.sum((1 - phi ** (horizon - m)) ** 2)
+
+        regime = latent.regime[steps]
+        before = np.minimum(horizon, self.block_steps - steps % self.block_steps)
+        after = horizon - before
+        stay = self.params.regime_stay_probability
+        probs = np.zeros((len(steps), edges.shape[1] + 1))
+        for shift, weight in ((0, stay), (1, (1 - stay) / 2), (2, (1 - stay) / 2)):
+            nxt = (regime + shift) % 3
+            var = drift_var + sigma**2 * (VOL_MULTIPLIER[regime] ** 2 * before + VOL_MULTIPLIER[nxt] ** 2 * after)
+            # With no boundary inside the horizon the next regime is irrelevant: weights sum to 1.
+            cdf = ndtr((edges - mean[:, None]) / np.sqrt(var)[:, None])
+            bounds = np.concatenate([np.zeros((len(steps), 1)), cdf, np.ones((len(steps), 1))], 1)
+            probs += weight * np.diff(bounds, axis=1)
+        return probs
+
+
+class SyntheticMarketResource(dg.ConfigurableResource):
+    """The offline default data source: deterministic books plus oracle probabilities."""
+
+    seed: int
+    cadence_ms: int
+    depth: int
+    params_json: str  # SyntheticConfig as JSON: resources take flat, typed config
+
+    def market(self) -> SyntheticMarket:
+        return SyntheticMarket(
+            SyntheticConfig.model_validate_json(self.params_json), self.seed, self.cadence_ms, self.depth
+        )
