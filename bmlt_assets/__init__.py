@@ -1,0 +1,9 @@
+"""bmlt: Binance ML Training platform (Dagster assets and the computation they call)."""
+
+import warnings
+
+import dagster as dg
+
+# backfill_policy and dagster-mlflow's hook are marked beta; both are load-bearing here and
+# pinned (dagster 1.13.27), so the per-import warnings are noise for users.
+warnings.filterwarnings("ignore", category=dg.BetaWarning)

@@ -24,6 +24,7 @@ SYMBOL_PATTERN = re.compile(r"^[A-Z0-9]{2,15}/[A-Z0-9]{2,10}(:[A-Z0-9]{2,10})?$"
 # Symbols the embedded synthetic market knows how to simulate (see synthetic.SYMBOL_PROFILES).
 SYNTHETIC_SYMBOLS = ("BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/USDT", "XRP/USDT")
 
+DEEPLOB_MIN_WINDOW = 19
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(gt=0, lt=1)]
@@ -265,6 +266,11 @@ class PlatformConfig(Section):
             raise ValueError(
                 f"representation.raw_levels={self.representation.raw_levels} exceeds "
                 f"data.depth={self.data.depth}; lower it or record a deeper book"
+            )
+        if self.dataset.window_steps < DEEPLOB_MIN_WINDOW:
+            raise ValueError(
+                f"dataset.window_steps={self.dataset.window_steps} is too short for the DeepLOB trunk, "
+                f"whose unpadded (4,1) convolutions consume {DEEPLOB_MIN_WINDOW - 1} steps; use >= {DEEPLOB_MIN_WINDOW}"
             )
         window_s = self.dataset.window_steps * cadence_s
         if window_s + max(self.labels.horizons_s) >= 86_400 * len(self.data.dates):

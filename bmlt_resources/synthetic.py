@@ -218,6 +218,18 @@ class SyntheticMarket:
         return probs
 
 
+    def oracle_at(self, symbol: str, timestamps_ns: np.ndarray, horizon: int, edges: np.ndarray) -> np.ndarray:
+        """Oracle probabilities for samples anywhere in time (grid timestamps, any days)."""
+        day = timestamps_ns // (86_400 * 10**9)
+        step = (timestamps_ns - day * 86_400 * 10**9) // (self.cadence_ms * 1_000_000)
+        probs = np.empty((len(timestamps_ns), edges.shape[1] + 1))
+        for value in np.unique(day):
+            rows = day == value
+            date = dt.date(1970, 1, 1) + dt.timedelta(days=int(value))
+            probs[rows] = self.oracle_probabilities(date, symbol, step[rows], horizon, edges[rows])
+        return probs
+
+
 class SyntheticMarketResource(dg.ConfigurableResource):
     """The offline default data source: deterministic books plus oracle probabilities."""
 
@@ -230,3 +242,7 @@ class SyntheticMarketResource(dg.ConfigurableResource):
         return SyntheticMarket(
             SyntheticConfig.model_validate_json(self.params_json), self.seed, self.cadence_ms, self.depth
         )
+
+    def snapshots(self, date: dt.date, symbols: list[str]) -> pl.DataFrame:
+        market = self.market()
+        return pl.concat([market.simulate(date, symbol) for symbol in symbols])

@@ -57,6 +57,16 @@ def book_arrays(frame: pl.DataFrame) -> dict[str, np.ndarray]:
     return {side: frame[side].to_numpy() for side in BOOK_SIDES}
 
 
+def trim_depth(frame: pl.DataFrame, depth: int) -> pl.DataFrame:
+    """Keep the best ``depth`` levels of each side."""
+    books = book_arrays(frame)
+    held = books["bid_px"].shape[1] if frame.height else depth
+    if held < depth:
+        raise ValueError(f"the snapshots hold {held} levels per side but data.depth={depth}; lower data.depth")
+    levels = pl.Array(pl.Float64, depth)
+    return frame.with_columns([pl.Series(side, books[side][:, :depth], dtype=levels) for side in BOOK_SIDES])
+
+
 def _row_problems(frame: pl.DataFrame) -> np.ndarray:
     """A reason per row ('' when the row is sound), checked in order of severity."""
     books = book_arrays(frame)

@@ -15,8 +15,12 @@ Prices stay monotone across levels (an empty bucket never sits inside a shallowe
 
 from __future__ import annotations
 
-import numpy as np
+import datetime as dt
 
+import numpy as np
+import polars as pl
+
+from bmlt_assets.core.book import BOOK_SIDES, book_arrays
 from bmlt_resources.settings import RepresentationConfig
 
 CHANNELS = ("bid_distance_bps", "bid_log1p_qty", "ask_distance_bps", "ask_log1p_qty")
@@ -88,3 +92,40 @@ def level_names(config: RepresentationConfig) -> list[str]:
         else []
     )
     return raw + buckets
+
+
+def day_grid_ns(date: dt.date, cadence_ms: int) -> np.ndarray:
+    start = int(dt.datetime(date.year, date.month, date.day, tzinfo=dt.UTC).timestamp()) * 10**9
+    return start + np.arange(86_400_000 // cadence_ms, dtype=np.int64) * cadence_ms * 1_000_000
+
+
+def day_tensors(
+    snapshots: pl.DataFrame,
+    date: dt.date,
+    symbols: list[str],
+    cadence_ms: int,
+    staleness_ms: int,
+    config: RepresentationConfig,
+) -> dict[str, np.ndarray]:
+    """One day of validated snapshots -> the base array and its companions.
+
+    Returns ``base`` (S, L, 4, K) float32, ``mids`` (S, K) float64 (NaN where not valid),
+    ``valid`` (S, K) bool and ``timestamps`` (S,) int64 ns of the grid.
+    """
+    grid = day_grid_ns(date, cadence_ms)
+    base = np.zeros((len(grid), config.levels, 4, len(symbols)), dtype=np.float32)
+    mids = np.full((len(grid), len(symbols)), np.nan)
+    valid = np.zeros((len(grid), len(symbols)), dtype=bool)
+    for k, symbol in enumerate(symbols):
+        rows = snapshots.filter(pl.col("symbol") == symbol).sort("receive_ts")
+        if rows.height == 0:
+            continue
+        row, fresh = align_to_grid(rows["receive_ts"].to_numpy(), grid, staleness_ms * 1_000_000)
+        used = row[fresh]
+        books = book_arrays(rows[np.unique(used)])
+        levels, mid = represent_books(*(books[side] for side in BOOK_SIDES), config)
+        position = np.searchsorted(np.unique(used), used)
+        base[fresh, :, :, k] = levels[position]
+        mids[fresh, k] = mid[position]
+        valid[:, k] = fresh
+    return {"base": base, "mids": mids, "valid": valid, "timestamps": grid}

@@ -8,7 +8,6 @@ standardized with statistics fitted on training windows only.
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,11 +19,19 @@ N_TIME_FEATURES = 4
 def gather_windows(base: np.ndarray, mids: np.ndarray, steps: np.ndarray, window: int) -> np.ndarray:
     """(B, T, L, 4, K) float32 raw features of the windows ending at ``steps``."""
     index = steps[:, None] + np.arange(1 - window, 1)
-    out = base[index]  # one vectorized gather: the only copy is the batch itself
-    path_bps = (1e4 * np.log(mids[index] / mids[steps][:, None, :])).astype(np.float32)
+    # One vectorized gather: the only copy is the batch itself.
+    return with_mid_path(base[index], mids[index])
+
+
+def with_mid_path(book: np.ndarray, mids: np.ndarray) -> np.ndarray:
+    """Add each step's mid relative to the window's last mid (bps) to the price channels.
+
+    ``book`` (B, T, L, 4, K) base-array windows (modified in place), ``mids`` (B, T, K).
+    """
+    path_bps = (1e4 * np.log(mids / mids[:, -1:, :])).astype(np.float32)
     for channel in PRICE_CHANNELS:
-        out[:, :, :, channel, :] += path_bps[:, :, None, :]
-    return out
+        book[:, :, :, channel, :] += path_bps[:, :, None, :]
+    return book
 
 
 def time_features(timestamps_ns: np.ndarray) -> np.ndarray:
@@ -75,10 +82,3 @@ class WindowSource:
         windows = self.normalizer.apply(gather_windows(self.base, self.mids, steps, self.window))
         return windows, time_features(self.timestamps[steps])
 
-
-def day_and_step(timestamps_ns: np.ndarray, cadence_ms: int) -> tuple[list[dt.date], np.ndarray]:
-    """The UTC date and the step index within that day of each timestamp."""
-    days = timestamps_ns // (86_400 * 10**9)
-    step = (timestamps_ns - days * 86_400 * 10**9) // (cadence_ms * 1_000_000)
-    dates = [dt.date(1970, 1, 1) + dt.timedelta(days=int(d)) for d in days]
-    return dates, step

@@ -1,0 +1,112 @@
+"""The training dataset: consecutive days joined on one grid, samples as step indices, labels,
+and everything fitted on the training part only (class edges, normalization).
+
+Nothing here copies windows: a sample is an integer step; its window is gathered on demand from
+the memory-mapped base array (see ``windows.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bmlt_assets.core.labels import class_edges, classify
+from bmlt_assets.core.splits import PARTS, chronological_split, eligible_steps
+from bmlt_assets.core.windows import Normalizer, WindowSource
+from bmlt_resources.settings import PlatformConfig
+from bmlt_resources.storage import load_arrays, save_arrays
+
+GRID_ARRAYS = ["base", "mids", "timestamps"]
+
+
+@dataclass
+class Part:
+    steps: np.ndarray  # (N,) global step of each sample
+    classes: np.ndarray  # (N, H) int64
+    edges: np.ndarray  # (N, H, C-1) class edges in log-return units
+    returns: np.ndarray  # (N, H) realized forward log return
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
+@dataclass
+class TrainingData:
+    source: WindowSource
+    parts: dict[str, Part]
+    n_classes: int
+    horizons: list[int]  # steps
+    symbols: list[str]
+    target: str
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.source.base.shape
+
+
+def build_dataset(days: list[dict[str, np.ndarray]], config: PlatformConfig) -> TrainingData:
+    """Join per-day arrays (tensors + returns, consecutive dates) into one training dataset."""
+    joined = {name: np.concatenate([day[name] for day in days]) for name in ("base", "mids", "valid", "timestamps", "returns", "volatility")}
+    target = config.data.symbols.index(config.target)
+    horizons = config.horizon_steps
+    window = config.dataset.window_steps
+
+    returns = joined["returns"][:, :, target]
+    volatility = joined["volatility"][:, target]
+    label_ok = np.isfinite(returns).all(axis=1)
+    if config.labels.edges == "volatility_scaled":
+        label_ok &= np.isfinite(volatility) & (volatility > 0)
+    steps = eligible_steps(joined["valid"].all(axis=1), window, label_ok, config.dataset.sample_stride)
+    d = config.dataset
+    split = chronological_split(
+        steps, (d.train_fraction, d.val_fraction, d.test_fraction), window, max(horizons), config.embargo_steps
+    )
+
+    parts_steps = split.parts()
+    parts_edges = {name: np.empty((len(s), len(horizons), config.labels.n_classes - 1)) for name, s in parts_steps.items()}
+    all_steps = np.concatenate(list(parts_steps.values()))
+    in_train = np.zeros(len(all_steps), dtype=bool)
+    in_train[: len(split.train)] = True
+    bounds = np.cumsum([0] + [len(s) for s in parts_steps.values()])
+    for i, h in enumerate(horizons):
+        # Quantile edges are fitted on the training samples only (``in_train``).
+        edges = class_edges(config.labels, returns[all_steps, i], volatility[all_steps], h, in_train)
+        for j, name in enumerate(PARTS):
+            parts_edges[name][:, i] = edges[bounds[j] : bounds[j + 1]]
+
+    parts = {}
+    for name, part_steps in parts_steps.items():
+        part_returns = returns[part_steps]
+        classes = np.stack([classify(part_returns[:, i], parts_edges[name][:, i]) for i in range(len(horizons))], axis=1)
+        parts[name] = Part(steps=part_steps, classes=classes, edges=parts_edges[name], returns=part_returns)
+
+    normalizer = Normalizer.fit(joined["base"], joined["mids"], split.train, window, d.norm_fit_samples, config.seed)
+    source = WindowSource(joined["base"], joined["mids"], joined["timestamps"], window, normalizer)
+    return TrainingData(source, parts, config.labels.n_classes, horizons, config.data.symbols, config.target)
+
+
+def save_dataset(data: TrainingData, directory: Path) -> None:
+    arrays = {
+        "base": data.source.base,
+        "mids": data.source.mids,
+        "timestamps": data.source.timestamps,
+        "norm_mean": data.source.normalizer.mean,
+        "norm_std": data.source.normalizer.std,
+    }
+    for name, part in data.parts.items():
+        arrays |= {f"{name}_steps": part.steps, f"{name}_classes": part.classes, f"{name}_edges": part.edges, f"{name}_returns": part.returns}
+    save_arrays(directory, arrays)
+
+
+def load_dataset(directory: Path, config: PlatformConfig) -> TrainingData:
+    """Open a saved dataset; the base array is memory-mapped, never read whole."""
+    grid = load_arrays(directory, GRID_ARRAYS, mmap=True)
+    norm = load_arrays(directory, ["norm_mean", "norm_std"])
+    fields = ["steps", "classes", "edges", "returns"]
+    parts = {name: Part(**{f: np.load(directory / f"{name}_{f}.npy") for f in fields}) for name in PARTS}
+    source = WindowSource(
+        grid["base"], grid["mids"], grid["timestamps"], config.dataset.window_steps, Normalizer(norm["norm_mean"], norm["norm_std"])
+    )
+    return TrainingData(source, parts, config.labels.n_classes, config.horizon_steps, config.data.symbols, config.target)

@@ -1,0 +1,139 @@
+"""The training loop: seeded, class-weighted, early-stopped on the purged validation part."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from bmlt_assets.core.dataset import Part, TrainingData
+from bmlt_assets.core.models import OrderBookClassifier
+from bmlt_resources.settings import PlatformConfig
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def class_weights(classes: np.ndarray, n_classes: int, scheme: str) -> torch.Tensor:
+    """Loss weights from training-part class frequencies, normalized to mean 1."""
+    counts = np.bincount(classes, minlength=n_classes).astype(np.float64)
+    if scheme == "none":
+        weights = np.ones(n_classes)
+    else:
+        inverse = counts.sum() / (n_classes * np.maximum(counts, 1))
+        weights = inverse if scheme == "balanced" else np.sqrt(inverse)
+    return torch.tensor(weights / weights.mean(), dtype=torch.float32)
+
+
+def build_model(config: PlatformConfig, data: TrainingData) -> OrderBookClassifier:
+    _, levels, _, assets = data.shape
+    return OrderBookClassifier(config.model, levels, assets, len(data.horizons), data.n_classes)
+
+
+def _batches(n: int, size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    return [order[i : i + size] for i in range(0, n, size)]
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, data: TrainingData, steps: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """(N, H, C) logits for the samples at ``steps`` (model in eval mode)."""
+    model.eval()
+    out = []
+    for chunk in _batches(len(steps), batch_size, None):
+        windows, times = data.source.inputs(steps[chunk])
+        out.append(model(torch.from_numpy(windows), torch.from_numpy(times)).numpy())
+    return np.concatenate(out) if out else np.empty((0, len(data.horizons), data.n_classes), np.float32)
+
+
+def mean_log_loss(logits: np.ndarray, classes: np.ndarray) -> float:
+    """Mean over horizons of the multi-class log loss (nats)."""
+    tensor = torch.from_numpy(logits)
+    target = torch.from_numpy(classes)
+    return float(np.mean([nn.functional.cross_entropy(tensor[:, h], target[:, h]).item() for h in range(logits.shape[1])]))
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    val_log_loss: float
+    val_accuracy: list[float]
+    seconds: float
+    samples_per_s: float
+
+
+@dataclass
+class TrainResult:
+    model: OrderBookClassifier
+    best_epoch: int
+    history: list[EpochRecord] = field(default_factory=list)
+
+
+def train(
+    config: PlatformConfig,
+    data: TrainingData,
+    on_epoch: Callable[[EpochRecord], None] = lambda record: None,
+) -> TrainResult:
+    t = config.training
+    torch.set_num_threads(t.threads or os.cpu_count() or 1)
+    seed_everything(t.seed)
+    rng = np.random.default_rng(t.seed)
+    model = build_model(config, data)
+    train_part, val_part = data.parts["train"], data.parts["val"]
+    if t.max_train_samples and len(train_part) > t.max_train_samples:
+        # An evenly spaced subset keeps the whole training period represented.
+        keep = np.linspace(0, len(train_part) - 1, t.max_train_samples).astype(np.int64)
+        train_part = Part(*(array[keep] for array in (train_part.steps, train_part.classes, train_part.edges, train_part.returns)))
+    losses = [
+        nn.CrossEntropyLoss(weight=class_weights(train_part.classes[:, h], data.n_classes, t.class_weights))
+        for h in range(len(data.horizons))
+    ]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
+
+    result = TrainResult(model=model, best_epoch=0)
+    best_loss, best_state, stale = np.inf, None, 0
+    for epoch in range(1, t.epochs + 1):
+        model.train()
+        started = time.perf_counter()
+        total, seen = 0.0, 0
+        batches = _batches(len(train_part), t.batch_size, rng)
+        for chunk in tqdm(batches, desc=f"epoch {epoch}/{t.epochs}", disable=not t.progress_bar, mininterval=2.0, leave=False):
+            windows, times = data.source.inputs(train_part.steps[chunk])
+            target = torch.from_numpy(train_part.classes[chunk])
+            logits = model(torch.from_numpy(windows), torch.from_numpy(times))
+            loss = sum(losses[h](logits[:, h], target[:, h]) for h in range(len(losses))) / len(losses)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(chunk)
+            seen += len(chunk)
+        train_seconds = time.perf_counter() - started
+        val_logits = predict_logits(model, data, val_part.steps)
+        val_loss = mean_log_loss(val_logits, val_part.classes)
+        accuracy = [float((val_logits[:, h].argmax(1) == val_part.classes[:, h]).mean()) for h in range(len(losses))]
+        record = EpochRecord(epoch, total / seen, val_loss, accuracy, time.perf_counter() - started, seen / train_seconds)
+        result.history.append(record)
+        on_epoch(record)
+        if val_loss < best_loss - 1e-5:
+            best_loss, stale, result.best_epoch = val_loss, 0, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= t.early_stopping_patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return result

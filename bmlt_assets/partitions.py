@@ -1,0 +1,27 @@
+"""Daily UTC partitions shared by every partitioned asset, and how they map onto each other."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import dagster as dg
+
+# Binance spot opened on 2017-07-14: no order-book day can be older.
+DAILY = dg.DailyPartitionsDefinition(start_date="2017-07-14", end_offset=0)
+# forward_returns of day D reads book_tensors of D and D + 1 (labels look ahead by design).
+WITH_NEXT_DAY = dg.TimeWindowPartitionMapping(start_offset=0, end_offset=1)
+# Partitioned assets can be materialized over a date range in one run (--partition-range).
+SINGLE_RUN = dg.BackfillPolicy.single_run()
+
+
+def partition_dates(context: dg.AssetExecutionContext) -> list[dt.date]:
+    """The dates this run materializes: one, or a range in a single-run backfill."""
+    return [dt.date.fromisoformat(key) for key in context.partition_keys]
+
+
+def range_tags(start: dt.date, end: dt.date) -> dict[str, str]:
+    """Run tags that make `dagster job execute` materialize the partitions start..end in one run."""
+    return {
+        "dagster/asset_partition_range_start": start.isoformat(),
+        "dagster/asset_partition_range_end": end.isoformat(),
+    }

@@ -1,0 +1,64 @@
+"""forward_returns: per-step forward log returns of every horizon and symbol, plus trailing vol."""
+
+import datetime as dt
+
+import dagster as dg
+import numpy as np
+
+from bmlt_assets.core.labels import forward_log_returns, trailing_volatility
+from bmlt_assets.metadata import markdown_table
+from bmlt_assets.partitions import DAILY, SINGLE_RUN, WITH_NEXT_DAY, partition_dates
+from bmlt_assets.tensors import book_tensors
+from bmlt_resources.settings import SettingsResource
+from bmlt_resources.storage import StorageResource, atomic_directory, load_arrays, save_arrays, write_json
+
+
+@dg.asset(
+    partitions_def=DAILY,
+    backfill_policy=SINGLE_RUN,
+    deps=[dg.AssetDep(book_tensors, partition_mapping=WITH_NEXT_DAY)],
+    group_name="ingest",
+    kinds={"numpy"},
+    description="Forward log return per horizon and symbol (NaN across gaps or missing data) and trailing volatility.",
+)
+def forward_returns(context: dg.AssetExecutionContext, settings: SettingsResource, storage: StorageResource) -> dg.MaterializeResult:
+    config = settings.get()
+    horizons = config.horizon_steps
+    per_day = []
+    for date in partition_dates(context):
+        today = load_arrays(storage.require(storage.tensors(date), "book_tensors", date), ["mids", "valid"])
+        mids, valid = today["mids"], today["valid"]
+        # dagster#26935: a missing next day is not an error; those horizons stay NaN until it exists.
+        next_day = storage.tensors(date + dt.timedelta(days=1))
+        if (next_day / "meta.json").exists():
+            tomorrow = load_arrays(next_day, ["mids", "valid"], mmap=True)
+            mids = np.concatenate([mids, tomorrow["mids"][: max(horizons)]])
+            valid = np.concatenate([valid, tomorrow["valid"][: max(horizons)]])
+        else:
+            context.log.info(f"{date}: next day not materialized; the day's last horizons are NaN")
+        steps = today["mids"].shape[0]
+        arrays = {
+            "returns": forward_log_returns(mids, valid, horizons, steps),
+            "volatility": trailing_volatility(today["mids"], today["valid"], config.vol_lookback_steps),
+        }
+        with atomic_directory(storage.returns(date)) as staging:
+            save_arrays(staging, arrays)
+            write_json(
+                {"date": date.isoformat(), "horizons_s": config.labels.horizons_s, "symbols": config.data.symbols, "next_day_used": (next_day / "meta.json").exists()},
+                staging / "meta.json",
+            )
+        returns = arrays["returns"]
+        target = config.data.symbols.index(config.target)
+        row = {"date": date.isoformat()}
+        for i, horizon in enumerate(config.labels.horizons_s):
+            r = returns[:, i, target]
+            row[f"labelled[{horizon}s]"] = float(np.isfinite(r).mean())
+            row[f"std_bps[{horizon}s]"] = float(np.nanstd(r) * 1e4)
+        per_day.append(row)
+    return dg.MaterializeResult(
+        metadata={
+            "horizons_s": dg.MetadataValue.json(config.labels.horizons_s),
+            "target_symbol": config.target,
+            "per_day": dg.MetadataValue.md(markdown_table(per_day)),
+        }
+    )

@@ -1,0 +1,59 @@
+"""The model as logged to MLflow: a pyfunc that scores raw order-book windows.
+
+Input (a dict of arrays, the same layout as ``book_tensors``):
+
+* ``book``: (B, T, L, 4, K) float32 base-array windows, oldest step first;
+* ``mids``: (B, T, K) float64 mid prices of the same steps;
+* ``timestamp_ns``: (B,) int64 time of each window's last step.
+
+Output: (B, horizons, classes) float32 class probabilities. Normalization statistics fitted on
+the training part travel inside the checkpoint, so scoring needs nothing else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import torch
+
+from bmlt_assets.core.models import OrderBookClassifier
+from bmlt_assets.core.windows import Normalizer, time_features, with_mid_path
+from bmlt_resources.settings import ModelConfig
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def save_checkpoint(path: Path, model: OrderBookClassifier, normalizer: Normalizer, spec: dict[str, Any]) -> None:
+    torch.save({"state_dict": model.state_dict(), "norm_mean": normalizer.mean, "norm_std": normalizer.std, "spec": spec}, path)
+
+
+def load_checkpoint(path: Path) -> tuple[OrderBookClassifier, Normalizer, dict[str, Any]]:
+    payload = torch.load(path, weights_only=False)
+    spec = payload["spec"]
+    model = OrderBookClassifier(
+        ModelConfig.model_validate(spec["model"]), spec["levels"], len(spec["symbols"]), len(spec["horizons_s"]), spec["n_classes"]
+    )
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    return model, Normalizer(payload["norm_mean"], payload["norm_std"]), spec
+
+
+class OrderBookPyfunc(mlflow.pyfunc.PythonModel):
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        self.load(Path(context.artifacts["checkpoint"]))
+
+    def load(self, checkpoint: Path) -> OrderBookPyfunc:
+        self.model, self.normalizer, self.spec = load_checkpoint(checkpoint)
+        return self
+
+    # No type hints on predict: MLflow would read them as a schema; the logged signature is the schema.
+    def predict(self, context, model_input, params=None):
+        book = np.array(model_input["book"], dtype=np.float32)  # a private copy: features are built in place
+        windows = self.normalizer.apply(with_mid_path(book, np.asarray(model_input["mids"], dtype=np.float64)))
+        times = time_features(np.asarray(model_input["timestamp_ns"], dtype=np.int64))
+        with torch.no_grad():
+            logits = self.model(torch.from_numpy(windows), torch.from_numpy(times))
+        return torch.softmax(logits, dim=-1).numpy()

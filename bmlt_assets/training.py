@@ -1,0 +1,117 @@
+"""trained_model: the CNN+LSTM trained on training_dataset, logged and registered in MLflow."""
+
+import dagster as dg
+import numpy as np
+from mlflow import MlflowClient, pyfunc
+from mlflow.models import infer_signature
+
+from bmlt_assets.core.dataset import TrainingData, load_dataset
+from bmlt_assets.core.models import parameter_count
+from bmlt_assets.core.train import EpochRecord, train
+from bmlt_assets.dataset import training_dataset
+from bmlt_assets.metadata import markdown_table
+from bmlt_assets.provenance import combined_hash, content_hash, flatten, git_commit
+from bmlt_assets.scoring import CHECKPOINT, OrderBookPyfunc, save_checkpoint
+from bmlt_resources.mlflow import MlFlow
+from bmlt_resources.settings import SettingsResource
+from bmlt_resources.storage import StorageResource, atomic_directory, write_json
+
+CHALLENGER = "challenger"
+
+
+@dg.asset(
+    deps=[training_dataset],
+    group_name="training",
+    kinds={"pytorch", "mlflow"},
+    description="DeepLOB-family classifier, early-stopped on validation; logged to MLflow and registered as 'challenger'.",
+)
+def trained_model(
+    context: dg.AssetExecutionContext,
+    settings: SettingsResource,
+    storage: StorageResource,
+    mlflow: dg.ResourceParam[MlFlow],
+) -> dg.MaterializeResult:
+    config = settings.get()
+    data = load_dataset(storage.require(storage.dataset, "training_dataset"), config)
+
+    fingerprints = {f"tensors/{d}": content_hash(storage.tensors(d)) for d in config.data.dates}
+    fingerprints |= {f"returns/{d}": content_hash(storage.returns(d)) for d in config.data.dates}
+    fingerprints["dataset"] = content_hash(storage.dataset)
+    provenance = {
+        "bmlt.config": config.name,
+        "bmlt.partition_range": f"{config.data.start_date}..{config.data.end_date}",
+        "bmlt.data_fingerprint": combined_hash(fingerprints),
+        "bmlt.git_commit": git_commit(),
+    }
+    mlflow.set_tags(provenance)
+    mlflow.log_params(flatten(config.model_dump(mode="json")))
+    mlflow.log_dict(config.model_dump(mode="json"), "config/resolved.yaml")
+    mlflow.log_dict(fingerprints, "data/fingerprints.json")
+
+    def on_epoch(record: EpochRecord) -> None:
+        metrics = {"train_loss": record.train_loss, "val_log_loss": record.val_log_loss, "samples_per_s": record.samples_per_s}
+        metrics |= {f"val_accuracy_{h}s": a for h, a in zip(config.labels.horizons_s, record.val_accuracy)}
+        mlflow.log_metrics(metrics, step=record.epoch)
+        context.log.info(
+            f"epoch {record.epoch}: train loss {record.train_loss:.4f}, val log loss {record.val_log_loss:.4f}, "
+            f"val accuracy {[round(a, 4) for a in record.val_accuracy]}, {record.samples_per_s:.0f} samples/s"
+        )
+
+    result = train(config, data, on_epoch)
+    spec = {
+        "model": config.model.model_dump(mode="json"),
+        "levels": data.shape[1],
+        "symbols": data.symbols,
+        "target": data.target,
+        "horizons_s": config.labels.horizons_s,
+        "n_classes": data.n_classes,
+        "window_steps": config.dataset.window_steps,
+        "cadence_ms": config.data.cadence_ms,
+    }
+    with atomic_directory(storage.model) as staging:
+        save_checkpoint(staging / CHECKPOINT, result.model, data.source.normalizer, spec)
+        write_json({"spec": spec, "best_epoch": result.best_epoch}, staging / "meta.json")
+
+    example = _input_example(data)
+    checkpoint = storage.model / CHECKPOINT
+    info = pyfunc.log_model(
+        name="model",
+        python_model=OrderBookPyfunc(),
+        artifacts={"checkpoint": str(checkpoint)},
+        signature=infer_signature(example, OrderBookPyfunc().load(checkpoint).predict(None, example)),
+        input_example=example,
+        registered_model_name=config.registered_model_name,
+    )
+    client = MlflowClient()
+    version = str(info.registered_model_version)
+    client.set_registered_model_alias(config.registered_model_name, CHALLENGER, version)
+    for key, value in {**provenance, "dagster_run_id": context.run_id}.items():
+        client.set_model_version_tag(config.registered_model_name, version, key, value)
+    write_json(
+        {"spec": spec, "best_epoch": result.best_epoch, "mlflow_run_id": info.run_id, "model_uri": info.model_uri, "registered_version": version},
+        storage.model / "meta.json",
+    )
+    history = [
+        {"epoch": r.epoch, "train_loss": r.train_loss, "val_log_loss": r.val_log_loss, "samples_per_s": r.samples_per_s}
+        for r in result.history
+    ]
+    return dg.MaterializeResult(
+        metadata={
+            "parameters": parameter_count(result.model),
+            "best_epoch": result.best_epoch,
+            "best_val_log_loss": float(min(r.val_log_loss for r in result.history)),
+            "mlflow_run_id": info.run_id,
+            "registered_model": f"{config.registered_model_name} v{version} @{CHALLENGER}",
+            "history": dg.MetadataValue.md(markdown_table(history)),
+        }
+    )
+
+
+def _input_example(data: TrainingData, n: int = 2) -> dict[str, np.ndarray]:
+    steps = data.parts["test"].steps[:n]
+    index = steps[:, None] + np.arange(1 - data.source.window, 1)
+    return {
+        "book": np.asarray(data.source.base[index], dtype=np.float32),
+        "mids": np.asarray(data.source.mids[index], dtype=np.float64),
+        "timestamp_ns": np.asarray(data.source.timestamps[steps], dtype=np.int64),
+    }
