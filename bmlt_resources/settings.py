@@ -205,6 +205,7 @@ class TrainingConfig(Section):
     epochs: PositiveInt = 10
     batch_size: PositiveInt = 64
     learning_rate: PositiveFloat = 1e-3
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     early_stopping_patience: PositiveInt = 2
     class_weights: Literal["balanced", "sqrt_inverse", "none"] = "sqrt_inverse"

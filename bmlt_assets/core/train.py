@@ -101,6 +101,12 @@ def train(
         for h in range(len(data.horizons))
     ]
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
+    batches_per_epoch = -(-len(train_part) // t.batch_size)
+    schedule = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs * batches_per_epoch)
+        if t.lr_schedule == "cosine"
+        else torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
+    )
 
     result = TrainResult(model=model, best_epoch=0)
     best_loss, best_state, stale = np.inf, None, 0
@@ -117,6 +123,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            schedule.step()
             total += loss.item() * len(chunk)
             seen += len(chunk)
         train_seconds = time.perf_counter() - started

@@ -1,0 +1,36 @@
+# Two commands for a newcomer: `make demo` and `make test`. Everything installs into .venv.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= configs/default.yaml
+export DAGSTER_HOME := $(CURDIR)/.dagster_home
+
+.PHONY: demo test install ui clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch==2.13.0 is pinned in pyproject.toml: a CPU wheel is installed, never a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	@mkdir -p $(DAGSTER_HOME)
+	$(BIN)/bmlt validate $(CONFIG)
+	BMLT_CONFIG=$(CONFIG) $(BIN)/dagster job execute -m bmlt_assets.definitions -j full_pipeline \
+		--tags "$$($(BIN)/bmlt range-tags $(CONFIG))"
+	@$(BIN)/bmlt summary $(CONFIG)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+ui: install
+	@mkdir -p $(DAGSTER_HOME)
+	BMLT_CONFIG=$(CONFIG) $(BIN)/dagster dev -w workspace.yaml
+
+clean:
+	rm -rf data .dagster_home

@@ -1,0 +1,25 @@
+"""Shared fixtures: a tiny synthetic config writing into a temporary data folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bmlt_resources.settings import PlatformConfig, load_config
+from tests.helpers import write_config
+
+
+@pytest.fixture
+def tiny_config_path(tmp_path: Path) -> Path:
+    return write_config(tmp_path)
+
+
+@pytest.fixture
+def tiny_config(tiny_config_path: Path) -> PlatformConfig:
+    return load_config(tiny_config_path)
+
+
+@pytest.fixture(autouse=True)
+def _dagster_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path_factory.mktemp("dagster_home")))
