@@ -85,7 +85,7 @@ def trained_model(
     client = MlflowClient()
     version = str(info.registered_model_version)
     client.set_registered_model_alias(config.registered_model_name, CHALLENGER, version)
-    for key, value in {**provenance, "dagster_run_id": context.run_id}.items():
+    for key, value in {**provenance, "dagster_run_id": context.run.run_id}.items():
         client.set_model_version_tag(config.registered_model_name, version, key, value)
     write_json(
         {"spec": spec, "best_epoch": result.best_epoch, "mlflow_run_id": info.run_id, "model_uri": info.model_uri, "registered_version": version},

@@ -1,0 +1,136 @@
+"""Every asset materializes on a tiny config with a real (ephemeral) Dagster instance."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+
+import dagster as dg
+import mlflow
+import numpy as np
+import polars as pl
+import pytest
+
+from bmlt_assets.definitions import INGEST_ASSETS, TRAINING_ASSETS, build_definitions, build_resources
+from bmlt_assets.partitions import range_tags
+from bmlt_resources.settings import PROJECT_ROOT, PlatformConfig, SettingsResource
+from bmlt_resources.storage import StorageResource
+
+ALL_ASSETS = INGEST_ASSETS + TRAINING_ASSETS
+GRAPH_SNAPSHOT = Path(__file__).parent / "data" / "asset_graph.json"
+
+
+def _graph(defs: dg.Definitions) -> dict[str, dict]:
+    graph = defs.resolve_asset_graph()
+    return {
+        key.to_user_string(): {
+            "deps": sorted(parent.to_user_string() for parent in graph.get(key).parent_keys),
+            "partitioned": graph.get(key).partitions_def is not None,
+        }
+        for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string())
+    }
+
+
+@pytest.mark.parametrize("config", ["configs/default.yaml", "configs/binance.yaml"])
+def test_definitions_load_for_every_shipped_config(config: str) -> None:
+    defs = build_definitions(PROJECT_ROOT / config)
+    dg.Definitions.validate_loadable(defs)
+    assert {job.name for job in defs.jobs} >= {"ingest_job", "training_job", "full_pipeline"}
+
+
+def test_asset_graph_matches_snapshot(tiny_config_path: Path) -> None:
+    """Lineage changes must be deliberate: regenerate with BMLT_UPDATE_SNAPSHOTS=1."""
+    graph = _graph(build_definitions(tiny_config_path))
+    if os.environ.get("BMLT_UPDATE_SNAPSHOTS"):
+        GRAPH_SNAPSHOT.write_text(json.dumps(graph, indent=2) + "\n")
+    assert graph == json.loads(GRAPH_SNAPSHOT.read_text())
+
+
+def _materialize(config_path: Path, selection, **kwargs) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        ALL_ASSETS, selection=selection, resources=build_resources(config_path), instance=dg.DagsterInstance.ephemeral(), **kwargs
+    )
+
+
+def test_ingest_one_partition_then_a_range(tiny_config_path: Path, tiny_config: PlatformConfig) -> None:
+    storage = StorageResource(base_dir=str(tiny_config.base_dir), config_name=tiny_config.name)
+    first, second = tiny_config.data.dates
+    result = _materialize(tiny_config_path, INGEST_ASSETS[:2], partition_key=first.isoformat())
+    assert result.success
+    snapshots = pl.read_parquet(storage.snapshots(first))
+    assert snapshots["symbol"].unique().sort().to_list() == sorted(tiny_config.data.symbols)
+    tensors = np.load(storage.tensors(first) / "base.npy", mmap_mode="r")
+    assert tensors.shape == (8640, tiny_config.representation.levels, 4, 2)
+    metadata = result.asset_materializations_for_node("book_tensors")[0].metadata
+    assert metadata["shape_per_day"].value == [8640, tiny_config.representation.levels, 4, 2]
+    assert 0.9 < metadata["valid_fraction"].value < 1.0
+
+    result = _materialize(tiny_config_path, INGEST_ASSETS, tags=range_tags(first, second))
+    assert result.success
+    materialized = {m.partition for m in result.asset_materializations_for_node("forward_returns")}
+    assert materialized == {first.isoformat(), second.isoformat()}
+    returns = np.load(storage.returns(first) / "returns.npy")
+    assert returns.shape == (8640, 2, 2)
+    meta = json.loads((storage.returns(first) / "meta.json").read_text())
+    assert meta["next_day_used"] is True  # day 1 labels read into day 2
+    assert json.loads((storage.returns(second) / "meta.json").read_text())["next_day_used"] is False
+
+
+def test_a_missing_upstream_partition_names_the_date_to_materialize(tiny_config_path: Path) -> None:
+    result = _materialize(tiny_config_path, [INGEST_ASSETS[1]], partition_key="2025-01-06", raise_on_error=False)
+    assert not result.success
+    message = str(result.get_step_failure_events()[0].event_specific_data.error)
+    assert "orderbook_snapshots for 2025-01-06 is missing" in message
+    assert "--partition 2025-01-06" in message
+
+
+def test_training_assets_log_register_and_report(tiny_config_path: Path, tiny_config: PlatformConfig) -> None:
+    first, last = tiny_config.data.start_date, tiny_config.data.end_date
+    assert _materialize(tiny_config_path, INGEST_ASSETS, tags=range_tags(first, last)).success
+    result = _materialize(tiny_config_path, TRAINING_ASSETS)
+    assert result.success
+
+    dataset_meta = result.asset_materializations_for_node("training_dataset")[0].metadata
+    assert dataset_meta["dagster/row_count"].value > 500
+    assert "| train |" in dataset_meta["splits"].value
+    report_meta = result.asset_materializations_for_node("evaluation_report")[0].metadata
+    assert "| oracle |" in report_meta["report"].value and "| logistic_obi |" in report_meta["report"].value
+    assert np.isfinite(report_meta["accuracy_capture_30s"].value)
+
+    client = mlflow.MlflowClient(tracking_uri=tiny_config.tracking_uri)
+    version = client.get_model_version_by_alias(tiny_config.registered_model_name, "challenger")
+    run = client.get_run(version.run_id)
+    assert run.data.tags["bmlt.partition_range"] == f"{first}..{last}"
+    assert run.data.params["labels.horizons_s"] == "[30, 120]"
+    assert len(client.get_metric_history(run.info.run_id, "val_log_loss")) >= 1
+    assert "test_model_log_loss_30s" in run.data.metrics  # evaluation logged to the same MLflow run
+    assert version.tags["bmlt.data_fingerprint"] == run.data.tags["bmlt.data_fingerprint"]
+
+    mlflow.set_tracking_uri(tiny_config.tracking_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{tiny_config.registered_model_name}@challenger")
+    spec = model.metadata.get_input_schema().inputs
+    assert [s.name for s in spec] == ["book", "mids", "timestamp_ns"]
+    storage = StorageResource(base_dir=str(tiny_config.base_dir), config_name=tiny_config.name)
+    base = np.load(storage.tensors(first) / "base.npy")
+    mids = np.load(storage.tensors(first) / "mids.npy")
+    stamps = np.load(storage.tensors(first) / "timestamps.npy")
+    steps = np.array([4000, 4100])
+    index = steps[:, None] + np.arange(-tiny_config.dataset.window_steps + 1, 1)
+    probabilities = model.predict({"book": base[index], "mids": mids[index], "timestamp_ns": stamps[steps]})
+    assert probabilities.shape == (2, 2, tiny_config.labels.n_classes)
+    np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
+
+
+def test_an_invalid_config_fails_the_run_with_the_field_path(tmp_path: Path, tiny_config_path: Path) -> None:
+    resources = build_resources(tiny_config_path)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(tiny_config_path.read_text().replace("kind: hybrid", "kind: fancy"))
+    resources["settings"] = SettingsResource(config_path=str(broken))
+    result = dg.materialize(
+        ALL_ASSETS, selection=[INGEST_ASSETS[0]], resources=resources, partition_key="2025-01-06",
+        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
+    )
+    assert not result.success
+    assert "representation.kind = 'fancy'" in str(result.get_step_failure_events()[0].event_specific_data.error)

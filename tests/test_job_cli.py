@@ -1,0 +1,53 @@
+"""`dagster job execute` as a user runs it: a subprocess on the tiny config, end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+
+from bmlt_assets.partitions import range_tags
+from bmlt_resources.settings import PROJECT_ROOT, PlatformConfig
+from bmlt_resources.storage import StorageResource
+
+BIN = Path(sys.executable).parent
+
+
+def test_dagster_job_execute_runs_the_full_pipeline(tmp_path: Path, tiny_config_path: Path, tiny_config: PlatformConfig) -> None:
+    # In-process execution keeps the test quick; `make demo` uses the default multiprocess executor.
+    run_config = tmp_path / "run.yaml"
+    run_config.write_text("execution:\n  config:\n    in_process: {}\n")
+    tags = json.dumps(range_tags(tiny_config.data.start_date, tiny_config.data.end_date))
+    env = {**os.environ, "BMLT_CONFIG": str(tiny_config_path), "DAGSTER_HOME": str(tmp_path / "dagster_home")}
+    (tmp_path / "dagster_home").mkdir()
+    completed = subprocess.run(
+        [str(BIN / "dagster"), "job", "execute", "-m", "bmlt_assets.definitions", "-j", "full_pipeline", "--tags", tags, "-c", str(run_config)],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
+    assert "RUN_SUCCESS" in completed.stdout + completed.stderr
+
+    storage = StorageResource(base_dir=str(tiny_config.base_dir), config_name=tiny_config.name)
+    for date in tiny_config.data.dates:
+        assert (storage.tensors(date) / "meta.json").exists() and (storage.returns(date) / "meta.json").exists()
+    report = json.loads((storage.report / "metrics.json").read_text())
+    assert [entry["horizon_steps"] for entry in report["report"]] == [3, 12]
+    model_meta = json.loads((storage.model / "meta.json").read_text())
+
+    client = mlflow.MlflowClient(tracking_uri=tiny_config.tracking_uri)
+    experiment = client.get_experiment_by_name(tiny_config.mlflow.experiment)
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1  # one Dagster run, one MLflow run, across all six steps
+    run = runs[0]
+    assert run.info.status == "FINISHED"  # ended by dagster-mlflow's hook
+    assert run.info.run_id == model_meta["mlflow_run_id"]
+    assert run.data.tags["bmlt.partition_range"] == f"{tiny_config.data.start_date}..{tiny_config.data.end_date}"
+    for key, value in report["report"][0]["metrics"]["model"].items():
+        np.testing.assert_allclose(run.data.metrics[f"test_model_{key}_30s"], value)
+    assert client.get_model_version_by_alias(tiny_config.registered_model_name, "challenger").run_id == run.info.run_id
+

@@ -1,0 +1,52 @@
+"""The DeepLOB-family model: a faithful DeepLOB, and every multi-asset strategy trains."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bmlt_assets.core.models import OrderBookClassifier, parameter_count
+from bmlt_resources.settings import ModelConfig
+
+
+def test_single_asset_deeplob_matches_the_published_parameter_count() -> None:
+    # Zhang, Zohren & Roberts (2019), DeepLOB, IEEE Trans. Signal Processing 67(11); the
+    # authors' PyTorch implementation (github.com/zcakhaa/DeepLOB-Deep-Convolutional-Neural-
+    # Networks-for-Limit-Order-Books, run_train_pytorch.ipynb) prints 143,907 parameters for
+    # input (1, 100, 40) and 3 classes: conv blocks 8,544 + 10,528 + 18,720, inception 39,872,
+    # LSTM(192, 64) 66,048, linear head 195.
+    model = OrderBookClassifier(ModelConfig(multi_asset="stacked", temporal="none"), levels=10, assets=1, horizons=1, classes=3)
+    assert parameter_count(model) == 143_907
+    assert parameter_count(model.lstm) == 66_048
+    out = model(torch.randn(2, 100, 10, 4, 1))
+    assert out.shape == (2, 1, 3)
+    # The trunk shortens the sequence by 18 steps, as in the paper (100 -> 82).
+    features = model.trunk(torch.randn(2, 1, 100, 40))
+    assert features.shape == (2, 82, 192)
+
+
+@pytest.mark.parametrize("multi_asset", ["stacked", "branches"])
+@pytest.mark.parametrize("temporal", ["cyclical", "none"])
+def test_each_strategy_trains_a_step_and_outputs_every_horizon(multi_asset: str, temporal: str) -> None:
+    torch.manual_seed(0)
+    config = ModelConfig(multi_asset=multi_asset, temporal=temporal, conv_channels=4, inception_channels=4, lstm_hidden=8)
+    model = OrderBookClassifier(config, levels=5, assets=3, horizons=2, classes=8)
+    windows, times = torch.randn(16, 24, 5, 4, 3), torch.randn(16, 4)
+    target = torch.randint(0, 8, (16, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    logits = model(windows, times)
+    assert logits.shape == (16, 2, 8)
+    loss = sum(torch.nn.functional.cross_entropy(logits[:, h], target[:, h]) for h in range(2))
+    loss.backward()
+    optimizer.step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    probabilities = torch.softmax(model(windows, times), dim=-1)
+    torch.testing.assert_close(probabilities.sum(-1), torch.ones(16, 2))
+
+
+def test_branches_share_the_trunk_across_assets() -> None:
+    config = ModelConfig(multi_asset="branches", conv_channels=4, inception_channels=4, lstm_hidden=8)
+    one = OrderBookClassifier(config, levels=5, assets=1, horizons=1, classes=3)
+    three = OrderBookClassifier(config, levels=5, assets=3, horizons=1, classes=3)
+    assert parameter_count(one.trunk) == parameter_count(three.trunk)
