@@ -41,8 +41,9 @@ class Section(BaseModel):
 class SyntheticConfig(Section):
     """Knobs of the embedded synthetic market (generative model in bmlt_resources/synthetic.py)."""
 
-    signal_strength: Annotated[float, Field(ge=0)] = 0.2
-    signal_half_life_s: PositiveFloat = 90.0
+    signal_strength: Annotated[float, Field(ge=0)] = 0.4
+    signal_half_life_s: PositiveFloat = 30.0
+    imbalance_noise: Annotated[float, Field(ge=0)] = 1.0
     leader_weight: Annotated[float, Field(ge=0, lt=1)] = 0.6
     correlation: Annotated[float, Field(ge=0, lt=1)] = 0.6
     regime_block_s: PositiveInt = 3600

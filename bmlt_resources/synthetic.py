@@ -13,9 +13,11 @@ Generative model (one UTC day, grid of ``n`` steps of ``dt`` seconds, per symbol
   with ``kappa = signal_strength``, ``sigma_k`` the symbol's per-step volatility, ``m_g`` the
   regime's volatility multiplier, and ``eps_k = sqrt(rho) f + sqrt(1 - rho) u_k`` correlated
   across symbols through a common market factor ``f``.
-* **The published book** makes the state observable: the best-level queues are
-  ``D (1 +/- tanh(z_k / 2)) / 2`` with total depth ``D = depth_k q_g`` (thinner in volatile
-  regimes), so both ``z_k`` and the regime can be read off the top of the book. The spread in
+* **The published book** shows the flow through a noisy lens: the best-level queues are
+  ``D (1 +/- tanh(y_k / 2)) / 2`` with ``y_k = z_k + imbalance_noise * nu_k`` (``nu`` iid
+  standard normal) and total depth ``D = depth_k q_g`` (thinner in volatile regimes). The regime
+  can be read off the depth exactly; the flow only by averaging queue imbalance over time, which a
+  window model can do and a single snapshot cannot. The spread in
   ticks widens with the regime plus random excursions; deeper levels sit at random gaps of
   about ``level_spacing_bps`` with log-normal quantities that decay with distance.
 * **Publication**: one snapshot per step, sent 100 ms (at most a quarter cadence) before the
@@ -26,12 +28,16 @@ Generative model (one UTC day, grid of ``n`` steps of ``dt`` seconds, per symbol
 Everything is deterministic per (seed, date, symbol): a symbol's stream depends only on its own
 random stream, the market factor's and the leader's, never on which other symbols are configured.
 
-**Oracle.** Given what is observable at step ``t`` (``s_k(t)``, the regime, the clock), the
-``h``-step log return is a mixture over the regime of the next block (at most one block boundary
-inside a horizon, enforced by config) of Gaussians with
+**Oracle.** Everything observable up to step ``t`` (every published book since the session
+opened, the regime, the clock) gives, by a Kalman filter of each AR(1) flow from its noisy
+readings, a Gaussian posterior ``s(t) ~ N(m, P)`` (``m = sqrt(1-b^2) m_k + b m_0``,
+``P = (1-b^2) P_k + b^2 P_0``; readings missing from dropped snapshots are skipped). The ``h``-step
+log return is then a mixture over the regime of the next block (at most one block boundary inside
+a horizon, enforced by config) of Gaussians with, writing ``G = (1 - phi^h) / (1 - phi)``,
 
-    mean = kappa sigma s(t) (1 - phi^h) / (1 - phi)
-    var  = kappa^2 sigma^2 (1 - phi^2) / (1 - phi)^2 sum_{m=1}^{h-1} (1 - phi^(h-m))^2
+    mean = kappa sigma G m
+    var  = kappa^2 sigma^2 G^2 P
+           + kappa^2 sigma^2 (1 - phi^2) / (1 - phi)^2 sum_{m=1}^{h-1} (1 - phi^(h-m))^2
            + sigma^2 (m_g^2 n_before + m_g'^2 n_after)
 
 so :func:`oracle_probabilities` is Bayes-optimal for any class edges, up to the rounding of the
@@ -81,6 +87,8 @@ class LatentDay:
     """The hidden state of one symbol over one day, on the step grid."""
 
     imbalance: np.ndarray  # z_k(j), the symbol's own order-flow imbalance, (n,)
+    reading: np.ndarray  # y_k(j) = z_k(j) + noise: what the best-level queues show, (n,)
+    published: np.ndarray  # (n,) bool: a snapshot exists for the step
     signal: np.ndarray  # s_k(j), (n,)
     regime: np.ndarray  # g(j), (n,) int
     sigma: float  # per-step volatility sigma_k
@@ -120,18 +128,46 @@ class SyntheticMarket:
             blocks[i] = blocks[i - 1] if stay else (blocks[i - 1] + jumps[i]) % 3
         return np.repeat(blocks, self.block_steps)[: self.n]
 
-    def _imbalance(self, date: dt.date, symbol: str) -> np.ndarray:
-        return self._ar1(self._rng(date, f"imbalance:{symbol}"))
+    def _imbalance(self, date: dt.date, symbol: str) -> tuple[np.ndarray, np.ndarray]:
+        """The flow z and its noisy reading y."""
+        rng = self._rng(date, f"imbalance:{symbol}")
+        flow = self._ar1(rng)
+        return flow, flow + self.params.imbalance_noise * rng.standard_normal(self.n)
+
+    def _published(self, date: dt.date, symbol: str) -> np.ndarray:
+        rng = self._rng(date, f"publish:{symbol}")
+        gap_steps = int(np.ceil(self.params.session_gap_s / self.dt_s))
+        return (np.arange(self.n) >= gap_steps) & (rng.random(self.n) >= self.params.dropout_rate)
 
     def latent(self, date: dt.date, symbol: str) -> LatentDay:
-        own = self._imbalance(date, symbol)
+        own, reading = self._imbalance(date, symbol)
         if symbol == LEADER:
             signal = own
         else:
             b = self.params.leader_weight
-            signal = np.sqrt(1 - b**2) * own + b * self._imbalance(date, LEADER)
+            signal = np.sqrt(1 - b**2) * own + b * self._imbalance(date, LEADER)[0]
         sigma = SYMBOL_PROFILES[symbol].vol_per_s * np.sqrt(self.dt_s)
-        return LatentDay(imbalance=own, signal=signal, regime=self.regimes(date), sigma=sigma)
+        return LatentDay(own, reading, self._published(date, symbol), signal, self.regimes(date), sigma)
+
+    def filtered_flow(self, date: dt.date, symbol: str) -> tuple[np.ndarray, np.ndarray]:
+        """Kalman-filtered posterior mean and variance of z_k at every step, from readings <= t.
+
+        Hand-written: a scalar filter with time-varying gain (missing readings) is a few lines,
+        and a state-space library would add a heavy dependency for it.
+        """
+        latent = self.latent(date, symbol)
+        noise_var = self.params.imbalance_noise**2
+        innovation_var = 1 - self.phi**2
+        mean, var = np.empty(self.n), np.empty(self.n)
+        m, v = 0.0, 1.0  # the stationary prior at midnight
+        for j, (y, seen) in enumerate(zip(latent.reading.tolist(), latent.published.tolist())):
+            if j:
+                m, v = self.phi * m, self.phi**2 * v + innovation_var
+            if seen:
+                gain = v / (v + noise_var)
+                m, v = m + gain * (y - m), (1 - gain) * v
+            mean[j], var[j] = m, v
+        return mean, var
 
     # -- books ------------------------------------------------------------------------------
     def simulate(self, date: dt.date, symbol: str) -> pl.DataFrame:
@@ -160,14 +196,12 @@ class SyntheticMarket:
         )
 
         top_depth = profile.depth * DEPTH_MULTIPLIER[regime]
-        tilt = np.tanh(latent.imbalance / 2)
+        tilt = np.tanh(latent.reading / 2)
         decay = np.exp(-np.arange(1, depth) / 8.0)
         deep = top_depth[:, None, None] * decay * rng.lognormal(0.0, 0.4, (n, 2, depth - 1))
         bid_qty = np.concatenate([(top_depth * (1 + tilt) / 2)[:, None], deep[:, 0]], 1)
         ask_qty = np.concatenate([(top_depth * (1 - tilt) / 2)[:, None], deep[:, 1]], 1)
 
-        gap_steps = int(np.ceil(p.session_gap_s / self.dt_s))
-        published = (np.arange(n) >= gap_steps) & (rng.random(n) >= p.dropout_rate)
         day_start_ns = int(dt.datetime(date.year, date.month, date.day, tzinfo=dt.UTC).timestamp()) * 10**9
         lead_ns = min(100, self.cadence_ms // 4) * 1_000_000
         grid_ns = day_start_ns + np.arange(n, dtype=np.int64) * self.cadence_ms * 1_000_000
@@ -175,7 +209,7 @@ class SyntheticMarket:
         receive_ns = exchange_ns + rng.integers(1_000_000, lead_ns // 2 + 1_000_001, n)
         update_id = (date.toordinal() * 10**9) + np.cumsum(rng.integers(1, 40, n))
 
-        keep = published
+        keep = latent.published
         return snapshot_frame(
             exchange_ns=exchange_ns[keep],
             receive_ns=receive_ns[keep],
@@ -199,9 +233,17 @@ class SyntheticMarket:
             raise ValueError("the oracle assumes at most one regime switch inside a horizon")
         latent = self.latent(date, symbol)
         kappa, phi, sigma = self.params.signal_strength, self.phi, latent.sigma
-        mean = kappa * sigma * latent.signal[steps] * (1 - phi**horizon) / (1 - phi)
+        flow_mean, flow_var = self.filtered_flow(date, symbol)
+        if symbol != LEADER:
+            b = self.params.leader_weight
+            leader_mean, leader_var = self.filtered_flow(date, LEADER)
+            flow_mean = np.sqrt(1 - b**2) * flow_mean + b * leader_mean
+            flow_var = (1 - b**2) * flow_var + b**2 * leader_var
+        gain = (1 - phi**horizon) / (1 - phi)
+        mean = kappa * sigma * gain * flow_mean[steps]
         m = np.arange(1, horizon)
-        drift_var = kappa**2 * sigma**2 * (1 - phi**2) / (1 - phi) ** 2 * np.sum((1 - phi ** (horizon - m)) ** 2)
+        future_var = kappa**2 * sigma**2 * (1 - phi**2) / (1 - phi) ** 2 * np.sum((1 - phi ** (horizon - m)) ** 2)
+        drift_var = future_var + kappa**2 * sigma**2 * gain**2 * flow_var[steps]
 
         regime = latent.regime[steps]
         before = np.minimum(horizon, self.block_steps - steps % self.block_steps)
@@ -216,7 +258,6 @@ class SyntheticMarket:
             bounds = np.concatenate([np.zeros((len(steps), 1)), cdf, np.ones((len(steps), 1))], 1)
             probs += weight * np.diff(bounds, axis=1)
         return probs
-
 
     def oracle_at(self, symbol: str, timestamps_ns: np.ndarray, horizon: int, edges: np.ndarray) -> np.ndarray:
         """Oracle probabilities for samples anywhere in time (grid timestamps, any days)."""

@@ -64,7 +64,7 @@ def _labelled_day(m: SyntheticMarket, symbol: str, horizon: int):
 
 @pytest.mark.parametrize("symbol", ["BTC/USDT", "ETH/USDT"])
 def test_oracle_is_calibrated_and_beats_the_majority_class(symbol: str) -> None:
-    m = market(signal_strength=0.3, signal_half_life_s=120)
+    m = market(signal_strength=0.4, signal_half_life_s=120)
     horizon = 6
     steps, classes, edges = _labelled_day(m, symbol, horizon)
     probs = m.oracle_probabilities(DAY, symbol, steps, horizon, edges)
