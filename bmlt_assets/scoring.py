@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from bmlt_assets.core.models import OrderBookClassifier
-from bmlt_assets.core.windows import Normalizer, time_features, with_mid_path
+from bmlt_assets.core.windows import Normalizer, calendar, with_mid_path
 from bmlt_resources.settings import ModelConfig
 
 CHECKPOINT = "checkpoint.pt"
@@ -53,7 +53,7 @@ class OrderBookPyfunc(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):
         book = np.array(model_input["book"], dtype=np.float32)  # a private copy: features are built in place
         windows = self.normalizer.apply(with_mid_path(book, np.asarray(model_input["mids"], dtype=np.float64)))
-        times = time_features(np.asarray(model_input["timestamp_ns"], dtype=np.int64))
+        times = calendar(np.asarray(model_input["timestamp_ns"], dtype=np.int64))
         with torch.no_grad():
             logits = self.model(torch.from_numpy(windows), torch.from_numpy(times))
         return torch.softmax(logits, dim=-1).numpy()

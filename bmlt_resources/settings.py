@@ -9,6 +9,7 @@ whose message names the field path, the bad value and what was expected.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -194,12 +195,24 @@ class ModelConfig(Section):
     """Decisions 2 and 7: DeepLOB-family CNN+LSTM, multi-asset strategy, temporal features."""
 
     architecture: Literal["deeplob"] = "deeplob"
-    multi_asset: Literal["stacked", "branches"] = "branches"
-    temporal: Literal["cyclical", "none"] = "cyclical"
+    multi_asset: Literal["stacked", "branches", "attention"] = "branches"
+    temporal: Literal["cyclical", "embedding", "none"] = "cyclical"
     conv_channels: PositiveInt = 32
     inception_channels: PositiveInt = 64
     lstm_hidden: PositiveInt = 64
     asset_embedding_dim: PositiveInt = 4
+    attention_heads: PositiveInt = 2
+    temporal_embedding_dim: PositiveInt = 4
+
+    @model_validator(mode="after")
+    def _heads_divide_tokens(self) -> ModelConfig:
+        token = 3 * self.inception_channels // 2
+        if self.multi_asset == "attention" and token % self.attention_heads:
+            raise ValueError(
+                f"attention_heads={self.attention_heads} must divide the asset token width "
+                f"3 * inception_channels / 2 = {token}"
+            )
+        return self
 
 
 class TrainingConfig(Section):
@@ -217,9 +230,16 @@ class TrainingConfig(Section):
 
 
 class HpoConfig(Section):
-    """Decision 6: Optuna tuning (arrives with its own issue; off by default)."""
+    """Decision 6: Optuna tuning, off by default."""
 
-    enabled: Literal[False] = False
+    enabled: bool = False
+
+    @field_validator("enabled")
+    @classmethod
+    def _available(cls, enabled: bool) -> bool:
+        if enabled:
+            raise ValueError("Optuna tuning is not part of this release yet; set hpo.enabled: false")
+        return enabled
 
 
 class MlflowConfig(Section):
@@ -353,8 +373,6 @@ def load_config(path: str | Path) -> PlatformConfig:
 
 def config_path_from_env() -> Path:
     """The config a Dagster code location uses: $BMLT_CONFIG, else configs/default.yaml."""
-    import os
-
     return Path(os.environ.get("BMLT_CONFIG") or DEFAULT_CONFIG_PATH)
 
 

@@ -25,13 +25,14 @@ def test_single_asset_deeplob_matches_the_published_parameter_count() -> None:
     assert features.shape == (2, 82, 192)
 
 
-@pytest.mark.parametrize("multi_asset", ["stacked", "branches"])
-@pytest.mark.parametrize("temporal", ["cyclical", "none"])
+@pytest.mark.parametrize("multi_asset", ["stacked", "branches", "attention"])
+@pytest.mark.parametrize("temporal", ["cyclical", "embedding", "none"])
 def test_each_strategy_trains_a_step_and_outputs_every_horizon(multi_asset: str, temporal: str) -> None:
     torch.manual_seed(0)
     config = ModelConfig(multi_asset=multi_asset, temporal=temporal, conv_channels=4, inception_channels=4, lstm_hidden=8)
     model = OrderBookClassifier(config, levels=5, assets=3, horizons=2, classes=8)
-    windows, times = torch.randn(16, 24, 5, 4, 3), torch.randn(16, 4)
+    windows = torch.randn(16, 24, 5, 4, 3)
+    times = torch.stack([torch.rand(16), torch.randint(0, 7, (16,)).float()], dim=1)
     target = torch.randint(0, 8, (16, 2))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     before = [p.detach().clone() for p in model.parameters()]
@@ -45,8 +46,22 @@ def test_each_strategy_trains_a_step_and_outputs_every_horizon(multi_asset: str,
     torch.testing.assert_close(probabilities.sum(-1), torch.ones(16, 2))
 
 
-def test_branches_share_the_trunk_across_assets() -> None:
-    config = ModelConfig(multi_asset="branches", conv_channels=4, inception_channels=4, lstm_hidden=8)
+@pytest.mark.parametrize("multi_asset", ["branches", "attention"])
+def test_per_asset_strategies_share_the_trunk_across_assets(multi_asset: str) -> None:
+    config = ModelConfig(multi_asset=multi_asset, conv_channels=4, inception_channels=4, lstm_hidden=8)
     one = OrderBookClassifier(config, levels=5, assets=1, horizons=1, classes=3)
     three = OrderBookClassifier(config, levels=5, assets=3, horizons=1, classes=3)
     assert parameter_count(one.trunk) == parameter_count(three.trunk)
+    if multi_asset == "attention":  # pooled across assets: the LSTM does not grow with K
+        assert parameter_count(one.lstm) == parameter_count(three.lstm)
+
+
+def test_attention_pooling_is_invariant_to_the_order_of_asset_tokens() -> None:
+    torch.manual_seed(0)
+    config = ModelConfig(multi_asset="attention", temporal="none", conv_channels=4, inception_channels=4, lstm_hidden=8)
+    model = OrderBookClassifier(config, levels=5, assets=3, horizons=1, classes=3).eval()
+    tokens = torch.randn(6, 3, 6)
+    query = model.pool_query.expand(6, -1, -1)
+    pooled, _ = model.pool(query, tokens, tokens)
+    shuffled, _ = model.pool(query, tokens[:, [2, 0, 1]], tokens[:, [2, 0, 1]])
+    torch.testing.assert_close(pooled, shuffled)

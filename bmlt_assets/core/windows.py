@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 
 PRICE_CHANNELS = (0, 2)
-N_TIME_FEATURES = 4
 
 
 def gather_windows(base: np.ndarray, mids: np.ndarray, steps: np.ndarray, window: int) -> np.ndarray:
@@ -34,15 +33,11 @@ def with_mid_path(book: np.ndarray, mids: np.ndarray) -> np.ndarray:
     return book
 
 
-def time_features(timestamps_ns: np.ndarray) -> np.ndarray:
-    """(B, 4) sin/cos of the time of day and of the day of week (cyclical encoding)."""
+def calendar(timestamps_ns: np.ndarray) -> np.ndarray:
+    """(B, 2) float32: the fraction of the UTC day elapsed and the day of week (Monday = 0)."""
     seconds = timestamps_ns // 10**9
-    day_phase = 2 * np.pi * (seconds % 86_400) / 86_400
-    # 1970-01-01 was a Thursday: shift so that Monday is phase 0.
-    week_phase = 2 * np.pi * (((seconds // 86_400) + 3) % 7) / 7
-    return np.stack([np.sin(day_phase), np.cos(day_phase), np.sin(week_phase), np.cos(week_phase)], 1).astype(
-        np.float32
-    )
+    # 1970-01-01 was a Thursday (day 3 when Monday is 0).
+    return np.stack([(seconds % 86_400) / 86_400, ((seconds // 86_400) + 3) % 7], axis=1).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -80,5 +75,5 @@ class WindowSource:
 
     def inputs(self, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         windows = self.normalizer.apply(gather_windows(self.base, self.mids, steps, self.window))
-        return windows, time_features(self.timestamps[steps])
+        return windows, calendar(self.timestamps[steps])
 
