@@ -3,6 +3,7 @@
     bmlt validate CONFIG       check a config; exit 0 if valid, 2 with a readable message if not
     bmlt range-tags CONFIG     the run tags that make `dagster job execute` cover the config's dates
     bmlt summary CONFIG        where the outputs of a pipeline run are, and its headline results
+    bmlt plan CONFIG           bytes per day, per batch and per epoch of a config, before running it
 """
 
 from __future__ import annotations
@@ -45,7 +46,22 @@ def _summary(config: PlatformConfig, path: str) -> int:
     return 0
 
 
-COMMANDS = {"validate": _validate, "range-tags": _range_tags, "summary": _summary}
+def _plan(config: PlatformConfig, path: str) -> int:
+    from bmlt_assets.core.plan import human_bytes, memory_plan
+
+    d = config.data
+    print(
+        f"{path}: {len(d.symbols)} symbols x {d.steps_per_day} steps/day ({d.cadence_ms} ms), "
+        f"depth {d.depth} -> {config.representation.kind} {config.representation.levels} levels, "
+        f"window {config.dataset.window_steps} steps, {len(d.dates)} day(s)"
+    )
+    for name, value in memory_plan(config).items():
+        shown = human_bytes(value) if "bytes" in name else f"{value:,}"
+        print(f"  {name.replace('_', ' '):<32} {shown}")
+    return 0
+
+
+COMMANDS = {"validate": _validate, "range-tags": _range_tags, "summary": _summary, "plan": _plan}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,8 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     for name, handler in COMMANDS.items():
         sub = commands.add_parser(name, help=handler.__doc__ or name)
-        sub.add_argument("config", type=Path, help="a YAML config, e.g. configs/default.yaml")
+        sub.add_argument("config", type=Path, nargs="?", help="a YAML config, e.g. configs/default.yaml")
+        sub.add_argument("--config", dest="config_option", type=Path, help="the same, as an option")
     args = parser.parse_args(argv)
+    args.config = args.config or args.config_option
+    if args.config is None:
+        parser.error(f"{args.command}: give a config file, e.g. configs/default.yaml")
     try:
         config = load_config(args.config)
     except ConfigError as error:

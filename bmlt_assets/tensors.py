@@ -4,6 +4,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
+from bmlt_assets.core.plan import memory_plan
 from bmlt_assets.core.representation import CHANNELS, day_tensors, level_names
 from bmlt_assets.metadata import markdown_table
 from bmlt_assets.partitions import DAILY, SINGLE_RUN, partition_dates
@@ -62,5 +63,6 @@ def book_tensors(context: dg.AssetExecutionContext, settings: SettingsResource, 
             "bytes": sum(day["bytes"] for day in per_day),
             "valid_fraction": float(np.mean([day["valid_fraction"] for day in per_day])),
             "per_day": dg.MetadataValue.md(markdown_table(per_day)),
+            "memory_plan": dg.MetadataValue.json(memory_plan(config)),
         }
     )

@@ -113,6 +113,7 @@ class RepresentationConfig(Section):
     bucket_count: Annotated[int, Field(ge=0)] = 5
     bucket_min_bps: PositiveFloat = 1.0
     bucket_max_bps: PositiveFloat = 25.0
+    rolling_normalization_s: PositiveInt | None = None
 
     @model_validator(mode="after")
     def _levels(self) -> RepresentationConfig:
@@ -225,6 +226,7 @@ class TrainingConfig(Section):
     class_weights: Literal["balanced", "sqrt_inverse", "none"] = "sqrt_inverse"
     max_train_samples: PositiveInt | None = None
     threads: PositiveInt | None = None
+    loader_workers: Annotated[int, Field(ge=0)] = 0
     seed: int = 0
     progress_bar: bool = True
 

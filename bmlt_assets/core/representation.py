@@ -10,6 +10,10 @@ from the same snapshot's mid in basis points (bids negative, asks positive), qua
   the quantity-weighted mean distance of the levels inside it (its centre when empty);
 * ``hybrid``: the top ``raw_levels`` raw, then buckets over the deeper levels only.
 
+Optionally (``rolling_normalization_s``) the quantity channels are standardized by their own
+trailing mean and std, fitted on past data only, so that slow changes in market depth do not
+shift the model's inputs.
+
 Prices stay monotone across levels (an empty bucket never sits inside a shallower one).
 """
 
@@ -94,6 +98,27 @@ def level_names(config: RepresentationConfig) -> list[str]:
     return raw + buckets
 
 
+def rolling_standardize(base: np.ndarray, valid: np.ndarray, lookback: int) -> tuple[np.ndarray, np.ndarray]:
+    """Standardize the quantity channels by their trailing mean and std over ``lookback`` valid
+    steps up to and including t (past data only). Steps with less than half a lookback of
+    history become invalid. ``base`` (S, L, 4, K) is modified in place."""
+    quantities = base[:, :, 1::2, :].astype(np.float64)  # (S, L, 2, K)
+    seen = valid[:, None, None, :].astype(np.float64)
+
+    def trailing(x: np.ndarray) -> np.ndarray:
+        total = np.cumsum(x, axis=0)
+        total[lookback:] -= total[:-lookback].copy()
+        return total
+
+    count = trailing(np.broadcast_to(seen, quantities.shape).copy())
+    mean = trailing(quantities * seen) / np.maximum(count, 1)
+    var = trailing(quantities**2 * seen) / np.maximum(count, 1) - mean**2
+    standardized = (quantities - mean) / np.sqrt(np.maximum(var, 1e-12))
+    enough = count[:, 0, 0, :] >= lookback / 2
+    base[:, :, 1::2, :] = np.where(enough[:, None, None, :], standardized, 0.0).astype(np.float32)
+    return base, valid & enough
+
+
 def day_grid_ns(date: dt.date, cadence_ms: int) -> np.ndarray:
     start = int(dt.datetime(date.year, date.month, date.day, tzinfo=dt.UTC).timestamp()) * 10**9
     return start + np.arange(86_400_000 // cadence_ms, dtype=np.int64) * cadence_ms * 1_000_000
@@ -128,4 +153,7 @@ def day_tensors(
         base[fresh, :, :, k] = levels[position]
         mids[fresh, k] = mid[position]
         valid[:, k] = fresh
+    if config.rolling_normalization_s:
+        base, valid = rolling_standardize(base, valid, max(2, config.rolling_normalization_s * 1000 // cadence_ms))
+        mids = np.where(valid, mids, np.nan)
     return {"base": base, "mids": mids, "valid": valid, "timestamps": grid}

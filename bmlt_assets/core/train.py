@@ -46,6 +46,29 @@ def _batches(n: int, size: int, rng: np.random.Generator | None) -> list[np.ndar
     return [order[i : i + size] for i in range(0, n, size)]
 
 
+class WindowBatches(torch.utils.data.Dataset):
+    """Item i is a whole batch, gathered with one vectorized index from the (memory-mapped) base.
+
+    The batch composition is decided in the main process from a seeded generator, so DataLoader
+    workers only gather: the result is identical for any number of workers.
+    """
+
+    def __init__(self, data: TrainingData, part: Part, batches: list[np.ndarray]):
+        self.data, self.part, self.batches = data, part, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rows = self.batches[i]
+        windows, calendar = self.data.source.inputs(self.part.steps[rows])
+        return torch.from_numpy(windows), torch.from_numpy(calendar), torch.from_numpy(self.part.classes[rows])
+
+
+def batch_loader(data: TrainingData, part: Part, batches: list[np.ndarray], workers: int) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(WindowBatches(data, part, batches), batch_size=None, shuffle=False, num_workers=workers)
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, data: TrainingData, steps: np.ndarray, batch_size: int = 512) -> np.ndarray:
     """(N, H, C) logits for the samples at ``steps`` (model in eval mode)."""
@@ -114,18 +137,16 @@ def train(
         model.train()
         started = time.perf_counter()
         total, seen = 0.0, 0
-        batches = _batches(len(train_part), t.batch_size, rng)
-        for chunk in tqdm(batches, desc=f"epoch {epoch}/{t.epochs}", disable=not t.progress_bar, mininterval=2.0, leave=False):
-            windows, times = data.source.inputs(train_part.steps[chunk])
-            target = torch.from_numpy(train_part.classes[chunk])
-            logits = model(torch.from_numpy(windows), torch.from_numpy(times))
+        loader = batch_loader(data, train_part, _batches(len(train_part), t.batch_size, rng), t.loader_workers)
+        for windows, calendar, target in tqdm(loader, desc=f"epoch {epoch}/{t.epochs}", disable=not t.progress_bar, mininterval=2.0, leave=False):
+            logits = model(windows, calendar)
             loss = sum(losses[h](logits[:, h], target[:, h]) for h in range(len(losses))) / len(losses)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
-            total += loss.item() * len(chunk)
-            seen += len(chunk)
+            total += loss.item() * len(target)
+            seen += len(target)
         train_seconds = time.perf_counter() - started
         val_logits = predict_logits(model, data, val_part.steps)
         val_loss = mean_log_loss(val_logits, val_part.classes)

@@ -1,0 +1,44 @@
+"""The memory planner: what a config costs in bytes, before anything runs (DESIGN decision 1)."""
+
+from __future__ import annotations
+
+from bmlt_resources.settings import PlatformConfig
+
+FLOAT32, FLOAT64, INT64 = 4, 8, 8
+
+
+def memory_plan(config: PlatformConfig) -> dict[str, int]:
+    """Bytes and counts for the configured symbols, cadence, levels, window and date range.
+
+    Raw snapshots are counted at one snapshot per symbol and step (the synthetic market's rate;
+    a live recorder at 100 ms keeps up to ten times more before resampling).
+    """
+    data, d = config.data, config.dataset
+    steps, symbols, levels, window = data.steps_per_day, len(data.symbols), config.representation.levels, d.window_steps
+    days = len(data.dates)
+    raw_row = 4 * data.depth * FLOAT64 + 3 * INT64 + 12  # four level arrays, times, update id, symbol
+    base_step = levels * 4 * symbols * FLOAT32
+    samples_per_day = steps // d.sample_stride
+    train_samples = int(days * samples_per_day * d.train_fraction)
+    if config.training.max_train_samples:
+        train_samples = min(train_samples, config.training.max_train_samples)
+    window_bytes = window * base_step
+    return {
+        "raw_snapshot_bytes_per_day": steps * symbols * raw_row,
+        "base_tensor_bytes_per_day": steps * base_step,
+        "companion_bytes_per_day": steps * (symbols * (FLOAT64 + 1) + INT64),  # mids, validity, timestamps
+        "dense_window_bytes_per_day": samples_per_day * window_bytes,  # what copying windows would cost
+        "batch_bytes": config.training.batch_size * window_bytes,
+        "train_samples_per_epoch": train_samples,
+        "batches_per_epoch": -(-train_samples // config.training.batch_size),
+        "gathered_bytes_per_epoch": train_samples * window_bytes,
+        "dataset_base_bytes": days * steps * base_step,
+    }
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1000 or unit == "PB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    raise AssertionError("unreachable")
