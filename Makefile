@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= configs/default.yaml
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: demo test install ui clean
+.PHONY: demo test install ui bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,13 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Ratios against references measured in the same run; figures go to benchmarks/results.json.
+bench: install
+	$(BIN)/python -m benchmarks.run
+
+bench-quick: install
+	$(BIN)/python -m benchmarks.run --quick --out benchmarks/results-quick.json
 
 ui: install
 	@mkdir -p $(DAGSTER_HOME)

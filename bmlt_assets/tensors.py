@@ -2,10 +2,9 @@
 
 import dagster as dg
 import numpy as np
-import polars as pl
 
 from bmlt_assets.core.plan import memory_plan
-from bmlt_assets.core.representation import CHANNELS, day_tensors, level_names
+from bmlt_assets.core.representation import CHANNELS, day_tensors_from_parquet, level_names
 from bmlt_assets.metadata import markdown_table
 from bmlt_assets.partitions import DAILY, SINGLE_RUN, partition_dates
 from bmlt_assets.snapshots import orderbook_snapshots
@@ -29,7 +28,7 @@ def book_tensors(context: dg.AssetExecutionContext, settings: SettingsResource, 
     per_day = []
     for date in partition_dates(context):
         source = storage.require(storage.snapshots(date), "orderbook_snapshots", date)
-        arrays = day_tensors(pl.read_parquet(source), date, data.symbols, data.cadence_ms, data.staleness_ms, config.representation)
+        arrays = day_tensors_from_parquet(source, date, data.symbols, data.cadence_ms, data.staleness_ms, config.representation)
         meta = {
             "date": date.isoformat(),
             "shape": list(arrays["base"].shape),

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bmlt_assets.core.labels import forward_log_returns, trailing_volatility
-from bmlt_assets.core.representation import day_tensors
+from bmlt_assets.core.representation import day_tensors_from_frame
 from bmlt_assets.core.splits import chronological_split, eligible_steps, purge_limit
 from bmlt_assets.core.windows import Normalizer, gather_windows
 from bmlt_resources.settings import RepresentationConfig, SyntheticConfig
@@ -28,7 +28,7 @@ SNAPSHOTS = pl.concat(
 
 
 def _tensors(snapshots: pl.DataFrame) -> dict[str, np.ndarray]:
-    return day_tensors(snapshots, DAY, SYMBOLS, CADENCE_MS, CADENCE_MS, REPRESENTATION)
+    return day_tensors_from_frame(snapshots, DAY, SYMBOLS, CADENCE_MS, CADENCE_MS, REPRESENTATION)
 
 
 def _perturb_after(snapshots: pl.DataFrame, cutoff_ns: int, seed: int) -> pl.DataFrame:

@@ -11,7 +11,7 @@ import torch
 from bmlt_assets.core.dataset import build_dataset, load_dataset, save_dataset
 from bmlt_assets.core.labels import forward_log_returns, trailing_volatility
 from bmlt_assets.core.plan import memory_plan
-from bmlt_assets.core.representation import day_tensors, rolling_standardize
+from bmlt_assets.core.representation import day_tensors_from_frame, rolling_standardize
 from bmlt_assets.core.splits import eligible_steps
 from bmlt_assets.core.train import batch_loader
 from bmlt_assets.core.windows import gather_windows
@@ -26,7 +26,7 @@ def _days(config: PlatformConfig) -> list[dict[str, np.ndarray]]:
     days = []
     for date in config.data.dates:
         d = config.data
-        arrays = day_tensors(source.snapshots(date, d.symbols), date, d.symbols, d.cadence_ms, d.staleness_ms, config.representation)
+        arrays = day_tensors_from_frame(source.snapshots(date, d.symbols), date, d.symbols, d.cadence_ms, d.staleness_ms, config.representation)
         arrays["returns"] = forward_log_returns(arrays["mids"], arrays["valid"], config.horizon_steps, len(arrays["mids"]))
         arrays["volatility"] = trailing_volatility(arrays["mids"], arrays["valid"], config.vol_lookback_steps)
         days.append(arrays)

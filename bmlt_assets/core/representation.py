@@ -20,9 +20,13 @@ Prices stay monotone across levels (an empty bucket never sits inside a shallowe
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from bmlt_assets.core.book import BOOK_SIDES, book_arrays
 from bmlt_resources.settings import RepresentationConfig
@@ -124,8 +128,13 @@ def day_grid_ns(date: dt.date, cadence_ms: int) -> np.ndarray:
     return start + np.arange(86_400_000 // cadence_ms, dtype=np.int64) * cadence_ms * 1_000_000
 
 
+BookBatches = Iterable[tuple[int, dict[str, np.ndarray]]]  # (first row, {side: (n, depth)})
+
+
 def day_tensors(
-    snapshots: pl.DataFrame,
+    rows_by_symbol: dict[str, np.ndarray],
+    receive_ts: np.ndarray,
+    batches: BookBatches,
     date: dt.date,
     symbols: list[str],
     cadence_ms: int,
@@ -134,26 +143,72 @@ def day_tensors(
 ) -> dict[str, np.ndarray]:
     """One day of validated snapshots -> the base array and its companions.
 
-    Returns ``base`` (S, L, 4, K) float32, ``mids`` (S, K) float64 (NaN where not valid),
-    ``valid`` (S, K) bool and ``timestamps`` (S,) int64 ns of the grid.
+    ``rows_by_symbol`` gives each symbol's rows, sorted by ``receive_ts`` (as
+    ``orderbook_snapshots`` stores them). Only these small index columns are held whole; the level columns arrive in
+    ``batches`` and only the rows some grid step uses are represented, so peak memory stays
+    near the output size. Returns ``base`` (S, L, 4, K) float32, ``mids`` (S, K) float64 (NaN
+    where not valid), ``valid`` (S, K) bool and ``timestamps`` (S,) int64 ns of the grid.
     """
     grid = day_grid_ns(date, cadence_ms)
     base = np.zeros((len(grid), config.levels, 4, len(symbols)), dtype=np.float32)
     mids = np.full((len(grid), len(symbols)), np.nan)
     valid = np.zeros((len(grid), len(symbols)), dtype=bool)
+    # (grid step, symbol, source row) for every fresh step, sorted by source row.
+    pairs = []
     for k, symbol in enumerate(symbols):
-        rows = snapshots.filter(pl.col("symbol") == symbol).sort("receive_ts")
-        if rows.height == 0:
+        rows = rows_by_symbol.get(symbol, np.empty(0, dtype=np.int64))
+        if len(rows) == 0:
             continue
-        row, fresh = align_to_grid(rows["receive_ts"].to_numpy(), grid, staleness_ms * 1_000_000)
-        used = row[fresh]
-        books = book_arrays(rows[np.unique(used)])
-        levels, mid = represent_books(*(books[side] for side in BOOK_SIDES), config)
-        position = np.searchsorted(np.unique(used), used)
-        base[fresh, :, :, k] = levels[position]
-        mids[fresh, k] = mid[position]
+        row, fresh = align_to_grid(receive_ts[rows], grid, staleness_ms * 1_000_000)
         valid[:, k] = fresh
+        steps = np.flatnonzero(fresh)
+        pairs.append(np.stack([steps, np.full(len(steps), k), rows[row[fresh]]], axis=1))
+    if pairs:
+        pairs = np.concatenate(pairs)
+        pairs = pairs[np.argsort(pairs[:, 2], kind="stable")]
+        for first, books in batches:
+            n = len(books[BOOK_SIDES[0]])
+            lo, hi = np.searchsorted(pairs[:, 2], [first, first + n])
+            if lo == hi:
+                continue
+            step, symbol_index, source = pairs[lo:hi].T
+            used, position = np.unique(source - first, return_inverse=True)
+            levels, mid = represent_books(*(books[side][used] for side in BOOK_SIDES), config)
+            base[step, :, :, symbol_index] = levels[position]
+            mids[step, symbol_index] = mid[position]
     if config.rolling_normalization_s:
         base, valid = rolling_standardize(base, valid, max(2, config.rolling_normalization_s * 1000 // cadence_ms))
         mids = np.where(valid, mids, np.nan)
     return {"base": base, "mids": mids, "valid": valid, "timestamps": grid}
+
+
+def day_tensors_from_frame(snapshots: pl.DataFrame, date: dt.date, symbols: list[str], cadence_ms: int, staleness_ms: int, config: RepresentationConfig) -> dict[str, np.ndarray]:
+    """``day_tensors`` of snapshots already in memory."""
+    snapshots = snapshots.sort(["symbol", "receive_ts"], maintain_order=True)
+    symbol = snapshots["symbol"].to_numpy()
+    rows_by_symbol = {name: np.flatnonzero(symbol == name) for name in symbols}
+    return day_tensors(rows_by_symbol, snapshots["receive_ts"].to_numpy(), [(0, book_arrays(snapshots))], date, symbols, cadence_ms, staleness_ms, config)
+
+
+def day_tensors_from_parquet(path: Path, date: dt.date, symbols: list[str], cadence_ms: int, staleness_ms: int, config: RepresentationConfig, batch_rows: int = 16_384) -> dict[str, np.ndarray]:
+    """``day_tensors`` of a stored ``orderbook_snapshots`` partition, streamed in row batches."""
+    parquet = pq.ParquetFile(path, pre_buffer=False, read_dictionary=["symbol"])
+    index = parquet.read(columns=["symbol", "receive_ts"])
+    # Symbols as dictionary codes: a numpy array of Python strings would cost more than the output.
+    symbol = index.column("symbol").combine_chunks()
+    codes, names = symbol.indices.to_numpy(), symbol.dictionary.to_pylist()
+    rows_by_symbol = {name: np.flatnonzero(codes == code) for code, name in enumerate(names)}
+
+    def batches() -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        first = 0
+        for batch in parquet.iter_batches(batch_size=batch_rows, columns=list(BOOK_SIDES)):
+            books = {side: _levels(batch.column(side)) for side in BOOK_SIDES}
+            yield first, books
+            first += batch.num_rows
+
+    return day_tensors(rows_by_symbol, index.column("receive_ts").to_numpy(), batches(), date, symbols, cadence_ms, staleness_ms, config)
+
+
+def _levels(column: pa.FixedSizeListArray) -> np.ndarray:
+    """A fixed-size-list column as a (rows, depth) float64 array, without a Python-level copy."""
+    return column.flatten().to_numpy().reshape(len(column), column.type.list_size)
