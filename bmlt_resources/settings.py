@@ -227,6 +227,7 @@ class TrainingConfig(Section):
     max_train_samples: PositiveInt | None = None
     threads: PositiveInt | None = None
     loader_workers: Annotated[int, Field(ge=0)] = 0
+    precision: Literal["fp32", "bf16"] = "fp32"
     seed: int = 0
     progress_bar: bool = True
 

@@ -2,39 +2,23 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from bmlt_assets.core.dataset import build_dataset, load_dataset, save_dataset
-from bmlt_assets.core.labels import forward_log_returns, trailing_volatility
 from bmlt_assets.core.plan import memory_plan
-from bmlt_assets.core.representation import day_tensors_from_frame, rolling_standardize
+from bmlt_assets.core.representation import rolling_standardize
 from bmlt_assets.core.splits import eligible_steps
 from bmlt_assets.core.train import batch_loader
 from bmlt_assets.core.windows import gather_windows
 from bmlt_resources.settings import PlatformConfig
-from bmlt_resources.synthetic import SyntheticMarketResource
-
-
-def _days(config: PlatformConfig) -> list[dict[str, np.ndarray]]:
-    source = SyntheticMarketResource(
-        seed=config.seed, cadence_ms=config.data.cadence_ms, depth=config.data.depth, params_json=config.data.synthetic.model_dump_json()
-    )
-    days = []
-    for date in config.data.dates:
-        d = config.data
-        arrays = day_tensors_from_frame(source.snapshots(date, d.symbols), date, d.symbols, d.cadence_ms, d.staleness_ms, config.representation)
-        arrays["returns"] = forward_log_returns(arrays["mids"], arrays["valid"], config.horizon_steps, len(arrays["mids"]))
-        arrays["volatility"] = trailing_volatility(arrays["mids"], arrays["valid"], config.vol_lookback_steps)
-        days.append(arrays)
-    return days
+from tests.helpers import synthetic_days
 
 
 def test_windows_equal_slow_reference_slicing(tiny_config: PlatformConfig) -> None:
-    data = build_dataset(_days(tiny_config), tiny_config)
+    data = build_dataset(synthetic_days(tiny_config), tiny_config)
     base, mids, window = data.source.base, data.source.mids, tiny_config.dataset.window_steps
     steps = data.parts["train"].steps[[0, 7, 123, -1]]
     fast = gather_windows(base, mids, steps, window)
@@ -59,7 +43,7 @@ def test_excluded_windows_really_cross_a_gap() -> None:
 
 
 def test_the_dataset_memory_maps_the_base_array_and_never_copies_it(tmp_path: Path, tiny_config: PlatformConfig) -> None:
-    data = build_dataset(_days(tiny_config), tiny_config)
+    data = build_dataset(synthetic_days(tiny_config), tiny_config)
     save_dataset(data, tmp_path)
     loaded = load_dataset(tmp_path, tiny_config)
     assert isinstance(loaded.source.base, np.memmap) and Path(loaded.source.base.filename) == tmp_path / "base.npy"
@@ -71,7 +55,7 @@ def test_the_dataset_memory_maps_the_base_array_and_never_copies_it(tmp_path: Pa
 
 
 def test_loader_workers_give_identical_batches(tiny_config: PlatformConfig) -> None:
-    data = build_dataset(_days(tiny_config), tiny_config)
+    data = build_dataset(synthetic_days(tiny_config), tiny_config)
     part = data.parts["train"]
     batches = [np.arange(i, i + 32) for i in range(0, 256, 32)]
     serial = list(batch_loader(data, part, batches, workers=0))
@@ -96,7 +80,7 @@ def test_rolling_normalization_uses_past_data_only() -> None:
 
 def test_memory_plan_matches_the_arrays(tiny_config: PlatformConfig) -> None:
     plan = memory_plan(tiny_config)
-    day = _days(tiny_config)[0]
+    day = synthetic_days(tiny_config)[0]
     assert plan["base_tensor_bytes_per_day"] == day["base"].nbytes
     assert plan["dataset_base_bytes"] == day["base"].nbytes * len(tiny_config.data.dates)
     window = tiny_config.dataset.window_steps

@@ -139,7 +139,9 @@ def train(
         total, seen = 0.0, 0
         loader = batch_loader(data, train_part, _batches(len(train_part), t.batch_size, rng), t.loader_workers)
         for windows, calendar, target in tqdm(loader, desc=f"epoch {epoch}/{t.epochs}", disable=not t.progress_bar, mininterval=2.0, leave=False):
-            logits = model(windows, calendar)
+            # bf16 autocast: ~1.5x faster on CPUs with bf16 units (benchmarks/), losses stay fp32.
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=t.precision == "bf16"):
+                logits = model(windows, calendar).float()
             loss = sum(losses[h](logits[:, h], target[:, h]) for h in range(len(losses))) / len(losses)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

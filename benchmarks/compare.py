@@ -1,0 +1,92 @@
+"""Compare design options on the synthetic market with everything else held fixed.
+
+    python -m benchmarks.compare [--epochs 3] [--max-train-samples 20000]
+
+Starts from configs/default.yaml, varies one option at a time (multi-asset strategy, then book
+representation), and reports test accuracy and log loss against the oracle (signal capture)
+and seconds per epoch. Results go to benchmarks/comparison.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from bmlt_assets.core.dataset import build_dataset
+from bmlt_assets.core.evaluation import evaluate
+from bmlt_assets.core.labels import forward_log_returns, trailing_volatility
+from bmlt_assets.core.representation import day_tensors_from_frame
+from bmlt_assets.core.train import predict_logits, train
+from bmlt_resources.settings import PlatformConfig, load_config
+from bmlt_resources.synthetic import SyntheticMarketResource
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _with(config: PlatformConfig, section: str, **values) -> PlatformConfig:
+    return config.model_copy(update={section: getattr(config, section).model_copy(update=values)})
+
+
+def run(config: PlatformConfig, snapshots: dict) -> dict:
+    d = config.data
+    days = []
+    for date in d.dates:
+        arrays = day_tensors_from_frame(snapshots[date], date, d.symbols, d.cadence_ms, d.staleness_ms, config.representation)
+        arrays["returns"] = forward_log_returns(arrays["mids"], arrays["valid"], config.horizon_steps, len(arrays["mids"]))
+        arrays["volatility"] = trailing_volatility(arrays["mids"], arrays["valid"], config.vol_lookback_steps)
+        days.append(arrays)
+    data = build_dataset(days, config)
+    result = train(config, data)
+    source = SyntheticMarketResource(seed=config.seed, cadence_ms=d.cadence_ms, depth=d.depth, params_json=d.synthetic.model_dump_json())
+    market = source.market()
+
+    def oracle(i, steps, edges):
+        return market.oracle_at(config.target, data.source.timestamps[steps], data.horizons[i], edges)
+
+    report = evaluate(data, predict_logits(result.model, data, data.parts["test"].steps), oracle, config.evaluation.logistic_max_iter)
+    return {
+        "seconds_per_epoch": float(np.mean([r.seconds for r in result.history])),
+        "epochs": len(result.history),
+        "horizons": {
+            f"{h}s": {
+                "accuracy": e["metrics"]["model"]["accuracy"],
+                "oracle_accuracy": e["metrics"]["oracle"]["accuracy"],
+                "log_loss": e["metrics"]["model"]["log_loss"],
+                "oracle_log_loss": e["metrics"]["oracle"]["log_loss"],
+                **e["capture"],
+            }
+            for h, e in zip(config.labels.horizons_s, report)
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--max-train-samples", type=int, default=20_000)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "comparison.json")
+    args = parser.parse_args()
+    base = load_config(ROOT / "configs" / "default.yaml")
+    base = _with(base, "training", epochs=args.epochs, max_train_samples=args.max_train_samples, progress_bar=False)
+    d = base.data
+    source = SyntheticMarketResource(seed=base.seed, cadence_ms=d.cadence_ms, depth=d.depth, params_json=d.synthetic.model_dump_json())
+    snapshots = {date: source.snapshots(date, d.symbols) for date in d.dates}
+    variants = {
+        "multi_asset=branches, representation=hybrid": base,
+        "multi_asset=stacked": _with(base, "model", multi_asset="stacked"),
+        "multi_asset=attention": _with(base, "model", multi_asset="attention"),
+        "representation=full (10 raw levels)": _with(base, "representation", kind="full", raw_levels=10),
+        "representation=aggregated (10 buckets)": _with(base, "representation", kind="aggregated", bucket_count=10),
+    }
+    results = {}
+    for name, config in variants.items():
+        results[name] = run(config, snapshots)
+        print(name, json.dumps(results[name]), flush=True)
+    args.out.write_text(json.dumps({"epochs": args.epochs, "max_train_samples": args.max_train_samples, "results": results}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
