@@ -32,6 +32,7 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 import torch
+import yaml
 from torch import nn
 
 from bmlt_assets.core.book import validate_snapshots
@@ -57,13 +58,6 @@ def timed(fn, repeat: int = 3) -> float:
         fn()
         samples.append(time.perf_counter() - started)
     return median(samples)
-
-
-def rss_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 def write_raw_days(folder: Path, days: int, depth: int, cadence_ms: int) -> None:
@@ -120,19 +114,16 @@ def sampling_vs_train_step(folder: Path, quick: bool) -> dict:
     save_dataset(build_dataset(days, config), dataset_dir)
     del days
 
-    before = rss_bytes()
+    config_path = folder / "sampling.yaml"
+    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.sampling", str(dataset_dir), str(config_path), str(100 if quick else 400)],
+        capture_output=True, text=True, check=True, cwd=ROOT,
+    )
+    sampling = json.loads(out.stdout)
     data = load_dataset(dataset_dir, config)
     batch = config.training.batch_size
-    rng = np.random.default_rng(0)
-    train_steps = data.parts["train"].steps
-    n_batches = 100 if quick else 400
-    picks = [rng.choice(train_steps, batch) for _ in range(n_batches)]
-    started = time.perf_counter()
-    for steps in picks:
-        data.source.inputs(steps)
-    batches_per_s = n_batches / (time.perf_counter() - started)
-    resident = rss_bytes() - before
-
+    picks = [np.random.default_rng(0).choice(data.parts["train"].steps, batch)]
     torch.set_num_threads(config.training.threads or os.cpu_count() or 1)
     model = build_model(config, data)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -150,15 +141,14 @@ def sampling_vs_train_step(folder: Path, quick: bool) -> dict:
         step()
     n_steps = 10 if quick else 40
     steps_per_s = n_steps / timed(lambda: [step() for _ in range(n_steps)], repeat=1)
-    base_bytes = data.source.base.nbytes
     return {
-        "batches_per_s": batches_per_s,
+        "batches_per_s": sampling["batches_per_s"],
         "train_steps_per_s": steps_per_s,
-        "ratio": batches_per_s / steps_per_s,
+        "ratio": sampling["batches_per_s"] / steps_per_s,
         "target": ">= 10",
-        "resident_over_base": resident / base_bytes,
+        "resident_over_base": sampling["resident_added"] / sampling["base_bytes"],
         "memory_target": "<= 1.2",
-        "base_bytes": base_bytes,
+        "base_bytes": sampling["base_bytes"],
         "batch_size": batch,
     }
 
@@ -202,7 +192,8 @@ class PlainDeepLOB(nn.Module):
         return torch.softmax(self.fc1(x[:, -1, :]), dim=1)
 
 
-def _train_rate(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, steps: int, forward, autocast: bool = False) -> float:
+def _trainer(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, forward, autocast: bool = False):
+    """A function that runs ``steps`` training steps and returns samples per second."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def step() -> None:
@@ -213,44 +204,54 @@ def _train_rate(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, st
         loss.backward()
         optimizer.step()
 
-    for _ in range(3):
+    for _ in range(3):  # warm-up (and compilation, for torch.compile)
         step()
-    seconds = timed(lambda: [step() for _ in range(steps)], repeat=1)
-    return steps * inputs.shape[0] / seconds
+
+    def rate(steps: int) -> float:
+        started = time.perf_counter()
+        for _ in range(steps):
+            step()
+        return steps * inputs.shape[0] / (time.perf_counter() - started)
+
+    return rate
 
 
 def train_vs_reference(quick: bool, batch: int = 64) -> dict:
+    """Rounds interleave the reference and every variant, so drifting machine load hits all alike."""
     torch.manual_seed(0)
     threads = min(2, os.cpu_count() or 1)
     torch.set_num_threads(threads)
-    steps = 5 if quick else 30
+    steps, rounds = (5, 2) if quick else (15, 3)
     flat = torch.randn(batch, 1, 100, 40)
     book = flat.reshape(batch, 100, 10, 4, 1)
     target = torch.randint(0, 3, (batch,))
-    reference = _train_rate(PlainDeepLOB(), flat, target, steps, lambda m, x: m(x))
     config = ModelConfig(multi_asset="stacked", temporal="none")
 
-    def ours(model, x):
+    def ours(channels_last: bool = False, compile: bool = False) -> nn.Module:
+        model = OrderBookClassifier(config, levels=10, assets=1, horizons=1, classes=3)
+        model = model.to(memory_format=torch.channels_last) if channels_last else model
+        return torch.compile(model) if compile else model
+
+    def head(model, x):
         return model(x)[:, 0]
 
-    results = {"reference_samples_per_s": reference, "batch_size": batch, "threads": threads, "variants": {}}
-    variants = {
-        "eager": dict(),
-        "channels_last": dict(channels_last=True),
-        "bf16_autocast": dict(autocast=True),
-        "torch_compile": dict(compile=True),
+    trainers = {
+        "reference": _trainer(PlainDeepLOB(), flat, target, lambda m, x: m(x)),
+        "eager": _trainer(ours(), book, target, head),
+        "channels_last": _trainer(ours(channels_last=True), book, target, head),
+        "bf16_autocast": _trainer(ours(), book, target, head, autocast=True),
     }
-    if quick:
-        variants.pop("torch_compile")  # compiling alone takes minutes on 2 cores
-    for name, options in variants.items():
-        model = OrderBookClassifier(config, levels=10, assets=1, horizons=1, classes=3)
-        if options.get("channels_last"):
-            model = model.to(memory_format=torch.channels_last)
-        if options.get("compile"):
-            model = torch.compile(model)
-        rate = _train_rate(model, book, target, steps, ours, autocast=options.get("autocast", False))
-        results["variants"][name] = {"samples_per_s": rate, "ratio": rate / reference}
-    model = OrderBookClassifier(config, levels=10, assets=1, horizons=1, classes=3).eval()
+    if not quick:  # compiling alone takes minutes on 2 cores
+        trainers["torch_compile"] = _trainer(ours(compile=True), book, target, head)
+    rates: dict[str, list[float]] = {name: [] for name in trainers}
+    for _ in range(rounds):
+        for name, rate in trainers.items():
+            rates[name].append(rate(steps))
+    reference = median(rates.pop("reference"))
+    results = {"reference_samples_per_s": reference, "batch_size": batch, "threads": threads, "rounds": rounds, "variants": {}}
+    for name, values in rates.items():
+        results["variants"][name] = {"samples_per_s": median(values), "ratio": median(values) / reference}
+    model = ours().eval()
     with torch.no_grad():
         model(book)
         latency = timed(lambda: model(book), repeat=5)

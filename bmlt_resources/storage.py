@@ -57,9 +57,15 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+ROW_GROUP_BYTES = 16 * 2**20
+
+
 def write_parquet(frame: pl.DataFrame, path: Path) -> Path:
-    # Row groups of 16k rows let readers stream a partition instead of loading it whole.
-    return atomic_write(path, lambda tmp: frame.write_parquet(tmp, compression="zstd", statistics=True, row_group_size=16_384))
+    """zstd Parquet in row groups of about 16 MiB uncompressed, so readers can stream a
+    partition group by group instead of loading it whole (see day_tensors_from_parquet)."""
+    row_bytes = max(1, frame.estimated_size() // max(frame.height, 1))
+    rows = max(256, ROW_GROUP_BYTES // row_bytes)
+    return atomic_write(path, lambda tmp: frame.write_parquet(tmp, compression="zstd", statistics=True, row_group_size=rows))
 
 
 def write_json(payload: Any, path: Path) -> Path:

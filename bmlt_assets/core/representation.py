@@ -190,8 +190,8 @@ def day_tensors_from_frame(snapshots: pl.DataFrame, date: dt.date, symbols: list
     return day_tensors(rows_by_symbol, snapshots["receive_ts"].to_numpy(), [(0, book_arrays(snapshots))], date, symbols, cadence_ms, staleness_ms, config)
 
 
-def day_tensors_from_parquet(path: Path, date: dt.date, symbols: list[str], cadence_ms: int, staleness_ms: int, config: RepresentationConfig, batch_rows: int = 16_384) -> dict[str, np.ndarray]:
-    """``day_tensors`` of a stored ``orderbook_snapshots`` partition, streamed in row batches."""
+def day_tensors_from_parquet(path: Path, date: dt.date, symbols: list[str], cadence_ms: int, staleness_ms: int, config: RepresentationConfig) -> dict[str, np.ndarray]:
+    """``day_tensors`` of a stored ``orderbook_snapshots`` partition, streamed row group by row group."""
     parquet = pq.ParquetFile(path, pre_buffer=False, read_dictionary=["symbol"])
     index = parquet.read(columns=["symbol", "receive_ts"])
     # Symbols as dictionary codes: a numpy array of Python strings would cost more than the output.
@@ -201,7 +201,7 @@ def day_tensors_from_parquet(path: Path, date: dt.date, symbols: list[str], cade
 
     def batches() -> Iterator[tuple[int, dict[str, np.ndarray]]]:
         first = 0
-        for batch in parquet.iter_batches(batch_size=batch_rows, columns=list(BOOK_SIDES)):
+        for batch in parquet.iter_batches(batch_size=parquet.metadata.row_group(0).num_rows, columns=list(BOOK_SIDES)):
             books = {side: _levels(batch.column(side)) for side in BOOK_SIDES}
             yield first, books
             first += batch.num_rows
