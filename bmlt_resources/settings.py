@@ -228,6 +228,7 @@ class TrainingConfig(Section):
     threads: PositiveInt | None = None
     loader_workers: Annotated[int, Field(ge=0)] = 0
     precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = True
     seed: int = 0
     progress_bar: bool = True
 

@@ -114,6 +114,8 @@ def train(
     seed_everything(t.seed)
     rng = np.random.default_rng(t.seed)
     model = build_model(config, data)
+    if t.channels_last:  # ~1.3x faster convolutions on CPU (docs/benchmarks.md)
+        model = model.to(memory_format=torch.channels_last)
     train_part, val_part = data.parts["train"], data.parts["val"]
     if t.max_train_samples and len(train_part) > t.max_train_samples:
         # An evenly spaced subset keeps the whole training period represented.
