@@ -46,7 +46,8 @@ def run(config: PlatformConfig, snapshots: dict) -> dict:
     def oracle(i, steps, edges):
         return market.oracle_at(config.target, data.source.timestamps[steps], data.horizons[i], edges)
 
-    report = evaluate(data, predict_logits(result.model, data, data.parts["test"].steps), oracle, config.evaluation.logistic_max_iter)
+    logits = predict_logits(result.model, data, data.parts["test"].steps)
+    report = evaluate(data, logits, [1.0] * len(data.horizons), oracle, config.evaluation, d.cadence_ms / 1000)
     return {
         "seconds_per_epoch": float(np.mean([r.seconds for r in result.history])),
         "epochs": len(result.history),

@@ -4,6 +4,7 @@
     bmlt range-tags CONFIG     the run tags that make `dagster job execute` cover the config's dates
     bmlt summary CONFIG        where the outputs of a pipeline run are, and its headline results
     bmlt plan CONFIG           bytes per day, per batch and per epoch of a config, before running it
+    bmlt report RUN_ID         an evaluation's headline table; writes (or --open's) its HTML report
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from bmlt_resources.settings import ConfigError, PlatformConfig, load_config
+from bmlt_resources.settings import ConfigError, PlatformConfig, config_path_from_env, load_config
 
 
 def _validate(config: PlatformConfig, path: str) -> int:
@@ -64,6 +65,35 @@ def _plan(config: PlatformConfig, path: str) -> int:
 COMMANDS = {"validate": _validate, "range-tags": _range_tags, "summary": _summary, "plan": _plan}
 
 
+def _report(config: PlatformConfig, run_id: str, out: Path | None, open_browser: bool) -> int:
+    import tempfile
+    import webbrowser
+
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=config.tracking_uri)
+    try:
+        folder = Path(client.download_artifacts(run_id, "report", tempfile.mkdtemp(prefix="bmlt-report-")))
+    except MlflowException as error:
+        print(f"no evaluation report for run {run_id!r} in {config.tracking_uri}: {error.message}", file=sys.stderr)
+        return 2
+    saved = json.loads((folder / "metrics.json").read_text())
+    for entry, horizon in zip(saved["report"], saved["horizons_s"]):
+        print(f"\nHorizon {horizon}s, {entry['samples']} test samples" + ("   ** PROBABLE LEAK **" if entry.get("leak_suspected") else ""))
+        print(f"  {'predictor':<14}{'accuracy':>10}{'log loss':>10}{'ECE':>8}{'Sharpe':>9}")
+        for name, m in entry["metrics"].items():
+            print(f"  {name:<14}{m['accuracy']:>10.4f}{m['log_loss']:>10.4f}{m['ece']:>8.4f}{entry['pnl'][name]['sharpe_annualized']:>9.2f}")
+        if "capture" in entry:
+            print(f"  signal capture: accuracy {entry['capture']['accuracy_capture']:.3f}, log loss {entry['capture']['logloss_capture']:.3f}")
+    target = out or Path(f"report-{run_id}.html")
+    target.write_text((folder / "report.html").read_text())
+    print(f"\nHTML report: {target.resolve()}")
+    if open_browser:
+        webbrowser.open(target.resolve().as_uri())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bmlt", description="Binance ML Training platform")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -71,8 +101,16 @@ def main(argv: list[str] | None = None) -> int:
         sub = commands.add_parser(name, help=handler.__doc__ or name)
         sub.add_argument("config", type=Path, nargs="?", help="a YAML config, e.g. configs/default.yaml")
         sub.add_argument("--config", dest="config_option", type=Path, help="the same, as an option")
+    report = commands.add_parser("report", help="print an evaluation report and write its HTML")
+    report.add_argument("run_id", help="the MLflow run id of an evaluation")
+    report.add_argument("--config", dest="config_option", type=Path, default=None, help="config whose MLflow store to read (default: $BMLT_CONFIG or configs/default.yaml)")
+    report.add_argument("--out", type=Path, help="where to write the HTML (default: report-RUN_ID.html)")
+    report.add_argument("--open", action="store_true", help="open the HTML in a browser")
     args = parser.parse_args(argv)
-    args.config = args.config or args.config_option
+    if args.command == "report":
+        args.config = args.config_option or config_path_from_env()
+    else:
+        args.config = args.config or args.config_option
     if args.config is None:
         parser.error(f"{args.command}: give a config file, e.g. configs/default.yaml")
     try:
@@ -80,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"invalid config: {error}", file=sys.stderr)
         return 2
+    if args.command == "report":
+        return _report(config, args.run_id, args.out, args.open)
     return COMMANDS[args.command](config, str(args.config))
 
 

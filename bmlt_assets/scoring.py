@@ -6,8 +6,9 @@ Input (a dict of arrays, the same layout as ``book_tensors``):
 * ``mids``: (B, T, K) float64 mid prices of the same steps;
 * ``timestamp_ns``: (B,) int64 time of each window's last step.
 
-Output: (B, horizons, classes) float32 class probabilities. Normalization statistics fitted on
-the training part travel inside the checkpoint, so scoring needs nothing else.
+Output: (B, horizons, classes) float32 class probabilities, calibrated by the per-head
+temperatures fitted on the validation part. Normalization statistics fitted on the training part
+and the temperatures travel inside the checkpoint, so scoring needs nothing else.
 """
 
 from __future__ import annotations
@@ -56,4 +57,5 @@ class OrderBookPyfunc(mlflow.pyfunc.PythonModel):
         times = calendar(np.asarray(model_input["timestamp_ns"], dtype=np.int64))
         with torch.no_grad():
             logits = self.model(torch.from_numpy(windows), torch.from_numpy(times))
-        return torch.softmax(logits, dim=-1).numpy()
+        temperatures = torch.tensor(self.spec.get("temperatures", [1.0] * logits.shape[1]), dtype=logits.dtype)
+        return torch.softmax(logits / temperatures[None, :, None], dim=-1).numpy()

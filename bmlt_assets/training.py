@@ -5,9 +5,10 @@ import numpy as np
 from mlflow import MlflowClient, pyfunc
 from mlflow.models import infer_signature
 
+from bmlt_assets.core.calibration import fit_temperature
 from bmlt_assets.core.dataset import TrainingData, load_dataset
 from bmlt_assets.core.models import parameter_count
-from bmlt_assets.core.train import EpochRecord, train
+from bmlt_assets.core.train import EpochRecord, predict_logits, train
 from bmlt_assets.dataset import training_dataset
 from bmlt_assets.metadata import markdown_table
 from bmlt_assets.provenance import combined_hash, content_hash, flatten, git_commit
@@ -58,6 +59,12 @@ def trained_model(
         )
 
     result = train(config, data, on_epoch)
+    # Temperature scaling on the purged validation part, one scalar per head; the logged model
+    # applies it, so what serves is the calibrated model.
+    val = data.parts["val"]
+    val_logits = predict_logits(result.model, data, val.steps)
+    temperatures = [fit_temperature(val_logits[:, h], val.classes[:, h]) for h in range(len(data.horizons))]
+    mlflow.log_metrics({f"temperature_{h}s": t for h, t in zip(config.labels.horizons_s, temperatures)})
     spec = {
         "model": config.model.model_dump(mode="json"),
         "levels": data.shape[1],
@@ -67,6 +74,7 @@ def trained_model(
         "n_classes": data.n_classes,
         "window_steps": config.dataset.window_steps,
         "cadence_ms": config.data.cadence_ms,
+        "temperatures": temperatures,
     }
     with atomic_directory(storage.model) as staging:
         save_checkpoint(staging / CHECKPOINT, result.model, data.source.normalizer, spec)
@@ -99,6 +107,7 @@ def trained_model(
         metadata={
             "parameters": parameter_count(result.model),
             "best_epoch": result.best_epoch,
+            "temperatures": dg.MetadataValue.json(temperatures),
             "best_val_log_loss": float(min(r.val_log_loss for r in result.history)),
             "mlflow_run_id": info.run_id,
             "registered_model": f"{config.registered_model_name} v{version} @{CHALLENGER}",

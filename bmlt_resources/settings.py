@@ -250,10 +250,14 @@ class MlflowConfig(Section):
     tracking_uri: str | None = None  # default: sqlite under storage.base_dir
     experiment: str = "bmlt"
     registered_model: str | None = None  # default: "bmlt-<config name>"
+    ui_url: str = "http://127.0.0.1:5000"  # where `mlflow ui` serves, for links in Dagster metadata
 
 
 class EvaluationConfig(Section):
     logistic_max_iter: PositiveInt = 300
+    ece_bins: Annotated[int, Field(ge=2)] = 15
+    pnl_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5  # direction mass needed to trade
+    fee_bps: Annotated[float, Field(ge=0)] = 1.0  # per side, on top of half the spread per side
 
 
 class StorageConfig(Section):

@@ -19,6 +19,7 @@ from bmlt_resources.settings import PlatformConfig
 from bmlt_resources.storage import load_arrays, save_arrays
 
 GRID_ARRAYS = ["base", "mids", "timestamps"]
+PART_FIELDS = ["steps", "classes", "edges", "returns", "previous", "volatility"]
 
 
 @dataclass
@@ -27,6 +28,8 @@ class Part:
     classes: np.ndarray  # (N, H) int64
     edges: np.ndarray  # (N, H, C-1) class edges in log-return units
     returns: np.ndarray  # (N, H) realized forward log return
+    previous: np.ndarray  # (N, H) class of the label that ended at t (known at t), -1 if unknown
+    volatility: np.ndarray  # (N,) trailing per-step volatility at t
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -70,17 +73,28 @@ def build_dataset(days: list[dict[str, np.ndarray]], config: PlatformConfig) -> 
     in_train = np.zeros(len(all_steps), dtype=bool)
     in_train[: len(split.train)] = True
     bounds = np.cumsum([0] + [len(s) for s in parts_steps.values()])
+    previous = np.full((len(all_steps), len(horizons)), -1)
     for i, h in enumerate(horizons):
         # Quantile edges are fitted on the training samples only (``in_train``).
         edges = class_edges(config.labels, returns[all_steps, i], volatility[all_steps], h, in_train)
         for j, name in enumerate(PARTS):
             parts_edges[name][:, i] = edges[bounds[j] : bounds[j + 1]]
+        # The label that ended at t (return over (t - h, t]) is known at t: persistence's input.
+        before = all_steps - h
+        known = (before >= 0) & np.isfinite(returns[before, i]) & np.isfinite(volatility[before])
+        before_edges = (
+            np.asarray(config.labels.volatility_edges)[None, :] * (volatility[before] * np.sqrt(h))[:, None]
+            if config.labels.edges == "volatility_scaled"
+            else edges
+        )
+        previous[known, i] = classify(returns[before, i], before_edges)[known]
 
     parts = {}
     for name, part_steps in parts_steps.items():
         part_returns = returns[part_steps]
         classes = np.stack([classify(part_returns[:, i], parts_edges[name][:, i]) for i in range(len(horizons))], axis=1)
-        parts[name] = Part(steps=part_steps, classes=classes, edges=parts_edges[name], returns=part_returns)
+        rows = slice(bounds[PARTS.index(name)], bounds[PARTS.index(name) + 1])
+        parts[name] = Part(part_steps, classes, parts_edges[name], part_returns, previous[rows], volatility[part_steps])
 
     normalizer = Normalizer.fit(joined["base"], joined["mids"], split.train, window, d.norm_fit_samples, config.seed)
     source = WindowSource(joined["base"], joined["mids"], joined["timestamps"], window, normalizer)
@@ -96,7 +110,7 @@ def save_dataset(data: TrainingData, directory: Path) -> None:
         "norm_std": data.source.normalizer.std,
     }
     for name, part in data.parts.items():
-        arrays |= {f"{name}_steps": part.steps, f"{name}_classes": part.classes, f"{name}_edges": part.edges, f"{name}_returns": part.returns}
+        arrays |= {f"{name}_{field}": getattr(part, field) for field in PART_FIELDS}
     save_arrays(directory, arrays)
 
 
@@ -104,8 +118,7 @@ def load_dataset(directory: Path, config: PlatformConfig) -> TrainingData:
     """Open a saved dataset; the base array is memory-mapped, never read whole."""
     grid = load_arrays(directory, GRID_ARRAYS, mmap=True)
     norm = load_arrays(directory, ["norm_mean", "norm_std"])
-    fields = ["steps", "classes", "edges", "returns"]
-    parts = {name: Part(**{f: np.load(directory / f"{name}_{f}.npy") for f in fields}) for name in PARTS}
+    parts = {name: Part(**{f: np.load(directory / f"{name}_{f}.npy") for f in PART_FIELDS}) for name in PARTS}
     source = WindowSource(
         grid["base"], grid["mids"], grid["timestamps"], config.dataset.window_steps, Normalizer(norm["norm_mean"], norm["norm_std"])
     )

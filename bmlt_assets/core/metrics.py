@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, log_loss
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    brier_score_loss,
+    confusion_matrix,
+    f1_score,
+    log_loss,
+    matthews_corrcoef,
+)
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -13,10 +21,15 @@ def classification_metrics(classes: np.ndarray, probabilities: np.ndarray) -> di
     n_classes = probabilities.shape[1]
     predicted = probabilities.argmax(axis=1)
     clipped = np.clip(probabilities, 1e-12, 1.0)
+    normalized = clipped / clipped.sum(axis=1, keepdims=True)
     return {
         "accuracy": float(accuracy_score(classes, predicted)),
+        "balanced_accuracy": float(balanced_accuracy_score(classes, predicted)),
         "macro_f1": float(f1_score(classes, predicted, average="macro", labels=range(n_classes), zero_division=0)),
-        "log_loss": float(log_loss(classes, clipped / clipped.sum(axis=1, keepdims=True), labels=range(n_classes))),
+        "mcc": float(matthews_corrcoef(classes, predicted)),
+        "log_loss": float(log_loss(classes, normalized, labels=range(n_classes))),
+        # Multi-class Brier: mean over samples of the squared distance to the one-hot outcome.
+        "brier": float(brier_score_loss(classes, normalized, labels=range(n_classes))),
     }
 
 
@@ -30,16 +43,33 @@ def prior_probabilities(train_classes: np.ndarray, n_classes: int, n: int) -> np
     return np.broadcast_to(prior, (n, n_classes)).copy()
 
 
+def persistence_probabilities(
+    train_previous: np.ndarray, train_classes: np.ndarray, test_previous: np.ndarray, n_classes: int
+) -> np.ndarray:
+    """Persistence: the class distribution that followed each last realized class in training
+    (a transition matrix with add-one smoothing); the class prior where the last class is unknown."""
+    counts = np.ones((n_classes, n_classes))
+    known = train_previous >= 0
+    np.add.at(counts, (train_previous[known], train_classes[known]), 1)
+    transition = counts / counts.sum(axis=1, keepdims=True)
+    prior = np.bincount(train_classes, minlength=n_classes) / len(train_classes)
+    return np.where((test_previous >= 0)[:, None], transition[np.maximum(test_previous, 0)], prior)
+
+
 def order_book_features(base: np.ndarray, steps: np.ndarray) -> np.ndarray:
-    """Per asset at step t only: best-level imbalance, whole-book imbalance, spread (bps),
-    micro-price offset from mid (bps) and log best-level depth. (N, 5K)."""
+    """Per asset, from steps t and t - 1 only: best-level (queue) imbalance, whole-book imbalance,
+    order-flow imbalance of the best level (change in bid minus change in ask queue, scaled by
+    depth), spread (bps), micro-price offset from mid (bps) and log best-level depth. (N, 6K)."""
     book = np.asarray(base[steps], dtype=np.float64)  # (N, L, 4, K)
+    before = np.asarray(base[np.maximum(steps - 1, 0)], dtype=np.float64)
     bid_qty, ask_qty = np.expm1(book[:, :, 1]), np.expm1(book[:, :, 3])
     best_bid, best_ask = bid_qty[:, 0], ask_qty[:, 0]
     bid_distance, ask_distance = book[:, 0, 0], book[:, 0, 2]
     depth = best_bid + best_ask
+    flow = (best_bid - np.expm1(before[:, 0, 1])) - (best_ask - np.expm1(before[:, 0, 3]))
     features = [
         (best_bid - best_ask) / depth,
+        flow / depth,
         (bid_qty.sum(1) - ask_qty.sum(1)) / (bid_qty.sum(1) + ask_qty.sum(1)),
         ask_distance - bid_distance,
         (ask_distance * best_bid + bid_distance * best_ask) / depth,

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from bmlt_assets.core.dataset import Part, TrainingData
+from bmlt_assets.core.dataset import PART_FIELDS, Part, TrainingData
 from bmlt_assets.core.models import OrderBookClassifier
 from bmlt_resources.settings import PlatformConfig
 
@@ -120,7 +120,7 @@ def train(
     if t.max_train_samples and len(train_part) > t.max_train_samples:
         # An evenly spaced subset keeps the whole training period represented.
         keep = np.linspace(0, len(train_part) - 1, t.max_train_samples).astype(np.int64)
-        train_part = Part(*(array[keep] for array in (train_part.steps, train_part.classes, train_part.edges, train_part.returns)))
+        train_part = Part(**{name: getattr(train_part, name)[keep] for name in PART_FIELDS})
     losses = [
         nn.CrossEntropyLoss(weight=class_weights(train_part.classes[:, h], data.n_classes, t.class_weights))
         for h in range(len(data.horizons))

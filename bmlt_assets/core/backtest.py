@@ -1,0 +1,87 @@
+"""A simple, honest backtest of a probabilistic forecaster.
+
+Policy: at a sample step with no open position, go long when the probability mass of the classes
+above zero exceeds ``threshold``, short when the mass below zero does; hold for exactly the
+horizon, then flat. Positions never overlap. Each trade pays ``fee_bps`` on entry and on exit plus
+half the quoted spread on entry and on exit (the spread at entry stands for both).
+
+Sharpe is annualized for a market that trades 24/7:
+``Sharpe = mean(r) / std(r) x sqrt(trades per year)``, with trades per year = trades / (test span
+in seconds) x 365.25 x 86,400, r the per-trade net log returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SECONDS_PER_YEAR = 365.25 * 86_400
+
+
+@dataclass(frozen=True)
+class Backtest:
+    entries: np.ndarray  # sample indices where a position opened
+    sides: np.ndarray  # +1 long, -1 short
+    gross: np.ndarray  # per-trade log return before costs
+    costs: np.ndarray  # per-trade costs (log-return units)
+    span_s: float
+
+    @property
+    def net(self) -> np.ndarray:
+        return self.gross - self.costs
+
+    @property
+    def equity(self) -> np.ndarray:
+        return np.cumsum(self.net)
+
+    def summary(self) -> dict[str, float]:
+        net = self.net
+        trades = len(net)
+        equity = np.concatenate([[0.0], self.equity])
+        per_year = trades / self.span_s * SECONDS_PER_YEAR if self.span_s > 0 else 0.0
+        std = net.std(ddof=1) if trades > 1 else 0.0
+        return {
+            "trades": trades,
+            "hit_rate": float((net > 0).mean()) if trades else 0.0,
+            "mean_return_bps": float(net.mean() * 1e4) if trades else 0.0,
+            "total_return_bps": float(net.sum() * 1e4),
+            "sharpe_annualized": float(net.mean() / std * np.sqrt(per_year)) if std > 0 else 0.0,
+            "max_drawdown_bps": float((np.maximum.accumulate(equity) - equity).max() * 1e4),
+            "turnover_per_day": float(2 * trades / (self.span_s / 86_400)) if self.span_s > 0 else 0.0,
+            "costs_bps": float(self.costs.sum() * 1e4),
+        }
+
+
+def direction_masses(probabilities: np.ndarray, up: np.ndarray, down: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return probabilities[:, up].sum(axis=1), probabilities[:, down].sum(axis=1)
+
+
+def run_backtest(
+    steps: np.ndarray,
+    p_up: np.ndarray,
+    p_down: np.ndarray,
+    realized: np.ndarray,
+    spread_bps: np.ndarray,
+    horizon: int,
+    threshold: float,
+    fee_bps: float,
+    cadence_s: float,
+) -> Backtest:
+    """``steps`` sorted sample steps; ``realized`` the forward log return over ``horizon`` steps."""
+    entries, sides = [], []
+    free_from = -np.inf
+    for i, step in enumerate(steps):
+        if step < free_from:
+            continue
+        side = 1 if p_up[i] > threshold and p_up[i] >= p_down[i] else -1 if p_down[i] > threshold else 0
+        if side:
+            entries.append(i)
+            sides.append(side)
+            free_from = step + horizon
+    entries = np.asarray(entries, dtype=np.int64)
+    sides = np.asarray(sides, dtype=np.int64)
+    gross = sides * realized[entries]
+    costs = (2 * fee_bps + spread_bps[entries]) * 1e-4
+    span_s = float((steps[-1] - steps[0] + horizon) * cadence_s) if len(steps) else 0.0
+    return Backtest(entries, sides, gross, costs, span_s)
