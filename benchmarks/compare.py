@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--max-train-samples", type=int, default=20_000)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "comparison.json")
+    parser.add_argument("--only", nargs="*", help="run only the variants whose name contains one of these words")
     args = parser.parse_args()
     base = load_config(ROOT / "configs" / "default.yaml")
     base = _with(base, "training", epochs=args.epochs, max_train_samples=args.max_train_samples, progress_bar=False)
@@ -82,11 +83,15 @@ def main() -> None:
         "representation=full (10 raw levels)": _with(base, "representation", kind="full", raw_levels=10),
         "representation=aggregated (10 buckets)": _with(base, "representation", kind="aggregated", bucket_count=10),
     }
-    results = {}
+    if args.only:
+        variants = {name: config for name, config in variants.items() if any(word in name for word in args.only)}
+    # Results accumulate in --out, so a variant can be re-run alone.
+    saved = json.loads(args.out.read_text()) if args.out.exists() else {}
+    results = saved.get("results", {}) if saved.get("epochs") == args.epochs else {}
     for name, config in variants.items():
         results[name] = run(config, snapshots)
         print(name, json.dumps(results[name]), flush=True)
-    args.out.write_text(json.dumps({"epochs": args.epochs, "max_train_samples": args.max_train_samples, "results": results}, indent=2) + "\n")
+        args.out.write_text(json.dumps({"epochs": args.epochs, "max_train_samples": args.max_train_samples, "results": results}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

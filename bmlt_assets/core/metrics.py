@@ -65,15 +65,16 @@ def order_book_features(base: np.ndarray, steps: np.ndarray) -> np.ndarray:
     bid_qty, ask_qty = np.expm1(book[:, :, 1]), np.expm1(book[:, :, 3])
     best_bid, best_ask = bid_qty[:, 0], ask_qty[:, 0]
     bid_distance, ask_distance = book[:, 0, 0], book[:, 0, 2]
-    depth = best_bid + best_ask
+    # An empty first level is possible (an aggregated bucket with no quote): never divide by 0.
+    depth = np.maximum(best_bid + best_ask, 1e-12)
     flow = (best_bid - np.expm1(before[:, 0, 1])) - (best_ask - np.expm1(before[:, 0, 3]))
     features = [
         (best_bid - best_ask) / depth,
         flow / depth,
-        (bid_qty.sum(1) - ask_qty.sum(1)) / (bid_qty.sum(1) + ask_qty.sum(1)),
+        (bid_qty.sum(1) - ask_qty.sum(1)) / np.maximum(bid_qty.sum(1) + ask_qty.sum(1), 1e-12),
         ask_distance - bid_distance,
         (ask_distance * best_bid + bid_distance * best_ask) / depth,
-        np.log(depth),
+        np.log1p(depth),
     ]
     return np.concatenate(features, axis=1)
 
