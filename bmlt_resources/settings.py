@@ -256,7 +256,7 @@ class MlflowConfig(Section):
 class EvaluationConfig(Section):
     logistic_max_iter: PositiveInt = 300
     ece_bins: Annotated[int, Field(ge=2)] = 15
-    pnl_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5  # direction mass needed to trade
+    pnl_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.6  # direction mass needed to trade
     fee_bps: Annotated[float, Field(ge=0)] = 1.0  # per side, on top of half the spread per side
 
 
