@@ -59,3 +59,13 @@ class OrderBookPyfunc(mlflow.pyfunc.PythonModel):
             logits = self.model(torch.from_numpy(windows), torch.from_numpy(times))
         temperatures = torch.tensor(self.spec.get("temperatures", [1.0] * logits.shape[1]), dtype=logits.dtype)
         return torch.softmax(logits / temperatures[None, :, None], dim=-1).numpy()
+
+
+def score_steps(model: mlflow.pyfunc.PyFuncModel, base: np.ndarray, mids: np.ndarray, timestamps: np.ndarray, steps: np.ndarray, window: int, batch: int = 512) -> np.ndarray:
+    """(N, H, C) probabilities of a logged model for the windows ending at ``steps``."""
+    out = []
+    for start in range(0, len(steps), batch):
+        chunk = steps[start : start + batch]
+        index = chunk[:, None] + np.arange(1 - window, 1)
+        out.append(model.predict({"book": np.asarray(base[index], np.float32), "mids": np.asarray(mids[index]), "timestamp_ns": timestamps[chunk]}))
+    return np.concatenate(out)

@@ -258,6 +258,7 @@ class EvaluationConfig(Section):
     ece_bins: Annotated[int, Field(ge=2)] = 15
     pnl_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.6  # direction mass needed to trade
     fee_bps: Annotated[float, Field(ge=0)] = 1.0  # per side, on top of half the spread per side
+    promotion_max_ece: Annotated[float, Field(gt=0, le=1)] = 0.05  # the champion must be this calibrated
 
 
 class StorageConfig(Section):

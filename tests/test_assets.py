@@ -108,6 +108,16 @@ def test_training_assets_log_register_and_report(tiny_config_path: Path, tiny_co
     assert "test_model_log_loss_30s" in run.data.metrics  # evaluation logged to the same MLflow run
     assert version.tags["bmlt.data_fingerprint"] == run.data.tags["bmlt.data_fingerprint"]
 
+    # The promotion gate's verdict agrees with the report it was drawn from, and with the alias.
+    report = json.loads((StorageResource(base_dir=str(tiny_config.base_dir), config_name=tiny_config.name).report / "metrics.json").read_text())["report"]
+    deserved = all(
+        entry["log_loss_differences"][f"model_minus_{b}"]["high"] < 0 for entry in report for b in ("prior", "persistence", "logistic_obi")
+    ) and all(entry["metrics"]["model"]["ece"] < tiny_config.evaluation.promotion_max_ece for entry in report)
+    promoted = version.tags["bmlt.promotion"] == "promoted"
+    assert promoted == deserved
+    aliases = client.get_registered_model(tiny_config.registered_model_name).aliases
+    assert ("champion" in aliases) == promoted
+
     mlflow.set_tracking_uri(tiny_config.tracking_uri)
     model = mlflow.pyfunc.load_model(f"models:/{tiny_config.registered_model_name}@challenger")
     spec = model.metadata.get_input_schema().inputs

@@ -51,3 +51,16 @@ def test_dagster_job_execute_runs_the_full_pipeline(tmp_path: Path, tiny_config_
         np.testing.assert_allclose(run.data.metrics[f"test_model_{key}_30s"], value)
     assert client.get_model_version_by_alias(tiny_config.registered_model_name, "challenger").run_id == run.info.run_id
 
+    # The terminal view of the same evaluation.
+    html_path = tmp_path / "report.html"
+    shown = subprocess.run(
+        [str(BIN / "bmlt"), "report", run.info.run_id, "--config", str(tiny_config_path), "--out", str(html_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr
+    model_accuracy = report["report"][0]["metrics"]["model"]["accuracy"]
+    assert f"{model_accuracy:.4f}" in shown.stdout and "Horizon 30s" in shown.stdout
+    assert html_path.read_text().startswith("<!DOCTYPE html>")
+    missing = subprocess.run([str(BIN / "bmlt"), "report", "nonexistent", "--config", str(tiny_config_path)], capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+

@@ -60,7 +60,9 @@ def evaluate(
     oracle: Oracle | None,
     config: EvaluationConfig,
     cadence_s: float,
+    champion: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
+    """``champion``: the current champion's (N, H, C) test probabilities, compared like a baseline."""
     train, test = data.parts["train"], data.parts["test"]
     train_features = order_book_features(data.source.base, train.steps)
     test_features = order_book_features(data.source.base, test.steps)
@@ -79,6 +81,8 @@ def evaluate(
             "persistence": persistence_probabilities(train.previous[:, i], train.classes[:, i], test.previous[:, i], data.n_classes),
             "logistic_obi": logistic_baseline(train_features, train.classes[:, i], test_features, data.n_classes, config.logistic_max_iter),
         }
+        if champion is not None:
+            predictors["champion"] = champion[:, i]
         if oracle is not None:
             predictors["oracle"] = oracle(i, test.steps, test.edges[:, i])
         up, down = direction_classes(test.edges[0, i])

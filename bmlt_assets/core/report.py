@@ -97,6 +97,12 @@ def markdown(report: list[dict[str, Any]], horizons_s: list[int], title: str, im
         lines += ["Simulated P&L after fees and half-spread (Sharpe = mean/std of per-trade net log returns x sqrt(trades per year), 24/7):", ""]
         lines += _table(["predictor", *PNL], [[name, *(p[k] for k in PNL)] for name, p in entry["pnl"].items()]) + [""]
         lines += _table(["volatility regime", "samples", "accuracy", "log loss"], [[r, v["samples"], v["accuracy"], v["log_loss"]] for r, v in entry["regimes"].items()]) + [""]
+        counts = np.asarray(entry["confusion"])
+        lines += ["Confusion matrix of the model (rows: realized class, columns: predicted; counts, then row-normalized):", ""]
+        n = len(counts)
+        lines += _table(["", *(f"p{j}" for j in range(n))], [[f"r{j}", *row] for j, row in enumerate(counts.tolist())]) + [""]
+        shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+        lines += _table(["", *(f"p{j}" for j in range(n))], [[f"r{j}", *(float(v) for v in row)] for j, row in enumerate(shares)]) + [""]
         for name in ("confusion", "reliability", "equity", "classes"):
             key = f"{name}_{horizon}s.png"
             if images and key in images:

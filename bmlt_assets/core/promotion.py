@@ -1,0 +1,41 @@
+"""The promotion gate: when the challenger may take the ``champion`` alias (DESIGN decision 9).
+
+The challenger is promoted only when, on the same purged test window, its per-sample log loss is
+lower than that of every baseline and of the current champion with a 95% block-bootstrap
+interval of the difference entirely below zero, and its top-label ECE is below the threshold.
+With no champion yet, beating the baselines (and the ECE bar) is enough.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Verdict:
+    promote: bool
+    reasons: list[str] = field(default_factory=list)
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+
+def promotion_verdict(
+    baseline_differences: dict[str, dict[str, float]],
+    champion_difference: dict[str, float] | None,
+    ece: float,
+    max_ece: float,
+) -> Verdict:
+    """``*_difference``: mean and CI (``low``/``high``) of challenger minus other log loss."""
+    reasons = []
+    for name, d in baseline_differences.items():
+        if not d["high"] < 0:
+            reasons.append(f"does not beat {name}: log-loss difference CI [{d['low']:.4f}, {d['high']:.4f}] reaches 0")
+    if champion_difference is not None and not champion_difference["high"] < 0:
+        d = champion_difference
+        reasons.append(f"does not beat the champion: log-loss difference CI [{d['low']:.4f}, {d['high']:.4f}] reaches 0")
+    if not ece < max_ece:
+        reasons.append(f"ECE {ece:.4f} is not below {max_ece:.4f}")
+    numbers = {"ece": ece, "max_ece": max_ece, **{f"vs_{k}": v for k, v in baseline_differences.items()}}
+    if champion_difference is not None:
+        numbers["vs_champion"] = champion_difference
+    return Verdict(promote=not reasons, reasons=reasons or ["beats every baseline and the champion, ECE below threshold"], numbers=numbers)
