@@ -9,11 +9,12 @@ from bmlt_assets.core.calibration import fit_temperature
 from bmlt_assets.core.dataset import TrainingData, load_dataset
 from bmlt_assets.core.models import parameter_count
 from bmlt_assets.core.train import EpochRecord, predict_logits, train
+from bmlt_assets.core.tuning import tune, with_params
 from bmlt_assets.dataset import training_dataset
 from bmlt_assets.metadata import markdown_table
 from bmlt_assets.provenance import combined_hash, content_hash, flatten, git_commit
 from bmlt_assets.scoring import CHECKPOINT, OrderBookPyfunc, save_checkpoint
-from bmlt_resources.mlflow import MlFlow
+from bmlt_resources.mlflow import MlFlow, MlflowTrialLogger
 from bmlt_resources.settings import SettingsResource
 from bmlt_resources.storage import StorageResource, atomic_directory, write_json
 
@@ -58,6 +59,16 @@ def trained_model(
             f"val accuracy {[round(a, 4) for a in record.val_accuracy]}, {record.samples_per_s:.0f} samples/s"
         )
 
+    tuning = None
+    if config.hpo.enabled:
+        study_dir = storage.root / "hpo"
+        study_dir.mkdir(parents=True, exist_ok=True)
+        tuning = tune(config, data, f"sqlite:///{study_dir / 'optuna.db'}", MlflowTrialLogger())
+        context.log.info(f"HPO: best validation log loss {tuning.best_value:.4f} with {tuning.best_params}")
+        mlflow.log_params({f"hpo.best.{k}": v for k, v in tuning.best_params.items()})
+        mlflow.log_metrics({"hpo_best_val_log_loss": tuning.best_value, "hpo_trials": tuning.trials, "hpo_pruned": tuning.pruned})
+        config = with_params(config, tuning.best_params)  # the final model trains with the best trial's values
+        mlflow.log_dict(config.model_dump(mode="json"), "config/trained_with.yaml")
     result = train(config, data, on_epoch)
     # Temperature scaling on the purged validation part, one scalar per head; the logged model
     # applies it, so what serves is the calibrated model.
@@ -103,8 +114,18 @@ def trained_model(
         {"epoch": r.epoch, "train_loss": r.train_loss, "val_log_loss": r.val_log_loss, "samples_per_s": r.samples_per_s}
         for r in result.history
     ]
+    hpo_metadata = {}
+    if tuning is not None:
+        hpo_metadata = {
+            "hpo_best_val_log_loss": tuning.best_value,
+            "hpo_best_params": dg.MetadataValue.json(tuning.best_params),
+            "hpo_trials": tuning.trials,
+            "hpo_pruned": tuning.pruned,
+            "hpo_importances": dg.MetadataValue.json(tuning.importances or "fewer than 4 complete trials"),
+        }
     return dg.MaterializeResult(
         metadata={
+            **hpo_metadata,
             "parameters": parameter_count(result.model),
             "best_epoch": result.best_epoch,
             "temperatures": dg.MetadataValue.json(temperatures),

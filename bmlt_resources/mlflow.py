@@ -14,11 +14,12 @@ from typing import Any
 # Not re-exported at dagster's top level in 1.13; it is the supported bridge from an old-style
 # @resource to a typed, Pythonic one.
 from dagster._config.pythonic_config.resource import ConfigurableLegacyResourceAdapter
+import mlflow
 from dagster_mlflow import mlflow_tracking
 from dagster_mlflow.resources import MlFlow
 from mlflow import MlflowClient
 
-__all__ = ["MlFlow", "MlflowTracking", "tracking_reachable"]
+__all__ = ["MlFlow", "MlflowTracking", "MlflowTrialLogger", "tracking_reachable"]
 
 
 class MlflowTracking(ConfigurableLegacyResourceAdapter):
@@ -38,3 +39,24 @@ def tracking_reachable(uri: str) -> None:
     except Exception as error:  # noqa: BLE001 - any failure here means "unreachable"
         raise ConnectionError(f"MLflow tracking store {uri!r} is unreachable: {error}") from None
 
+
+
+class MlflowTrialLogger:
+    """Each Optuna trial as a nested MLflow run under the Dagster run's MLflow run."""
+
+    def __init__(self) -> None:
+        self._run = None
+
+    def start(self, number: int, params: dict[str, Any]) -> None:
+        self._run = mlflow.start_run(run_name=f"trial-{number}", nested=True)
+        mlflow.set_tag("optuna.trial", str(number))
+        mlflow.log_params(params)
+
+    def epoch(self, record: Any) -> None:
+        mlflow.log_metrics({"train_loss": record.train_loss, "val_log_loss": record.val_log_loss}, step=record.epoch)
+
+    def end(self, value: float | None, state: str) -> None:
+        if value is not None:
+            mlflow.log_metric("best_val_log_loss", value)
+        mlflow.set_tag("optuna.state", state)
+        mlflow.end_run(status="KILLED" if state == "PRUNED" else "FAILED" if state == "FAILED" else "FINISHED")

@@ -233,17 +233,60 @@ class TrainingConfig(Section):
     progress_bar: bool = True
 
 
+class SearchDimension(Section):
+    """One tuned parameter: ``int``/``float`` between ``low`` and ``high`` (``log`` scale, ``step``),
+    or ``categorical`` over ``choices``."""
+
+    type: Literal["int", "float", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list[str | int | float | bool] | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> SearchDimension:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical dimension needs choices")
+        elif self.low is None or self.high is None or self.high <= self.low:
+            raise ValueError(f"an {self.type} dimension needs low < high")
+        return self
+
+
+TUNABLE_SECTIONS = ("model", "training")
+
+
 class HpoConfig(Section):
-    """Decision 6: Optuna tuning, off by default."""
+    """Decision 6: Optuna tuning on the purged validation part; off by default."""
 
     enabled: bool = False
+    n_trials: PositiveInt = 20
+    timeout_s: PositiveInt | None = None
+    sampler_seed: int = 0
+    pruner: Literal["median", "hyperband", "threshold", "none"] = "median"
+    prune_above: float = 2.5  # threshold pruner: stop a trial whose validation log loss exceeds this
+    trial_epochs: PositiveInt | None = None  # default: training.epochs
+    trial_max_train_samples: PositiveInt | None = None  # a subset per trial makes tuning cheaper
+    search_space: dict[str, SearchDimension] = {}
 
-    @field_validator("enabled")
+    @field_validator("search_space")
     @classmethod
-    def _available(cls, enabled: bool) -> bool:
-        if enabled:
-            raise ValueError("Optuna tuning is not part of this release yet; set hpo.enabled: false")
-        return enabled
+    def _tunable_paths(cls, space: dict[str, SearchDimension]) -> dict[str, SearchDimension]:
+        for path in space:
+            section, _, name = path.partition(".")
+            if section not in TUNABLE_SECTIONS or not name:
+                raise ValueError(f"{path!r}: tune fields of {list(TUNABLE_SECTIONS)} as 'section.field'")
+            model = {"model": ModelConfig, "training": TrainingConfig}[section]
+            if name not in model.model_fields:
+                raise ValueError(f"{path!r}: {section} has no field {name!r}")
+        return space
+
+    @model_validator(mode="after")
+    def _space_when_enabled(self) -> HpoConfig:
+        if self.enabled and not self.search_space:
+            raise ValueError("hpo.enabled needs a search_space")
+        return self
 
 
 class MlflowConfig(Section):
