@@ -44,3 +44,18 @@ def git_commit() -> str:
     except OSError:
         return "unknown"
     return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+PACKAGES = ("dagster", "dagster-mlflow", "mlflow", "torch", "numpy", "polars", "pyarrow", "pydantic", "scikit-learn", "optuna", "ccxt", "arch")
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found

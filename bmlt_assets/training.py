@@ -12,7 +12,7 @@ from bmlt_assets.core.train import EpochRecord, predict_logits, train
 from bmlt_assets.core.tuning import tune, with_params
 from bmlt_assets.dataset import training_dataset
 from bmlt_assets.metadata import markdown_table
-from bmlt_assets.provenance import combined_hash, content_hash, flatten, git_commit
+from bmlt_assets.provenance import combined_hash, content_hash, flatten, git_commit, package_versions
 from bmlt_assets.scoring import CHECKPOINT, OrderBookPyfunc, save_checkpoint
 from bmlt_resources.mlflow import MlFlow, MlflowTrialLogger
 from bmlt_resources.settings import SettingsResource
@@ -49,6 +49,7 @@ def trained_model(
     mlflow.log_params(flatten(config.model_dump(mode="json")))
     mlflow.log_dict(config.model_dump(mode="json"), "config/resolved.yaml")
     mlflow.log_dict(fingerprints, "data/fingerprints.json")
+    mlflow.log_dict(package_versions(), "environment/packages.json")
 
     def on_epoch(record: EpochRecord) -> None:
         metrics = {"train_loss": record.train_loss, "val_log_loss": record.val_log_loss, "samples_per_s": record.samples_per_s}
