@@ -111,7 +111,7 @@ def sampling_vs_train_step(folder: Path, quick: bool) -> dict:
         days.append(arrays)
     dataset_dir = folder / "dataset"
     dataset_dir.mkdir(exist_ok=True)
-    save_dataset(build_dataset(days, config), dataset_dir)
+    save_dataset([build_dataset(days, config)], dataset_dir)
     del days
 
     config_path = folder / "sampling.yaml"

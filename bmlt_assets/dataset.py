@@ -3,7 +3,7 @@
 import dagster as dg
 import numpy as np
 
-from bmlt_assets.core.dataset import build_dataset, save_dataset
+from bmlt_assets.core.dataset import build_folds, save_dataset
 from bmlt_assets.core.splits import PARTS
 from bmlt_assets.metadata import markdown_table
 from bmlt_assets.returns import forward_returns
@@ -20,7 +20,7 @@ def _iso(timestamp_ns: int) -> str:
     deps=[book_tensors, forward_returns],
     group_name="training",
     kinds={"numpy"},
-    description="Chronological 70/15/15 split purged by window + horizon; class edges and normalization fitted on train.",
+    description="Chronological or walk-forward split purged by window + horizon; class edges and normalization fitted on train.",
 )
 def training_dataset(context: dg.AssetExecutionContext, settings: SettingsResource, storage: StorageResource) -> dg.MaterializeResult:
     config = settings.get()
@@ -29,23 +29,25 @@ def training_dataset(context: dg.AssetExecutionContext, settings: SettingsResour
         tensors = load_arrays(storage.require(storage.tensors(date), "book_tensors", date), ["base", "mids", "valid", "timestamps"], mmap=True)
         returns = load_arrays(storage.require(storage.returns(date), "forward_returns", date), ["returns", "volatility"])
         days.append(tensors | returns)
-    data = build_dataset(days, config)
+    folds = build_folds(days, config)
+    data = folds[-1]
     with atomic_directory(storage.dataset) as staging:
-        save_dataset(data, staging)
-        write_json({"config": config.model_dump(mode="json"), "shape": list(data.shape)}, staging / "meta.json")
+        save_dataset(folds, staging)
+        write_json({"config": config.model_dump(mode="json"), "shape": list(data.shape), "folds": len(folds)}, staging / "meta.json")
 
     timestamps = data.source.timestamps
     parts = []
-    for name in PARTS:
-        part = data.parts[name]
-        row = {"part": name, "samples": len(part), "first": _iso(timestamps[part.steps[0]]), "last": _iso(timestamps[part.steps[-1]])}
-        for i, horizon in enumerate(config.labels.horizons_s):
-            counts = np.bincount(part.classes[:, i], minlength=data.n_classes)
-            row[f"classes[{horizon}s]"] = " ".join(f"{c / len(part):.2f}" for c in counts)
-        parts.append(row)
+    for k, fold in enumerate(folds):
+        for name in PARTS:
+            part = fold.parts[name]
+            row = {"fold": k, "part": name, "samples": len(part), "first": _iso(timestamps[part.steps[0]]), "last": _iso(timestamps[part.steps[-1]])}
+            for i, horizon in enumerate(config.labels.horizons_s):
+                counts = np.bincount(part.classes[:, i], minlength=data.n_classes)
+                row[f"classes[{horizon}s]"] = " ".join(f"{c / len(part):.2f}" for c in counts)
+            parts.append(row)
     steps, levels, channels, assets = data.shape
     base_bytes = int(data.source.base.nbytes)
-    samples = sum(len(p) for p in data.parts.values())
+    samples = len(np.unique(np.concatenate([p.steps for fold in folds for p in fold.parts.values()])))
     dense_bytes = samples * config.dataset.window_steps * levels * channels * assets * 4
     context.log.info(f"dataset: {samples} samples over {steps} steps; base array {base_bytes / 1e6:.1f} MB")
     return dg.MaterializeResult(

@@ -9,8 +9,8 @@ import numpy as np
 from mlflow import MlflowClient, pyfunc
 from mlflow.exceptions import MlflowException
 
-from bmlt_assets.core.dataset import load_dataset
-from bmlt_assets.core.evaluation import evaluate
+from bmlt_assets.core.dataset import fold_count, load_dataset
+from bmlt_assets.core.evaluation import evaluate, fold_summary
 from bmlt_assets.core.promotion import Verdict, promotion_verdict
 from bmlt_assets.core.report import write_report
 from bmlt_assets.core.train import predict_logits
@@ -44,12 +44,14 @@ def evaluation_report(
     model, _, spec = load_checkpoint(model_dir / CHECKPOINT)
     model_meta = json.loads((model_dir / "meta.json").read_text())
 
-    oracle = None
-    if isinstance(book_source, SyntheticMarketResource):
-        market = book_source.market()
+    market = book_source.market() if isinstance(book_source, SyntheticMarketResource) else None
 
-        def oracle(i, steps, edges):
-            return market.oracle_at(config.target, data.source.timestamps[steps], data.horizons[i], edges)
+    def oracle_for(fold_data):
+        if market is None:
+            return None
+        return lambda i, steps, edges: market.oracle_at(config.target, fold_data.source.timestamps[steps], fold_data.horizons[i], edges)
+
+    oracle = oracle_for(data)
 
     test_logits = predict_logits(model, data, data.parts["test"].steps)
     client = MlflowClient(tracking_uri=config.tracking_uri)
@@ -57,10 +59,11 @@ def evaluation_report(
     context.log.info(champion_note)
     report = evaluate(data, test_logits, spec["temperatures"], oracle, config.evaluation, config.data.cadence_ms / 1000, champion)
     horizons = config.labels.horizons_s
+    walk_forward = _walk_forward(config, storage, model_dir, oracle_for) if fold_count(config) > 1 else []
     title = f"Evaluation of {config.registered_model_name} on {config.target}"
     with atomic_directory(storage.report) as staging:
-        embedded, _ = write_report(staging, report, horizons, title)
-        write_json({"horizons_s": horizons, "report": report}, staging / "metrics.json")
+        embedded, _ = write_report(staging, report, horizons, title, walk_forward)
+        write_json({"horizons_s": horizons, "report": report, "walk_forward": walk_forward}, staging / "metrics.json")
     mlflow.log_artifacts(str(storage.report), "report")
 
     metrics: dict[str, float] = {}
@@ -71,6 +74,11 @@ def evaluation_report(
             metrics |= {f"pnl_{predictor}_{name}_{horizon}s": value for name, value in values.items()}
         metrics |= {f"test_{name}_{horizon}s": value for name, value in entry.get("capture", {}).items()}
         metrics[f"test_leak_suspected_{horizon}s"] = float(entry.get("leak_suspected", False))
+    for i, horizon in enumerate(horizons):
+        for name in ("accuracy", "log_loss"):
+            values = [fold["horizons"][i]["model"][name] for fold in walk_forward]
+            if values:
+                metrics |= {f"walk_forward_mean_{name}_{horizon}s": float(np.mean(values)), f"walk_forward_std_{name}_{horizon}s": float(np.std(values))}
     mlflow.log_metrics(metrics)
     mlflow.set_tag("bmlt.model_run_id", model_meta.get("mlflow_run_id", ""))
     for entry, horizon in zip(report, horizons):
@@ -140,3 +148,17 @@ def _gate(report: list[dict[str, Any]], champion_exists: bool, has_champion: boo
     ]
     reasons = [f"{entry['horizon_steps']} steps: {r}" for entry, v in zip(report, verdicts) for r in v.reasons]
     return Verdict(all(v.promote for v in verdicts), reasons, {str(e["horizon_steps"]): v.numbers for e, v in zip(report, verdicts)})
+
+
+def _walk_forward(config, storage: StorageResource, model_dir, oracle_for) -> list[dict[str, Any]]:
+    """Every fold's model on its own test block, oldest first: performance over time."""
+    rows = []
+    n_folds = fold_count(config)
+    for k in range(n_folds):
+        fold = load_dataset(storage.dataset, config, fold=k)
+        checkpoint = model_dir / CHECKPOINT if k == n_folds - 1 else model_dir / f"fold{k}" / CHECKPOINT
+        model, _, spec = load_checkpoint(checkpoint)
+        logits = predict_logits(model, fold, fold.parts["test"].steps)
+        summary = fold_summary(fold, logits, spec["temperatures"], oracle_for(fold))
+        rows.append({"fold": k, **{key: value for key, value in summary.items() if not isinstance(key, int)}, "horizons": [summary[i] for i in range(len(fold.horizons))]})
+    return rows

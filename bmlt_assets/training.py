@@ -1,12 +1,14 @@
 """trained_model: the CNN+LSTM trained on training_dataset, logged and registered in MLflow."""
 
+from collections.abc import Callable
+
 import dagster as dg
 import numpy as np
 from mlflow import MlflowClient, pyfunc
 from mlflow.models import infer_signature
 
 from bmlt_assets.core.calibration import fit_temperature
-from bmlt_assets.core.dataset import TrainingData, load_dataset
+from bmlt_assets.core.dataset import TrainingData, fold_count, load_dataset
 from bmlt_assets.core.models import parameter_count
 from bmlt_assets.core.train import EpochRecord, predict_logits, train
 from bmlt_assets.core.tuning import tune, with_params
@@ -51,14 +53,17 @@ def trained_model(
     mlflow.log_dict(fingerprints, "data/fingerprints.json")
     mlflow.log_dict(package_versions(), "environment/packages.json")
 
-    def on_epoch(record: EpochRecord) -> None:
-        metrics = {"train_loss": record.train_loss, "val_log_loss": record.val_log_loss, "samples_per_s": record.samples_per_s}
-        metrics |= {f"val_accuracy_{h}s": a for h, a in zip(config.labels.horizons_s, record.val_accuracy)}
-        mlflow.log_metrics(metrics, step=record.epoch)
-        context.log.info(
-            f"epoch {record.epoch}: train loss {record.train_loss:.4f}, val log loss {record.val_log_loss:.4f}, "
-            f"val accuracy {[round(a, 4) for a in record.val_accuracy]}, {record.samples_per_s:.0f} samples/s"
-        )
+    def epoch_logger(prefix: str) -> Callable[[EpochRecord], None]:
+        def on_epoch(record: EpochRecord) -> None:
+            metrics = {"train_loss": record.train_loss, "val_log_loss": record.val_log_loss, "samples_per_s": record.samples_per_s}
+            metrics |= {f"val_accuracy_{h}s": a for h, a in zip(config.labels.horizons_s, record.val_accuracy)}
+            mlflow.log_metrics({f"{prefix}{k}": v for k, v in metrics.items()}, step=record.epoch)
+            context.log.info(
+                f"{prefix}epoch {record.epoch}: train loss {record.train_loss:.4f}, val log loss {record.val_log_loss:.4f}, "
+                f"val accuracy {[round(a, 4) for a in record.val_accuracy]}, {record.samples_per_s:.0f} samples/s"
+            )
+
+        return on_epoch
 
     tuning = None
     if config.hpo.enabled:
@@ -70,12 +75,18 @@ def trained_model(
         mlflow.log_metrics({"hpo_best_val_log_loss": tuning.best_value, "hpo_trials": tuning.trials, "hpo_pruned": tuning.pruned})
         config = with_params(config, tuning.best_params)  # the final model trains with the best trial's values
         mlflow.log_dict(config.model_dump(mode="json"), "config/trained_with.yaml")
-    result = train(config, data, on_epoch)
+    # Walk-forward: one model per earlier fold, for the evaluation's performance over time; the
+    # latest fold's model (trained on the most data) is the one logged and registered.
+    dataset_dir = storage.dataset
+    earlier = []
+    for k in range(fold_count(config) - 1):
+        fold = load_dataset(dataset_dir, config, fold=k)
+        fold_model = train(config, fold, epoch_logger(f"fold{k}_")).model
+        earlier.append((fold, fold_model, _temperatures(fold_model, fold)))
+    result = train(config, data, epoch_logger(""))
     # Temperature scaling on the purged validation part, one scalar per head; the logged model
     # applies it, so what serves is the calibrated model.
-    val = data.parts["val"]
-    val_logits = predict_logits(result.model, data, val.steps)
-    temperatures = [fit_temperature(val_logits[:, h], val.classes[:, h]) for h in range(len(data.horizons))]
+    temperatures = _temperatures(result.model, data)
     mlflow.log_metrics({f"temperature_{h}s": t for h, t in zip(config.labels.horizons_s, temperatures)})
     spec = {
         "model": config.model.model_dump(mode="json"),
@@ -90,6 +101,9 @@ def trained_model(
     }
     with atomic_directory(storage.model) as staging:
         save_checkpoint(staging / CHECKPOINT, result.model, data.source.normalizer, spec)
+        for k, (fold, fold_model, fold_temperatures) in enumerate(earlier):
+            (staging / f"fold{k}").mkdir()
+            save_checkpoint(staging / f"fold{k}" / CHECKPOINT, fold_model, fold.source.normalizer, spec | {"temperatures": fold_temperatures})
         write_json({"spec": spec, "best_epoch": result.best_epoch}, staging / "meta.json")
 
     example = _input_example(data)
@@ -136,6 +150,12 @@ def trained_model(
             "history": dg.MetadataValue.md(markdown_table(history)),
         }
     )
+
+
+def _temperatures(model, data: TrainingData) -> list[float]:
+    val = data.parts["val"]
+    logits = predict_logits(model, data, val.steps)
+    return [fit_temperature(logits[:, h], val.classes[:, h]) for h in range(len(data.horizons))]
 
 
 def _input_example(data: TrainingData, n: int = 2) -> dict[str, np.ndarray]:

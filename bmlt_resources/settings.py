@@ -171,9 +171,14 @@ class LabelsConfig(Section):
 
 
 class DatasetConfig(Section):
-    """Decision 5: purged chronological split (walk-forward arrives with its own issue)."""
+    """Decision 5: purged chronological split, or walk-forward folds with the same purge.
 
-    split: Literal["chronological"] = "chronological"
+    With ``walk_forward``, the fractions size each fold's parts: ``test_fraction`` per test
+    block, ``val_fraction`` per validation block, and ``train_fraction`` the rolling window."""
+
+    split: Literal["chronological", "walk_forward"] = "chronological"
+    folds: Annotated[int, Field(ge=2)] = 3  # walk_forward only
+    walk_forward_window: Literal["expanding", "rolling"] = "expanding"
     train_fraction: Fraction = 0.70
     val_fraction: Fraction = 0.15
     test_fraction: Fraction = 0.15
@@ -185,7 +190,13 @@ class DatasetConfig(Section):
     @model_validator(mode="after")
     def _fractions(self) -> DatasetConfig:
         total = self.train_fraction + self.val_fraction + self.test_fraction
-        if abs(total - 1.0) > 1e-9:
+        if self.split == "walk_forward":
+            if self.folds * self.test_fraction + self.val_fraction >= 1:
+                raise ValueError(
+                    f"{self.folds} folds x test_fraction {self.test_fraction} + val_fraction {self.val_fraction} "
+                    "leave no training data for the first fold; use fewer folds or smaller fractions"
+                )
+        elif abs(total - 1.0) > 1e-9:
             raise ValueError(
                 f"train_fraction + val_fraction + test_fraction = {total:g}; they must sum to 1"
             )

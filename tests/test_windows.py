@@ -44,7 +44,7 @@ def test_excluded_windows_really_cross_a_gap() -> None:
 
 def test_the_dataset_memory_maps_the_base_array_and_never_copies_it(tmp_path: Path, tiny_config: PlatformConfig) -> None:
     data = build_dataset(synthetic_days(tiny_config), tiny_config)
-    save_dataset(data, tmp_path)
+    save_dataset([data], tmp_path)
     loaded = load_dataset(tmp_path, tiny_config)
     assert isinstance(loaded.source.base, np.memmap) and Path(loaded.source.base.filename) == tmp_path / "base.npy"
     steps = loaded.parts["train"].steps[:64]

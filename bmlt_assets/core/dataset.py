@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from bmlt_assets.core.labels import class_edges, classify
-from bmlt_assets.core.splits import PARTS, chronological_split, eligible_steps
+from bmlt_assets.core.splits import PARTS, Split, chronological_split, eligible_steps, walk_forward_splits
 from bmlt_assets.core.windows import Normalizer, WindowSource
 from bmlt_resources.settings import PlatformConfig
 from bmlt_resources.storage import load_arrays, save_arrays
@@ -49,24 +49,38 @@ class TrainingData:
         return self.source.base.shape
 
 
-def build_dataset(days: list[dict[str, np.ndarray]], config: PlatformConfig) -> TrainingData:
-    """Join per-day arrays (tensors + returns, consecutive dates) into one training dataset."""
+def fold_count(config: PlatformConfig) -> int:
+    return config.dataset.folds if config.dataset.split == "walk_forward" else 1
+
+
+def build_folds(days: list[dict[str, np.ndarray]], config: PlatformConfig) -> list[TrainingData]:
+    """Join per-day arrays (tensors + returns, consecutive dates) and split them: one dataset per
+    fold, oldest first (a chronological split is a single fold). All folds share the grid arrays;
+    each has its own parts, class edges and normalizer, fitted on its own training part."""
     joined = {name: np.concatenate([day[name] for day in days]) for name in ("base", "mids", "valid", "timestamps", "returns", "volatility")}
     target = config.data.symbols.index(config.target)
-    horizons = config.horizon_steps
-    window = config.dataset.window_steps
-
     returns = joined["returns"][:, :, target]
     volatility = joined["volatility"][:, target]
     label_ok = np.isfinite(returns).all(axis=1)
     if config.labels.edges == "volatility_scaled":
         label_ok &= np.isfinite(volatility) & (volatility > 0)
-    steps = eligible_steps(joined["valid"].all(axis=1), window, label_ok, config.dataset.sample_stride)
-    d = config.dataset
-    split = chronological_split(
-        steps, (d.train_fraction, d.val_fraction, d.test_fraction), window, max(horizons), config.embargo_steps
-    )
+    d, window, horizon = config.dataset, config.dataset.window_steps, max(config.horizon_steps)
+    steps = eligible_steps(joined["valid"].all(axis=1), window, label_ok, d.sample_stride)
+    fractions = (d.train_fraction, d.val_fraction, d.test_fraction)
+    if d.split == "walk_forward":
+        splits = walk_forward_splits(steps, fractions, d.folds, d.walk_forward_window, window, horizon, config.embargo_steps)
+    else:
+        splits = [chronological_split(steps, fractions, window, horizon, config.embargo_steps)]
+    return [_fold(joined, returns, volatility, split, config) for split in splits]
 
+
+def build_dataset(days: list[dict[str, np.ndarray]], config: PlatformConfig) -> TrainingData:
+    """The dataset of the latest fold: the only one of a chronological split."""
+    return build_folds(days, config)[-1]
+
+
+def _fold(joined: dict[str, np.ndarray], returns: np.ndarray, volatility: np.ndarray, split: Split, config: PlatformConfig) -> TrainingData:
+    horizons, window = config.horizon_steps, config.dataset.window_steps
     parts_steps = split.parts()
     parts_edges = {name: np.empty((len(s), len(horizons), config.labels.n_classes - 1)) for name, s in parts_steps.items()}
     all_steps = np.concatenate(list(parts_steps.values()))
@@ -96,30 +110,29 @@ def build_dataset(days: list[dict[str, np.ndarray]], config: PlatformConfig) -> 
         rows = slice(bounds[PARTS.index(name)], bounds[PARTS.index(name) + 1])
         parts[name] = Part(part_steps, classes, parts_edges[name], part_returns, previous[rows], volatility[part_steps])
 
-    normalizer = Normalizer.fit(joined["base"], joined["mids"], split.train, window, d.norm_fit_samples, config.seed)
+    normalizer = Normalizer.fit(joined["base"], joined["mids"], split.train, window, config.dataset.norm_fit_samples, config.seed)
     source = WindowSource(joined["base"], joined["mids"], joined["timestamps"], window, normalizer)
     return TrainingData(source, parts, config.labels.n_classes, horizons, config.data.symbols, config.target)
 
 
-def save_dataset(data: TrainingData, directory: Path) -> None:
-    arrays = {
-        "base": data.source.base,
-        "mids": data.source.mids,
-        "timestamps": data.source.timestamps,
-        "norm_mean": data.source.normalizer.mean,
-        "norm_std": data.source.normalizer.std,
-    }
-    for name, part in data.parts.items():
-        arrays |= {f"{name}_{field}": getattr(part, field) for field in PART_FIELDS}
+def save_dataset(folds: list[TrainingData], directory: Path) -> None:
+    """The grid arrays once, then each fold's normalizer and parts under a ``fold<k>_`` prefix."""
+    grid = folds[-1].source
+    arrays = {"base": grid.base, "mids": grid.mids, "timestamps": grid.timestamps}
+    for k, data in enumerate(folds):
+        arrays |= {f"fold{k}_norm_mean": data.source.normalizer.mean, f"fold{k}_norm_std": data.source.normalizer.std}
+        for name, part in data.parts.items():
+            arrays |= {f"fold{k}_{name}_{field}": getattr(part, field) for field in PART_FIELDS}
     save_arrays(directory, arrays)
 
 
-def load_dataset(directory: Path, config: PlatformConfig) -> TrainingData:
-    """Open a saved dataset; the base array is memory-mapped, never read whole."""
+def load_dataset(directory: Path, config: PlatformConfig, fold: int = -1) -> TrainingData:
+    """Open one fold of a saved dataset (default: the latest); the base array is memory-mapped."""
+    k = range(fold_count(config))[fold]
     grid = load_arrays(directory, GRID_ARRAYS, mmap=True)
-    norm = load_arrays(directory, ["norm_mean", "norm_std"])
-    parts = {name: Part(**{f: np.load(directory / f"{name}_{f}.npy") for f in PART_FIELDS}) for name in PARTS}
+    norm = load_arrays(directory, [f"fold{k}_norm_mean", f"fold{k}_norm_std"])
+    parts = {name: Part(**{f: np.load(directory / f"fold{k}_{name}_{f}.npy") for f in PART_FIELDS}) for name in PARTS}
     source = WindowSource(
-        grid["base"], grid["mids"], grid["timestamps"], config.dataset.window_steps, Normalizer(norm["norm_mean"], norm["norm_std"])
+        grid["base"], grid["mids"], grid["timestamps"], config.dataset.window_steps, Normalizer(norm[f"fold{k}_norm_mean"], norm[f"fold{k}_norm_std"])
     )
     return TrainingData(source, parts, config.labels.n_classes, config.horizon_steps, config.data.symbols, config.target)

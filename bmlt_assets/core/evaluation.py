@@ -141,3 +141,18 @@ def evaluate(
             entry["leak_suspected"] = differences["model_minus_oracle"]["high"] < -LEAK_TOLERANCE
         report.append(entry)
     return report
+
+
+def fold_summary(data: TrainingData, test_logits: np.ndarray, temperatures: list[float], oracle: Oracle | None) -> dict[str, Any]:
+    """Headline test metrics of one walk-forward fold: the model against the class prior (and
+    the oracle's capture on the synthetic market), with the fold's test period."""
+    train, test = data.parts["train"], data.parts["test"]
+    row: dict[str, Any] = {"test_first_ns": int(data.source.timestamps[test.steps[0]]), "test_last_ns": int(data.source.timestamps[test.steps[-1]]), "samples": len(test)}
+    for i in range(len(data.horizons)):
+        y = test.classes[:, i]
+        model = classification_metrics(y, softmax(test_logits[:, i].astype(np.float64) / temperatures[i], axis=1))
+        prior = classification_metrics(y, prior_probabilities(train.classes[:, i], data.n_classes, len(y)))
+        row[i] = {"model": model, "prior": prior}
+        if oracle is not None:
+            row[i]["capture"] = signal_capture(model, prior, classification_metrics(y, oracle(i, test.steps, test.edges[:, i])))
+    return row

@@ -69,9 +69,28 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
 
 
-def markdown(report: list[dict[str, Any]], horizons_s: list[int], title: str, images: dict[str, str] | None = None) -> str:
+def _walk_forward_lines(walk_forward: list[dict[str, Any]], horizons_s: list[int]) -> list[str]:
+    """Each fold's model on its own test block, oldest first, then the mean and spread."""
+    if not walk_forward:
+        return []
+    header = ["fold", "test from", "test to", "samples"]
+    for h in horizons_s:
+        header += [f"accuracy {h}s", f"log loss {h}s", f"prior log loss {h}s"] + ([f"LL capture {h}s"] if "capture" in walk_forward[0]["horizons"][0] else [])
+    rows = []
+    for fold in walk_forward:
+        row = [fold["fold"], str(np.datetime64(fold["test_first_ns"], "ns").astype("datetime64[s]")), str(np.datetime64(fold["test_last_ns"], "ns").astype("datetime64[s]")), fold["samples"]]
+        for h in fold["horizons"]:
+            row += [h["model"]["accuracy"], h["model"]["log_loss"], h["prior"]["log_loss"]] + ([h["capture"]["logloss_capture"]] if "capture" in h else [])
+        rows.append(row)
+    numeric = np.array([r[4:] for r in rows], dtype=np.float64)
+    rows.append(["mean", "", "", ""] + [float(v) for v in numeric.mean(axis=0)])
+    rows.append(["std", "", "", ""] + [float(v) for v in numeric.std(axis=0)])
+    return ["## Walk-forward: performance over time", "", *_table(header, rows), ""]
+
+
+def markdown(report: list[dict[str, Any]], horizons_s: list[int], title: str, images: dict[str, str] | None = None, walk_forward: list[dict[str, Any]] | None = None) -> str:
     """The report as Markdown; ``images`` maps figure names to URLs (files or data URIs)."""
-    lines = [f"# {title}", ""]
+    lines = [f"# {title}", "", *_walk_forward_lines(walk_forward or [], horizons_s)]
     for entry, horizon in zip(report, horizons_s):
         lines += [f"## Horizon {horizon}s ({entry['samples']} test samples)", ""]
         if entry.get("leak_suspected"):
@@ -148,14 +167,14 @@ def html_page(markdown_text: str, title: str) -> str:
     return f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
 
 
-def write_report(folder: Path, report: list[dict[str, Any]], horizons_s: list[int], title: str) -> tuple[str, dict[str, bytes]]:
+def write_report(folder: Path, report: list[dict[str, Any]], horizons_s: list[int], title: str, walk_forward: list[dict[str, Any]] | None = None) -> tuple[str, dict[str, bytes]]:
     """Write report.md (figures by file name), report.html (figures embedded) and the PNGs.
 
     Returns the Markdown with embedded figures (for Dagster metadata) and the PNGs."""
     pngs = {name: png for entry, h in zip(report, horizons_s) for name, png in figures(entry, h).items()}
     for name, png in pngs.items():
         (folder / name).write_bytes(png)
-    (folder / "report.md").write_text(markdown(report, horizons_s, title, {name: name for name in pngs}))
-    embedded = markdown(report, horizons_s, title, {name: data_uri(png) for name, png in pngs.items()})
+    (folder / "report.md").write_text(markdown(report, horizons_s, title, {name: name for name in pngs}, walk_forward))
+    embedded = markdown(report, horizons_s, title, {name: data_uri(png) for name, png in pngs.items()}, walk_forward)
     (folder / "report.html").write_text(html_page(embedded, title))
     return embedded, pngs

@@ -40,23 +40,46 @@ def purge_limit(next_first_step: int, window: int, horizon: int, embargo: int) -
     return next_first_step - window - horizon - embargo
 
 
-def chronological_split(
-    steps: np.ndarray, fractions: tuple[float, float, float], window: int, horizon: int, embargo: int
-) -> Split:
-    """Split sorted eligible ``steps`` by count into consecutive parts, then purge each boundary."""
-    if len(steps) < 3:
-        raise ValueError(f"only {len(steps)} eligible samples: need data for train, val and test")
-    n_train = int(round(fractions[0] * len(steps)))
-    n_val = int(round(fractions[1] * len(steps)))
-    val_start, test_start = int(steps[n_train]), int(steps[n_train + n_val])
-    train = steps[:n_train]
-    val = steps[n_train : n_train + n_val]
+def _purged_split(train: np.ndarray, val: np.ndarray, test: np.ndarray, window: int, horizon: int, embargo: int) -> Split:
+    """Consecutive parts, each purged against the next (see the module docstring)."""
+    if not (len(train) and len(val) and len(test)):
+        raise ValueError("not enough eligible samples for train, val and test: use more days")
+    val_start, test_start = int(val[0]), int(test[0])
     train = train[train <= purge_limit(val_start, window, horizon, embargo)]
     val = val[val <= purge_limit(test_start, window, horizon, embargo)]
-    test = steps[n_train + n_val :]
-    if not (len(train) and len(val) and len(test)):
+    if not (len(train) and len(val)):
         raise ValueError(
             f"after purging, a part is empty (train={len(train)}, val={len(val)}, test={len(test)}): "
             "use more days or a shorter window, horizon or embargo"
         )
     return Split(train=train, val=val, test=test, boundaries=(val_start, test_start))
+
+
+def chronological_split(
+    steps: np.ndarray, fractions: tuple[float, float, float], window: int, horizon: int, embargo: int
+) -> Split:
+    """Split sorted eligible ``steps`` by count into consecutive parts, then purge each boundary."""
+    n_train = int(round(fractions[0] * len(steps)))
+    n_val = int(round(fractions[1] * len(steps)))
+    return _purged_split(steps[:n_train], steps[n_train : n_train + n_val], steps[n_train + n_val :], window, horizon, embargo)
+
+
+def walk_forward_splits(
+    steps: np.ndarray, fractions: tuple[float, float, float], folds: int, mode: str, window: int, horizon: int, embargo: int
+) -> list[Split]:
+    """``folds`` consecutive test blocks (each ``test`` fraction of the samples) at the end of the
+    timeline, oldest first. Each fold validates on the block just before its test block and trains
+    on everything before that (``expanding``) or on the last ``train`` fraction of it (``rolling``).
+    Every boundary is purged like the chronological split; no fold ever trains on its future."""
+    n = len(steps)
+    n_train, n_val, n_test = (int(round(f * n)) for f in fractions)
+    splits = []
+    for k in range(folds):
+        test_end = n - (folds - 1 - k) * n_test
+        test_start = test_end - n_test
+        val_start = test_start - n_val
+        train_start = 0 if mode == "expanding" else max(0, val_start - n_train)
+        if val_start <= train_start:
+            raise ValueError(f"walk-forward fold {k} has no training samples: use fewer folds or more days")
+        splits.append(_purged_split(steps[train_start:val_start], steps[val_start:test_start], steps[test_start:test_end], window, horizon, embargo))
+    return splits
