@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import dagster as dg
+
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], float_format: str = "{:.4g}") -> str:
     if not rows:
@@ -17,3 +19,12 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], float_format: str = "{:.4g
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def partitioned_result(per_day: list[dict[str, Any]], metadata: dict[str, Any]) -> dg.MaterializeResult:
+    """A partitioned asset's result. Each day's row carries the content hash of what was written;
+    a one-day run also reports it as the Dagster data version, so rewriting identical content
+    leaves downstream assets up to date. (A single-run range has one result for all its days,
+    where Dagster takes no per-partition data version: the hashes stay in the table.)"""
+    version = dg.DataVersion(per_day[0]["content_hash"]) if len(per_day) == 1 else None
+    return dg.MaterializeResult(metadata={**metadata, "per_day": dg.MetadataValue.md(markdown_table(per_day))}, data_version=version)

@@ -6,7 +6,8 @@ import dagster as dg
 import numpy as np
 
 from bmlt_assets.core.labels import forward_log_returns, trailing_volatility
-from bmlt_assets.metadata import markdown_table
+from bmlt_assets.metadata import partitioned_result
+from bmlt_assets.provenance import content_hash
 from bmlt_assets.partitions import DAILY, SINGLE_RUN, WITH_NEXT_DAY, partition_dates
 from bmlt_assets.tensors import book_tensors
 from bmlt_resources.settings import SettingsResource
@@ -49,16 +50,16 @@ def forward_returns(context: dg.AssetExecutionContext, settings: SettingsResourc
             )
         returns = arrays["returns"]
         target = config.data.symbols.index(config.target)
-        row = {"date": date.isoformat()}
+        row = {"date": date.isoformat(), "content_hash": content_hash(storage.returns(date))[:16]}
         for i, horizon in enumerate(config.labels.horizons_s):
             r = returns[:, i, target]
             row[f"labelled[{horizon}s]"] = float(np.isfinite(r).mean())
             row[f"std_bps[{horizon}s]"] = float(np.nanstd(r) * 1e4)
         per_day.append(row)
-    return dg.MaterializeResult(
-        metadata={
+    return partitioned_result(
+        per_day,
+        {
             "horizons_s": dg.MetadataValue.json(config.labels.horizons_s),
             "target_symbol": config.target,
-            "per_day": dg.MetadataValue.md(markdown_table(per_day)),
-        }
+        },
     )

@@ -6,7 +6,8 @@ from typing import Any
 import dagster as dg
 
 from bmlt_assets.core.book import validate_snapshots
-from bmlt_assets.metadata import markdown_table
+from bmlt_assets.metadata import partitioned_result
+from bmlt_assets.provenance import content_hash
 from bmlt_assets.partitions import DAILY, SINGLE_RUN, partition_dates
 from bmlt_resources.settings import SettingsResource
 from bmlt_resources.storage import StorageResource, write_parquet
@@ -41,16 +42,17 @@ def orderbook_snapshots(
                 "rows": clean.height,
                 "quarantined": quarantined.height,
                 "bytes": path.stat().st_size,
+                "content_hash": content_hash(path)[:16],
                 **{row["symbol"]: row["len"] for row in counts.iter_rows(named=True)},
             }
         )
-    return dg.MaterializeResult(
-        metadata={
+    return partitioned_result(
+        per_day,
+        {
             "dagster/row_count": sum(day["rows"] for day in per_day),
             "quarantined_rows": sum(day["quarantined"] for day in per_day),
             "bytes": sum(day["bytes"] for day in per_day),
             "depth": config.data.depth,
-            "per_day": dg.MetadataValue.md(markdown_table(per_day)),
-        }
+        },
     )
 

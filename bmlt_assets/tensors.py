@@ -5,7 +5,8 @@ import numpy as np
 
 from bmlt_assets.core.plan import memory_plan
 from bmlt_assets.core.representation import CHANNELS, day_tensors_from_parquet, level_names
-from bmlt_assets.metadata import markdown_table
+from bmlt_assets.metadata import partitioned_result
+from bmlt_assets.provenance import content_hash
 from bmlt_assets.partitions import DAILY, SINGLE_RUN, partition_dates
 from bmlt_assets.snapshots import orderbook_snapshots
 from bmlt_resources.settings import SettingsResource
@@ -51,17 +52,18 @@ def book_tensors(context: dg.AssetExecutionContext, settings: SettingsResource, 
                 "valid_fraction": float(valid.all(axis=1).mean()),
                 **{f"valid[{s}]": float(valid[:, k].mean()) for k, s in enumerate(data.symbols)},
                 "bytes": directory_bytes(target),
+                "content_hash": content_hash(target)[:16],
             }
         )
         context.log.info(f"{date}: base {arrays['base'].shape}, {per_day[-1]['valid_fraction']:.3f} of steps valid")
-    return dg.MaterializeResult(
-        metadata={
+    return partitioned_result(
+        per_day,
+        {
             "shape_per_day": dg.MetadataValue.json(meta["shape"]),
             "levels": dg.MetadataValue.json(meta["levels"]),
             "channels": dg.MetadataValue.json(meta["channels"]),
             "bytes": sum(day["bytes"] for day in per_day),
             "valid_fraction": float(np.mean([day["valid_fraction"] for day in per_day])),
-            "per_day": dg.MetadataValue.md(markdown_table(per_day)),
             "memory_plan": dg.MetadataValue.json(memory_plan(config)),
-        }
+        },
     )

@@ -144,3 +144,16 @@ def test_an_invalid_config_fails_the_run_with_the_field_path(tmp_path: Path, tin
     )
     assert not result.success
     assert "representation.kind = 'fancy'" in str(result.get_step_failure_events()[0].event_specific_data.error)
+
+
+def test_rematerializing_a_partition_is_byte_identical_with_the_same_data_version(tiny_config_path: Path) -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    versions = []
+    for _ in range(2):
+        result = dg.materialize(
+            ALL_ASSETS, selection=INGEST_ASSETS[:2], resources=build_resources(tiny_config_path), instance=instance, partition_key="2025-01-06"
+        )
+        assert result.success
+        versions.append({node: result.asset_materializations_for_node(node)[0].tags["dagster/data_version"] for node in ("orderbook_snapshots", "book_tensors")})
+    assert versions[0] == versions[1]
+    assert len(versions[0]["book_tensors"]) == 16
