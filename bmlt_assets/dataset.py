@@ -3,7 +3,7 @@
 import dagster as dg
 import numpy as np
 
-from bmlt_assets.core.dataset import build_folds, save_dataset
+from bmlt_assets.core.dataset import build_folds, fold_count, load_dataset, save_dataset
 from bmlt_assets.core.splits import PARTS
 from bmlt_assets.metadata import markdown_table
 from bmlt_assets.returns import forward_returns
@@ -61,3 +61,18 @@ def training_dataset(context: dg.AssetExecutionContext, settings: SettingsResour
             "splits": dg.MetadataValue.md(markdown_table(parts)),
         }
     )
+
+
+@dg.asset_check(asset=training_dataset, blocking=True, description="Every class holds at least quality.min_class_share of the training part, per horizon and fold.")
+def training_classes_are_balanced(settings: SettingsResource, storage: StorageResource) -> dg.AssetCheckResult:
+    config = settings.get()
+    shares, failures = {}, []
+    for k in range(fold_count(config)):
+        classes = load_dataset(storage.require(storage.dataset, "training_dataset"), config, fold=k).parts["train"].classes
+        for i, horizon in enumerate(config.labels.horizons_s):
+            share = np.bincount(classes[:, i], minlength=config.labels.n_classes) / len(classes)
+            shares[f"fold{k}_{horizon}s"] = [round(float(x), 4) for x in share]
+            rare = np.flatnonzero(share < config.quality.min_class_share)
+            if len(rare):
+                failures.append(f"fold {k}, {horizon}s: classes {rare.tolist()} below {config.quality.min_class_share:.1%} of training samples; revisit labels.edges")
+    return dg.AssetCheckResult(passed=not failures, description="; ".join(failures) or "every class represented", metadata={"train_class_shares": dg.MetadataValue.json(shares)})

@@ -13,11 +13,11 @@ from pathlib import Path
 import dagster as dg
 from dagster_mlflow import end_mlflow_on_run_finished
 
-from bmlt_assets.dataset import training_dataset
+from bmlt_assets.dataset import training_classes_are_balanced, training_dataset
 from bmlt_assets.evaluation import evaluation_report
 from bmlt_assets.returns import forward_returns
-from bmlt_assets.snapshots import orderbook_snapshots
-from bmlt_assets.tensors import book_tensors
+from bmlt_assets.snapshots import orderbook_snapshots, snapshots_are_sound
+from bmlt_assets.tensors import book_tensors, tensors_are_sound
 from bmlt_assets.training import trained_model
 from bmlt_resources.mlflow import MlflowTracking
 from bmlt_resources.settings import SettingsResource, config_path_from_env, load_config
@@ -26,6 +26,7 @@ from bmlt_resources.synthetic import SyntheticMarketResource
 
 INGEST_ASSETS = [orderbook_snapshots, book_tensors, forward_returns]
 TRAINING_ASSETS = [training_dataset, trained_model, evaluation_report]
+CHECKS = [snapshots_are_sound, tensors_are_sound, training_classes_are_balanced]
 
 ingest_job = dg.define_asset_job(
     "ingest_job",
@@ -66,6 +67,7 @@ def build_resources(config_path: Path) -> dict[str, object]:
 def build_definitions(config_path: Path) -> dg.Definitions:
     return dg.Definitions(
         assets=INGEST_ASSETS + TRAINING_ASSETS,
+        asset_checks=CHECKS,
         jobs=[ingest_job, training_job, full_pipeline],
         resources=build_resources(config_path),
     )

@@ -1,11 +1,14 @@
 """orderbook_snapshots: validated L2 snapshots of every configured symbol for one UTC day."""
 
 
+import datetime as dt
 from typing import Any
 
 import dagster as dg
+import polars as pl
 
 from bmlt_assets.core.book import validate_snapshots
+from bmlt_assets.core.quality import snapshot_quality
 from bmlt_assets.metadata import partitioned_result
 from bmlt_assets.provenance import content_hash
 from bmlt_assets.partitions import DAILY, SINGLE_RUN, partition_dates
@@ -35,6 +38,8 @@ def orderbook_snapshots(
         if quarantined.height:
             write_parquet(quarantined, storage.quarantine(date))
             context.log.warning(f"{date}: quarantined {quarantined.height} malformed snapshots")
+        else:  # a clean re-run must not inherit an earlier run's quarantine
+            storage.quarantine(date).unlink(missing_ok=True)
         counts = clean.group_by("symbol").len().sort("symbol")
         per_day.append(
             {
@@ -56,3 +61,23 @@ def orderbook_snapshots(
         },
     )
 
+
+
+@dg.asset_check(asset=orderbook_snapshots, partitions_def=DAILY, blocking=True, description="Quarantine rate per rule, stale books and coverage per symbol against config thresholds.")
+def snapshots_are_sound(context: dg.AssetCheckExecutionContext, settings: SettingsResource, storage: StorageResource) -> dg.AssetCheckResult:
+    config = settings.get()
+    days, failures = {}, []
+    for key in context.partition_keys:
+        date = dt.date.fromisoformat(key)
+        clean = pl.read_parquet(storage.require(storage.snapshots(date), "orderbook_snapshots", date))
+        quarantine = storage.quarantine(date)
+        quarantined = pl.read_parquet(quarantine) if quarantine.exists() else clean.clear().with_columns(pl.lit("").alias("reason"))
+        measured = snapshot_quality(clean, quarantined, config.data.steps_per_day, config.data.cadence_ms, config.data.symbols, config.quality)
+        days[key] = measured
+        failures += [f"{key}: {failure}" for failure in measured.pop("failures")]
+    return dg.AssetCheckResult(
+        passed=not failures,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description="; ".join(failures) or "all rules within thresholds",
+        metadata={"per_day": dg.MetadataValue.json(days)},
+    )

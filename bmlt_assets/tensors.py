@@ -1,16 +1,19 @@
 """book_tensors: one day of snapshots resampled to the cadence grid and represented as levels."""
 
+import datetime as dt
+
 import dagster as dg
 import numpy as np
 
 from bmlt_assets.core.plan import memory_plan
+from bmlt_assets.core.quality import tensor_quality
 from bmlt_assets.core.representation import CHANNELS, day_tensors_from_parquet, level_names
 from bmlt_assets.metadata import partitioned_result
 from bmlt_assets.provenance import content_hash
 from bmlt_assets.partitions import DAILY, SINGLE_RUN, partition_dates
 from bmlt_assets.snapshots import orderbook_snapshots
 from bmlt_resources.settings import SettingsResource
-from bmlt_resources.storage import StorageResource, atomic_directory, directory_bytes, save_arrays, write_json
+from bmlt_resources.storage import StorageResource, atomic_directory, directory_bytes, load_arrays, save_arrays, write_json
 
 TENSOR_ARRAYS = ["base", "mids", "valid", "timestamps"]
 
@@ -66,4 +69,22 @@ def book_tensors(context: dg.AssetExecutionContext, settings: SettingsResource, 
             "valid_fraction": float(np.mean([day["valid_fraction"] for day in per_day])),
             "memory_plan": dg.MetadataValue.json(memory_plan(config)),
         },
+    )
+
+
+@dg.asset_check(asset=book_tensors, partitions_def=DAILY, blocking=True, description="Valid-step fraction, NaN/inf counts and channel ranges against config thresholds.")
+def tensors_are_sound(context: dg.AssetCheckExecutionContext, settings: SettingsResource, storage: StorageResource) -> dg.AssetCheckResult:
+    config = settings.get()
+    days, failures = {}, []
+    for key in context.partition_keys:
+        date = dt.date.fromisoformat(key)
+        arrays = load_arrays(storage.require(storage.tensors(date), "book_tensors", date), ["base", "valid"], mmap=True)
+        measured = tensor_quality(np.asarray(arrays["base"]), arrays["valid"], config.quality)
+        days[key] = measured
+        failures += [f"{key}: {failure}" for failure in measured.pop("failures")]
+    return dg.AssetCheckResult(
+        passed=not failures,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description="; ".join(failures) or "all rules within thresholds",
+        metadata={"per_day": dg.MetadataValue.json(days)},
     )

@@ -83,7 +83,12 @@ def trained_model(
         fold = load_dataset(dataset_dir, config, fold=k)
         fold_model = train(config, fold, epoch_logger(f"fold{k}_")).model
         earlier.append((fold, fold_model, _temperatures(fold_model, fold)))
-    result = train(config, data, epoch_logger(""))
+    # Checkpointed every epoch: a killed run, materialized again, resumes where it stopped.
+    resume_state = storage.root / "training-checkpoint.pt"
+    result = train(config, data, epoch_logger(""), resume_state)
+    if result.resumed_from:
+        context.log.warning(f"resumed training from the checkpoint of epoch {result.resumed_from}")
+        mlflow.set_tag("bmlt.resumed_from_epoch", str(result.resumed_from))
     # Temperature scaling on the purged validation part, one scalar per head; the logged model
     # applies it, so what serves is the calibrated model.
     temperatures = _temperatures(result.model, data)
@@ -105,6 +110,7 @@ def trained_model(
             (staging / f"fold{k}").mkdir()
             save_checkpoint(staging / f"fold{k}" / CHECKPOINT, fold_model, fold.source.normalizer, spec | {"temperatures": fold_temperatures})
         write_json({"spec": spec, "best_epoch": result.best_epoch}, staging / "meta.json")
+    resume_state.unlink(missing_ok=True)  # the model is safely stored: the next run starts afresh
 
     example = _input_example(data)
     checkpoint = storage.model / CHECKPOINT

@@ -315,6 +315,18 @@ class EvaluationConfig(Section):
     promotion_max_ece: Annotated[float, Field(gt=0, le=1)] = 0.05  # the champion must be this calibrated
 
 
+class QualityConfig(Section):
+    """Thresholds of the blocking data-quality checks (a partition beyond them stops downstream)."""
+
+    max_quarantined_fraction: Annotated[float, Field(ge=0, le=1)] = 0.05
+    max_stale_s: PositiveFloat = 60.0  # a book unchanged for longer counts as stale
+    max_stale_fraction: Annotated[float, Field(ge=0, le=1)] = 0.05
+    min_coverage: Annotated[float, Field(ge=0, le=1)] = 0.5  # fraction of the day's steps with a fresh book, per symbol
+    min_valid_fraction: Annotated[float, Field(ge=0, le=1)] = 0.5  # book_tensors steps valid for all symbols
+    max_abs_distance_bps: PositiveFloat = 1000.0  # price channels beyond this mean a broken book
+    min_class_share: Annotated[float, Field(ge=0, le=1)] = 0.005  # every class on the training part
+
+
 class StorageConfig(Section):
     base_dir: str = "data"
 
@@ -331,6 +343,7 @@ class PlatformConfig(Section):
     hpo: HpoConfig = HpoConfig()
     mlflow: MlflowConfig = MlflowConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    quality: QualityConfig = QualityConfig()
     storage: StorageConfig = StorageConfig()
 
     @model_validator(mode="after")

@@ -32,12 +32,37 @@ from typing import Any
 import dagster as dg
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 
 from bmlt_assets.core.book import trim_depth
 
 
 class MissingPartitionError(FileNotFoundError):
     """An upstream partition is not on disk; the message says what to materialize."""
+
+
+class CorruptPartitionError(ValueError):
+    """An upstream partition is on disk but unreadable (truncated, overwritten by hand...)."""
+
+
+def integrity_problem(path: Path) -> str | None:
+    """Why ``path`` (a Parquet file or a folder of .npy + meta.json) cannot be read, or None.
+
+    Cheap: it reads Parquet footers and .npy headers and maps (never loads) array data, so a
+    truncated file is caught before anyone reads garbage from it.
+    """
+    files = [path] if path.is_file() else sorted(path.iterdir())
+    for file in files:
+        try:
+            if file.suffix == ".parquet":
+                pq.ParquetFile(file).metadata
+            elif file.suffix == ".npy":
+                np.load(file, mmap_mode="r")
+            elif file.suffix == ".json":
+                json.loads(file.read_text())
+        except Exception as error:  # noqa: BLE001 - every failure to parse is corruption
+            return f"{file.name}: {error}"
+    return None
 
 
 def _temporary_sibling(path: Path) -> Path:
@@ -143,15 +168,19 @@ class StorageResource(dg.ConfigurableResource):
         return Path(self.base_dir) / "landing" / market / f"date={date.isoformat()}"
 
     def require(self, path: Path, asset: str, date: dt.date | None = None) -> Path:
-        """``path`` if it was fully written, else an error naming what to materialize."""
+        """``path`` if it was fully written and is readable, else an error naming what to materialize."""
         marker = path / "meta.json" if path.suffix == "" else path
         if marker.exists():
-            return path
+            problem = integrity_problem(path)
+            if problem is None:
+                return path
         if date is None:
             hint = f"dagster asset materialize -m bmlt_assets.definitions --select {asset}"
         else:
             hint = f"dagster asset materialize -m bmlt_assets.definitions --select {asset} --partition {date.isoformat()}"
         where = f" for {date.isoformat()}" if date else ""
+        if marker.exists():
+            raise CorruptPartitionError(f"{asset}{where} at {path} is corrupt ({problem}); re-materialize it: {hint}")
         raise MissingPartitionError(f"{asset}{where} is missing at {path}; materialize it first: {hint}")
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,6 +19,7 @@ from tqdm.auto import tqdm
 from bmlt_assets.core.dataset import PART_FIELDS, Part, TrainingData
 from bmlt_assets.core.models import OrderBookClassifier
 from bmlt_resources.settings import PlatformConfig
+from bmlt_resources.storage import atomic_write
 
 
 def seed_everything(seed: int) -> None:
@@ -102,13 +106,27 @@ class TrainResult:
     model: OrderBookClassifier
     best_epoch: int
     history: list[EpochRecord] = field(default_factory=list)
+    resumed_from: int = 0  # the last epoch restored from a checkpoint (0: a fresh start)
+
+
+def _checkpoint_key(config: PlatformConfig, data: TrainingData, train_part: Part) -> str:
+    """What a checkpoint belongs to: resuming under another config or dataset would be wrong."""
+    payload = json.dumps([config.model.model_dump(mode="json"), config.training.model_dump(mode="json"), list(data.shape), train_part.steps[[0, -1]].tolist(), len(train_part)])
+    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def train(
     config: PlatformConfig,
     data: TrainingData,
     on_epoch: Callable[[EpochRecord], None] = lambda record: None,
+    checkpoint: Path | None = None,
 ) -> TrainResult:
+    """Train with early stopping on validation log loss; the best epoch's weights are returned.
+
+    With ``checkpoint``, the full training state (weights, optimizer, schedule, random streams,
+    early-stopping state) is written there atomically after every epoch, and a run that finds a
+    matching checkpoint continues after its epoch: a killed training run, run again, completes
+    with the same result as an uninterrupted one."""
     t = config.training
     torch.set_num_threads(t.threads or os.cpu_count() or 1)
     seed_everything(t.seed)
@@ -134,8 +152,23 @@ def train(
     )
 
     result = TrainResult(model=model, best_epoch=0)
-    best_loss, best_state, stale = np.inf, None, 0
-    for epoch in range(1, t.epochs + 1):
+    best_loss, best_state, stale, done, first_epoch = np.inf, None, 0, False, 1
+    key = _checkpoint_key(config, data, train_part)
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        if state["key"] == key:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+            rng.bit_generator.state = state["numpy_rng"]
+            torch.set_rng_state(state["torch_rng"])
+            best_loss, best_state, stale, done = state["best_loss"], state["best_state"], state["stale"], state["done"]
+            result.best_epoch, result.history = state["best_epoch"], [EpochRecord(**r) for r in state["history"]]
+            first_epoch = state["epoch"] + 1
+            result.resumed_from = state["epoch"]
+    for epoch in range(first_epoch, t.epochs + 1):
+        if done:
+            break
         model.train()
         started = time.perf_counter()
         total, seen = 0.0, 0
@@ -157,14 +190,21 @@ def train(
         accuracy = [float((val_logits[:, h].argmax(1) == val_part.classes[:, h]).mean()) for h in range(len(losses))]
         record = EpochRecord(epoch, total / seen, val_loss, accuracy, time.perf_counter() - started, seen / train_seconds)
         result.history.append(record)
-        on_epoch(record)
         if val_loss < best_loss - 1e-5:
             best_loss, stale, result.best_epoch = val_loss, 0, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             stale += 1
-            if stale >= t.early_stopping_patience:
-                break
+        done = stale >= t.early_stopping_patience
+        if checkpoint is not None:
+            state = {
+                "key": key, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(), "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                "best_loss": best_loss, "best_state": best_state, "stale": stale, "done": done,
+                "best_epoch": result.best_epoch, "history": [asdict(r) for r in result.history],
+            }
+            atomic_write(checkpoint, lambda tmp: torch.save(state, tmp))
+        on_epoch(record)
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()

@@ -1,0 +1,99 @@
+"""Data-quality checks: garbage is quarantined or blocks the pipeline, with the rule that failed."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from bmlt_assets.core.book import book_arrays, snapshot_frame
+from bmlt_assets.definitions import CHECKS, INGEST_ASSETS, TRAINING_ASSETS, build_resources
+from bmlt_resources.settings import SyntheticConfig, load_config
+from bmlt_resources.storage import StorageResource, write_parquet
+from bmlt_resources.synthetic import SyntheticMarket
+from tests.helpers import write_config
+
+DAYS = [dt.date(2025, 1, 6), dt.date(2025, 1, 7), dt.date(2025, 1, 8)]
+SYMBOLS = ["BTC/USDT", "ETH/USDT"]
+
+
+def _landing_config(tmp_path: Path) -> Path:
+    """The tiny config reading 'recorded' books from the landing zone instead of the simulator."""
+    return write_config(tmp_path, {"data": {"source": "binance", "end_date": "2025-01-08"}})
+
+
+def _record(config_path: Path, date: dt.date, crossed_share: float) -> None:
+    """Write a day of books to the landing zone, crossing ``crossed_share`` of them."""
+    config = load_config(config_path)
+    market = SyntheticMarket(SyntheticConfig(), seed=1, cadence_ms=config.data.cadence_ms, depth=config.data.depth)
+    frames = []
+    for symbol in SYMBOLS:
+        frame = market.simulate(date, symbol)
+        books = book_arrays(frame)
+        bad = np.random.default_rng(0).random(frame.height) < crossed_share
+        bid = books["bid_px"].copy()
+        bid[bad] += books["ask_px"][bad, :1] - books["bid_px"][bad, :1] + 0.01  # the best bid above the best ask
+        frames.append(snapshot_frame(
+            exchange_ns=frame["exchange_ts"].to_numpy(), receive_ns=frame["receive_ts"].to_numpy(), symbol=symbol,
+            update_id=frame["update_id"].to_numpy(), bid_px=bid, bid_qty=books["bid_qty"], ask_px=books["ask_px"], ask_qty=books["ask_qty"],
+        ))
+    write_parquet(pl.concat(frames), config.base_dir / "landing" / "spot" / f"date={date}" / "recording.parquet")
+
+
+def _run(config_path: Path, instance: dg.DagsterInstance, date: dt.date) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        INGEST_ASSETS + TRAINING_ASSETS + CHECKS, selection=INGEST_ASSETS[:2], resources=build_resources(config_path),
+        instance=instance, partition_key=date.isoformat(), raise_on_error=False,
+    )
+
+
+def _check(result: dg.ExecuteInProcessResult, name: str) -> dg.AssetCheckEvaluation:
+    return next(e for e in result.get_asset_check_evaluations() if e.check_name == name)
+
+
+def test_a_partly_bad_day_is_cleaned_and_a_mostly_bad_day_blocks_downstream(tmp_path: Path) -> None:
+    path = _landing_config(tmp_path)
+    config = load_config(path)
+    storage = StorageResource(base_dir=str(config.base_dir), config_name=config.name)
+    _record(path, DAYS[0], crossed_share=0.01)
+    _record(path, DAYS[1], crossed_share=0.30)
+    instance = dg.DagsterInstance.ephemeral()
+
+    partly = _run(path, instance, DAYS[0])
+    assert partly.success and _check(partly, "snapshots_are_sound").passed
+    quarantined = pl.read_parquet(storage.quarantine(DAYS[0]))
+    assert 0 < quarantined.height < 0.02 * 2 * 8640
+    assert set(quarantined["reason"]) == {"crossed or locked book (best bid >= best ask)"}
+    assert partly.asset_materializations_for_node("orderbook_snapshots")[0].metadata["quarantined_rows"].value == quarantined.height
+    assert (storage.tensors(DAYS[0]) / "meta.json").exists()
+
+    mostly = _run(path, instance, DAYS[1])
+    check = _check(mostly, "snapshots_are_sound")
+    assert not check.passed
+    assert "crossed or locked book" in check.description and "2025-01-07" in check.description
+    assert not (storage.tensors(DAYS[1]) / "meta.json").exists()  # blocked: book_tensors never ran
+
+
+def test_a_backfill_with_one_bad_day_and_its_rerun_after_the_fix(tmp_path: Path) -> None:
+    path = _landing_config(tmp_path)
+    config = load_config(path)
+    storage = StorageResource(base_dir=str(config.base_dir), config_name=config.name)
+    for date in DAYS:
+        _record(path, date, crossed_share=0.30 if date == DAYS[1] else 0.0)
+    instance = dg.DagsterInstance.ephemeral()
+    first = {date: _run(path, instance, date) for date in DAYS}  # one run per day, as `dagster job backfill` does
+    assert [(storage.tensors(d) / "meta.json").exists() for d in DAYS] == [True, False, True]
+    assert "2025-01-07" in _check(first[DAYS[1]], "snapshots_are_sound").description
+
+    _record(path, DAYS[1], crossed_share=0.0)  # the day is fixed upstream
+    second = {date: _run(path, instance, date) for date in DAYS}
+    assert all(result.success for result in second.values())
+
+    def version(result: dg.ExecuteInProcessResult) -> str:
+        return result.asset_materializations_for_node("book_tensors")[0].tags["dagster/data_version"]
+
+    for date in (DAYS[0], DAYS[2]):  # untouched days come back with the same data version
+        assert version(first[date]) == version(second[date])
