@@ -15,7 +15,7 @@ from dagster_mlflow import end_mlflow_on_run_finished
 
 from bmlt_assets.dataset import training_classes_are_balanced, training_dataset
 from bmlt_assets.evaluation import evaluation_report
-from bmlt_assets.returns import forward_returns
+from bmlt_assets.returns import forward_returns, labels_never_cross_gaps
 from bmlt_assets.snapshots import orderbook_snapshots, snapshots_are_sound
 from bmlt_assets.tensors import book_tensors, tensors_are_sound
 from bmlt_assets.training import trained_model
@@ -26,7 +26,7 @@ from bmlt_resources.synthetic import SyntheticMarketResource
 
 INGEST_ASSETS = [orderbook_snapshots, book_tensors, forward_returns]
 TRAINING_ASSETS = [training_dataset, trained_model, evaluation_report]
-CHECKS = [snapshots_are_sound, tensors_are_sound, training_classes_are_balanced]
+CHECKS = [snapshots_are_sound, tensors_are_sound, labels_never_cross_gaps, training_classes_are_balanced]
 
 ingest_job = dg.define_asset_job(
     "ingest_job",

@@ -6,6 +6,7 @@ import dagster as dg
 import numpy as np
 
 from bmlt_assets.core.labels import forward_log_returns, trailing_volatility
+from bmlt_assets.core.quality import labels_across_gaps
 from bmlt_assets.metadata import partitioned_result
 from bmlt_assets.provenance import content_hash
 from bmlt_assets.partitions import DAILY, SINGLE_RUN, WITH_NEXT_DAY, partition_dates
@@ -62,4 +63,25 @@ def forward_returns(context: dg.AssetExecutionContext, settings: SettingsResourc
             "horizons_s": dg.MetadataValue.json(config.labels.horizons_s),
             "target_symbol": config.target,
         },
+    )
+
+
+@dg.asset_check(asset=forward_returns, partitions_def=DAILY, blocking=True, description="No label crosses an invalid step: horizons over gaps are masked (NaN), never filled.")
+def labels_never_cross_gaps(context: dg.AssetCheckExecutionContext, settings: SettingsResource, storage: StorageResource) -> dg.AssetCheckResult:
+    config = settings.get()
+    leaks, labelled = {}, {}
+    for key in context.partition_keys:
+        date = dt.date.fromisoformat(key)
+        valid = load_arrays(storage.require(storage.tensors(date), "book_tensors", date), ["valid"])["valid"]
+        returns = load_arrays(storage.require(storage.returns(date), "forward_returns", date), ["returns"])["returns"]
+        for i, horizon_s in enumerate(config.labels.horizons_s):
+            bad_steps = labels_across_gaps(valid, returns[:, i, :], config.horizon_steps[i])
+            if len(bad_steps):
+                leaks[f"{key} {horizon_s}s"] = bad_steps[:10].tolist()
+            labelled[f"{key} {horizon_s}s"] = float(np.isfinite(returns[:, i, :]).mean())
+    return dg.AssetCheckResult(
+        passed=not leaks,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=f"labels over gaps at steps {leaks}" if leaks else "every label over a gap is masked",
+        metadata={"labelled_fraction": dg.MetadataValue.json(labelled)},
     )

@@ -75,9 +75,11 @@ def snapshots_are_sound(context: dg.AssetCheckExecutionContext, settings: Settin
         measured = snapshot_quality(clean, quarantined, config.data.steps_per_day, config.data.cadence_ms, config.data.symbols, config.quality)
         days[key] = measured
         failures += [f"{key}: {failure}" for failure in measured.pop("failures")]
+        if measured["quarantined"]:
+            measured["quarantine_file"] = str(quarantine)  # the offending rows, each with its rule
     return dg.AssetCheckResult(
         passed=not failures,
         severity=dg.AssetCheckSeverity.ERROR,
-        description="; ".join(failures) or "all rules within thresholds",
+        description="; ".join(failures) + (" (rows and reasons in the quarantine files)" if failures else "") or "all rules within thresholds",
         metadata={"per_day": dg.MetadataValue.json(days)},
     )

@@ -13,12 +13,12 @@ import numpy as np
 import polars as pl
 import pytest
 
-from bmlt_assets.definitions import INGEST_ASSETS, TRAINING_ASSETS, build_definitions, build_resources
+from bmlt_assets.definitions import CHECKS, INGEST_ASSETS, TRAINING_ASSETS, build_definitions, build_resources
 from bmlt_assets.partitions import range_tags
 from bmlt_resources.settings import PROJECT_ROOT, PlatformConfig, SettingsResource
 from bmlt_resources.storage import StorageResource
 
-ALL_ASSETS = INGEST_ASSETS + TRAINING_ASSETS
+ALL_ASSETS = INGEST_ASSETS + TRAINING_ASSETS + CHECKS  # checks run (and must pass) with their assets
 GRAPH_SNAPSHOT = Path(__file__).parent / "data" / "asset_graph.json"
 
 

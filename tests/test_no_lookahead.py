@@ -4,6 +4,8 @@ and split boundaries are purged by window + horizon (+ embargo)."""
 from __future__ import annotations
 
 import datetime as dt
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -12,10 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bmlt_assets.core.labels import forward_log_returns, trailing_volatility
-from bmlt_assets.core.representation import day_tensors_from_frame
+from bmlt_assets.core.book import validate_snapshots
+from bmlt_assets.core.representation import day_tensors_from_parquet
 from bmlt_assets.core.splits import chronological_split, eligible_steps, purge_limit
 from bmlt_assets.core.windows import Normalizer, gather_windows
 from bmlt_resources.settings import RepresentationConfig, SyntheticConfig
+from bmlt_resources.storage import write_parquet
 from bmlt_resources.synthetic import SyntheticMarket
 
 DAY = dt.date(2025, 1, 6)
@@ -28,7 +32,11 @@ SNAPSHOTS = pl.concat(
 
 
 def _tensors(snapshots: pl.DataFrame) -> dict[str, np.ndarray]:
-    return day_tensors_from_frame(snapshots, DAY, SYMBOLS, CADENCE_MS, CADENCE_MS, REPRESENTATION)
+    """The asset's own path: validate, store the partition as Parquet, stream it into tensors."""
+    clean, _ = validate_snapshots(snapshots)
+    with tempfile.TemporaryDirectory() as folder:
+        path = write_parquet(clean, Path(folder) / "snapshots.parquet")
+        return day_tensors_from_parquet(path, DAY, SYMBOLS, CADENCE_MS, CADENCE_MS, REPRESENTATION)
 
 
 def _perturb_after(snapshots: pl.DataFrame, cutoff_ns: int, seed: int) -> pl.DataFrame:

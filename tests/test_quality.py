@@ -97,3 +97,17 @@ def test_a_backfill_with_one_bad_day_and_its_rerun_after_the_fix(tmp_path: Path)
 
     for date in (DAYS[0], DAYS[2]):  # untouched days come back with the same data version
         assert version(first[date]) == version(second[date])
+
+
+def test_a_label_filled_across_a_gap_is_caught() -> None:
+    from bmlt_assets.core.labels import forward_log_returns
+    from bmlt_assets.core.quality import labels_across_gaps
+
+    valid = np.ones((200, 2), dtype=bool)
+    valid[120, 1] = False
+    mids = np.exp(np.cumsum(np.random.default_rng(0).normal(0, 1e-4, (200, 2)), axis=0))
+    returns = forward_log_returns(mids, valid, [5], 200)[:, 0, :]
+    assert len(labels_across_gaps(valid, returns, 5)) == 0  # what the pipeline writes passes
+    filled = returns.copy()
+    filled[117, 1] = 0.001  # (117, 122] holds the gap at 120: a filled, not masked, label
+    np.testing.assert_array_equal(labels_across_gaps(valid, filled, 5), [117])

@@ -65,3 +65,15 @@ def tensor_quality(base: np.ndarray, valid: np.ndarray, quality: QualityConfig) 
         failures.append(f"a price level {out['max_abs_distance_bps']:.0f} bps from mid (> {quality.max_abs_distance_bps:g})")
     out["failures"] = failures
     return out
+
+
+def labels_across_gaps(valid: np.ndarray, returns: np.ndarray, horizon: int) -> np.ndarray:
+    """Steps (S,) whose label is finite although its interval (t, t + h], or t itself, holds an
+    invalid step of this day: such labels must be masked. ``valid`` and ``returns`` are (S, K);
+    intervals that run into the next day are left to that day's data."""
+    invalid_before = np.concatenate([np.zeros((1, valid.shape[1]), dtype=np.int64), np.cumsum(~valid, axis=0)])
+    steps = np.arange(len(valid))
+    inside = steps + horizon < len(valid)
+    crosses = ~valid
+    crosses[inside] |= invalid_before[steps[inside] + horizon + 1] > invalid_before[steps[inside] + 1]
+    return np.flatnonzero((np.isfinite(returns) & crosses).any(axis=1))
