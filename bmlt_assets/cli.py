@@ -5,6 +5,7 @@
     bmlt summary CONFIG        where the outputs of a pipeline run are, and its headline results
     bmlt plan CONFIG           bytes per day, per batch and per epoch of a config, before running it
     bmlt report RUN_ID         an evaluation's headline table; writes (or --open's) its HTML report
+    bmlt import FILE...        raw Binance recordings -> N-level snapshots in the landing zone
 """
 
 from __future__ import annotations
@@ -94,6 +95,45 @@ def _report(config: PlatformConfig, run_id: str, out: Path | None, open_browser:
     return 0
 
 
+def _import(config: PlatformConfig, files: list[Path], fmt: str, market: str, levels: int, as_json: bool) -> int:
+    from bmlt_assets.core.binance_sync import BookBuilder, read_recording
+    from bmlt_resources.storage import write_parquet
+
+    import polars as pl
+
+    if fmt != "binance-ws":
+        print(f"unknown --format {fmt!r}: supported is 'binance-ws'", file=sys.stderr)
+        return 2
+    builder = BookBuilder(market, levels)
+    for path in files:
+        if not path.is_file():
+            print(f"{path}: no such recording", file=sys.stderr)
+            return 2
+        try:
+            builder.feed(read_recording(path))
+        except ValueError as error:
+            print(f"{path}: {error}", file=sys.stderr)
+            return 2
+    frame = builder.frame()
+    written = []
+    if frame.height:
+        day = pl.from_epoch(pl.col("receive_ts"), time_unit="ns").dt.date()
+        for (date,), rows in frame.with_columns(day.alias("date")).partition_by("date", as_dict=True).items():
+            target = config.base_dir / "landing" / market / f"date={date}" / f"import-{files[0].name.split('.')[0]}.parquet"
+            write_parquet(rows.drop("date"), target)
+            written.append(str(target))
+    summary = builder.summary.as_dict() | {"files": [str(f) for f in files], "written": written, "levels": levels, "market": market}
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"{summary['snapshots']} snapshots of {levels} levels from {summary['updates_applied']} applied depth updates "
+              f"({summary['updates_dropped']} dropped as older than the snapshot)")
+        print(f"gaps: {len(summary['gaps'])}" + "".join(f"\n  {g['symbol']}: {g['from_ns']} .. {g['to_ns']}" for g in summary["gaps"]))
+        print(f"crossed books: {summary['crossed_books']}; first {summary['first']}, last {summary['last']}")
+        print("written:" + "".join(f"\n  {w}" for w in written))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bmlt", description="Binance ML Training platform")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -106,8 +146,15 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--config", dest="config_option", type=Path, default=None, help="config whose MLflow store to read (default: $BMLT_CONFIG or configs/default.yaml)")
     report.add_argument("--out", type=Path, help="where to write the HTML (default: report-RUN_ID.html)")
     report.add_argument("--open", action="store_true", help="open the HTML in a browser")
+    imports = commands.add_parser("import", help="import raw recordings into the landing zone")
+    imports.add_argument("files", type=Path, nargs="+", help="'<receive ns> <raw JSON>' recordings, gzip or plain")
+    imports.add_argument("--format", default="binance-ws", help="binance-ws (combined WebSocket streams + REST snapshots)")
+    imports.add_argument("--market", choices=["spot", "usdm"], default="spot")
+    imports.add_argument("--levels", type=int, default=20, help="levels per side to keep")
+    imports.add_argument("--config", dest="config_option", type=Path, default=None, help="config whose data directory receives the files")
+    imports.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args(argv)
-    if args.command == "report":
+    if args.command in ("report", "import"):
         args.config = args.config_option or config_path_from_env()
     else:
         args.config = args.config or args.config_option
@@ -120,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "report":
         return _report(config, args.run_id, args.out, args.open)
+    if args.command == "import":
+        return _import(config, args.files, args.format, args.market, args.levels, args.json)
     return COMMANDS[args.command](config, str(args.config))
 
 
