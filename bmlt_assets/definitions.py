@@ -8,6 +8,7 @@ recordings in the landing zone.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -19,6 +20,7 @@ from bmlt_assets.returns import forward_returns, labels_never_cross_gaps
 from bmlt_assets.snapshots import orderbook_snapshots, snapshots_are_sound
 from bmlt_assets.tensors import book_tensors, tensors_are_sound
 from bmlt_assets.training import trained_model
+from bmlt_resources.binance import BinanceResource
 from bmlt_resources.mlflow import MlflowTracking
 from bmlt_resources.settings import SettingsResource, config_path_from_env, load_config
 from bmlt_resources.storage import LandingZoneResource, StorageResource
@@ -56,7 +58,14 @@ def build_resources(config_path: Path) -> dict[str, object]:
         )
     else:
         book_source = LandingZoneResource(base_dir=str(config.base_dir), market=data.market, depth=data.depth)
-    return {
+    resources: dict[str, object] = {}
+    if data.source == "binance":
+        # Credentials only from the environment, and only when set: public market data needs none.
+        credentials = {
+            field: dg.EnvVar(variable) for field, variable in (("api_key", "BINANCE_API_KEY"), ("api_secret", "BINANCE_API_SECRET")) if os.environ.get(variable)
+        }
+        resources["binance"] = BinanceResource(market=data.market, **credentials)
+    return resources | {
         "settings": SettingsResource(config_path=str(Path(config_path).resolve())),
         "storage": StorageResource(base_dir=str(config.base_dir), config_name=config.name),
         "book_source": book_source,
