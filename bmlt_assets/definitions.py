@@ -69,7 +69,11 @@ def build_resources(config_path: Path) -> dict[str, object]:
         "settings": SettingsResource(config_path=str(Path(config_path).resolve())),
         "storage": StorageResource(base_dir=str(config.base_dir), config_name=config.name),
         "book_source": book_source,
-        "mlflow": MlflowTracking(experiment_name=config.mlflow.experiment, mlflow_tracking_uri=config.tracking_uri),
+        "mlflow": MlflowTracking(
+            experiment_name=config.mlflow.experiment,
+            mlflow_tracking_uri=config.tracking_uri,
+            artifact_location=(config.base_dir / "mlartifacts").as_uri(),
+        ),
     }
 
 

@@ -19,7 +19,7 @@ import dagster as dg
 from dagster._config.pythonic_config.resource import ConfigurableLegacyResourceAdapter
 import mlflow
 from dagster_mlflow import mlflow_tracking
-from dagster_mlflow.resources import MlFlow
+from dagster_mlflow.resources import CONFIG_SCHEMA, MlFlow
 from mlflow import MlflowClient
 
 __all__ = ["MlFlow", "MlflowTracking", "MlflowTrialLogger", "tracking_reachable"]
@@ -47,15 +47,22 @@ def tracking_reachable(uri: str) -> None:
                 os.environ[name] = value
 
 
-@dg.resource(config_schema=mlflow_tracking.config_schema)
+@dg.resource(config_schema={**CONFIG_SCHEMA, "artifact_location": dg.Field(str, is_required=False)})
 def checked_mlflow_tracking(context: dg.InitResourceContext) -> MlFlow:
-    tracking_reachable(context.resource_config["mlflow_tracking_uri"])
+    """dagster-mlflow's resource, after a reachability probe; a new experiment keeps its
+    artifacts at ``artifact_location`` (not in ./mlruns of whatever folder the run started in)."""
+    config = context.resource_config
+    tracking_reachable(config["mlflow_tracking_uri"])
+    client = MlflowClient(tracking_uri=config["mlflow_tracking_uri"])
+    if config.get("artifact_location") and client.get_experiment_by_name(config["experiment_name"]) is None:
+        client.create_experiment(config["experiment_name"], artifact_location=config["artifact_location"])
     return mlflow_tracking.resource_fn(context)
 
 
 class MlflowTracking(ConfigurableLegacyResourceAdapter):
     experiment_name: str
     mlflow_tracking_uri: str
+    artifact_location: str
     extra_tags: dict[str, str] = {}
 
     @property

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import mlflow
 import numpy as np
 import polars as pl
 import yaml
@@ -97,7 +98,12 @@ def _binance_config(tmp_path: Path) -> Path:
     return path
 
 
-def test_the_pipeline_runs_on_imported_real_data(tmp_path: Path) -> None:
+SENTINEL = "sentinel-secret-7f3a9c"
+
+
+def test_the_pipeline_runs_on_imported_real_data_and_never_leaks_the_api_secret(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("BINANCE_API_KEY", "sentinel-key-0b2d")
+    monkeypatch.setenv("BINANCE_API_SECRET", SENTINEL)
     path = _binance_config(tmp_path)
     shown = subprocess.run(
         [str(BIN / "bmlt"), "import", str(RECORDING), "--levels", "20", "--config", str(path), "--json"],
@@ -122,3 +128,16 @@ def test_the_pipeline_runs_on_imported_real_data(tmp_path: Path) -> None:
     report = json.loads((storage.report / "metrics.json").read_text())["report"]
     assert "oracle" not in report[0]["metrics"]  # real data: no oracle, the baselines still run
     assert {"prior", "persistence", "logistic_obi"} <= set(report[0]["metrics"])
+
+    # The secret reached the Binance resource from the environment...
+    with dg.build_resources({"binance": build_resources(path)["binance"]}) as resources:
+        assert resources.binance.api_secret == SENTINEL
+    # ...and nowhere else: not in Dagster's event log, not in MLflow, not in any written file.
+    events = instance.all_logs(result.run_id)
+    assert SENTINEL not in " ".join(str(event) for event in events)
+    client = mlflow.MlflowClient(tracking_uri=config.tracking_uri)
+    for run in client.search_runs([client.get_experiment_by_name(config.mlflow.experiment).experiment_id]):
+        assert SENTINEL not in json.dumps(run.data.params) + json.dumps(run.data.tags)
+    for file in Path(config.base_dir).rglob("*"):
+        if file.is_file():
+            assert SENTINEL.encode() not in file.read_bytes(), file
