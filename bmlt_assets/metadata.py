@@ -28,3 +28,13 @@ def partitioned_result(per_day: list[dict[str, Any]], metadata: dict[str, Any]) 
     where Dagster takes no per-partition data version: the hashes stay in the table.)"""
     version = dg.DataVersion(per_day[0]["content_hash"]) if len(per_day) == 1 else None
     return dg.MaterializeResult(metadata={**metadata, "per_day": dg.MetadataValue.md(markdown_table(per_day))}, data_version=version)
+
+
+def partitioned_check(per_day: dict[str, dict[str, Any]], failures: list[str], suffix: str = "") -> dg.AssetCheckResult:
+    """A blocking check's verdict over the run's partitions: failures name the day and the rule."""
+    return dg.AssetCheckResult(
+        passed=not failures,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description="; ".join(failures) + suffix if failures else "all rules within thresholds",
+        metadata={"per_day": dg.MetadataValue.json(per_day)},
+    )

@@ -9,7 +9,7 @@ import polars as pl
 
 from bmlt_assets.core.book import validate_snapshots
 from bmlt_assets.core.quality import snapshot_quality
-from bmlt_assets.metadata import partitioned_result
+from bmlt_assets.metadata import partitioned_check, partitioned_result
 from bmlt_assets.provenance import content_hash
 from bmlt_assets.partitions import DAILY, SINGLE_RUN, partition_dates
 from bmlt_resources.settings import SettingsResource
@@ -62,7 +62,6 @@ def orderbook_snapshots(
     )
 
 
-
 @dg.asset_check(asset=orderbook_snapshots, partitions_def=DAILY, blocking=True, description="Quarantine rate per rule, stale books and coverage per symbol against config thresholds.")
 def snapshots_are_sound(context: dg.AssetCheckExecutionContext, settings: SettingsResource, storage: StorageResource) -> dg.AssetCheckResult:
     config = settings.get()
@@ -77,9 +76,4 @@ def snapshots_are_sound(context: dg.AssetCheckExecutionContext, settings: Settin
         failures += [f"{key}: {failure}" for failure in measured.pop("failures")]
         if measured["quarantined"]:
             measured["quarantine_file"] = str(quarantine)  # the offending rows, each with its rule
-    return dg.AssetCheckResult(
-        passed=not failures,
-        severity=dg.AssetCheckSeverity.ERROR,
-        description="; ".join(failures) + (" (rows and reasons in the quarantine files)" if failures else "") or "all rules within thresholds",
-        metadata={"per_day": dg.MetadataValue.json(days)},
-    )
+    return partitioned_check(days, failures, " (rows and reasons in the quarantine files)")

@@ -8,7 +8,7 @@ import numpy as np
 from bmlt_assets.core.plan import memory_plan
 from bmlt_assets.core.quality import tensor_quality
 from bmlt_assets.core.representation import CHANNELS, day_tensors_from_parquet, level_names
-from bmlt_assets.metadata import partitioned_result
+from bmlt_assets.metadata import partitioned_check, partitioned_result
 from bmlt_assets.provenance import content_hash
 from bmlt_assets.partitions import DAILY, SINGLE_RUN, partition_dates
 from bmlt_assets.snapshots import orderbook_snapshots
@@ -82,9 +82,4 @@ def tensors_are_sound(context: dg.AssetCheckExecutionContext, settings: Settings
         measured = tensor_quality(np.asarray(arrays["base"]), arrays["valid"], config.quality)
         days[key] = measured
         failures += [f"{key}: {failure}" for failure in measured.pop("failures")]
-    return dg.AssetCheckResult(
-        passed=not failures,
-        severity=dg.AssetCheckSeverity.ERROR,
-        description="; ".join(failures) or "all rules within thresholds",
-        metadata={"per_day": dg.MetadataValue.json(days)},
-    )
+    return partitioned_check(days, failures)
