@@ -370,6 +370,15 @@ class PlatformConfig(Section):
                 f"dataset.window_steps={self.dataset.window_steps} is too short for the DeepLOB trunk, "
                 f"whose unpadded (4,1) convolutions consume {DEEPLOB_MIN_WINDOW - 1} steps; use >= {DEEPLOB_MIN_WINDOW}"
             )
+        purge_steps = self.dataset.window_steps + max(self.horizon_steps) + self.embargo_steps
+        total_steps = len(self.data.dates) * self.data.steps_per_day
+        smallest_part = min(self.dataset.val_fraction, self.dataset.test_fraction) * total_steps
+        if purge_steps >= smallest_part:
+            raise ValueError(
+                f"dataset.embargo_s ({self.dataset.embargo_s}s) + the longest horizon + the window purge "
+                f"{purge_steps} steps at each boundary, more than a whole validation or test part "
+                f"(about {int(smallest_part)} steps): shorten them or add days"
+            )
         window_s = self.dataset.window_steps * cadence_s
         if window_s + max(self.labels.horizons_s) >= 86_400 * len(self.data.dates):
             raise ValueError(
