@@ -23,3 +23,14 @@ def tiny_config(tiny_config_path: Path) -> PlatformConfig:
 @pytest.fixture(autouse=True)
 def _dagster_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path_factory.mktemp("dagster_home")))
+
+
+@pytest.fixture(autouse=True)
+def _no_dangling_mlflow_run():
+    """dagster-mlflow leaves its run active until the job's hook ends it; `materialize` in tests
+    has no hook, so end it here, or the next test would resume it against another store."""
+    yield
+    import mlflow
+
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
