@@ -203,7 +203,7 @@ def train(
                 "best_loss": best_loss, "best_state": best_state, "stale": stale, "done": done,
                 "best_epoch": result.best_epoch, "history": [asdict(r) for r in result.history],
             }
-            atomic_write(checkpoint, lambda tmp: torch.save(state, tmp))
+            atomic_write(checkpoint, lambda tmp, state=state: torch.save(state, tmp))
         on_epoch(record)
     if best_state is not None:
         model.load_state_dict(best_state)

@@ -48,7 +48,7 @@ class Normalizer:
     std: np.ndarray
 
     @classmethod
-    def fit(cls, base: np.ndarray, mids: np.ndarray, train_steps: np.ndarray, window: int, n: int, seed: int) -> "Normalizer":
+    def fit(cls, base: np.ndarray, mids: np.ndarray, train_steps: np.ndarray, window: int, n: int, seed: int) -> Normalizer:
         """Fit on up to ``n`` windows drawn (seeded) from the training steps only."""
         rng = np.random.default_rng(seed)
         chosen = np.sort(rng.choice(train_steps, size=min(n, len(train_steps)), replace=False))
