@@ -13,6 +13,18 @@ from bmlt_resources.settings import PlatformConfig
 from bmlt_resources.synthetic import SyntheticMarketResource
 
 TESTS = Path(__file__).parent
+RECORDING_NAME = "binance_spot_btcusdt_20240808_depth_ws.gz"
+
+
+def shared_recording() -> Path:
+    """The real Binance recording in shared/data: $BMLT_SHARED_DIR, else ../shared beside the repo."""
+    import os
+
+    folder = Path(os.environ.get("BMLT_SHARED_DIR") or TESTS.parent.parent / "shared")
+    path = folder / "data" / RECORDING_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: set BMLT_SHARED_DIR to the folder holding shared/data")
+    return path
 TINY = TESTS / "configs" / "tiny.yaml"
 
 

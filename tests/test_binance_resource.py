@@ -10,10 +10,9 @@ import pytest
 import requests
 
 from bmlt_resources.binance import BinanceBanned, BinanceResource
-from bmlt_resources.settings import PROJECT_ROOT
+from tests.helpers import shared_recording
 
-RECORDING = PROJECT_ROOT.parent / "shared" / "data" / "binance_spot_btcusdt_20240808_depth_ws.gz"
-SNAPSHOT = next(line.split(" ", 1)[1] for line in gzip.open(RECORDING, "rt") if "lastUpdateId" in line)
+
 MARKET = {
     "id": "BTCUSDT", "symbol": "BTC/USDT", "base": "BTC", "quote": "USDT", "baseId": "BTC", "quoteId": "USDT",
     "type": "spot", "spot": True, "margin": False, "swap": False, "future": False, "option": False, "contract": False,
@@ -38,6 +37,12 @@ class RecordedSession(requests.Session):
         return response
 
 
+@pytest.fixture(scope="module")
+def snapshot() -> str:
+    """The recording's REST depth snapshot, byte for byte as Binance sent it."""
+    return next(line.split(" ", 1)[1] for line in gzip.open(shared_recording(), "rt") if "lastUpdateId" in line)
+
+
 def _resource(answers: list[tuple[int, str]]) -> tuple[BinanceResource, RecordedSession]:
     resource = BinanceResource(backoff_s=0.001)
     exchange = resource.exchange()
@@ -48,24 +53,24 @@ def _resource(answers: list[tuple[int, str]]) -> tuple[BinanceResource, Recorded
     return resource, session
 
 
-def test_a_recorded_depth_snapshot_goes_through_ccxt_parsing() -> None:
-    resource, session = _resource([(200, SNAPSHOT)])
+def test_a_recorded_depth_snapshot_goes_through_ccxt_parsing(snapshot: str) -> None:
+    resource, session = _resource([(200, snapshot)])
     book = resource.fetch_snapshot("BTC/USDT", limit=1000)
-    raw = json.loads(SNAPSHOT)
+    raw = json.loads(snapshot)
     assert "api/v3/depth" in session.urls[0] and "symbol=BTCUSDT" in session.urls[0] and "limit=1000" in session.urls[0]
     assert book["update_id"] == raw["lastUpdateId"] and book["timestamp"] is None  # spot books carry no time
     assert book["bids"][0] == [float(raw["bids"][0][0]), float(raw["bids"][0][1])]
     assert len(book["asks"]) == 1000 and book["receive_ns"] > 0
 
 
-def test_http_429_backs_off_and_retries() -> None:
-    resource, session = _resource([(429, '{"code":-1003,"msg":"Too many requests"}'), (429, "{}"), (200, SNAPSHOT)])
+def test_http_429_backs_off_and_retries(snapshot: str) -> None:
+    resource, session = _resource([(429, '{"code":-1003,"msg":"Too many requests"}'), (429, "{}"), (200, snapshot)])
     book = resource.fetch_snapshot("BTC/USDT", limit=1000)
-    assert len(session.urls) == 3 and book["update_id"] == json.loads(SNAPSHOT)["lastUpdateId"]
+    assert len(session.urls) == 3 and book["update_id"] == json.loads(snapshot)["lastUpdateId"]
 
 
-def test_http_418_stops_at_once_with_what_to_do() -> None:
-    resource, session = _resource([(418, '{"code":-1003,"msg":"Way too many requests; IP banned"}'), (200, SNAPSHOT)])
+def test_http_418_stops_at_once_with_what_to_do(snapshot: str) -> None:
+    resource, session = _resource([(418, '{"code":-1003,"msg":"Way too many requests; IP banned"}'), (200, snapshot)])
     with pytest.raises(BinanceBanned, match="HTTP 418.*wait for the ban to expire"):
         resource.fetch_snapshot("BTC/USDT")
     assert len(session.urls) == 1  # no retry into a ban
