@@ -96,25 +96,31 @@ def _report(config: PlatformConfig, run_id: str, out: Path | None, open_browser:
 
 
 def _import(config: PlatformConfig, files: list[Path], fmt: str, market: str, levels: int, as_json: bool) -> int:
-    from bmlt_assets.core.binance_sync import BookBuilder, read_recording
+    from bmlt_assets.core.binance_sync import BookBuilder, ImportSummary, read_recording, tardis_book_snapshots
     from bmlt_resources.storage import write_parquet
 
     import polars as pl
 
-    if fmt != "binance-ws":
-        print(f"unknown --format {fmt!r}: supported is 'binance-ws'", file=sys.stderr)
+    if fmt not in ("binance-ws", "tardis-book-snapshot"):
+        print(f"unknown --format {fmt!r}: choose binance-ws or tardis-book-snapshot", file=sys.stderr)
         return 2
-    builder = BookBuilder(market, levels)
-    for path in files:
-        if not path.is_file():
-            print(f"{path}: no such recording", file=sys.stderr)
-            return 2
-        try:
-            builder.feed(read_recording(path))
-        except ValueError as error:
-            print(f"{path}: {error}", file=sys.stderr)
-            return 2
-    frame = builder.frame()
+    missing = [str(path) for path in files if not path.is_file()]
+    if missing:
+        print(f"no such recording: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    try:
+        if fmt == "binance-ws":
+            builder = BookBuilder(market, levels)
+            for path in files:
+                builder.feed(read_recording(path))
+            frame, imported = builder.frame(), builder.summary
+        else:
+            frame = pl.concat([tardis_book_snapshots(path, levels) for path in files])
+            crossed = int((frame["bid_px"].arr.first() >= frame["ask_px"].arr.first()).sum())
+            imported = ImportSummary(snapshots=frame.height, crossed=crossed, first_receive_ns=frame["receive_ts"].min(), last_receive_ns=frame["receive_ts"].max())
+    except ValueError as error:
+        print(f"cannot import: {error}", file=sys.stderr)
+        return 2
     written = []
     if frame.height:
         day = pl.from_epoch(pl.col("receive_ts"), time_unit="ns").dt.date()
@@ -122,12 +128,12 @@ def _import(config: PlatformConfig, files: list[Path], fmt: str, market: str, le
             target = config.base_dir / "landing" / market / f"date={date}" / f"import-{files[0].name.split('.')[0]}.parquet"
             write_parquet(rows.drop("date"), target)
             written.append(str(target))
-    summary = builder.summary.as_dict() | {"files": [str(f) for f in files], "written": written, "levels": levels, "market": market}
+    summary = imported.as_dict() | {"files": [str(f) for f in files], "written": written, "levels": levels, "market": market}
     if as_json:
         print(json.dumps(summary, indent=2))
     else:
-        print(f"{summary['snapshots']} snapshots of {levels} levels from {summary['updates_applied']} applied depth updates "
-              f"({summary['updates_dropped']} dropped as older than the snapshot)")
+        source = f" from {summary['updates_applied']} applied depth updates ({summary['updates_dropped']} dropped as older than the snapshot)"
+        print(f"{summary['snapshots']} snapshots of {levels} levels" + (source if fmt == "binance-ws" else ""))
         print(f"gaps: {len(summary['gaps'])}" + "".join(f"\n  {g['symbol']}: {g['from_ns']} .. {g['to_ns']}" for g in summary["gaps"]))
         print(f"crossed books: {summary['crossed_books']}; first {summary['first']}, last {summary['last']}")
         print("written:" + "".join(f"\n  {w}" for w in written))
@@ -148,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--open", action="store_true", help="open the HTML in a browser")
     imports = commands.add_parser("import", help="import raw recordings into the landing zone")
     imports.add_argument("files", type=Path, nargs="+", help="'<receive ns> <raw JSON>' recordings, gzip or plain")
-    imports.add_argument("--format", default="binance-ws", help="binance-ws (combined WebSocket streams + REST snapshots)")
+    imports.add_argument("--format", default="binance-ws", choices=["binance-ws", "tardis-book-snapshot"],
+                         help="binance-ws: '<receive ns> <json>' combined streams + REST snapshots; tardis-book-snapshot: book_snapshot_25 CSV")
     imports.add_argument("--market", choices=["spot", "usdm"], default="spot")
     imports.add_argument("--levels", type=int, default=20, help="levels per side to keep")
     imports.add_argument("--config", dest="config_option", type=Path, default=None, help="config whose data directory receives the files")

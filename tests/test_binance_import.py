@@ -141,3 +141,34 @@ def test_the_pipeline_runs_on_imported_real_data_and_never_leaks_the_api_secret(
     for file in Path(config.base_dir).rglob("*"):
         if file.is_file():
             assert SENTINEL.encode() not in file.read_bytes(), file
+
+
+def test_a_tardis_book_snapshot_file_imports_into_the_same_landing_format(tmp_path: Path) -> None:
+    header = ["exchange", "symbol", "timestamp", "local_timestamp"]
+    for i in range(25):
+        header += [f"asks[{i}].price", f"asks[{i}].amount", f"bids[{i}].price", f"bids[{i}].amount"]
+    rows = []
+    for n, micros in enumerate((1_723_161_600_000_000, 1_723_161_601_000_000, 1_723_161_602_000_000)):
+        row = ["binance", "BTCUSDT", str(micros), str(micros + 1500)]
+        for i in range(25):
+            row += [f"{61838.0 + n + i * 0.5:.2f}", "0.5", f"{61837.5 + n - i * 0.5:.2f}", "0.25"]
+        rows.append(",".join(row))
+    csv = tmp_path / "binance_book_snapshot_25_2024-08-09_BTCUSDT.csv"
+    csv.write_text(",".join(header) + "\n" + "\n".join(rows) + "\n")
+    path = _binance_config(tmp_path)
+    shown = subprocess.run(
+        [str(BIN / "bmlt"), "import", str(csv), "--format", "tardis-book-snapshot", "--levels", "20", "--config", str(path), "--json"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr
+    summary = json.loads(shown.stdout)
+    assert summary["snapshots"] == 3 and summary["crossed_books"] == 0
+    landed = pl.read_parquet(summary["written"][0])
+    assert landed["symbol"].to_list() == ["BTC/USDT"] * 3
+    assert landed["receive_ts"].to_list() == [1_723_161_600_001_500_000, 1_723_161_601_001_500_000, 1_723_161_602_001_500_000]
+    assert landed["bid_px"].to_numpy()[1][:2].tolist() == [61838.5, 61838.0] and len(landed["ask_qty"].to_numpy()[0]) == 20
+    too_deep = subprocess.run(
+        [str(BIN / "bmlt"), "import", str(csv), "--format", "tardis-book-snapshot", "--levels", "30", "--config", str(path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert too_deep.returncode == 2 and "at most 25 levels" in too_deep.stderr

@@ -168,3 +168,30 @@ class BookBuilder:
             frames.append(snapshot_frame(exchange_ns=exchange, receive_ns=receive, symbol=symbol, update_id=update,
                                          bid_px=bid_px, bid_qty=bid_qty, ask_px=ask_px, ask_qty=ask_qty))
         return pl.concat(frames) if frames else pl.DataFrame()
+
+
+def tardis_book_snapshots(path: Path, levels: int) -> pl.DataFrame:
+    """A tardis.dev ``book_snapshot_25`` CSV (gzip or plain) in the landing schema.
+
+    Columns: ``exchange, symbol, timestamp, local_timestamp`` (microseconds), then
+    ``asks[i].price, asks[i].amount, bids[i].price, bids[i].amount`` for i < 25. Tardis carries no
+    exchange update id, so ``update_id`` is the row's position within its symbol (monotone, as
+    the snapshot validation requires).
+    """
+    if not 1 <= levels <= 25:
+        raise ValueError(f"--levels {levels}: book_snapshot_25 holds at most 25 levels per side")
+    raw = pl.read_csv(path)
+    missing = [c for c in ("symbol", "timestamp", "local_timestamp", f"asks[{levels - 1}].price", f"bids[{levels - 1}].amount") if c not in raw.columns]
+    if missing:
+        raise ValueError(f"{path}: not a tardis book_snapshot_25 file, or fewer than {levels} levels (missing {missing})")
+    frames = []
+    for (symbol,), rows in raw.sort("local_timestamp").partition_by("symbol", as_dict=True, maintain_order=True).items():
+        def side(name: str, field: str) -> np.ndarray:
+            return rows.select([f"{name}[{i}].{field}" for i in range(levels)]).to_numpy().astype(np.float64)
+
+        frames.append(snapshot_frame(
+            exchange_ns=rows["timestamp"].to_numpy() * 1000, receive_ns=rows["local_timestamp"].to_numpy() * 1000,
+            symbol=unified_symbol(symbol.upper().replace("-", "")), update_id=np.arange(rows.height),
+            bid_px=side("bids", "price"), bid_qty=side("bids", "amount"), ask_px=side("asks", "price"), ask_qty=side("asks", "amount"),
+        ))
+    return pl.concat(frames)
