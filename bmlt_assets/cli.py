@@ -39,8 +39,16 @@ def _summary(config: PlatformConfig, path: str) -> int:
     report = root / "report" / "report.md"
     print(f"data directory : {root}")
     print(f"MLflow         : {config.tracking_uri}  (browse: mlflow ui --backend-store-uri {config.tracking_uri})")
-    print(f"registered     : models:/{config.registered_model_name}@challenger")
-    print(f"Dagster UI     : BMLT_CONFIG={path} dagster dev -w workspace.yaml")
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        aliases = sorted(MlflowClient(tracking_uri=config.tracking_uri).get_registered_model(config.registered_model_name).aliases)
+    except MlflowException:
+        aliases = []
+    shown = ", ".join(f"models:/{config.registered_model_name}@{alias}" for alias in aliases) or "(no model registered yet)"
+    print(f"registered     : {shown}")
+    print(f"Dagster UI     : make ui CONFIG={path}   (= BMLT_CONFIG={path} DAGSTER_HOME=$PWD/.dagster_home dagster dev -w workspace.yaml)")
     if report.exists():
         print(f"\n{report.read_text()}")
     else:
