@@ -7,18 +7,15 @@ from typing import Any
 
 import dagster as dg
 
+from bmlt_assets.core.tables import table_lines
 
-def markdown_table(rows: Sequence[Mapping[str, Any]], float_format: str = "{:.4g}") -> str:
+
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Rows of dicts (the keys of the first are the columns) as a Markdown table."""
     if not rows:
         return "_(empty)_"
     columns = list(rows[0])
-
-    def cell(value: Any) -> str:
-        return float_format.format(value) if isinstance(value, float) else str(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
+    return "\n".join(table_lines(columns, [[row.get(c, "") for c in columns] for row in rows], "{:.4g}"))
 
 
 def partitioned_result(per_day: list[dict[str, Any]], metadata: dict[str, Any]) -> dg.MaterializeResult:

@@ -14,6 +14,8 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bmlt_assets.core.tables import table_lines  # noqa: E402
+
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "mcc", "log_loss", "brier", "ece", "directional_accuracy")
 PNL = ("trades", "hit_rate", "mean_return_bps", "sharpe_annualized", "max_drawdown_bps", "turnover_per_day")
 
@@ -62,13 +64,6 @@ def figures(entry: dict[str, Any], horizon_s: int) -> dict[str, bytes]:
     return out
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    def cell(v: Any) -> str:
-        return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
-
-
 def _walk_forward_lines(walk_forward: list[dict[str, Any]], horizons_s: list[int]) -> list[str]:
     """Each fold's model on its own test block, oldest first, then the mean and spread."""
     if not walk_forward:
@@ -85,7 +80,7 @@ def _walk_forward_lines(walk_forward: list[dict[str, Any]], horizons_s: list[int
     numeric = np.array([r[4:] for r in rows], dtype=np.float64)
     rows.append(["mean", "", "", ""] + [float(v) for v in numeric.mean(axis=0)])
     rows.append(["std", "", "", ""] + [float(v) for v in numeric.std(axis=0)])
-    return ["## Walk-forward: performance over time", "", *_table(header, rows), ""]
+    return ["## Walk-forward: performance over time", "", *table_lines(header, rows), ""]
 
 
 def markdown(report: list[dict[str, Any]], horizons_s: list[int], title: str, images: dict[str, str] | None = None, walk_forward: list[dict[str, Any]] | None = None) -> str:
@@ -96,12 +91,12 @@ def markdown(report: list[dict[str, Any]], horizons_s: list[int], title: str, im
         if entry.get("leak_suspected"):
             lines += ['<p style="color:red"><b>PROBABLE LEAK: the model beats the Bayes-optimal oracle beyond its confidence interval.</b></p>', ""]
         rows = [[name, *(m[k] for k in HEADLINE)] for name, m in entry["metrics"].items()]
-        lines += _table(["predictor", *HEADLINE], rows) + [""]
+        lines += table_lines(["predictor", *HEADLINE], rows) + [""]
         ci = [[name, f"{v['accuracy']['low']:.4f} .. {v['accuracy']['high']:.4f}", f"{v['log_loss']['low']:.4f} .. {v['log_loss']['high']:.4f}"] for name, v in entry["intervals"].items()]
         lines += ["95% block-bootstrap intervals (stationary bootstrap, Politis-White block length):", ""]
-        lines += _table(["predictor", "accuracy CI", "log loss CI"], ci) + [""]
+        lines += table_lines(["predictor", "accuracy CI", "log loss CI"], ci) + [""]
         diffs = [[name, d["mean"], f"{d['low']:.4f} .. {d['high']:.4f}"] for name, d in entry["log_loss_differences"].items()]
-        lines += _table(["log-loss difference", "mean", "95% CI"], diffs) + [""]
+        lines += table_lines(["log-loss difference", "mean", "95% CI"], diffs) + [""]
         if "capture" in entry:
             c = entry["capture"]
             lines += [f"Signal capture: accuracy {c['accuracy_capture']:.3f}, log loss {c['logloss_capture']:.3f} (1 = oracle, 0 = class prior).", ""]
@@ -114,14 +109,14 @@ def markdown(report: list[dict[str, Any]], horizons_s: list[int], title: str, im
             "",
         ]
         lines += ["Simulated P&L after fees and half-spread (Sharpe = mean/std of per-trade net log returns x sqrt(trades per year), 24/7):", ""]
-        lines += _table(["predictor", *PNL], [[name, *(p[k] for k in PNL)] for name, p in entry["pnl"].items()]) + [""]
-        lines += _table(["volatility regime", "samples", "accuracy", "log loss"], [[r, v["samples"], v["accuracy"], v["log_loss"]] for r, v in entry["regimes"].items()]) + [""]
+        lines += table_lines(["predictor", *PNL], [[name, *(p[k] for k in PNL)] for name, p in entry["pnl"].items()]) + [""]
+        lines += table_lines(["volatility regime", "samples", "accuracy", "log loss"], [[r, v["samples"], v["accuracy"], v["log_loss"]] for r, v in entry["regimes"].items()]) + [""]
         counts = np.asarray(entry["confusion"])
         lines += ["Confusion matrix of the model (rows: realized class, columns: predicted; counts, then row-normalized):", ""]
         n = len(counts)
-        lines += _table(["", *(f"p{j}" for j in range(n))], [[f"r{j}", *row] for j, row in enumerate(counts.tolist())]) + [""]
+        lines += table_lines(["", *(f"p{j}" for j in range(n))], [[f"r{j}", *row] for j, row in enumerate(counts.tolist())]) + [""]
         shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-        lines += _table(["", *(f"p{j}" for j in range(n))], [[f"r{j}", *(float(v) for v in row)] for j, row in enumerate(shares)]) + [""]
+        lines += table_lines(["", *(f"p{j}" for j in range(n))], [[f"r{j}", *(float(v) for v in row)] for j, row in enumerate(shares)]) + [""]
         for name in ("confusion", "reliability", "equity", "classes"):
             key = f"{name}_{horizon}s.png"
             if images and key in images:
