@@ -6,6 +6,7 @@
     bmlt plan CONFIG           bytes per day, per batch and per epoch of a config, before running it
     bmlt report RUN_ID         an evaluation's headline table; writes (or --open's) its HTML report
     bmlt import FILE...        raw Binance recordings -> N-level snapshots in the landing zone
+    bmlt record --config C     record live Binance books into the landing zone until stopped
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def _report(config: PlatformConfig, run_id: str, out: Path | None, open_browser:
 
 def _import(config: PlatformConfig, files: list[Path], fmt: str, market: str, levels: int, as_json: bool) -> int:
     from bmlt_assets.core.binance_sync import BookBuilder, ImportSummary, read_recording, tardis_book_snapshots
-    from bmlt_resources.storage import write_parquet
+    from bmlt_resources.storage import landing_root, write_parquet
 
     import polars as pl
 
@@ -133,7 +134,7 @@ def _import(config: PlatformConfig, files: list[Path], fmt: str, market: str, le
     if frame.height:
         day = pl.from_epoch(pl.col("receive_ts"), time_unit="ns").dt.date()
         for (date,), rows in frame.with_columns(day.alias("date")).partition_by("date", as_dict=True).items():
-            target = config.base_dir / "landing" / market / f"date={date}" / f"import-{files[0].name.split('.')[0]}.parquet"
+            target = landing_root(config.base_dir, market) / f"date={date}" / f"import-{files[0].name.split('.')[0]}.parquet"
             write_parquet(rows.drop("date"), target)
             written.append(str(target))
     summary = imported.as_dict() | {"files": [str(f) for f in files], "written": written, "levels": levels, "market": market}
@@ -148,16 +149,68 @@ def _import(config: PlatformConfig, files: list[Path], fmt: str, market: str, le
     return 0
 
 
+def parse_duration(text: str) -> float:
+    """'90', '90s', '15m', '2h' or '1d' -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], units[text[-1]]) if text and text[-1] in units else (text, 1)
+    try:
+        seconds = float(number) * unit
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 90, 90s, 15m, 2h or 1d") from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"the duration must be positive, got {text!r}")
+    return seconds
+
+
+def _record(config: PlatformConfig, duration_s: float | None, as_json: bool) -> int:
+    import asyncio
+    import signal
+
+    from bmlt_assets.recording import build_recorder
+    from bmlt_resources.binance import BinanceResource
+
+    if config.data.source != "binance":
+        print(f"{config.name}: data.source is {config.data.source!r}; recording needs a Binance config such as configs/binance.yaml", file=sys.stderr)
+        return 2
+    interactive = sys.stderr.isatty()
+
+    def show(line: str) -> None:  # one self-overwriting line on a terminal, plain lines in a log
+        print(("\r\x1b[2K" if interactive else "") + line, end="" if interactive else "\n", file=sys.stderr, flush=True)
+
+    async def record() -> dict:
+        recorder = build_recorder(config, BinanceResource.for_config(config.data), show)
+        stop = asyncio.Event()
+        for number in (signal.SIGINT, signal.SIGTERM):  # flush, close and exit 0
+            asyncio.get_running_loop().add_signal_handler(number, stop.set)
+        return (await recorder.run(stop, duration_s)).as_dict()
+
+    try:
+        summary = asyncio.run(record())
+    except (ValueError, ConnectionError) as error:
+        print(f"\ncannot record: {error}", file=sys.stderr)
+        return 2
+    if interactive:
+        print(file=sys.stderr)
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        books = ", ".join(f"{symbol} {count}" for symbol, count in sorted(summary["books"].items())) or "none"
+        print(f"recorded {summary['seconds']:.0f} s: books {books}; {summary['files']} file(s), {summary['bytes']:,} bytes")
+        print(f"reconnects: {summary['reconnects']}; gaps: {len(summary['gaps'])}"
+              + "".join(f"\n  {g['symbol']}: {g['from_ns']} .. {g['to_ns']} after update {g['after_update_id']} ({g['reason']})" for g in summary["gaps"]))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bmlt", description="Binance ML Training platform")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, handler in COMMANDS.items():
         sub = commands.add_parser(name, help=handler.__doc__ or name)
         sub.add_argument("config", type=Path, nargs="?", help="a YAML config, e.g. configs/default.yaml")
-        sub.add_argument("--config", dest="config_option", type=Path, help="the same, as an option")
+        sub.add_argument("--config", dest="config_option", metavar="CONFIG", type=Path, help="the same, as an option")
     report = commands.add_parser("report", help="print an evaluation report and write its HTML")
     report.add_argument("run_id", help="the MLflow run id of an evaluation")
-    report.add_argument("--config", dest="config_option", type=Path, default=None, help="config whose MLflow store to read (default: $BMLT_CONFIG or configs/default.yaml)")
+    report.add_argument("--config", dest="config_option", metavar="CONFIG", type=Path, default=None, help="config whose MLflow store to read (default: $BMLT_CONFIG or configs/default.yaml)")
     report.add_argument("--out", type=Path, help="where to write the HTML (default: report-RUN_ID.html)")
     report.add_argument("--open", action="store_true", help="open the HTML in a browser")
     imports = commands.add_parser("import", help="import raw recordings into the landing zone")
@@ -166,10 +219,14 @@ def main(argv: list[str] | None = None) -> int:
                          help="binance-ws: '<receive ns> <json>' combined streams + REST snapshots; tardis-book-snapshot: book_snapshot_25 CSV")
     imports.add_argument("--market", choices=["spot", "usdm"], default="spot")
     imports.add_argument("--levels", type=int, default=20, help="levels per side to keep")
-    imports.add_argument("--config", dest="config_option", type=Path, default=None, help="config whose data directory receives the files")
+    imports.add_argument("--config", dest="config_option", metavar="CONFIG", type=Path, default=None, help="config whose data directory receives the files")
     imports.add_argument("--json", action="store_true", help="print the summary as JSON")
+    records = commands.add_parser("record", help="record live Binance books into the landing zone")
+    records.add_argument("--config", dest="config_option", metavar="CONFIG", type=Path, default=None, help="a Binance config, e.g. configs/binance.yaml (default: $BMLT_CONFIG)")
+    records.add_argument("--duration", type=parse_duration, default=None, help="stop after this long (90, 15m, 2h, 1d); default: until SIGINT/SIGTERM")
+    records.add_argument("--json", action="store_true", help="print the final summary as JSON")
     args = parser.parse_args(argv)
-    if args.command in ("report", "import"):
+    if args.command in ("report", "import", "record"):
         args.config = args.config_option or config_path_from_env()
     else:
         args.config = args.config or args.config_option
@@ -184,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         return _report(config, args.run_id, args.out, args.open)
     if args.command == "import":
         return _import(config, args.files, args.format, args.market, args.levels, args.json)
+    if args.command == "record":
+        return _record(config, args.duration, args.json)
     return COMMANDS[args.command](config, str(args.config))
 
 

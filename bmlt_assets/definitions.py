@@ -16,6 +16,7 @@ from dagster_mlflow import end_mlflow_on_run_finished
 
 from bmlt_assets.dataset import training_classes_are_balanced, training_dataset
 from bmlt_assets.evaluation import evaluation_report
+from bmlt_assets.recording import record_job
 from bmlt_assets.returns import forward_returns, labels_never_cross_gaps
 from bmlt_assets.snapshots import orderbook_snapshots, snapshots_are_sound
 from bmlt_assets.tensors import book_tensors, tensors_are_sound
@@ -64,7 +65,7 @@ def build_resources(config_path: Path) -> dict[str, object]:
         credentials = {
             field: dg.EnvVar(variable) for field, variable in (("api_key", "BINANCE_API_KEY"), ("api_secret", "BINANCE_API_SECRET")) if os.environ.get(variable)
         }
-        resources["binance"] = BinanceResource(market=data.market, **credentials)
+        resources["binance"] = BinanceResource.for_config(data, **credentials)
     return resources | {
         "settings": SettingsResource(config_path=str(Path(config_path).resolve())),
         "storage": StorageResource(base_dir=str(config.base_dir), config_name=config.name),
@@ -78,11 +79,13 @@ def build_resources(config_path: Path) -> dict[str, object]:
 
 
 def build_definitions(config_path: Path) -> dg.Definitions:
+    resources = build_resources(config_path)
+    live = [record_job] if "binance" in resources else []  # recording needs a Binance source
     return dg.Definitions(
         assets=INGEST_ASSETS + TRAINING_ASSETS,
         asset_checks=CHECKS,
-        jobs=[ingest_job, training_job, full_pipeline],
-        resources=build_resources(config_path),
+        jobs=[ingest_job, training_job, full_pipeline, *live],
+        resources=resources,
     )
 
 

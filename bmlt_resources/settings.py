@@ -54,6 +54,17 @@ class SyntheticConfig(Section):
     session_gap_s: Annotated[int, Field(ge=0)] = 60
 
 
+class BinanceEndpoints(Section):
+    """Where the Binance resource connects; the defaults are ccxt's production endpoints.
+
+    Overrides serve relays, testnets or a local replay server. ccxt tells a spot WebSocket
+    connection from a futures one by ``/stream`` in its URL, so a spot ``ws_url`` must contain it.
+    """
+
+    rest_url: str | None = None  # e.g. https://api.binance.com/api/v3 (spot), https://fapi.binance.com/fapi/v1 (usdm)
+    ws_url: str | None = None  # e.g. wss://stream.binance.com:9443/ws (spot), wss://fstream.binance.com/ws (usdm)
+
+
 class DataConfig(Section):
     source: Literal["synthetic", "binance"] = "synthetic"
     market: Literal["spot", "usdm"] = "spot"
@@ -64,6 +75,7 @@ class DataConfig(Section):
     depth: PositiveInt = 20
     max_staleness_ms: PositiveInt | None = None
     synthetic: SyntheticConfig = SyntheticConfig()
+    binance: BinanceEndpoints = BinanceEndpoints()
 
     @field_validator("symbols")
     @classmethod
@@ -327,6 +339,27 @@ class QualityConfig(Section):
     min_class_share: Annotated[float, Field(ge=0, le=1)] = 0.005  # every class on the training part
 
 
+class RecordingConfig(Section):
+    """The live recorder (``bmlt record`` and ``record_job``)."""
+
+    # One book per symbol and interval: the last one before the interval ends, which is what the
+    # cadence grid samples. None: data.cadence_ms; 0: every book update the stream delivers.
+    cadence_ms: Annotated[int, Field(ge=0)] | None = None
+    flush_s: PositiveFloat = 2.0  # a crash loses at most this much
+    rotate_s: PositiveInt = 300  # a new landing file per interval; must divide a day
+    backoff_s: PositiveFloat = 0.5  # first reconnect delay, doubled per failure (with jitter)
+    max_backoff_s: PositiveFloat = 30.0
+    status_every_s: PositiveFloat = 1.0
+
+    @model_validator(mode="after")
+    def _divides(self) -> RecordingConfig:
+        if 86_400 % self.rotate_s:
+            raise ValueError(f"rotate_s={self.rotate_s} must divide one day (86400 s) so no file straddles midnight")
+        if self.cadence_ms and (self.rotate_s * 1000) % self.cadence_ms:
+            raise ValueError(f"rotate_s ({self.rotate_s} s) must be a multiple of cadence_ms ({self.cadence_ms} ms)")
+        return self
+
+
 class StorageConfig(Section):
     base_dir: str = "data"
 
@@ -344,6 +377,7 @@ class PlatformConfig(Section):
     mlflow: MlflowConfig = MlflowConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     quality: QualityConfig = QualityConfig()
+    recording: RecordingConfig = RecordingConfig()
     storage: StorageConfig = StorageConfig()
 
     @model_validator(mode="after")
@@ -354,6 +388,11 @@ class PlatformConfig(Section):
                 f"labels.target_symbol {target!r} is not one of data.symbols {self.data.symbols}"
             )
         cadence_s = self.data.cadence_ms / 1000
+        if self.recording.cadence_ms is None and (self.recording.rotate_s * 1000) % self.data.cadence_ms:
+            raise ValueError(
+                f"recording.rotate_s ({self.recording.rotate_s} s) must be a multiple of data.cadence_ms "
+                f"({self.data.cadence_ms} ms), which the recorder samples at"
+            )
         for horizon in self.labels.horizons_s:
             if (horizon * 1000) % self.data.cadence_ms:
                 raise ValueError(
@@ -403,6 +442,10 @@ class PlatformConfig(Section):
     @property
     def vol_lookback_steps(self) -> int:
         return max(2, self.labels.vol_lookback_s * 1000 // self.data.cadence_ms)
+
+    @property
+    def recording_cadence_ms(self) -> int:
+        return self.data.cadence_ms if self.recording.cadence_ms is None else self.recording.cadence_ms
 
     @property
     def base_dir(self) -> Path:

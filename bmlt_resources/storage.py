@@ -37,6 +37,11 @@ import pyarrow.parquet as pq
 from bmlt_assets.core.book import trim_depth
 
 
+def landing_root(base_dir: str | Path, market: str) -> Path:
+    """Where recorded and imported books of a market land: ``<root>/date=YYYY-MM-DD/*.parquet``."""
+    return Path(base_dir) / "landing" / market
+
+
 class MissingPartitionError(FileNotFoundError):
     """An upstream partition is not on disk; the message says what to materialize."""
 
@@ -164,9 +169,6 @@ class StorageResource(dg.ConfigurableResource):
     def report(self) -> Path:
         return self.root / "report"
 
-    def landing(self, market: str, date: dt.date) -> Path:
-        return Path(self.base_dir) / "landing" / market / f"date={date.isoformat()}"
-
     def require(self, path: Path, asset: str, date: dt.date | None = None) -> Path:
         """``path`` if it was fully written and is readable, else an error naming what to materialize."""
         marker = path / "meta.json" if path.suffix == "" else path
@@ -192,8 +194,8 @@ class LandingZoneResource(dg.ConfigurableResource):
     depth: int
 
     def snapshots(self, date: dt.date, symbols: list[str]) -> pl.DataFrame:
-        folder = Path(self.base_dir) / "landing" / self.market / f"date={date.isoformat()}"
-        files = sorted(folder.glob("*.parquet"))
+        folder = landing_root(self.base_dir, self.market) / f"date={date.isoformat()}"
+        files = sorted(folder.glob("*.parquet"))  # unfinished writes are '.<name>.tmp-*': never matched
         if not files:
             raise MissingPartitionError(
                 f"no landing files for {date.isoformat()} in {folder}; record that day with "

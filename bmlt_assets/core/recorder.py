@@ -1,0 +1,336 @@
+"""The live recorder: ccxt.pro order books -> rotating, atomically published landing files.
+
+One task per symbol awaits ``watch_order_book(symbol)``. It is called without a limit: ccxt
+keeps the whole synced book (a small limit trims the stored book, which then drifts from
+Binance's within minutes) and the top ``depth`` levels are sliced here. ccxt applies Binance's
+sync rules; after a sequence gap or a dropped connection it re-subscribes and re-syncs from a
+fresh REST snapshot, and the recorder records the interval in between as a gap.
+
+Files. Rows go to ``<landing>/date=YYYY-MM-DD/rec-HHMMSS-<session>.parquet``, one file per
+``rotate_s`` interval of receive time, in the snapshot schema of ``bmlt_assets.core.book``.
+Every ``flush_s`` the current interval's file is rewritten whole under a temporary name and
+renamed into place, so a killed recorder loses at most one flush interval and every published
+file is complete. (Parquet cannot be appended to; rewriting keeps each file one readable unit,
+at a cost bounded by the rotation size.) Gap intervals go beside it in ``<file>.gaps.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ccxt
+import numpy as np
+import polars as pl
+
+from bmlt_assets.core.book import snapshot_schema
+from bmlt_resources.storage import atomic_write, write_parquet
+
+NS = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class BookRow:
+    symbol: str
+    exchange_ns: int
+    receive_ns: int
+    update_id: int
+    bids: np.ndarray  # (depth, 2): price, quantity, best first
+    asks: np.ndarray
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Updates of ``symbol`` between these two books were lost (receive times, update ids)."""
+
+    symbol: str
+    from_ns: int
+    to_ns: int
+    after_update_id: int
+    resumed_update_id: int
+    reason: str
+
+
+def book_row(symbol: str, book: dict[str, Any], depth: int, receive_ns: int) -> BookRow | None:
+    """The top ``depth`` levels of a ccxt order book, or None while a side is thinner than that."""
+    bids, asks = book["bids"][:depth], book["asks"][:depth]
+    if len(bids) < depth or len(asks) < depth:
+        return None
+    # Right after a REST snapshot a spot book has no exchange time yet: use our receive time.
+    exchange_ns = receive_ns if book.get("timestamp") is None else int(book["timestamp"]) * 1_000_000
+    as_array = lambda side: np.array([level[:2] for level in side], dtype=np.float64)  # noqa: E731
+    return BookRow(symbol, exchange_ns, receive_ns, int(book["nonce"]), as_array(bids), as_array(asks))
+
+
+class CadenceSampler:
+    """Keeps the last book of each ``cadence_ms`` interval of receive time (what the cadence grid
+    of ``book_tensors`` reads), or passes every book through when ``cadence_ms`` is 0."""
+
+    def __init__(self, cadence_ms: int):
+        self.cadence_ns = cadence_ms * 1_000_000
+        self.pending: dict[str, BookRow] = {}
+
+    def _interval(self, ns: int) -> int:
+        return ns // self.cadence_ns
+
+    def offer(self, row: BookRow) -> list[BookRow]:
+        if not self.cadence_ns:
+            return [row]
+        held = self.pending.get(row.symbol)
+        self.pending[row.symbol] = row
+        return [held] if held is not None and self._interval(held.receive_ns) < self._interval(row.receive_ns) else []
+
+    def release(self, now_ns: int) -> list[BookRow]:
+        """The held books whose interval has ended by ``now_ns``."""
+        done = [s for s, row in self.pending.items() if self.cadence_ns and self._interval(row.receive_ns) < self._interval(now_ns)]
+        return [self.pending.pop(symbol) for symbol in done]
+
+    def drain(self) -> list[BookRow]:
+        rows, self.pending = list(self.pending.values()), {}
+        return rows
+
+
+def rows_frame(rows: list[BookRow], depth: int) -> pl.DataFrame:
+    bids = np.stack([row.bids for row in rows])
+    asks = np.stack([row.asks for row in rows])
+    return pl.DataFrame(
+        {
+            "exchange_ts": [row.exchange_ns for row in rows],
+            "receive_ts": [row.receive_ns for row in rows],
+            "symbol": [row.symbol for row in rows],
+            "update_id": [row.update_id for row in rows],
+            "bid_px": bids[:, :, 0], "bid_qty": bids[:, :, 1], "ask_px": asks[:, :, 0], "ask_qty": asks[:, :, 1],
+        },
+        schema=snapshot_schema(depth),
+    )
+
+
+class LandingWriter:
+    """Rotating landing files of one recording session (see the module docstring)."""
+
+    def __init__(self, landing: Path, depth: int, rotate_s: int, session: str | None = None):
+        self.landing, self.depth, self.rotate_ns = landing, depth, rotate_s * NS
+        self.session = session or uuid.uuid4().hex[:8]
+        self.rows: dict[int, list[BookRow]] = {}
+        self.gaps: dict[int, list[Gap]] = {}
+        self.dirty: set[int] = set()
+        self.sizes: dict[Path, int] = {}  # published files and their current size
+
+    def path(self, segment: int) -> Path:
+        start = np.datetime64(segment * self.rotate_ns, "ns").astype("datetime64[s]").item()
+        return self.landing / f"date={start:%Y-%m-%d}" / f"rec-{start:%H%M%S}-{self.session}.parquet"
+
+    def add(self, rows: list[BookRow]) -> None:
+        for row in rows:
+            segment = row.receive_ns // self.rotate_ns
+            self.rows.setdefault(segment, []).append(row)
+            self.dirty.add(segment)
+
+    def add_gap(self, gap: Gap) -> None:
+        segment = gap.to_ns // self.rotate_ns
+        self.gaps.setdefault(segment, []).append(gap)
+        self.dirty.add(segment)
+
+    def flush(self, now_ns: int) -> None:
+        """Publish every changed file; forget intervals that ended before ``now_ns``."""
+        for segment in sorted(self.dirty):
+            path = self.path(segment)
+            if segment in self.rows:
+                write_parquet(rows_frame(self.rows[segment], self.depth), path)
+                self.sizes[path] = path.stat().st_size
+            if segment in self.gaps:
+                sidecar = path.with_name(path.name.replace(".parquet", ".gaps.json"))
+                payload = json.dumps([asdict(gap) for gap in self.gaps[segment]], indent=1)
+                atomic_write(sidecar, lambda tmp: tmp.write_text(payload))
+        self.dirty.clear()
+        # Rows arrive at most one cadence interval late, and cadence divides rotate_s.
+        for segment in [s for s in self.rows.keys() | self.gaps.keys() if s < now_ns // self.rotate_ns]:
+            self.rows.pop(segment, None)
+            self.gaps.pop(segment, None)
+
+    @property
+    def bytes_published(self) -> int:
+        return sum(self.sizes.values())
+
+
+@dataclass
+class SymbolState:
+    syncs_seen: int | None = None  # the exchange's snapshot count for this symbol at the last book
+    last_update_id: int | None = None
+    last_receive_ns: int | None = None
+    lost_because: str | None = None  # why the book was lost since the last one, if we were told
+
+
+@dataclass
+class RecorderStats:
+    books: Counter[str] = field(default_factory=Counter)  # books written, per symbol
+    gaps: list[Gap] = field(default_factory=list)
+    reconnects: int = 0
+    bytes_published: int = 0
+    files: int = 0
+    started: float = field(default_factory=time.monotonic)
+    cpu_started: float = field(default_factory=time.process_time)
+
+    def status_line(self) -> str:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        rates = ", ".join(f"{symbol} {count / elapsed:.1f}" for symbol, count in sorted(self.books.items()))
+        cpu = 100 * (time.process_time() - self.cpu_started) / elapsed
+        clock = time.strftime("%H:%M:%S", time.gmtime(elapsed))
+        return (
+            f"[{clock}] {sum(self.books.values()) / elapsed:.1f} books/s ({rates or 'waiting for the first book'}) | "
+            f"gaps {len(self.gaps)} | reconnects {self.reconnects} | "
+            f"{self.bytes_published / 2**20:.2f} MiB in {self.files} file(s) | cpu {cpu:.0f}%"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        elapsed = time.monotonic() - self.started
+        return {
+            "books": dict(self.books), "seconds": round(elapsed, 3), "gaps": [asdict(gap) for gap in self.gaps],
+            "reconnects": self.reconnects, "bytes": self.bytes_published, "files": self.files,
+            "cpu_seconds": round(time.process_time() - self.cpu_started, 3),
+        }
+
+
+class Recorder:
+    """Records ``symbols`` from a ccxt.pro exchange (see ``BinanceResource.stream_exchange``)."""
+
+    def __init__(
+        self,
+        exchange: Any,
+        symbols: list[str],
+        depth: int,
+        writer: LandingWriter,
+        *,
+        cadence_ms: int,
+        flush_s: float,
+        backoff_s: float,
+        max_backoff_s: float,
+        status_every_s: float = 1.0,
+        report: Callable[[str], None] | None = None,
+    ):
+        self.exchange, self.symbols, self.depth, self.writer = exchange, symbols, depth, writer
+        self.sampler = CadenceSampler(cadence_ms)
+        self.flush_s, self.backoff_s, self.max_backoff_s = flush_s, backoff_s, max_backoff_s
+        self.status_every_s, self.report = status_every_s, report
+        self.states = {symbol: SymbolState() for symbol in symbols}
+        self.stats = RecorderStats()
+
+    async def run(self, stop: asyncio.Event | None = None, duration_s: float | None = None) -> RecorderStats:
+        """Record until ``stop`` is set or ``duration_s`` has passed; always flushes on the way out
+        (also when cancelled), then closes the exchange."""
+        stop = stop or asyncio.Event()
+        deadline = None if duration_s is None else time.monotonic() + duration_s
+        watchers: list[asyncio.Task] = []
+        try:
+            await self._load_markets(stop)
+            watchers = [asyncio.create_task(self._watch(symbol, stop), name=f"watch {symbol}") for symbol in self.symbols]
+            next_flush, next_status = time.monotonic() + self.flush_s, time.monotonic() + self.status_every_s
+            while not stop.is_set():
+                now = time.monotonic()
+                wake = min(next_flush, next_status, deadline or next_flush)
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=max(wake - now, 0.001))
+                except TimeoutError:
+                    pass
+                for task in watchers:  # a watcher only ends early on a config error: surface it
+                    if task.done() and task.exception() is not None:
+                        raise task.exception()
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    stop.set()
+                if now >= next_flush:
+                    self._flush()
+                    next_flush = now + self.flush_s
+                if now >= next_status:
+                    self._status()
+                    next_status = now + self.status_every_s
+        finally:
+            stop.set()
+            for task in watchers:
+                task.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
+            self._write(self.sampler.drain())
+            self._flush()
+            self._status()
+            await self.exchange.close()
+        return self.stats
+
+    async def _load_markets(self, stop: asyncio.Event) -> None:
+        delay = self.backoff_s
+        while True:
+            try:
+                await self.exchange.load_markets()
+                break
+            except ccxt.NetworkError as error:
+                if delay > self.max_backoff_s or stop.is_set():
+                    raise ConnectionError(f"cannot load Binance markets ({type(error).__name__}: {error}); check the network and data.binance.rest_url") from None
+                await self._sleep(stop, delay)
+                delay *= 2
+        unknown = [symbol for symbol in self.symbols if symbol not in self.exchange.markets]
+        if unknown:
+            raise ValueError(f"data.symbols: {unknown} not listed by Binance {self.exchange.id}; check the symbols (e.g. 'BTC/USDT')")
+
+    async def _watch(self, symbol: str, stop: asyncio.Event) -> None:
+        state, delay = self.states[symbol], self.backoff_s
+        while not stop.is_set():
+            try:
+                book = await self.exchange.watch_order_book(symbol)
+            except ccxt.InvalidNonce:  # a sequence gap: ccxt dropped the book and re-syncs on the next call
+                state.lost_because = "sequence gap"
+            except ccxt.BadSymbol as error:
+                raise ValueError(f"data.symbols: {symbol!r} rejected by Binance ({error})") from None
+            except ccxt.BaseError as error:  # disconnects, timeouts, rate limits: retry with back-off
+                state.lost_because = f"{type(error).__name__}: {error}"[:200]
+            else:
+                delay = self.backoff_s
+                self._on_book(symbol, book, time.time_ns())
+                continue
+            # ccxt can hand back the same rejected future until the re-sync completes: wait a bit.
+            await self._sleep(stop, random.uniform(0.5, 1.0) * delay)
+            delay = min(delay * 2, self.max_backoff_s)
+
+    def _on_book(self, symbol: str, book: dict[str, Any], receive_ns: int) -> None:
+        state = self.states[symbol]
+        syncs = self.exchange.book_syncs[symbol]
+        if state.syncs_seen is not None and syncs != state.syncs_seen and state.last_receive_ns is not None:
+            gap = Gap(symbol, state.last_receive_ns, receive_ns, state.last_update_id, int(book["nonce"]), state.lost_because or "connection lost")
+            self.stats.gaps.append(gap)
+            self.writer.add_gap(gap)
+        state.syncs_seen, state.lost_because = syncs, None
+        if state.last_update_id is not None and int(book["nonce"]) <= state.last_update_id:
+            return  # nothing new (a snapshot can lag the last streamed update)
+        row = book_row(symbol, book, self.depth, receive_ns)
+        if row is None:
+            return
+        state.last_update_id, state.last_receive_ns = row.update_id, receive_ns
+        self._write(self.sampler.offer(row))
+
+    def _write(self, rows: list[BookRow]) -> None:
+        self.writer.add(rows)
+        self.stats.books.update(row.symbol for row in rows)
+
+    def _flush(self) -> None:
+        now_ns = time.time_ns()
+        self._write(self.sampler.release(now_ns))
+        self.writer.flush(now_ns)
+        self.stats.bytes_published, self.stats.files = self.writer.bytes_published, len(self.writer.sizes)
+        self.stats.reconnects = self.exchange.reconnects
+
+    def _status(self) -> None:
+        if self.report is not None:
+            self.report(self.stats.status_line())
+
+    @staticmethod
+    async def _sleep(stop: asyncio.Event, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
