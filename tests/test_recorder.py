@@ -8,6 +8,7 @@ independent rebuild at the same update id.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import signal
 import subprocess
@@ -23,8 +24,10 @@ import pytest
 from bmlt_assets.cli import main as bmlt, parse_duration
 from bmlt_assets.core.book import snapshot_schema
 from bmlt_assets.core.recorder import BookRow, CadenceSampler, LandingWriter, Recorder
-from bmlt_assets.definitions import build_definitions
+from bmlt_assets.definitions import build_definitions, build_resources
+from bmlt_assets.snapshots import orderbook_snapshots
 from bmlt_resources.binance import BinanceResource
+from bmlt_resources.storage import StorageResource
 from tests.helpers import shared_recording, write_config
 from tests.replay_server import ReplayServer, ThreadedReplayServer
 
@@ -207,6 +210,19 @@ def test_record_job_runs_the_recorder_in_dagster(tmp_path: Path, threaded_server
     assert_books_match(books, server.truth)
     seconds = books["receive_ts"].to_numpy() // 1_000_000_000
     assert len(np.unique(seconds)) == len(seconds)  # at most one book per cadence interval
+
+    # Recorded files are landing files like any other: orderbook_snapshots consolidates them. Today's
+    # partition only exists once the day is over, so file the recording under a past day.
+    landing = tmp_path / "data" / "landing" / "spot"
+    past = landing / "date=2024-08-09"
+    for file in list(landing.rglob("*.parquet")):
+        past.mkdir(exist_ok=True)
+        file.rename(past / file.name)
+    ingested = dg.materialize([orderbook_snapshots], partition_key="2024-08-09", resources=build_resources(_binance_config(tmp_path, server)))
+    assert ingested.success
+    storage = StorageResource(base_dir=str(tmp_path / "data"), config_name="tiny")
+    consolidated = pl.read_parquet(storage.snapshots(dt.date(2024, 8, 9)))
+    assert consolidated.sort("receive_ts").equals(books)
 
 
 def test_record_refuses_a_synthetic_config_and_an_unknown_symbol(tmp_path: Path, threaded_server, tiny_config_path: Path, capsys) -> None:
