@@ -31,6 +31,7 @@ test: install
 # Ratios against references measured in the same run; figures go to benchmarks/results.json.
 bench: install
 	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.ingest
 
 bench-quick: install
 	$(BIN)/python -m benchmarks.run --quick --out benchmarks/results-quick.json

@@ -54,15 +54,20 @@ def _top(side: dict[str, str], levels: int, descending: bool) -> list[tuple[floa
 
 
 class ReplayServer:
-    def __init__(self, recording: Path, *, levels: int = 20, rate: float | None = None,
-                 skip: tuple[int, ...] = (), disconnect_after: tuple[int, ...] = ()):
+    def __init__(self, recording: Path, *, levels: int = 20, rate: float | None = None, repeat: int = 1,
+                 skip: tuple[int, ...] = (), disconnect_after: tuple[int, ...] = (), keep_truth: bool = True):
         messages = [json.loads(line.split(" ", 1)[1]) for line in gzip.open(recording, "rt")]
         snapshot = next(m for m in messages if "lastUpdateId" in m)
         self.bids = {p: q for p, q in snapshot["bids"]}
         self.asks = {p: q for p, q in snapshot["asks"]}
         self.position = snapshot["lastUpdateId"]
-        self.updates = [m["data"] for m in messages if m.get("data", {}).get("e") == "depthUpdate" and m["data"]["u"] > self.position]
-        self.levels, self.rate = levels, rate
+        once = [m["data"] for m in messages if m.get("data", {}).get("e") == "depthUpdate" and m["data"]["u"] > self.position]
+        # Longer streams for benchmarks: the same diffs again, ids and times shifted to chain on.
+        ids, millis = once[-1]["u"] - self.position, once[-1]["E"] - once[0]["E"] + 100
+        self.updates = [{**u, "U": u["U"] + k * ids, "u": u["u"] + k * ids, "E": u["E"] + k * millis} for k in range(repeat) for u in once]
+        for k in range(1, repeat):  # the first diff straddles the snapshot; in a repeat it must chain
+            self.updates[k * len(once)]["U"] = self.updates[k * len(once) - 1]["u"] + 1
+        self.levels, self.rate, self.keep_truth = levels, rate, keep_truth
         self.skip, self.disconnect_after = set(skip), set(disconnect_after)
         self.sent = 0  # index of the next update to stream
         self.connections = 0
@@ -80,7 +85,8 @@ class ReplayServer:
                 else:
                     side[price] = quantity
         self.position = update["u"]
-        self.truth[self.position] = (_top(self.bids, self.levels, True), _top(self.asks, self.levels, False))
+        if self.keep_truth:
+            self.truth[self.position] = (_top(self.bids, self.levels, True), _top(self.asks, self.levels, False))
 
     # --- endpoints ---------------------------------------------------------------------------
     async def _depth(self, request: web.Request) -> web.Response:

@@ -119,7 +119,8 @@ class LandingWriter:
     def __init__(self, landing: Path, depth: int, rotate_s: int, session: str | None = None):
         self.landing, self.depth, self.rotate_ns = landing, depth, rotate_s * NS
         self.session = session or uuid.uuid4().hex[:8]
-        self.rows: dict[int, list[BookRow]] = {}
+        self.rows: dict[int, list[BookRow]] = {}  # not yet in a published file
+        self.frames: dict[int, pl.DataFrame] = {}  # what the interval's file holds
         self.gaps: dict[int, list[Gap]] = {}
         self.dirty: set[int] = set()
         self.sizes: dict[Path, int] = {}  # published files and their current size
@@ -144,7 +145,9 @@ class LandingWriter:
         for segment in sorted(self.dirty):
             path = self.path(segment)
             if segment in self.rows:
-                write_parquet(rows_frame(self.rows[segment], self.depth), path)
+                added = rows_frame(self.rows.pop(segment), self.depth)
+                self.frames[segment] = pl.concat([self.frames[segment], added]) if segment in self.frames else added
+                write_parquet(self.frames[segment], path)
                 self.sizes[path] = path.stat().st_size
             if segment in self.gaps:
                 sidecar = path.with_name(path.name.replace(".parquet", ".gaps.json"))
@@ -152,8 +155,8 @@ class LandingWriter:
                 atomic_write(sidecar, lambda tmp: tmp.write_text(payload))
         self.dirty.clear()
         # Rows arrive at most one cadence interval late, and cadence divides rotate_s.
-        for segment in [s for s in self.rows.keys() | self.gaps.keys() if s < now_ns // self.rotate_ns]:
-            self.rows.pop(segment, None)
+        for segment in [s for s in self.frames.keys() | self.gaps.keys() if s < now_ns // self.rotate_ns]:
+            self.frames.pop(segment, None)
             self.gaps.pop(segment, None)
 
     @property
