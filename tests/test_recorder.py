@@ -225,7 +225,7 @@ def test_record_job_runs_the_recorder_in_dagster(tmp_path: Path, threaded_server
     assert consolidated.sort("receive_ts").equals(books)
 
 
-def test_record_refuses_a_synthetic_config_and_an_unknown_symbol(tmp_path: Path, threaded_server, tiny_config_path: Path, capsys) -> None:
+def test_record_refuses_a_synthetic_config_an_unknown_symbol_and_an_unreachable_exchange(tmp_path: Path, threaded_server, tiny_config_path: Path, capsys) -> None:
     assert bmlt(["record", "--config", str(tiny_config_path), "--duration", "1"]) == 2
     assert "recording needs a Binance config" in capsys.readouterr().err
     server = threaded_server()
@@ -233,6 +233,9 @@ def test_record_refuses_a_synthetic_config_and_an_unknown_symbol(tmp_path: Path,
     config.write_text(config.read_text().replace("- BTC/USDT", "- DOGE/USDT", 1).replace("target_symbol: BTC/USDT", "target_symbol: DOGE/USDT"))
     assert bmlt(["record", "--config", str(config), "--duration", "5"]) == 2
     assert "['DOGE/USDT'] not listed by Binance" in capsys.readouterr().err
+    config.write_text(config.read_text().replace(server.rest_url, "http://127.0.0.1:9/api/v3"))  # nothing listens there
+    assert bmlt(["record", "--config", str(config), "--duration", "1"]) == 2
+    assert "cannot reach Binance" in capsys.readouterr().err
     assert not (tmp_path / "data" / "landing").exists()
 
 

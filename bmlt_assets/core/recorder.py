@@ -233,7 +233,7 @@ class Recorder:
         deadline = None if duration_s is None else time.monotonic() + duration_s
         watchers: list[asyncio.Task] = []
         try:
-            await self._load_markets(stop)
+            await self._load_markets(stop, deadline)
             watchers = [asyncio.create_task(self._watch(symbol, stop), name=f"watch {symbol}") for symbol in self.symbols]
             next_flush, next_status = time.monotonic() + self.flush_s, time.monotonic() + self.status_every_s
             while not stop.is_set():
@@ -266,15 +266,19 @@ class Recorder:
             await self.exchange.close()
         return self.stats
 
-    async def _load_markets(self, stop: asyncio.Event) -> None:
+    async def _load_markets(self, stop: asyncio.Event, deadline: float | None) -> None:
         delay = self.backoff_s
         while True:
             try:
                 await self.exchange.load_markets()
                 break
             except ccxt.NetworkError as error:
-                if delay > self.max_backoff_s or stop.is_set():
-                    raise ConnectionError(f"cannot load Binance markets ({type(error).__name__}: {error}); check the network and data.binance.rest_url") from None
+                problem = f"cannot reach Binance ({type(error).__name__}: {error})"
+                out_of_time = deadline is not None and time.monotonic() + delay > deadline
+                if stop.is_set() or out_of_time or delay > self.max_backoff_s:
+                    raise ConnectionError(f"{problem}; check the network and data.binance.rest_url") from None
+                if self.report is not None:
+                    self.report(f"{problem}; retrying in {delay:.1f} s")
                 await self._sleep(stop, delay)
                 delay *= 2
         unknown = [symbol for symbol in self.symbols if symbol not in self.exchange.markets]
