@@ -5,7 +5,6 @@ Terminating the run from the UI interrupts it; the recorder flushes what it hold
 """
 
 import asyncio
-import time
 from collections.abc import Callable
 
 import dagster as dg
@@ -16,14 +15,14 @@ from bmlt_resources.settings import PlatformConfig, SettingsResource
 from bmlt_resources.storage import landing_root
 
 
-def build_recorder(config: PlatformConfig, binance: BinanceResource, report: Callable[[str], None] | None) -> Recorder:
+def build_recorder(config: PlatformConfig, binance: BinanceResource, report: Callable[[str], None] | None, status_every_s: float | None = None) -> Recorder:
     data, recording = config.data, config.recording
     writer = LandingWriter(landing_root(config.base_dir, data.market), data.depth, recording.rotate_s)
     return Recorder(
         binance.stream_exchange(), data.symbols, data.depth, writer,
         cadence_ms=config.recording_cadence_ms, flush_s=recording.flush_s,
         backoff_s=recording.backoff_s, max_backoff_s=recording.max_backoff_s,
-        status_every_s=recording.status_every_s, report=report,
+        status_every_s=status_every_s or recording.status_every_s, report=report,
     )
 
 
@@ -41,22 +40,13 @@ def stats_metadata(stats: RecorderStats) -> dict[str, dg.MetadataValue]:
 
 class RecordConfig(dg.Config):
     duration_s: float = 3600.0
-    log_every_s: float = 60.0
+    log_every_s: float = 60.0  # a status line in the run's event log this often
 
 
 @dg.op(description="Record the config's symbols from Binance into the landing zone for duration_s seconds.")
 def record_order_books(context: dg.OpExecutionContext, config: RecordConfig, settings: SettingsResource, binance: BinanceResource) -> dg.Output:
-    platform = settings.get()
-    last_logged = [0.0]
-
-    def log_status(line: str) -> None:  # the recorder reports every second; the event log every log_every_s
-        if time.monotonic() - last_logged[0] >= config.log_every_s:
-            context.log.info(line)
-            last_logged[0] = time.monotonic()
-
-    recorder = build_recorder(platform, binance, log_status)
+    recorder = build_recorder(settings.get(), binance, context.log.info, status_every_s=config.log_every_s)
     stats = asyncio.run(recorder.run(duration_s=config.duration_s))
-    context.log.info(stats.status_line())
     return dg.Output(None, metadata=stats_metadata(stats))
 
 

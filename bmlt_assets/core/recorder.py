@@ -181,16 +181,21 @@ class RecorderStats:
     files: int = 0
     started: float = field(default_factory=time.monotonic)
     cpu_started: float = field(default_factory=time.process_time)
+    _previous: tuple[float, float, Counter[str]] | None = field(default=None, repr=False)
 
     def status_line(self) -> str:
-        elapsed = max(time.monotonic() - self.started, 1e-9)
-        rates = ", ".join(f"{symbol} {count / elapsed:.1f}" for symbol, count in sorted(self.books.items()))
-        cpu = 100 * (time.process_time() - self.cpu_started) / elapsed
-        clock = time.strftime("%H:%M:%S", time.gmtime(elapsed))
+        """Rates and CPU over the time since the previous status line; totals since the start."""
+        now, cpu_now = time.monotonic(), time.process_time()
+        since, cpu_since, counts_since = self._previous or (self.started, self.cpu_started, Counter())
+        self._previous = (now, cpu_now, self.books.copy())
+        window = max(now - since, 1e-9)
+        rates = {symbol: (count - counts_since[symbol]) / window for symbol, count in sorted(self.books.items())}
+        shown = ", ".join(f"{symbol} {rate:.1f}" for symbol, rate in rates.items()) or "waiting for the first book"
+        clock = time.strftime("%H:%M:%S", time.gmtime(now - self.started))
         return (
-            f"[{clock}] {sum(self.books.values()) / elapsed:.1f} books/s ({rates or 'waiting for the first book'}) | "
-            f"gaps {len(self.gaps)} | reconnects {self.reconnects} | "
-            f"{self.bytes_published / 2**20:.2f} MiB in {self.files} file(s) | cpu {cpu:.0f}%"
+            f"[{clock}] {sum(rates.values()):.1f} books/s ({shown}) | gaps {len(self.gaps)} | "
+            f"reconnects {self.reconnects} | {self.bytes_published / 2**20:.2f} MiB in {self.files} file(s) | "
+            f"cpu {100 * (cpu_now - cpu_since) / window:.0f}%"
         )
 
     def as_dict(self) -> dict[str, Any]:
