@@ -41,11 +41,14 @@ def orderbook_snapshots(
         else:  # a clean re-run must not inherit an earlier run's quarantine
             storage.quarantine(date).unlink(missing_ok=True)
         counts = clean.group_by("symbol").len().sort("symbol")
+        gaps = book_source.gaps(date, config.data.symbols)
         per_day.append(
             {
                 "date": date.isoformat(),
                 "rows": clean.height,
                 "quarantined": quarantined.height,
+                "recorded_gaps": len(gaps),
+                "gap_seconds": round(sum(gap["to_ns"] - gap["from_ns"] for gap in gaps) / 1e9, 3),
                 "bytes": path.stat().st_size,
                 "content_hash": content_hash(path)[:16],
                 **{row["symbol"]: row["len"] for row in counts.iter_rows(named=True)},
@@ -56,6 +59,7 @@ def orderbook_snapshots(
         {
             "dagster/row_count": sum(day["rows"] for day in per_day),
             "quarantined_rows": sum(day["quarantined"] for day in per_day),
+            "recorded_gaps": sum(day["recorded_gaps"] for day in per_day),  # intervals the recorder lost and re-synced
             "bytes": sum(day["bytes"] for day in per_day),
             "depth": config.data.depth,
         },

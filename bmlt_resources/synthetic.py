@@ -287,3 +287,7 @@ class SyntheticMarketResource(dg.ConfigurableResource):
     def snapshots(self, date: dt.date, symbols: list[str]) -> pl.DataFrame:
         market = self.market()
         return pl.concat([market.simulate(date, symbol) for symbol in symbols])
+
+    def gaps(self, date: dt.date, symbols: list[str]) -> list[dict]:
+        """Intervals a recorder lost: none in a simulation (its dropouts are missing rows)."""
+        return []

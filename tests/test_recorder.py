@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import dagster as dg
@@ -27,7 +28,7 @@ from bmlt_assets.core.recorder import BookRow, CadenceSampler, LandingWriter, Re
 from bmlt_assets.definitions import build_definitions, build_resources
 from bmlt_assets.snapshots import orderbook_snapshots
 from bmlt_resources.binance import BinanceResource
-from bmlt_resources.storage import StorageResource
+from bmlt_resources.storage import LandingZoneResource, StorageResource, landing_root
 from tests.helpers import shared_recording, write_config
 from tests.replay_server import ReplayServer, ThreadedReplayServer
 
@@ -87,7 +88,7 @@ def test_every_recorded_book_equals_the_independent_rebuild(tmp_path: Path) -> N
 def test_disconnects_and_a_sequence_gap_resync_and_are_recorded(tmp_path: Path) -> None:
     skipped, disconnects = 500, (1500, 2500)
     server = ReplayServer(shared_recording(), levels=DEPTH, rate=500, skip=(skipped,), disconnect_after=disconnects)
-    recorder = asyncio.run(record_replay(server, tmp_path))
+    recorder = asyncio.run(record_replay(server, landing_root(tmp_path, "spot")))
     stats = recorder.stats
     assert stats.reconnects == 2 and server.connections == 3
     assert [gap.reason.split(":")[0] for gap in stats.gaps] == ["sequence gap", "NetworkError", "NetworkError"]
@@ -98,8 +99,11 @@ def test_disconnects_and_a_sequence_gap_resync_and_are_recorded(tmp_path: Path) 
         assert gap.after_update_id < first_lost <= gap.resumed_update_id and gap.from_ns < gap.to_ns
         assert not ((ids > gap.after_update_id) & (ids < gap.resumed_update_id)).any()  # nothing recorded inside a gap
     assert_books_match(books, server.truth)  # no corrupted book before, between or after the gaps
-    saved = [gap for path in tmp_path.rglob("*.gaps.json") for gap in json.loads(path.read_text())]
-    assert sorted(g["resumed_update_id"] for g in saved) == [gap.resumed_update_id for gap in stats.gaps]
+    # The intervals are saved beside the files, where orderbook_snapshots reports them from.
+    landing = LandingZoneResource(base_dir=str(tmp_path), market="spot", depth=DEPTH)
+    days = sorted(dt.date.fromisoformat(folder.name.removeprefix("date=")) for folder in landing_root(tmp_path, "spot").iterdir())
+    saved = [gap for day in days for gap in landing.gaps(day, ["BTC/USDT"])]
+    assert sorted(saved, key=lambda gap: gap["to_ns"]) == [asdict(gap) for gap in stats.gaps]
 
 
 def _row(symbol: str, receive_s: float, update_id: int) -> BookRow:
