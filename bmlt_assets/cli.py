@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -156,9 +157,9 @@ def parse_duration(text: str) -> float:
     try:
         seconds = float(number) * unit
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 90, 90s, 15m, 2h or 1d") from None
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"the duration must be positive, got {text!r}")
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive duration such as 90, 90s, 15m, 2h or 1d")
     return seconds
 
 
@@ -166,8 +167,9 @@ def _record(config: PlatformConfig, duration_s: float | None, as_json: bool) -> 
     import asyncio
     import signal
 
+    from bmlt_assets.core.recorder import RecorderError
     from bmlt_assets.recording import build_recorder
-    from bmlt_resources.binance import BinanceResource
+    from bmlt_resources.binance import BinanceBanned, BinanceResource
 
     if config.data.source != "binance":
         print(f"{config.name}: data.source is {config.data.source!r}; recording needs a Binance config such as configs/binance.yaml", file=sys.stderr)
@@ -186,7 +188,7 @@ def _record(config: PlatformConfig, duration_s: float | None, as_json: bool) -> 
 
     try:
         summary = asyncio.run(record())
-    except (ValueError, ConnectionError) as error:
+    except (RecorderError, BinanceBanned) as error:
         print(f"\ncannot record: {error}", file=sys.stderr)
         return 2
     if interactive:

@@ -125,7 +125,7 @@ class BinanceResource(dg.ConfigurableResource):
     def stream_exchange(self) -> ccxt.pro.Exchange:
         """A fresh ccxt.pro client for live books; bound to the event loop that first uses it,
         so each recording session takes its own and closes it."""
-        return self._configure(_with_stream_events(ccxt.pro.binance if self.market == "spot" else ccxt.pro.binanceusdm))
+        return self._configure(_with_stream_events(_with_status(ccxt.pro.binance if self.market == "spot" else ccxt.pro.binanceusdm)))
 
     def fetch_snapshot(self, symbol: str, limit: int = 100) -> dict[str, Any]:
         """One L2 snapshot: ccxt's order book plus ``receive_ns``, our clock when it arrived

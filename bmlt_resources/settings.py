@@ -100,6 +100,9 @@ class DataConfig(Section):
                 )
         if 86_400_000 % self.cadence_ms:
             raise ValueError(f"cadence_ms={self.cadence_ms} must divide one day (86400000 ms)")
+        ws_url = self.binance.ws_url
+        if self.market == "spot" and ws_url and "/stream" not in ws_url:
+            raise ValueError(f"binance.ws_url {ws_url!r} must contain '/stream': ccxt reads it as a futures connection otherwise")
         return self
 
     @property
@@ -343,7 +346,8 @@ class RecordingConfig(Section):
     """The live recorder (``bmlt record`` and ``record_job``)."""
 
     # One book per symbol and interval: the last one before the interval ends, which is what the
-    # cadence grid samples. None: data.cadence_ms; 0: every book update the stream delivers.
+    # cadence grid samples. None: data.cadence_ms; 0: every book the recorder sees (each update
+    # at live rates; ccxt coalesces updates that arrive while the recorder is busy).
     cadence_ms: Annotated[int, Field(ge=0)] | None = None
     flush_s: PositiveFloat = 2.0  # a crash loses at most this much
     rotate_s: PositiveInt = 300  # a new landing file per interval; must divide a day

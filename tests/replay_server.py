@@ -10,7 +10,8 @@ It speaks the two endpoints the recorder uses, on 127.0.0.1:
 
 The server's book is an independent rebuild (plain dicts, prices as strings) starting from the
 recording's REST snapshot; ``truth[u]`` is its top of book after update ``u``, what every
-recorded book must equal. Faults: ``skip`` drops updates from the stream (the server's book still
+recorded book must equal. Faults: ``depth_status`` answers the REST snapshot with that HTTP
+status (418: an IP ban); ``skip`` drops updates from the stream (the server's book still
 applies them, so the client sees a sequence gap) and ``disconnect_after`` closes the connection
 after sending those updates; the next connection resumes where the stream left off.
 """
@@ -55,7 +56,8 @@ def _top(side: dict[str, str], levels: int, descending: bool) -> list[tuple[floa
 
 class ReplayServer:
     def __init__(self, recording: Path, *, levels: int = 20, rate: float | None = None, repeat: int = 1,
-                 skip: tuple[int, ...] = (), disconnect_after: tuple[int, ...] = (), keep_truth: bool = True):
+                 skip: tuple[int, ...] = (), disconnect_after: tuple[int, ...] = (), keep_truth: bool = True,
+                 depth_status: int = 200):
         messages = [json.loads(line.split(" ", 1)[1]) for line in gzip.open(recording, "rt")]
         snapshot = next(m for m in messages if "lastUpdateId" in m)
         self.bids = {p: q for p, q in snapshot["bids"]}
@@ -67,7 +69,7 @@ class ReplayServer:
         self.updates = [{**u, "U": u["U"] + k * ids, "u": u["u"] + k * ids, "E": u["E"] + k * millis} for k in range(repeat) for u in once]
         for k in range(1, repeat):  # the first diff straddles the snapshot; in a repeat it must chain
             self.updates[k * len(once)]["U"] = self.updates[k * len(once) - 1]["u"] + 1
-        self.levels, self.rate, self.keep_truth = levels, rate, keep_truth
+        self.levels, self.rate, self.keep_truth, self.depth_status = levels, rate, keep_truth, depth_status
         self.skip, self.disconnect_after = set(skip), set(disconnect_after)
         self.sent = 0  # index of the next update to stream
         self.connections = 0
@@ -90,6 +92,8 @@ class ReplayServer:
 
     # --- endpoints ---------------------------------------------------------------------------
     async def _depth(self, request: web.Request) -> web.Response:
+        if self.depth_status != 200:  # e.g. 418: this IP is banned
+            return web.json_response({"code": -1003, "msg": "Way too many requests; IP banned"}, status=self.depth_status)
         limit = int(request.query.get("limit", 100))
         return web.json_response({
             "lastUpdateId": self.position,

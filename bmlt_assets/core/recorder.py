@@ -11,12 +11,14 @@ Files. Rows go to ``<landing>/date=YYYY-MM-DD/rec-HHMMSS-<session>.parquet``, on
 Every ``flush_s`` the current interval's file is rewritten whole under a temporary name and
 renamed into place, so a killed recorder loses at most one flush interval and every published
 file is complete. (Parquet cannot be appended to; rewriting keeps each file one readable unit,
-at a cost bounded by the rotation size.) Gap intervals go beside it in ``<file>.gaps.json``.
+at a cost bounded by the rotation size.) The writes run in a worker thread, so receiving goes on
+meanwhile. Gap intervals go beside each file in ``<file>.gaps.json``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import random
 import time
@@ -32,9 +34,14 @@ import numpy as np
 import polars as pl
 
 from bmlt_assets.core.book import snapshot_schema
+from bmlt_resources.binance import BinanceBanned
 from bmlt_resources.storage import atomic_write, write_parquet
 
 NS = 1_000_000_000
+
+
+class RecorderError(RuntimeError):
+    """The recorder cannot go on; the message says why and what to change."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +97,9 @@ class CadenceSampler:
 
     def release(self, now_ns: int) -> list[BookRow]:
         """The held books whose interval has ended by ``now_ns``."""
-        done = [s for s, row in self.pending.items() if self.cadence_ns and self._interval(row.receive_ns) < self._interval(now_ns)]
+        if not self.cadence_ns:
+            return []
+        done = [s for s, row in self.pending.items() if self._interval(row.receive_ns) < self._interval(now_ns)]
         return [self.pending.pop(symbol) for symbol in done]
 
     def drain(self) -> list[BookRow]:
@@ -113,20 +122,47 @@ def rows_frame(rows: list[BookRow], depth: int) -> pl.DataFrame:
     )
 
 
+@dataclass
+class Publication:
+    """One file's next content, taken on the event loop and written by a worker thread."""
+
+    segment: int
+    path: Path
+    rows: list[BookRow]  # the rows this publication adds (given back if the write fails)
+    frame: pl.DataFrame | None  # the whole file, when rows changed
+    gaps: list[Gap]
+
+    @property
+    def gaps_path(self) -> Path:
+        return self.path.with_name(self.path.name.replace(".parquet", ".gaps.json"))
+
+    def write(self) -> None:
+        if self.frame is not None:
+            write_parquet(self.frame, self.path)
+        if self.gaps:
+            payload = json.dumps([asdict(gap) for gap in self.gaps], indent=1)
+            atomic_write(self.gaps_path, lambda tmp: tmp.write_text(payload))
+
+
 class LandingWriter:
-    """Rotating landing files of one recording session (see the module docstring)."""
+    """Rotating landing files of one recording session (see the module docstring).
+
+    ``flush`` = ``take`` (the merged content of every changed file) + writing it + ``commit``;
+    the recorder writes in a worker thread between the two, and a failed write ``restore``s the
+    rows so the next flush publishes them again.
+    """
 
     def __init__(self, landing: Path, depth: int, rotate_s: int, session: str | None = None):
         self.landing, self.depth, self.rotate_ns = landing, depth, rotate_s * NS
         self.session = session or uuid.uuid4().hex[:8]
         self.rows: dict[int, list[BookRow]] = {}  # not yet in a published file
-        self.frames: dict[int, pl.DataFrame] = {}  # what the interval's file holds
+        self.frames: dict[int, pl.DataFrame] = {}  # what the interval's published file holds
         self.gaps: dict[int, list[Gap]] = {}
         self.dirty: set[int] = set()
         self.sizes: dict[Path, int] = {}  # published files and their current size
 
     def path(self, segment: int) -> Path:
-        start = np.datetime64(segment * self.rotate_ns, "ns").astype("datetime64[s]").item()
+        start = dt.datetime.fromtimestamp(segment * self.rotate_ns // NS, dt.UTC)
         return self.landing / f"date={start:%Y-%m-%d}" / f"rec-{start:%H%M%S}-{self.session}.parquet"
 
     def add(self, rows: list[BookRow]) -> None:
@@ -140,24 +176,48 @@ class LandingWriter:
         self.gaps.setdefault(segment, []).append(gap)
         self.dirty.add(segment)
 
-    def flush(self, now_ns: int) -> None:
-        """Publish every changed file; forget intervals that ended before ``now_ns``."""
+    def take(self) -> list[Publication]:
+        batch = []
         for segment in sorted(self.dirty):
-            path = self.path(segment)
-            if segment in self.rows:
-                added = rows_frame(self.rows.pop(segment), self.depth)
-                self.frames[segment] = pl.concat([self.frames[segment], added]) if segment in self.frames else added
-                write_parquet(self.frames[segment], path)
-                self.sizes[path] = path.stat().st_size
-            if segment in self.gaps:
-                sidecar = path.with_name(path.name.replace(".parquet", ".gaps.json"))
-                payload = json.dumps([asdict(gap) for gap in self.gaps[segment]], indent=1)
-                atomic_write(sidecar, lambda tmp: tmp.write_text(payload))
+            path, rows = self.path(segment), self.rows.pop(segment, [])
+            frame = None
+            if rows:
+                frame = self.frames.get(segment)
+                if frame is None and path in self.sizes:  # the clock stepped back into a closed interval
+                    frame = pl.read_parquet(path)
+                added = rows_frame(rows, self.depth)
+                frame = added if frame is None else pl.concat([frame, added])
+            batch.append(Publication(segment, path, rows, frame, list(self.gaps.get(segment, []))))
         self.dirty.clear()
-        # Rows arrive at most one cadence interval late, and cadence divides rotate_s.
-        for segment in [s for s in self.frames.keys() | self.gaps.keys() if s < now_ns // self.rotate_ns]:
+        return batch
+
+    def commit(self, batch: list[Publication], now_ns: int) -> None:
+        for publication in batch:
+            if publication.frame is not None:
+                self.frames[publication.segment] = publication.frame
+                self.sizes[publication.path] = publication.path.stat().st_size
+        # Forget closed intervals (rows arrive at most one cadence late, and cadence divides rotate_s).
+        current = now_ns // self.rotate_ns
+        for segment in [s for s in self.frames.keys() | self.gaps.keys() if s < current and s not in self.dirty]:
             self.frames.pop(segment, None)
             self.gaps.pop(segment, None)
+
+    def restore(self, batch: list[Publication]) -> None:
+        for publication in batch:
+            if publication.rows:
+                self.rows[publication.segment] = publication.rows + self.rows.get(publication.segment, [])
+            self.dirty.add(publication.segment)
+
+    def flush(self, now_ns: int) -> None:
+        """Publish every changed file now, in this thread."""
+        batch = self.take()
+        try:
+            for publication in batch:
+                publication.write()
+        except BaseException:
+            self.restore(batch)
+            raise
+        self.commit(batch, now_ns)
 
     @property
     def bytes_published(self) -> int:
@@ -191,7 +251,8 @@ class RecorderStats:
         window = max(now - since, 1e-9)
         rates = {symbol: (count - counts_since[symbol]) / window for symbol, count in sorted(self.books.items())}
         shown = ", ".join(f"{symbol} {rate:.1f}" for symbol, rate in rates.items()) or "waiting for the first book"
-        clock = time.strftime("%H:%M:%S", time.gmtime(now - self.started))
+        minutes, seconds = divmod(int(now - self.started), 60)
+        clock = f"{minutes // 60:02d}:{minutes % 60:02d}:{seconds:02d}"
         return (
             f"[{clock}] {sum(rates.values()):.1f} books/s ({shown}) | gaps {len(self.gaps)} | "
             f"reconnects {self.reconnects} | {self.bytes_published / 2**20:.2f} MiB in {self.files} file(s) | "
@@ -230,6 +291,7 @@ class Recorder:
         self.status_every_s, self.report = status_every_s, report
         self.states = {symbol: SymbolState() for symbol in symbols}
         self.stats = RecorderStats()
+        self._writing: asyncio.Future | None = None  # the background flush in progress, if any
 
     async def run(self, stop: asyncio.Event | None = None, duration_s: float | None = None) -> RecorderStats:
         """Record until ``stop`` is set or ``duration_s`` has passed; always flushes on the way out
@@ -238,90 +300,108 @@ class Recorder:
         deadline = None if duration_s is None else time.monotonic() + duration_s
         watchers: list[asyncio.Task] = []
         try:
-            await self._load_markets(stop, deadline)
+            if not await self._load_markets(stop, deadline):
+                return self.stats
             watchers = [asyncio.create_task(self._watch(symbol, stop), name=f"watch {symbol}") for symbol in self.symbols]
             next_flush, next_status = time.monotonic() + self.flush_s, time.monotonic() + self.status_every_s
             while not stop.is_set():
-                now = time.monotonic()
-                wake = min(next_flush, next_status, deadline or next_flush)
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=max(wake - now, 0.001))
-                except TimeoutError:
-                    pass
-                for task in watchers:  # a watcher only ends early on a config error: surface it
+                wake = min(next_flush, next_status) if deadline is None else min(next_flush, next_status, deadline)
+                await self._sleep(stop, wake - time.monotonic())
+                for task in watchers:  # a watcher only ends early on an error it cannot retry: surface it
                     if task.done() and task.exception() is not None:
                         raise task.exception()
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     stop.set()
                 if now >= next_flush:
-                    self._flush()
+                    await self._flush_in_background()
                     next_flush = now + self.flush_s
                 if now >= next_status:
                     self._status()
                     next_status = now + self.status_every_s
         finally:
             stop.set()
-            for task in watchers:
-                task.cancel()
-            await asyncio.gather(*watchers, return_exceptions=True)
-            self._write(self.sampler.drain())
-            self._flush()
-            self._status()
-            await self.exchange.close()
+            try:
+                for task in watchers:
+                    task.cancel()
+                await asyncio.gather(*watchers, return_exceptions=True)
+                if self._writing is not None:  # the final flush must be the file's last writer
+                    await asyncio.wait([self._writing])
+                self._write(self.sampler.drain())
+                self._flush_here()
+                self._status()
+            finally:
+                await self.exchange.close()
         return self.stats
 
-    async def _load_markets(self, stop: asyncio.Event, deadline: float | None) -> None:
+    async def _load_markets(self, stop: asyncio.Event, deadline: float | None) -> bool:
+        """Load the exchange's markets, retrying network errors until ``stop`` or the deadline;
+        False when stopped first."""
         delay = self.backoff_s
-        while True:
+        while not stop.is_set():
             try:
                 await self.exchange.load_markets()
                 break
             except ccxt.NetworkError as error:
+                self._stop_if_banned(error)
                 problem = f"cannot reach Binance ({type(error).__name__}: {error})"
-                out_of_time = deadline is not None and time.monotonic() + delay > deadline
-                if stop.is_set() or out_of_time or delay > self.max_backoff_s:
-                    raise ConnectionError(f"{problem}; check the network and data.binance.rest_url") from None
+                if deadline is not None and time.monotonic() + delay > deadline:
+                    raise RecorderError(f"{problem}; check the network and data.binance.rest_url") from None
                 if self.report is not None:
                     self.report(f"{problem}; retrying in {delay:.1f} s")
                 await self._sleep(stop, delay)
-                delay *= 2
+                delay = min(delay * 2, self.max_backoff_s)
+            except ccxt.BaseError as error:
+                raise RecorderError(f"Binance refused the markets request ({type(error).__name__}: {error}); check data.binance.rest_url") from None
+        else:
+            return False
         unknown = [symbol for symbol in self.symbols if symbol not in self.exchange.markets]
         if unknown:
-            raise ValueError(f"data.symbols: {unknown} not listed by Binance {self.exchange.id}; check the symbols (e.g. 'BTC/USDT')")
+            raise RecorderError(f"data.symbols: {unknown} not listed by Binance {self.exchange.id}; check the symbols (e.g. 'BTC/USDT')")
+        return True
 
     async def _watch(self, symbol: str, stop: asyncio.Event) -> None:
-        state, delay = self.states[symbol], self.backoff_s
+        state, failures = self.states[symbol], 0
         while not stop.is_set():
             try:
                 book = await self.exchange.watch_order_book(symbol)
-            except ccxt.InvalidNonce:  # a sequence gap: ccxt dropped the book and re-syncs on the next call
-                state.lost_because = "sequence gap"
-            except ccxt.BadSymbol as error:
-                raise ValueError(f"data.symbols: {symbol!r} rejected by Binance ({error})") from None
-            except ccxt.BaseError as error:  # disconnects, timeouts, rate limits: retry with back-off
-                state.lost_because = f"{type(error).__name__}: {error}"[:200]
+            except ccxt.NetworkError as error:
+                self._stop_if_banned(error)
+                # A sequence gap (InvalidNonce) or a dropped connection: ccxt re-subscribes and
+                # re-syncs from a fresh snapshot on the next call. The first retry is immediate;
+                # repeated failures back off (ccxt can hand back the same rejected future until
+                # its re-sync completes, and a dead endpoint should not be hammered).
+                state.lost_because = state.lost_because or ("sequence gap" if isinstance(error, ccxt.InvalidNonce) else f"{type(error).__name__}: {error}"[:200])
+                failures += 1
+                if failures > 1:
+                    delay = min(self.backoff_s * 2 ** (failures - 2), self.max_backoff_s)
+                    await self._sleep(stop, random.uniform(0.5, 1.0) * delay)
+            except ccxt.BaseError as error:  # not a transient failure: retrying would not help
+                raise RecorderError(f"{symbol}: Binance refused the order-book stream ({type(error).__name__}: {error})") from None
             else:
-                delay = self.backoff_s
+                failures = 0
                 self._on_book(symbol, book, time.time_ns())
-                continue
-            # ccxt can hand back the same rejected future until the re-sync completes: wait a bit.
-            await self._sleep(stop, random.uniform(0.5, 1.0) * delay)
-            delay = min(delay * 2, self.max_backoff_s)
+
+    def _stop_if_banned(self, error: Exception) -> None:
+        if getattr(self.exchange, "last_status", None) == 418:
+            raise BinanceBanned(
+                f"Binance answered HTTP 418: this IP is banned for ignoring rate limits ({error}). "
+                "Stop all clients on this IP and wait for the ban to expire before recording again."
+            ) from None
 
     def _on_book(self, symbol: str, book: dict[str, Any], receive_ns: int) -> None:
         state = self.states[symbol]
+        if state.last_update_id is not None and int(book["nonce"]) <= state.last_update_id:
+            return  # nothing new (a re-sync's snapshot can lag the last streamed update)
+        row = book_row(symbol, book, self.depth, receive_ns)
+        if row is None:
+            return  # a side thinner than depth: wait for a full book
         syncs = self.exchange.book_syncs[symbol]
-        if state.syncs_seen is not None and syncs != state.syncs_seen and state.last_receive_ns is not None:
-            gap = Gap(symbol, state.last_receive_ns, receive_ns, state.last_update_id, int(book["nonce"]), state.lost_because or "connection lost")
+        if state.last_receive_ns is not None and syncs != state.syncs_seen:
+            gap = Gap(symbol, state.last_receive_ns, receive_ns, state.last_update_id, row.update_id, state.lost_because or "connection lost")
             self.stats.gaps.append(gap)
             self.writer.add_gap(gap)
         state.syncs_seen, state.lost_because = syncs, None
-        if state.last_update_id is not None and int(book["nonce"]) <= state.last_update_id:
-            return  # nothing new (a snapshot can lag the last streamed update)
-        row = book_row(symbol, book, self.depth, receive_ns)
-        if row is None:
-            return
         state.last_update_id, state.last_receive_ns = row.update_id, receive_ns
         self._write(self.sampler.offer(row))
 
@@ -329,10 +409,27 @@ class Recorder:
         self.writer.add(rows)
         self.stats.books.update(row.symbol for row in rows)
 
-    def _flush(self) -> None:
+    async def _flush_in_background(self) -> None:
+        """Publish in a worker thread: the event loop goes on receiving (and time-stamping) books."""
+        now_ns = time.time_ns()
+        self._write(self.sampler.release(now_ns))
+        batch = self.writer.take()
+        self._writing = asyncio.ensure_future(asyncio.to_thread(lambda: [publication.write() for publication in batch]))
+        try:
+            await asyncio.shield(self._writing)  # a cancelled flush still lets its thread finish
+        except BaseException:
+            self.writer.restore(batch)
+            raise
+        self.writer.commit(batch, now_ns)
+        self._update_stats()
+
+    def _flush_here(self) -> None:
         now_ns = time.time_ns()
         self._write(self.sampler.release(now_ns))
         self.writer.flush(now_ns)
+        self._update_stats()
+
+    def _update_stats(self) -> None:
         self.stats.bytes_published, self.stats.files = self.writer.bytes_published, len(self.writer.sizes)
         self.stats.reconnects = self.exchange.reconnects
 
@@ -342,7 +439,8 @@ class Recorder:
 
     @staticmethod
     async def _sleep(stop: asyncio.Event, seconds: float) -> None:
+        """Sleep ``seconds``, or less if ``stop`` is set meanwhile."""
         try:
-            await asyncio.wait_for(stop.wait(), timeout=seconds)
+            await asyncio.wait_for(stop.wait(), timeout=max(seconds, 0.001))
         except TimeoutError:
             pass
