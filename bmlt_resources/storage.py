@@ -82,9 +82,18 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
         with open(temporary, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(temporary, path)
+        _fsync_directory(path.parent)  # makes the rename itself survive a power loss
     finally:
         temporary.unlink(missing_ok=True)
     return path
+
+
+def _fsync_directory(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 ROW_GROUP_BYTES = 16 * 2**20
