@@ -58,7 +58,8 @@ class ReplayServer:
     def __init__(self, recording: Path, *, levels: int = 20, rate: float | None = None, repeat: int = 1,
                  skip: tuple[int, ...] = (), disconnect_after: tuple[int, ...] = (), keep_truth: bool = True,
                  depth_status: int = 200):
-        messages = [json.loads(line.split(" ", 1)[1]) for line in gzip.open(recording, "rt")]
+        with gzip.open(recording, "rt") as lines:
+            messages = [json.loads(line.split(" ", 1)[1]) for line in lines]
         snapshot = next(m for m in messages if "lastUpdateId" in m)
         self.bids = {p: q for p, q in snapshot["bids"]}
         self.asks = {p: q for p, q in snapshot["asks"]}

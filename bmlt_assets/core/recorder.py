@@ -73,8 +73,11 @@ def book_row(symbol: str, book: dict[str, Any], depth: int, receive_ns: int) -> 
         return None
     # Right after a REST snapshot a spot book has no exchange time yet: use our receive time.
     exchange_ns = receive_ns if book.get("timestamp") is None else int(book["timestamp"]) * 1_000_000
-    as_array = lambda side: np.array([level[:2] for level in side], dtype=np.float64)  # noqa: E731
-    return BookRow(symbol, exchange_ns, receive_ns, int(book["nonce"]), as_array(bids), as_array(asks))
+    return BookRow(symbol, exchange_ns, receive_ns, int(book["nonce"]), _price_quantity(bids), _price_quantity(asks))
+
+
+def _price_quantity(levels: list[list[float]]) -> np.ndarray:
+    return np.array([level[:2] for level in levels], dtype=np.float64)
 
 
 class CadenceSampler:
