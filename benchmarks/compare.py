@@ -20,7 +20,7 @@ from bmlt_assets.core.evaluation import evaluate
 from bmlt_assets.core.labels import forward_log_returns, trailing_volatility
 from bmlt_assets.core.representation import day_tensors_from_frame
 from bmlt_assets.core.train import predict_logits, train
-from bmlt_resources.settings import PlatformConfig, load_config
+from bmlt_assets.core.config import PlatformConfig, load_config
 from bmlt_resources.synthetic import SyntheticMarketResource
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -28,14 +28,14 @@ import polars as pl
 import yaml
 
 from bmlt_assets.core.binance_sync import BookBuilder, read_recording
-from tests.helpers import TINY, shared_recording
+from tests.helpers import TINY, real_recording
 from tests.replay_server import ThreadedReplayServer
 
 BIN = Path(sys.executable).parent
 
 
 def bench_import() -> dict:
-    recording = shared_recording()
+    recording = real_recording()
     started = time.perf_counter()
     lines = sum(1 for _ in read_recording(recording))
     parse_s = time.perf_counter() - started
@@ -74,7 +74,7 @@ def process_cpu_s(pid: int) -> float:
 def record_replay(rate: float | None, repeat: int, seconds: float) -> dict:
     """``bmlt record`` (every update, in its own process) against a replay server paced at
     ``rate`` updates/s, for ``seconds`` of streaming or until the replay ends."""
-    replay = ThreadedReplayServer(shared_recording(), rate=rate, repeat=repeat, keep_truth=False)
+    replay = ThreadedReplayServer(real_recording(), rate=rate, repeat=repeat, keep_truth=False)
     server = replay.server
     with tempfile.TemporaryDirectory() as folder:
         process = subprocess.Popen([str(BIN / "bmlt"), "record", "--config", str(_config(Path(folder), server)), "--json"],

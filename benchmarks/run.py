@@ -41,9 +41,9 @@ from bmlt_assets.core.labels import forward_log_returns, trailing_volatility
 from bmlt_assets.core.models import OrderBookClassifier
 from bmlt_assets.core.representation import day_tensors_from_frame, day_tensors_from_parquet
 from bmlt_assets.core.train import build_model
-from bmlt_resources.settings import ModelConfig, load_config
-from bmlt_resources.storage import write_parquet
-from bmlt_resources.synthetic import SyntheticMarket
+from bmlt_assets.core.config import ModelConfig, load_config
+from bmlt_assets.core.files import write_parquet
+from bmlt_assets.core.synthetic import SyntheticMarket
 from benchmarks.tensor_build import SYMBOLS
 
 ROOT = Path(__file__).resolve().parent.parent

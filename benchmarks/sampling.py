@@ -16,7 +16,7 @@ import numpy as np
 
 from benchmarks.tensor_build import _status_bytes
 from bmlt_assets.core.dataset import load_dataset
-from bmlt_resources.settings import load_config
+from bmlt_assets.core.config import load_config
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 from bmlt_assets.core.representation import day_tensors_from_parquet
-from bmlt_resources.settings import RepresentationConfig
+from bmlt_assets.core.config import RepresentationConfig
 
 SYMBOLS = ["BTC/USDT", "ETH/USDT", "SOL/USDT"]
 

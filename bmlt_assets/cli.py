@@ -17,7 +17,7 @@ import math
 import sys
 from pathlib import Path
 
-from bmlt_resources.settings import ConfigError, PlatformConfig, config_path_from_env, load_config
+from bmlt_assets.core.config import ConfigError, PlatformConfig, config_path_from_env, load_config
 
 
 def _validate(config: PlatformConfig, path: str) -> int:
@@ -107,7 +107,7 @@ def _report(config: PlatformConfig, run_id: str, out: Path | None, open_browser:
 
 def _import(config: PlatformConfig, files: list[Path], fmt: str, market: str, levels: int, as_json: bool) -> int:
     from bmlt_assets.core.binance_sync import BookBuilder, ImportSummary, read_recording, tardis_book_snapshots
-    from bmlt_resources.storage import landing_root, write_parquet
+    from bmlt_assets.core.files import landing_root, write_parquet
 
     import polars as pl
 
@@ -169,7 +169,8 @@ def _record(config: PlatformConfig, duration_s: float | None, as_json: bool) -> 
 
     from bmlt_assets.core.recorder import RecorderError
     from bmlt_assets.recording import build_recorder
-    from bmlt_resources.binance import BinanceBanned, BinanceResource
+    from bmlt_assets.core.errors import BinanceBanned
+    from bmlt_resources.binance import BinanceResource
 
     if config.data.source != "binance":
         print(f"{config.name}: data.source is {config.data.source!r}; recording needs a Binance config such as configs/binance.yaml", file=sys.stderr)

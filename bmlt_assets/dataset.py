@@ -9,7 +9,8 @@ from bmlt_assets.metadata import markdown_table
 from bmlt_assets.returns import forward_returns
 from bmlt_assets.tensors import book_tensors
 from bmlt_resources.settings import SettingsResource
-from bmlt_resources.storage import StorageResource, atomic_directory, directory_bytes, load_arrays, write_json
+from bmlt_assets.core.files import atomic_directory, directory_bytes, load_arrays, write_json
+from bmlt_resources.storage import StorageResource
 
 
 def _iso(timestamp_ns: int) -> str:

@@ -23,7 +23,8 @@ from bmlt_assets.tensors import book_tensors, tensors_are_sound
 from bmlt_assets.training import trained_model
 from bmlt_resources.binance import BinanceResource
 from bmlt_resources.mlflow import MlflowTracking
-from bmlt_resources.settings import SettingsResource, config_path_from_env, load_config
+from bmlt_assets.core.config import config_path_from_env
+from bmlt_resources.settings import SettingsResource
 from bmlt_resources.storage import LandingZoneResource, StorageResource
 from bmlt_resources.synthetic import SyntheticMarketResource
 
@@ -51,7 +52,8 @@ full_pipeline = dg.define_asset_job(
 
 
 def build_resources(config_path: Path) -> dict[str, object]:
-    config = load_config(config_path)
+    settings = SettingsResource.from_file(config_path)  # the only parse of the config file
+    config = settings.get()
     data = config.data
     if data.source == "synthetic":
         book_source: dg.ConfigurableResource = SyntheticMarketResource(
@@ -67,7 +69,7 @@ def build_resources(config_path: Path) -> dict[str, object]:
         }
         resources["binance"] = BinanceResource.for_config(data, **credentials)
     return resources | {
-        "settings": SettingsResource(config_path=str(Path(config_path).resolve())),
+        "settings": settings,
         "storage": StorageResource(base_dir=str(config.base_dir), config_name=config.name),
         "book_source": book_source,
         "mlflow": MlflowTracking(

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from bmlt_resources.settings import PROJECT_ROOT
+from bmlt_assets.core.config import PROJECT_ROOT
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:

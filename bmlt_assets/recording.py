@@ -11,8 +11,9 @@ import dagster as dg
 
 from bmlt_assets.core.recorder import LandingWriter, Recorder, RecorderStats
 from bmlt_resources.binance import BinanceResource
-from bmlt_resources.settings import PlatformConfig, SettingsResource
-from bmlt_resources.storage import landing_root
+from bmlt_assets.core.config import PlatformConfig
+from bmlt_resources.settings import SettingsResource
+from bmlt_assets.core.files import landing_root
 
 
 def build_recorder(config: PlatformConfig, binance: BinanceResource, report: Callable[[str], None] | None, status_every_s: float | None = None) -> Recorder:

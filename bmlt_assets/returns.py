@@ -12,7 +12,8 @@ from bmlt_assets.provenance import content_hash
 from bmlt_assets.partitions import DAILY, SINGLE_RUN, WITH_NEXT_DAY, partition_dates
 from bmlt_assets.tensors import book_tensors
 from bmlt_resources.settings import SettingsResource
-from bmlt_resources.storage import StorageResource, atomic_directory, load_arrays, save_arrays, write_json
+from bmlt_assets.core.files import atomic_directory, load_arrays, save_arrays, write_json
+from bmlt_resources.storage import StorageResource
 
 
 @dg.asset(

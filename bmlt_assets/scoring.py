@@ -14,33 +14,13 @@ and the temperatures travel inside the checkpoint, so scoring needs nothing else
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import numpy as np
 import torch
 
-from bmlt_assets.core.models import OrderBookClassifier
-from bmlt_assets.core.windows import Normalizer, calendar, with_mid_path
-from bmlt_resources.settings import ModelConfig
-
-CHECKPOINT = "checkpoint.pt"
-
-
-def save_checkpoint(path: Path, model: OrderBookClassifier, normalizer: Normalizer, spec: dict[str, Any]) -> None:
-    torch.save({"state_dict": model.state_dict(), "norm_mean": normalizer.mean, "norm_std": normalizer.std, "spec": spec}, path)
-
-
-def load_checkpoint(path: Path) -> tuple[OrderBookClassifier, Normalizer, dict[str, Any]]:
-    payload = torch.load(path, weights_only=False)
-    spec = payload["spec"]
-    model = OrderBookClassifier(
-        ModelConfig.model_validate(spec["model"]), spec["levels"], len(spec["symbols"]), len(spec["horizons_s"]), spec["n_classes"]
-    )
-    model.load_state_dict(payload["state_dict"])
-    model.eval()
-    return model, Normalizer(payload["norm_mean"], payload["norm_std"]), spec
-
+from bmlt_assets.core.checkpoint import load_checkpoint
+from bmlt_assets.core.windows import calendar, with_mid_path
 
 class OrderBookPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:

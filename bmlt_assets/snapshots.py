@@ -9,11 +9,13 @@ import polars as pl
 
 from bmlt_assets.core.book import validate_snapshots
 from bmlt_assets.core.quality import snapshot_quality
+from bmlt_assets.core.sources import BookSource
 from bmlt_assets.metadata import partitioned_check, partitioned_result
 from bmlt_assets.provenance import content_hash
 from bmlt_assets.partitions import DAILY, SINGLE_RUN, partition_dates
 from bmlt_resources.settings import SettingsResource
-from bmlt_resources.storage import StorageResource, write_parquet
+from bmlt_assets.core.files import write_parquet
+from bmlt_resources.storage import StorageResource
 
 
 @dg.asset(
@@ -27,7 +29,7 @@ def orderbook_snapshots(
     context: dg.AssetExecutionContext,
     settings: SettingsResource,
     storage: StorageResource,
-    book_source: dg.ResourceParam[Any],
+    book_source: dg.ResourceParam[BookSource],
 ) -> dg.MaterializeResult:
     config = settings.get()
     per_day = []

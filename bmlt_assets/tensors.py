@@ -13,7 +13,8 @@ from bmlt_assets.provenance import content_hash
 from bmlt_assets.partitions import DAILY, SINGLE_RUN, partition_dates
 from bmlt_assets.snapshots import orderbook_snapshots
 from bmlt_resources.settings import SettingsResource
-from bmlt_resources.storage import StorageResource, atomic_directory, directory_bytes, load_arrays, save_arrays, write_json
+from bmlt_assets.core.files import atomic_directory, directory_bytes, load_arrays, save_arrays, write_json
+from bmlt_resources.storage import StorageResource
 
 TENSOR_ARRAYS = ["base", "mids", "valid", "timestamps"]
 

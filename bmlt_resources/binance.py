@@ -27,11 +27,9 @@ import ccxt.pro
 import dagster as dg
 from pydantic import PrivateAttr
 
+from bmlt_assets.core.errors import BinanceBanned
+
 DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000, 5000)
-
-
-class BinanceBanned(RuntimeError):
-    """HTTP 418: Binance banned this IP for ignoring rate limits."""
 
 
 def _with_status(cls: type[ccxt.Exchange]) -> type[ccxt.Exchange]:

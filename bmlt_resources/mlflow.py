@@ -4,12 +4,16 @@ dagster-mlflow's ``mlflow_tracking`` is an old-style ``@resource``: it opens (or
 one MLflow run per Dagster run, found by the ``dagster_run_id`` tag, so every step of a run,
 even in separate processes, logs to the same MLflow run. Its ``end_mlflow_on_run_finished`` hook,
 attached to the jobs, ends that run FINISHED (or FAILED). ``MlflowTracking`` wraps it with typed
-fields; assets receive the ``MlFlow`` object (all of ``mlflow``'s functions plus the client).
+fields; assets receive a :class:`TrackedMlflow`: all of ``mlflow``'s functions, the client, and
+the registry steps of a model's life (register the challenger, find the champion, promote).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -18,11 +22,63 @@ import dagster as dg
 # @resource to a typed, Pythonic one.
 from dagster._config.pythonic_config.resource import ConfigurableLegacyResourceAdapter
 import mlflow
-from dagster_mlflow import mlflow_tracking
 from dagster_mlflow.resources import CONFIG_SCHEMA, MlFlow
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
 
-__all__ = ["MlFlow", "MlflowTracking", "MlflowTrialLogger", "tracking_reachable"]
+from bmlt_assets.core.promotion import Verdict
+from bmlt_assets.scoring import OrderBookPyfunc
+
+__all__ = ["MlflowTracking", "MlflowTrialLogger", "RegisteredModel", "TrackedMlflow", "tracking_reachable"]
+
+CHALLENGER = "challenger"
+CHAMPION = "champion"
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    name: str
+    version: str
+    run_id: str
+    model_uri: str
+
+
+class TrackedMlflow(MlFlow):
+    """dagster-mlflow's run-scoped ``mlflow`` plus the registry steps of the model lifecycle."""
+
+    def register_challenger(self, name: str, checkpoint: Path, example: dict[str, Any], tags: dict[str, str]) -> RegisteredModel:
+        """Log the checkpoint as a pyfunc in the active run, register it and alias it @challenger."""
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=OrderBookPyfunc(),
+            artifacts={"checkpoint": str(checkpoint)},
+            signature=infer_signature(example, OrderBookPyfunc().load(checkpoint).predict(None, example)),
+            input_example=example,
+            registered_model_name=name,
+        )
+        version = str(info.registered_model_version)
+        self.tracking_client.set_registered_model_alias(name, CHALLENGER, version)
+        for key, value in tags.items():
+            self.tracking_client.set_model_version_tag(name, version, key, value)
+        return RegisteredModel(name, version, info.run_id, info.model_uri)
+
+    def champion(self, name: str) -> tuple[str, mlflow.pyfunc.PyFuncModel] | None:
+        """The @champion's version and loaded model, or None before the first promotion."""
+        try:
+            version = self.tracking_client.get_model_version_by_alias(name, CHAMPION)
+        except MlflowException:
+            return None
+        return version.version, mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
+
+    def promote(self, name: str, version: str, verdict: Verdict) -> None:
+        """Record the gate's verdict on the version; move @champion to it when it passed."""
+        if verdict.promote:
+            self.tracking_client.set_registered_model_alias(name, CHAMPION, version)
+        outcome = "promoted" if verdict.promote else "rejected: " + "; ".join(verdict.reasons)
+        self.tracking_client.set_model_version_tag(name, version, "bmlt.promotion", outcome)
+        mlflow.log_metric("promotion_promoted", float(verdict.promote))
+        mlflow.log_dict({"promote": verdict.promote, "reasons": verdict.reasons, "numbers": verdict.numbers}, "report/promotion.json")
 
 QUICK_PROBE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 
@@ -48,7 +104,7 @@ def tracking_reachable(uri: str) -> None:
 
 
 @dg.resource(config_schema={**CONFIG_SCHEMA, "artifact_location": dg.Field(str, is_required=False)})
-def checked_mlflow_tracking(context: dg.InitResourceContext) -> MlFlow:
+def checked_mlflow_tracking(context: dg.InitResourceContext) -> Iterator[TrackedMlflow]:
     """dagster-mlflow's resource, after a reachability probe; a new experiment keeps its
     artifacts at ``artifact_location`` (not in ./mlruns of whatever folder the run started in)."""
     config = context.resource_config
@@ -56,7 +112,9 @@ def checked_mlflow_tracking(context: dg.InitResourceContext) -> MlFlow:
     client = MlflowClient(tracking_uri=config["mlflow_tracking_uri"])
     if config.get("artifact_location") and client.get_experiment_by_name(config["experiment_name"]) is None:
         client.create_experiment(config["experiment_name"], artifact_location=config["artifact_location"])
-    return mlflow_tracking.resource_fn(context)
+    tracked = TrackedMlflow(context)  # as dagster-mlflow's own resource does, with our methods
+    yield tracked
+    tracked.cleanup_on_error()
 
 
 class MlflowTracking(ConfigurableLegacyResourceAdapter):
@@ -68,7 +126,6 @@ class MlflowTracking(ConfigurableLegacyResourceAdapter):
     @property
     def wrapped_resource(self) -> Any:
         return checked_mlflow_tracking
-
 
 
 class MlflowTrialLogger:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bmlt_resources.settings import PlatformConfig, load_config
+from bmlt_assets.core.config import PlatformConfig, load_config
 from tests.helpers import write_config
 
 

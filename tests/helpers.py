@@ -9,22 +9,18 @@ import yaml
 
 from bmlt_assets.core.labels import forward_log_returns, trailing_volatility
 from bmlt_assets.core.representation import day_tensors_from_frame
-from bmlt_resources.settings import PlatformConfig
+from bmlt_assets.core.config import PlatformConfig
 from bmlt_resources.synthetic import SyntheticMarketResource
 
 TESTS = Path(__file__).parent
 RECORDING_NAME = "binance_spot_btcusdt_20240808_depth_ws.gz"
 
 
-def shared_recording() -> Path:
-    """The real Binance recording in shared/data: $BMLT_SHARED_DIR, else ../shared beside the repo."""
-    import os
+def real_recording() -> Path:
+    """The real Binance spot recording committed beside the tests (see tests/data/README.md)."""
+    return TESTS / "data" / RECORDING_NAME
 
-    folder = Path(os.environ.get("BMLT_SHARED_DIR") or TESTS.parent.parent / "shared")
-    path = folder / "data" / RECORDING_NAME
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: set BMLT_SHARED_DIR to the folder holding shared/data")
-    return path
+
 TINY = TESTS / "configs" / "tiny.yaml"
 
 

@@ -14,7 +14,8 @@ import pytest
 
 from bmlt_assets.definitions import CHECKS, INGEST_ASSETS, TRAINING_ASSETS, build_definitions, build_resources
 from bmlt_assets.partitions import range_tags
-from bmlt_resources.settings import PROJECT_ROOT, PlatformConfig, SettingsResource
+from bmlt_assets.core.config import PROJECT_ROOT, PlatformConfig
+from bmlt_resources.settings import SettingsResource
 from bmlt_resources.storage import StorageResource
 
 ALL_ASSETS = INGEST_ASSETS + TRAINING_ASSETS + CHECKS  # checks run (and must pass) with their assets
@@ -134,9 +135,9 @@ def test_training_assets_log_register_and_report(tiny_config_path: Path, tiny_co
 
 def test_an_invalid_config_fails_the_run_with_the_field_path(tmp_path: Path, tiny_config_path: Path) -> None:
     resources = build_resources(tiny_config_path)
-    broken = tmp_path / "broken.yaml"
-    broken.write_text(tiny_config_path.read_text().replace("kind: hybrid", "kind: fancy"))
-    resources["settings"] = SettingsResource(config_path=str(broken))
+    # As if edited in the launchpad: the resource's config is validated again where it is used.
+    valid = resources["settings"]
+    resources["settings"] = SettingsResource(config_path=valid.config_path, config_json=valid.config_json.replace('"kind":"hybrid"', '"kind":"fancy"'))
     result = dg.materialize(
         ALL_ASSETS, selection=[INGEST_ASSETS[0]], resources=resources, partition_key="2025-01-06",
         instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,

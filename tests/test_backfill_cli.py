@@ -11,7 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from bmlt_resources.settings import PROJECT_ROOT, PlatformConfig
+from bmlt_assets.core.config import PROJECT_ROOT, PlatformConfig
 from bmlt_resources.storage import StorageResource
 
 BIN = Path(sys.executable).parent

@@ -1,4 +1,4 @@
-"""Importing the real Binance recording (../shared/data) and running the pipeline on it."""
+"""Importing the real Binance recording (tests/data) and running the pipeline on it."""
 
 from __future__ import annotations
 
@@ -17,16 +17,16 @@ import yaml
 from bmlt_assets.core.binance_sync import BookBuilder, read_recording
 from bmlt_assets.definitions import CHECKS, INGEST_ASSETS, TRAINING_ASSETS, build_resources
 from bmlt_assets.partitions import range_tags
-from bmlt_resources.settings import PROJECT_ROOT, load_config
+from bmlt_assets.core.config import PROJECT_ROOT, load_config
 from bmlt_resources.storage import StorageResource
-from tests.helpers import shared_recording
+from tests.helpers import real_recording
 
 BIN = Path(sys.executable).parent
 
 
 def _independent_rebuild(levels: int) -> tuple[int, int, tuple[float, float]]:
     """A second, plain implementation of the spot rules: (books, crossed, final best bid/ask)."""
-    lines = [line.split(" ", 1) for line in gzip.open(shared_recording(), "rt")]
+    lines = [line.split(" ", 1) for line in gzip.open(real_recording(), "rt")]
     messages = [json.loads(payload) for _, payload in lines]
     snapshot_at = next(i for i, m in enumerate(messages) if "lastUpdateId" in m)
     snapshot = messages[snapshot_at]
@@ -58,7 +58,7 @@ def _independent_rebuild(levels: int) -> tuple[int, int, tuple[float, float]]:
 
 def test_import_matches_an_independent_rebuild() -> None:
     builder = BookBuilder("spot", 20)
-    builder.feed(read_recording(shared_recording()))
+    builder.feed(read_recording(real_recording()))
     books, crossed, (best_bid, best_ask) = _independent_rebuild(20)
     summary = builder.summary
     assert summary.snapshots == books > 3000
@@ -70,7 +70,7 @@ def test_import_matches_an_independent_rebuild() -> None:
 
 
 def test_a_sequence_gap_is_recorded_and_the_book_resyncs(tmp_path: Path) -> None:
-    lines = gzip.open(shared_recording(), "rt").read().splitlines()
+    lines = gzip.open(real_recording(), "rt").read().splitlines()
     depth = [i for i, line in enumerate(lines) if "depthUpdate" in line]
     broken = tmp_path / "gap.txt"
     broken.write_text("\n".join(line for i, line in enumerate(lines) if i != depth[1000]) + "\n")  # lose one diff
@@ -106,7 +106,7 @@ def test_the_pipeline_runs_on_imported_real_data_and_never_leaks_the_api_secret(
     monkeypatch.setenv("BINANCE_API_SECRET", SENTINEL)
     path = _binance_config(tmp_path)
     shown = subprocess.run(
-        [str(BIN / "bmlt"), "import", str(shared_recording()), "--levels", "20", "--config", str(path), "--json"],
+        [str(BIN / "bmlt"), "import", str(real_recording()), "--levels", "20", "--config", str(path), "--json"],
         capture_output=True, text=True, timeout=300,
     )
     assert shown.returncode == 0, shown.stderr

@@ -9,8 +9,9 @@ import json
 import pytest
 import requests
 
-from bmlt_resources.binance import BinanceBanned, BinanceResource
-from tests.helpers import shared_recording
+from bmlt_assets.core.errors import BinanceBanned
+from bmlt_resources.binance import BinanceResource
+from tests.helpers import real_recording
 
 
 MARKET = {
@@ -40,7 +41,7 @@ class RecordedSession(requests.Session):
 @pytest.fixture(scope="module")
 def snapshot() -> str:
     """The recording's REST depth snapshot, byte for byte as Binance sent it."""
-    return next(line.split(" ", 1)[1] for line in gzip.open(shared_recording(), "rt") if "lastUpdateId" in line)
+    return next(line.split(" ", 1)[1] for line in gzip.open(real_recording(), "rt") if "lastUpdateId" in line)
 
 
 def _resource(answers: list[tuple[int, str]]) -> tuple[BinanceResource, RecordedSession]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bmlt_resources.settings import PROJECT_ROOT, ConfigError, load_config
+from bmlt_assets.core.config import PROJECT_ROOT, ConfigError, load_config
 from tests.helpers import write_config
 
 

@@ -14,8 +14,9 @@ from bmlt_assets.core.dataset import PART_FIELDS, Part, build_dataset
 from bmlt_assets.core.train import predict_logits, train
 from bmlt_assets.definitions import INGEST_ASSETS, TRAINING_ASSETS, build_resources
 from bmlt_assets.partitions import range_tags
-from bmlt_resources.settings import PlatformConfig, load_config
-from bmlt_resources.storage import StorageResource, atomic_directory, atomic_write
+from bmlt_assets.core.config import PlatformConfig, load_config
+from bmlt_assets.core.files import atomic_directory, atomic_write
+from bmlt_resources.storage import StorageResource
 from tests.helpers import synthetic_days, write_config
 
 ALL = INGEST_ASSETS + TRAINING_ASSETS

@@ -12,7 +12,7 @@ from bmlt_assets.core.dataset import build_dataset
 from bmlt_assets.core.tuning import tune, with_params
 from bmlt_assets.definitions import INGEST_ASSETS, TRAINING_ASSETS, build_resources
 from bmlt_assets.partitions import range_tags
-from bmlt_resources.settings import ConfigError, load_config
+from bmlt_assets.core.config import ConfigError, load_config
 from tests.helpers import synthetic_days, write_config
 
 # A learning rate of 30 diverges: with the threshold pruner those trials stop after one epoch.

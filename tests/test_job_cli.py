@@ -12,7 +12,7 @@ import mlflow
 import numpy as np
 
 from bmlt_assets.partitions import range_tags
-from bmlt_resources.settings import PROJECT_ROOT, PlatformConfig
+from bmlt_assets.core.config import PROJECT_ROOT, PlatformConfig
 from bmlt_resources.storage import StorageResource
 
 BIN = Path(sys.executable).parent

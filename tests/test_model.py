@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bmlt_assets.core.models import OrderBookClassifier, parameter_count
-from bmlt_resources.settings import ModelConfig
+from bmlt_assets.core.config import ModelConfig
 
 
 def test_single_asset_deeplob_matches_the_published_parameter_count() -> None:

@@ -18,9 +18,9 @@ from bmlt_assets.core.book import validate_snapshots
 from bmlt_assets.core.representation import day_tensors_from_parquet
 from bmlt_assets.core.splits import chronological_split, eligible_steps, purge_limit
 from bmlt_assets.core.windows import Normalizer, gather_windows
-from bmlt_resources.settings import RepresentationConfig, SyntheticConfig
-from bmlt_resources.storage import write_parquet
-from bmlt_resources.synthetic import SyntheticMarket
+from bmlt_assets.core.config import RepresentationConfig, SyntheticConfig
+from bmlt_assets.core.files import write_parquet
+from bmlt_assets.core.synthetic import SyntheticMarket
 
 DAY = dt.date(2025, 1, 6)
 CADENCE_MS = 10_000

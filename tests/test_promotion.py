@@ -41,7 +41,7 @@ def test_an_identical_challenger_does_not_replace_the_champion(tmp_path) -> None
 
     from bmlt_assets.definitions import INGEST_ASSETS, TRAINING_ASSETS, build_resources
     from bmlt_assets.partitions import range_tags
-    from bmlt_resources.settings import load_config
+    from bmlt_assets.core.config import load_config
     from tests.helpers import write_config
 
     path = write_config(tmp_path, {"evaluation": {"promotion_max_ece": 1.0}})

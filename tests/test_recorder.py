@@ -29,10 +29,12 @@ from bmlt_assets.core.book import snapshot_schema
 from bmlt_assets.core.recorder import BookRow, CadenceSampler, LandingWriter, Recorder
 from bmlt_assets.definitions import build_definitions, build_resources
 from bmlt_assets.snapshots import orderbook_snapshots
-from bmlt_resources.binance import BinanceBanned, BinanceResource
-from bmlt_resources.settings import ConfigError, load_config
-from bmlt_resources.storage import LandingZoneResource, StorageResource, landing_root
-from tests.helpers import shared_recording, write_config
+from bmlt_assets.core.errors import BinanceBanned
+from bmlt_resources.binance import BinanceResource
+from bmlt_assets.core.config import ConfigError, load_config
+from bmlt_assets.core.files import landing_root
+from bmlt_resources.storage import LandingZoneResource, StorageResource
+from tests.helpers import real_recording, write_config
 from tests.replay_server import ReplayServer, ThreadedReplayServer
 
 BIN = Path(sys.executable).parent
@@ -80,7 +82,7 @@ async def record_replay(server: ReplayServer, landing: Path, *, cadence_ms: int 
 
 
 def test_every_recorded_book_equals_the_independent_rebuild(tmp_path: Path) -> None:
-    server = ReplayServer(shared_recording(), levels=DEPTH, rate=2000)
+    server = ReplayServer(real_recording(), levels=DEPTH, rate=2000)
     recorder = asyncio.run(record_replay(server, tmp_path))
     books = landing_books(tmp_path)
     assert_books_match(books, server.truth)
@@ -92,7 +94,7 @@ def test_every_recorded_book_equals_the_independent_rebuild(tmp_path: Path) -> N
 
 def test_disconnects_and_a_sequence_gap_resync_and_are_recorded(tmp_path: Path) -> None:
     skipped, disconnects = 500, (1500, 2500)
-    server = ReplayServer(shared_recording(), levels=DEPTH, rate=500, skip=(skipped,), disconnect_after=disconnects)
+    server = ReplayServer(real_recording(), levels=DEPTH, rate=500, skip=(skipped,), disconnect_after=disconnects)
     recorder = asyncio.run(record_replay(server, landing_root(tmp_path, "spot")))
     stats = recorder.stats
     assert stats.reconnects == 2 and server.connections == 3
@@ -128,7 +130,7 @@ def test_the_cadence_keeps_the_last_book_of_each_interval() -> None:
 
 
 def test_an_ip_ban_stops_the_recorder_instead_of_retrying(tmp_path: Path) -> None:
-    server = ReplayServer(shared_recording(), levels=DEPTH, rate=500, depth_status=418)
+    server = ReplayServer(real_recording(), levels=DEPTH, rate=500, depth_status=418)
     with pytest.raises(BinanceBanned, match="HTTP 418.*wait for the ban to expire"):
         asyncio.run(record_replay(server, tmp_path))
     assert server.sent < len(server.updates)  # it stopped at the first snapshot, long before the end
@@ -193,7 +195,7 @@ def threaded_server():
     servers: list[ThreadedReplayServer] = []
 
     def start(**options: object) -> ReplayServer:
-        servers.append(ThreadedReplayServer(shared_recording(), levels=DEPTH, **options))
+        servers.append(ThreadedReplayServer(real_recording(), levels=DEPTH, **options))
         return servers[-1].server
 
     yield start

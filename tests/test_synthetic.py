@@ -11,8 +11,9 @@ import pytest
 from bmlt_assets.core.book import book_arrays, validate_snapshots
 from bmlt_assets.core.labels import class_edges, classify, forward_log_returns, trailing_volatility
 from bmlt_assets.core.representation import align_to_grid, day_grid_ns
-from bmlt_resources.settings import LabelsConfig, SyntheticConfig
-from bmlt_resources.synthetic import SyntheticMarket, SyntheticMarketResource
+from bmlt_assets.core.config import LabelsConfig, SyntheticConfig
+from bmlt_assets.core.synthetic import SyntheticMarket
+from bmlt_resources.synthetic import SyntheticMarketResource
 
 DAY = dt.date(2025, 1, 6)
 CADENCE_MS = 5000

@@ -12,7 +12,7 @@ import pytest
 from bmlt_assets.core.splits import purge_limit, walk_forward_splits
 from bmlt_assets.definitions import INGEST_ASSETS, TRAINING_ASSETS, build_resources
 from bmlt_assets.partitions import range_tags
-from bmlt_resources.settings import ConfigError, load_config
+from bmlt_assets.core.config import ConfigError, load_config
 from bmlt_resources.storage import StorageResource
 from tests.helpers import write_config
 

@@ -13,7 +13,7 @@ from bmlt_assets.core.representation import rolling_standardize
 from bmlt_assets.core.splits import eligible_steps
 from bmlt_assets.core.train import batch_loader
 from bmlt_assets.core.windows import gather_windows
-from bmlt_resources.settings import PlatformConfig
+from bmlt_assets.core.config import PlatformConfig
 from tests.helpers import synthetic_days
 
 

@@ -195,3 +195,22 @@ def tardis_book_snapshots(path: Path, levels: int) -> pl.DataFrame:
             bid_px=side("bids", "price"), bid_qty=side("bids", "amount"), ask_px=side("asks", "price"), ask_qty=side("asks", "amount"),
         ))
     return pl.concat(frames)
+
+
+IMPORT_FORMATS = ("binance-ws", "tardis-book-snapshot")
+
+
+def import_recordings(files: list[Path], fmt: str, market: str, levels: int) -> tuple[pl.DataFrame, ImportSummary]:
+    """Snapshots of ``levels`` levels from recordings in ``fmt``, and what the import saw."""
+    if fmt not in IMPORT_FORMATS:
+        raise ValueError(f"unknown format {fmt!r}: choose one of {', '.join(IMPORT_FORMATS)}")
+    if fmt == "binance-ws":
+        builder = BookBuilder(market, levels)
+        for path in files:
+            builder.feed(read_recording(path))
+        return builder.frame(), builder.summary
+    frame = pl.concat([tardis_book_snapshots(path, levels) for path in files])
+    crossed = int((frame["bid_px"].arr.first() >= frame["ask_px"].arr.first()).sum())
+    summary = ImportSummary(snapshots=frame.height, crossed=crossed, first_receive_ns=frame["receive_ts"].min(),
+                            last_receive_ns=frame["receive_ts"].max())
+    return frame, summary

@@ -6,6 +6,9 @@ import numpy as np
 import torch
 from sklearn.calibration import calibration_curve
 
+from bmlt_assets.core.dataset import TrainingData
+from bmlt_assets.core.train import predict_logits
+
 ECE_BINS = 15
 
 
@@ -50,3 +53,10 @@ def fit_temperature(logits: np.ndarray, classes: np.ndarray) -> float:
 
     optimizer.step(closure)
     return log_t.exp().item()
+
+
+def validation_temperatures(model: torch.nn.Module, data: TrainingData) -> list[float]:
+    """One temperature per head, fitted on the purged validation part (never on test)."""
+    val = data.parts["val"]
+    logits = predict_logits(model, data, val.steps)
+    return [fit_temperature(logits[:, h], val.classes[:, h]) for h in range(len(data.horizons))]

@@ -15,8 +15,8 @@ import numpy as np
 from bmlt_assets.core.labels import class_edges, classify
 from bmlt_assets.core.splits import PARTS, Split, chronological_split, eligible_steps, walk_forward_splits
 from bmlt_assets.core.windows import Normalizer, WindowSource
-from bmlt_resources.settings import PlatformConfig
-from bmlt_resources.storage import load_arrays, save_arrays
+from bmlt_assets.core.config import PlatformConfig
+from bmlt_assets.core.files import load_arrays, save_arrays
 
 GRID_ARRAYS = ["base", "mids", "timestamps"]
 PART_FIELDS = ["steps", "classes", "edges", "returns", "previous", "volatility"]

@@ -26,12 +26,20 @@ from bmlt_assets.core.metrics import (
     prior_probabilities,
     signal_capture,
 )
+from bmlt_assets.core.sources import Oracle
 from bmlt_assets.core.uncertainty import mean_interval
-from bmlt_resources.settings import EvaluationConfig
+from bmlt_assets.core.config import EvaluationConfig
 
 # (horizon index, test steps, test edges (N, C-1)) -> (N, C) probabilities
-Oracle = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
+OracleProbabilities = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
 REGIMES = ("low", "mid", "high")
+
+
+def oracle_for(oracle: Oracle | None, symbol: str, data: TrainingData) -> OracleProbabilities | None:
+    """The source's oracle at the samples of ``data``, or None where the source has none."""
+    if oracle is None:
+        return None
+    return lambda i, steps, edges: oracle.oracle_at(symbol, data.source.timestamps[steps], data.horizons[i], edges)
 LEAK_TOLERANCE = 1e-6  # nats
 
 
@@ -57,7 +65,7 @@ def evaluate(
     data: TrainingData,
     test_logits: np.ndarray,
     temperatures: list[float],
-    oracle: Oracle | None,
+    oracle: OracleProbabilities | None,
     config: EvaluationConfig,
     cadence_s: float,
     champion: np.ndarray | None = None,
@@ -143,7 +151,7 @@ def evaluate(
     return report
 
 
-def fold_summary(data: TrainingData, test_logits: np.ndarray, temperatures: list[float], oracle: Oracle | None) -> dict[str, Any]:
+def fold_summary(data: TrainingData, test_logits: np.ndarray, temperatures: list[float], oracle: OracleProbabilities | None) -> dict[str, Any]:
     """Headline test metrics of one walk-forward fold: the model against the class prior (and
     the oracle's capture on the synthetic market), with the fold's test period."""
     train, test = data.parts["train"], data.parts["test"]
@@ -156,3 +164,22 @@ def fold_summary(data: TrainingData, test_logits: np.ndarray, temperatures: list
         if oracle is not None:
             row[i]["capture"] = signal_capture(model, prior, classification_metrics(y, oracle(i, test.steps, test.edges[:, i])))
     return row
+
+
+def flat_metrics(report: list[dict[str, Any]], horizons_s: list[int], walk_forward: list[dict[str, Any]]) -> dict[str, float]:
+    """The report as flat ``name_<horizon>s`` scalars, as tracking stores want them."""
+    metrics: dict[str, float] = {}
+    for entry, horizon in zip(report, horizons_s):
+        for predictor, values in entry["metrics"].items():
+            metrics |= {f"test_{predictor}_{name}_{horizon}s": value for name, value in values.items()}
+        for predictor, values in entry["pnl"].items():
+            metrics |= {f"pnl_{predictor}_{name}_{horizon}s": value for name, value in values.items()}
+        metrics |= {f"test_{name}_{horizon}s": value for name, value in entry.get("capture", {}).items()}
+        metrics[f"test_leak_suspected_{horizon}s"] = float(entry.get("leak_suspected", False))
+    for i, horizon in enumerate(horizons_s):
+        for name in ("accuracy", "log_loss"):
+            values = [fold["horizons"][i]["model"][name] for fold in walk_forward]
+            if values:
+                metrics[f"walk_forward_mean_{name}_{horizon}s"] = float(np.mean(values))
+                metrics[f"walk_forward_std_{name}_{horizon}s"] = float(np.std(values))
+    return metrics

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bmlt_resources.settings import LabelsConfig
+from bmlt_assets.core.config import LabelsConfig
 
 
 def forward_log_returns(mids: np.ndarray, valid: np.ndarray, horizons: list[int], steps: int) -> np.ndarray:

@@ -9,7 +9,7 @@ PyTorch model (143,907 parameters).
 
 Our input per asset and level is (bid px, bid qty, ask px, ask qty), so the first stride-2
 convolution pairs price with quantity per side and the second pairs bid with ask per level, as
-in the paper. Multi-asset strategies (DESIGN.md decision 2):
+in the paper. Multi-asset strategies (docs/design.md §4, decision 2):
 
 * ``stacked``: assets are input channels of one trunk;
 * ``branches``: one shared trunk per asset; each asset's features, joined with a learned asset
@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bmlt_resources.settings import ModelConfig
+from bmlt_assets.core.config import ModelConfig
 
 
 def _conv(cin: int, cout: int, kernel: tuple[int, int], activation: nn.Module, stride=(1, 1), padding=(0, 0)) -> list[nn.Module]:

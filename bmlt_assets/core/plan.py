@@ -1,8 +1,8 @@
-"""The memory planner: what a config costs in bytes, before anything runs (DESIGN decision 1)."""
+"""The memory planner: what a config costs in bytes, before anything runs (docs/design.md §4, decision 1)."""
 
 from __future__ import annotations
 
-from bmlt_resources.settings import PlatformConfig
+from bmlt_assets.core.config import PlatformConfig
 
 FLOAT32, FLOAT64, INT64 = 4, 8, 8
 

@@ -1,4 +1,4 @@
-"""The promotion gate: when the challenger may take the ``champion`` alias (DESIGN decision 9).
+"""The promotion gate: when the challenger may take the ``champion`` alias (docs/design.md §4, decision 9).
 
 The challenger is promoted only when, on the same purged test window, its per-sample log loss is
 lower than that of every baseline and of the current champion with a 95% block-bootstrap
@@ -39,3 +39,32 @@ def promotion_verdict(
     if champion_difference is not None:
         numbers["vs_champion"] = champion_difference
     return Verdict(promote=not reasons, reasons=reasons or ["beats every baseline and the champion, ECE below threshold"], numbers=numbers)
+
+
+BASELINES = ("prior", "persistence", "logistic_obi")
+# Spec fields a champion must share with the challenger to be scored on the same windows.
+COMPARABLE_SPEC = ("levels", "symbols", "horizons_s", "n_classes", "cadence_ms")
+
+
+def comparable(champion_spec: dict[str, Any], challenger_spec: dict[str, Any]) -> bool:
+    """Whether the champion reads the same inputs and predicts the same heads as the challenger
+    (its window may be shorter: the challenger's test windows hold it)."""
+    same = all(champion_spec[k] == challenger_spec[k] for k in COMPARABLE_SPEC)
+    return same and champion_spec["window_steps"] <= challenger_spec["window_steps"]
+
+
+def gate(report: list[dict[str, Any]], champion_exists: bool, champion_compared: bool, max_ece: float, note: str) -> Verdict:
+    """Every horizon must pass; a champion that could not be compared is never replaced."""
+    if champion_exists and not champion_compared:
+        return Verdict(False, [note], {})
+    verdicts = [
+        promotion_verdict(
+            {b: entry["log_loss_differences"][f"model_minus_{b}"] for b in BASELINES},
+            entry["log_loss_differences"]["model_minus_champion"] if champion_compared else None,
+            entry["metrics"]["model"]["ece"],
+            max_ece,
+        )
+        for entry in report
+    ]
+    reasons = [f"{entry['horizon_steps']} steps: {r}" for entry, v in zip(report, verdicts) for r in v.reasons]
+    return Verdict(all(v.promote for v in verdicts), reasons, {str(e["horizon_steps"]): v.numbers for e, v in zip(report, verdicts)})

@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 
 from bmlt_assets.core.book import book_arrays
-from bmlt_resources.settings import QualityConfig
+from bmlt_assets.core.config import QualityConfig
 
 
 def snapshot_quality(clean: pl.DataFrame, quarantined: pl.DataFrame, steps_per_day: int, cadence_ms: int, symbols: list[str], quality: QualityConfig) -> dict[str, Any]:

@@ -34,8 +34,8 @@ import numpy as np
 import polars as pl
 
 from bmlt_assets.core.book import snapshot_schema
-from bmlt_resources.binance import BinanceBanned
-from bmlt_resources.storage import atomic_write, write_parquet
+from bmlt_assets.core.errors import BinanceBanned
+from bmlt_assets.core.files import atomic_write, write_parquet
 
 NS = 1_000_000_000
 

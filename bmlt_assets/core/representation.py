@@ -2,7 +2,7 @@
 
 Every level is (bid price, bid quantity, ask price, ask quantity). Prices are signed distances
 from the same snapshot's mid in basis points (bids negative, asks positive), quantities are
-``log1p(qty)``. Three representations (DESIGN.md decision 1):
+``log1p(qty)``. Three representations (docs/design.md §4, decision 1):
 
 * ``full``: the top ``raw_levels`` levels as they are;
 * ``aggregated``: ``bucket_count`` price-distance buckets, log-spaced from ``bucket_min_bps`` to
@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bmlt_assets.core.book import BOOK_SIDES, book_arrays
-from bmlt_resources.settings import RepresentationConfig
+from bmlt_assets.core.config import RepresentationConfig
 
 CHANNELS = ("bid_distance_bps", "bid_log1p_qty", "ask_distance_bps", "ask_log1p_qty")
 

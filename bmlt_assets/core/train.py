@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 
 from bmlt_assets.core.dataset import PART_FIELDS, Part, TrainingData
 from bmlt_assets.core.models import OrderBookClassifier
-from bmlt_resources.settings import PlatformConfig
-from bmlt_resources.storage import atomic_write
+from bmlt_assets.core.config import PlatformConfig
+from bmlt_assets.core.files import atomic_write
 
 
 def seed_everything(seed: int) -> None:

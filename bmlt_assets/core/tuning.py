@@ -1,4 +1,4 @@
-"""Hyper-parameter search with Optuna on the purged validation part (DESIGN decision 6).
+"""Hyper-parameter search with Optuna on the purged validation part (docs/design.md §4, decision 6).
 
 A seeded TPE sampler proposes values for the YAML search space (``model.*``/``training.*``
 fields); every trial trains on the training part and reports its validation log loss each
@@ -15,7 +15,7 @@ import optuna
 
 from bmlt_assets.core.dataset import TrainingData
 from bmlt_assets.core.train import EpochRecord, train
-from bmlt_resources.settings import HpoConfig, PlatformConfig
+from bmlt_assets.core.config import HpoConfig, PlatformConfig
 
 MIN_TRIALS_FOR_IMPORTANCE = 4
 

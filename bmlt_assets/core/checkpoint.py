@@ -1,0 +1,60 @@
+"""A trained model on disk: weights, the training part's normalization and the spec to rebuild it.
+
+The spec names everything scoring needs (inputs, heads, calibration), so a checkpoint scores
+raw windows on its own; ``bmlt_assets.scoring`` wraps it as the MLflow pyfunc.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bmlt_assets.core.config import ModelConfig, PlatformConfig
+from bmlt_assets.core.dataset import TrainingData
+from bmlt_assets.core.models import OrderBookClassifier
+from bmlt_assets.core.windows import Normalizer
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def model_spec(config: PlatformConfig, data: TrainingData, temperatures: list[float]) -> dict[str, Any]:
+    return {
+        "model": config.model.model_dump(mode="json"),
+        "levels": data.shape[1],
+        "symbols": data.symbols,
+        "target": data.target,
+        "horizons_s": config.labels.horizons_s,
+        "n_classes": data.n_classes,
+        "window_steps": config.dataset.window_steps,
+        "cadence_ms": config.data.cadence_ms,
+        "temperatures": temperatures,
+    }
+
+
+def save_checkpoint(path: Path, model: OrderBookClassifier, normalizer: Normalizer, spec: dict[str, Any]) -> None:
+    torch.save({"state_dict": model.state_dict(), "norm_mean": normalizer.mean, "norm_std": normalizer.std, "spec": spec}, path)
+
+
+def load_checkpoint(path: Path) -> tuple[OrderBookClassifier, Normalizer, dict[str, Any]]:
+    payload = torch.load(path, weights_only=False)
+    spec = payload["spec"]
+    model = OrderBookClassifier(
+        ModelConfig.model_validate(spec["model"]), spec["levels"], len(spec["symbols"]), len(spec["horizons_s"]), spec["n_classes"]
+    )
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    return model, Normalizer(payload["norm_mean"], payload["norm_std"]), spec
+
+
+def input_example(data: TrainingData, n: int = 2) -> dict[str, np.ndarray]:
+    """The first ``n`` test windows in the scoring input layout (for the logged signature)."""
+    steps = data.parts["test"].steps[:n]
+    index = steps[:, None] + np.arange(1 - data.source.window, 1)
+    return {
+        "book": np.asarray(data.source.base[index], dtype=np.float32),
+        "mids": np.asarray(data.source.mids[index], dtype=np.float64),
+        "timestamp_ns": np.asarray(data.source.timestamps[steps], dtype=np.int64),
+    }

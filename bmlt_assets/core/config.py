@@ -1,0 +1,507 @@
+"""The platform config: one pydantic model, loaded and validated from YAML.
+
+Every design decision of docs/design.md §4 is a field here, so alternatives are compared
+with the same pipeline. Unknown keys are errors (``extra="forbid"``): a misspelled key must
+never be silently ignored. ``load_config`` turns every failure into a :class:`ConfigError`
+whose message names the field path, the bad value and what was expected.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG_PATH = PROJECT_ROOT / "configs" / "default.yaml"
+
+SYMBOL_PATTERN = re.compile(r"^[A-Z0-9]{2,15}/[A-Z0-9]{2,10}(:[A-Z0-9]{2,10})?$")
+# Symbols the embedded synthetic market knows how to simulate (see synthetic.SYMBOL_PROFILES).
+SYNTHETIC_SYMBOLS = ("BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/USDT", "XRP/USDT")
+
+DEEPLOB_MIN_WINDOW = 19
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message is meant for a human, not a traceback."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticConfig(Section):
+    """Knobs of the embedded synthetic market (generative model in bmlt_assets/core/synthetic.py)."""
+
+    signal_strength: Annotated[float, Field(ge=0)] = 0.4
+    signal_half_life_s: PositiveFloat = 30.0
+    imbalance_noise: Annotated[float, Field(ge=0)] = 1.0
+    leader_weight: Annotated[float, Field(ge=0, lt=1)] = 0.6
+    correlation: Annotated[float, Field(ge=0, lt=1)] = 0.6
+    regime_block_s: PositiveInt = 3600
+    regime_stay_probability: Fraction = 0.7
+    level_spacing_bps: PositiveFloat = 1.0
+    dropout_rate: Annotated[float, Field(ge=0, lt=0.5)] = 0.002
+    session_gap_s: Annotated[int, Field(ge=0)] = 60
+
+
+class BinanceEndpoints(Section):
+    """Where the Binance resource connects; the defaults are ccxt's production endpoints.
+
+    Overrides serve relays, testnets or a local replay server. ccxt tells a spot WebSocket
+    connection from a futures one by ``/stream`` in its URL, so a spot ``ws_url`` must contain it.
+    """
+
+    rest_url: str | None = None  # e.g. https://api.binance.com/api/v3 (spot), https://fapi.binance.com/fapi/v1 (usdm)
+    ws_url: str | None = None  # e.g. wss://stream.binance.com:9443/ws (spot), wss://fstream.binance.com/ws (usdm)
+
+
+class DataConfig(Section):
+    source: Literal["synthetic", "binance"] = "synthetic"
+    market: Literal["spot", "usdm"] = "spot"
+    symbols: Annotated[list[str], Field(min_length=1)]
+    start_date: dt.date
+    end_date: dt.date
+    cadence_ms: PositiveInt = 1000
+    depth: PositiveInt = 20
+    max_staleness_ms: PositiveInt | None = None
+    synthetic: SyntheticConfig = SyntheticConfig()
+    binance: BinanceEndpoints = BinanceEndpoints()
+
+    @field_validator("symbols")
+    @classmethod
+    def _symbols_well_formed(cls, symbols: list[str]) -> list[str]:
+        for symbol in symbols:
+            if not SYMBOL_PATTERN.match(symbol):
+                raise ValueError(f"symbol {symbol!r} is not a ccxt unified symbol like 'BTC/USDT'")
+        if len(set(symbols)) != len(symbols):
+            raise ValueError("symbols must be distinct")
+        return symbols
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DataConfig:
+        if self.end_date < self.start_date:
+            raise ValueError(f"end_date {self.end_date} is before start_date {self.start_date}")
+        if self.source == "synthetic":
+            unknown = [s for s in self.symbols if s not in SYNTHETIC_SYMBOLS]
+            if unknown:
+                raise ValueError(
+                    f"unknown symbol(s) {unknown} for the synthetic market; "
+                    f"choose from {list(SYNTHETIC_SYMBOLS)}"
+                )
+        if 86_400_000 % self.cadence_ms:
+            raise ValueError(f"cadence_ms={self.cadence_ms} must divide one day (86400000 ms)")
+        ws_url = self.binance.ws_url
+        if self.market == "spot" and ws_url and "/stream" not in ws_url:
+            raise ValueError(f"binance.ws_url {ws_url!r} must contain '/stream': ccxt reads it as a futures connection otherwise")
+        return self
+
+    @property
+    def staleness_ms(self) -> int:
+        """A step is valid only if its book is younger than this (default: one cadence)."""
+        return self.max_staleness_ms or self.cadence_ms
+
+    @property
+    def steps_per_day(self) -> int:
+        return 86_400_000 // self.cadence_ms
+
+    @property
+    def dates(self) -> list[dt.date]:
+        days = (self.end_date - self.start_date).days + 1
+        return [self.start_date + dt.timedelta(days=i) for i in range(days)]
+
+
+class RepresentationConfig(Section):
+    """Decision 1: how a book becomes L levels of (bid px, bid qty, ask px, ask qty)."""
+
+    kind: Literal["full", "aggregated", "hybrid"] = "hybrid"
+    raw_levels: Annotated[int, Field(ge=0)] = 5
+    bucket_count: Annotated[int, Field(ge=0)] = 5
+    bucket_min_bps: PositiveFloat = 1.0
+    bucket_max_bps: PositiveFloat = 25.0
+    rolling_normalization_s: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _levels(self) -> RepresentationConfig:
+        if self.kind in ("full", "hybrid") and self.raw_levels == 0:
+            raise ValueError(f"representation kind {self.kind!r} needs raw_levels >= 1")
+        if self.kind in ("aggregated", "hybrid") and self.bucket_count == 0:
+            raise ValueError(f"representation kind {self.kind!r} needs bucket_count >= 1")
+        if self.bucket_max_bps <= self.bucket_min_bps:
+            raise ValueError("bucket_max_bps must be greater than bucket_min_bps")
+        return self
+
+    @property
+    def levels(self) -> int:
+        return {
+            "full": self.raw_levels,
+            "aggregated": self.bucket_count,
+            "hybrid": self.raw_levels + self.bucket_count,
+        }[self.kind]
+
+
+class LabelsConfig(Section):
+    """Decisions 3 and 4: horizons (one head each) and class edges."""
+
+    target_symbol: str | None = None
+    horizons_s: Annotated[list[PositiveInt], Field(min_length=1)] = [60, 300]
+    edges: Literal["fixed_pct", "volatility_scaled", "quantile"] = "volatility_scaled"
+    fixed_pct_edges: list[float] = [-10, -5, -2, 0, 2, 5, 10]
+    volatility_edges: list[float] = [-2.0, -1.1, -0.45, 0, 0.45, 1.1, 2.0]
+    quantile_classes: Annotated[int, Field(ge=2)] = 8
+    vol_lookback_s: PositiveInt = 300
+
+    @field_validator("fixed_pct_edges", "volatility_edges")
+    @classmethod
+    def _increasing(cls, edges: list[float]) -> list[float]:
+        if not edges:
+            raise ValueError("needs at least one edge")
+        if any(b <= a for a, b in zip(edges, edges[1:])):
+            raise ValueError(f"edges must be strictly increasing, got {edges}")
+        return edges
+
+    @field_validator("horizons_s")
+    @classmethod
+    def _distinct(cls, horizons: list[int]) -> list[int]:
+        if len(set(horizons)) != len(horizons):
+            raise ValueError(f"horizons must be distinct, got {horizons}")
+        return sorted(horizons)
+
+    @property
+    def n_classes(self) -> int:
+        return {
+            "fixed_pct": len(self.fixed_pct_edges) + 1,
+            "volatility_scaled": len(self.volatility_edges) + 1,
+            "quantile": self.quantile_classes,
+        }[self.edges]
+
+
+class DatasetConfig(Section):
+    """Decision 5: purged chronological split, or walk-forward folds with the same purge.
+
+    With ``walk_forward``, the fractions size each fold's parts: ``test_fraction`` per test
+    block, ``val_fraction`` per validation block, and ``train_fraction`` the rolling window."""
+
+    split: Literal["chronological", "walk_forward"] = "chronological"
+    folds: Annotated[int, Field(ge=2)] = 3  # walk_forward only
+    walk_forward_window: Literal["expanding", "rolling"] = "expanding"
+    train_fraction: Fraction = 0.70
+    val_fraction: Fraction = 0.15
+    test_fraction: Fraction = 0.15
+    embargo_s: Annotated[int, Field(ge=0)] = 0
+    window_steps: PositiveInt = 40
+    sample_stride: PositiveInt = 1
+    norm_fit_samples: PositiveInt = 4096
+
+    @model_validator(mode="after")
+    def _fractions(self) -> DatasetConfig:
+        total = self.train_fraction + self.val_fraction + self.test_fraction
+        if self.split == "walk_forward":
+            if self.folds * self.test_fraction + self.val_fraction >= 1:
+                raise ValueError(
+                    f"{self.folds} folds x test_fraction {self.test_fraction} + val_fraction {self.val_fraction} "
+                    "leave no training data for the first fold; use fewer folds or smaller fractions"
+                )
+        elif abs(total - 1.0) > 1e-9:
+            raise ValueError(
+                f"train_fraction + val_fraction + test_fraction = {total:g}; they must sum to 1"
+            )
+        return self
+
+
+class ModelConfig(Section):
+    """Decisions 2 and 7: DeepLOB-family CNN+LSTM, multi-asset strategy, temporal features."""
+
+    architecture: Literal["deeplob"] = "deeplob"
+    multi_asset: Literal["stacked", "branches", "attention"] = "branches"
+    temporal: Literal["cyclical", "embedding", "none"] = "cyclical"
+    conv_channels: PositiveInt = 32
+    inception_channels: PositiveInt = 64
+    lstm_hidden: PositiveInt = 64
+    asset_embedding_dim: PositiveInt = 4
+    attention_heads: PositiveInt = 2
+    temporal_embedding_dim: PositiveInt = 4
+
+    @model_validator(mode="after")
+    def _heads_divide_tokens(self) -> ModelConfig:
+        token = 3 * self.inception_channels // 2
+        if self.multi_asset == "attention" and token % self.attention_heads:
+            raise ValueError(
+                f"attention_heads={self.attention_heads} must divide the asset token width "
+                f"3 * inception_channels / 2 = {token}"
+            )
+        return self
+
+
+class TrainingConfig(Section):
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = 64
+    learning_rate: PositiveFloat = 1e-3
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    early_stopping_patience: PositiveInt = 2
+    class_weights: Literal["balanced", "sqrt_inverse", "none"] = "sqrt_inverse"
+    max_train_samples: PositiveInt | None = None
+    threads: PositiveInt | None = None
+    loader_workers: Annotated[int, Field(ge=0)] = 0
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = True
+    seed: int = 0
+    progress_bar: bool = True
+
+
+class SearchDimension(Section):
+    """One tuned parameter: ``int``/``float`` between ``low`` and ``high`` (``log`` scale, ``step``),
+    or ``categorical`` over ``choices``."""
+
+    type: Literal["int", "float", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list[str | int | float | bool] | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> SearchDimension:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical dimension needs choices")
+        elif self.low is None or self.high is None or self.high <= self.low:
+            raise ValueError(f"an {self.type} dimension needs low < high")
+        return self
+
+
+TUNABLE_SECTIONS = ("model", "training")
+
+
+class HpoConfig(Section):
+    """Decision 6: Optuna tuning on the purged validation part; off by default."""
+
+    enabled: bool = False
+    n_trials: PositiveInt = 20
+    timeout_s: PositiveInt | None = None
+    sampler_seed: int = 0
+    pruner: Literal["median", "hyperband", "threshold", "none"] = "median"
+    prune_above: float = 2.5  # threshold pruner: stop a trial whose validation log loss exceeds this
+    trial_epochs: PositiveInt | None = None  # default: training.epochs
+    trial_max_train_samples: PositiveInt | None = None  # a subset per trial makes tuning cheaper
+    search_space: dict[str, SearchDimension] = {}
+
+    @field_validator("search_space")
+    @classmethod
+    def _tunable_paths(cls, space: dict[str, SearchDimension]) -> dict[str, SearchDimension]:
+        for path in space:
+            section, _, name = path.partition(".")
+            if section not in TUNABLE_SECTIONS or not name:
+                raise ValueError(f"{path!r}: tune fields of {list(TUNABLE_SECTIONS)} as 'section.field'")
+            model = {"model": ModelConfig, "training": TrainingConfig}[section]
+            if name not in model.model_fields:
+                raise ValueError(f"{path!r}: {section} has no field {name!r}")
+        return space
+
+    @model_validator(mode="after")
+    def _space_when_enabled(self) -> HpoConfig:
+        if self.enabled and not self.search_space:
+            raise ValueError("hpo.enabled needs a search_space")
+        return self
+
+
+class MlflowConfig(Section):
+    tracking_uri: str | None = None  # default: sqlite under storage.base_dir
+    experiment: str = "bmlt"
+    registered_model: str | None = None  # default: "bmlt-<config name>"
+    ui_url: str = "http://127.0.0.1:5000"  # where `mlflow ui` serves, for links in Dagster metadata
+
+
+class EvaluationConfig(Section):
+    logistic_max_iter: PositiveInt = 300
+    ece_bins: Annotated[int, Field(ge=2)] = 15
+    pnl_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.6  # direction mass needed to trade
+    fee_bps: Annotated[float, Field(ge=0)] = 1.0  # per side, on top of half the spread per side
+    promotion_max_ece: Annotated[float, Field(gt=0, le=1)] = 0.05  # the champion must be this calibrated
+
+
+class QualityConfig(Section):
+    """Thresholds of the blocking data-quality checks (a partition beyond them stops downstream)."""
+
+    max_quarantined_fraction: Annotated[float, Field(ge=0, le=1)] = 0.05
+    max_stale_s: PositiveFloat = 60.0  # a book unchanged for longer counts as stale
+    max_stale_fraction: Annotated[float, Field(ge=0, le=1)] = 0.05
+    min_coverage: Annotated[float, Field(ge=0, le=1)] = 0.5  # fraction of the day's steps with a fresh book, per symbol
+    min_valid_fraction: Annotated[float, Field(ge=0, le=1)] = 0.5  # book_tensors steps valid for all symbols
+    max_abs_distance_bps: PositiveFloat = 1000.0  # price channels beyond this mean a broken book
+    min_class_share: Annotated[float, Field(ge=0, le=1)] = 0.005  # every class on the training part
+
+
+class RecordingConfig(Section):
+    """The live recorder (``bmlt record`` and ``record_job``)."""
+
+    # One book per symbol and interval: the last one before the interval ends, which is what the
+    # cadence grid samples. None: data.cadence_ms; 0: every book the recorder sees (each update
+    # at live rates; ccxt coalesces updates that arrive while the recorder is busy).
+    cadence_ms: Annotated[int, Field(ge=0)] | None = None
+    flush_s: PositiveFloat = 2.0  # a crash loses at most this much
+    rotate_s: PositiveInt = 300  # a new landing file per interval; must divide a day
+    backoff_s: PositiveFloat = 0.5  # first reconnect delay, doubled per failure (with jitter)
+    max_backoff_s: PositiveFloat = 30.0
+    status_every_s: PositiveFloat = 1.0
+
+    @model_validator(mode="after")
+    def _divides(self) -> RecordingConfig:
+        if 86_400 % self.rotate_s:
+            raise ValueError(f"rotate_s={self.rotate_s} must divide one day (86400 s) so no file straddles midnight")
+        if self.cadence_ms and (self.rotate_s * 1000) % self.cadence_ms:
+            raise ValueError(f"rotate_s ({self.rotate_s} s) must be a multiple of cadence_ms ({self.cadence_ms} ms)")
+        return self
+
+
+class StorageConfig(Section):
+    base_dir: str = "data"
+
+
+class PlatformConfig(Section):
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+    seed: int = 7
+    data: DataConfig
+    representation: RepresentationConfig = RepresentationConfig()
+    labels: LabelsConfig = LabelsConfig()
+    dataset: DatasetConfig = DatasetConfig()
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    hpo: HpoConfig = HpoConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    quality: QualityConfig = QualityConfig()
+    recording: RecordingConfig = RecordingConfig()
+    storage: StorageConfig = StorageConfig()
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> PlatformConfig:
+        target = self.labels.target_symbol
+        if target is not None and target not in self.data.symbols:
+            raise ValueError(
+                f"labels.target_symbol {target!r} is not one of data.symbols {self.data.symbols}"
+            )
+        cadence_s = self.data.cadence_ms / 1000
+        if self.recording.cadence_ms is None and (self.recording.rotate_s * 1000) % self.data.cadence_ms:
+            raise ValueError(
+                f"recording.rotate_s ({self.recording.rotate_s} s) must be a multiple of data.cadence_ms "
+                f"({self.data.cadence_ms} ms), which the recorder samples at"
+            )
+        for horizon in self.labels.horizons_s:
+            if (horizon * 1000) % self.data.cadence_ms:
+                raise ValueError(
+                    f"labels.horizons_s: {horizon}s is not a multiple of data.cadence_ms "
+                    f"({self.data.cadence_ms} ms)"
+                )
+        if self.representation.kind in ("full", "hybrid") and self.representation.raw_levels > self.data.depth:
+            raise ValueError(
+                f"representation.raw_levels={self.representation.raw_levels} exceeds "
+                f"data.depth={self.data.depth}; lower it or record a deeper book"
+            )
+        if self.dataset.window_steps < DEEPLOB_MIN_WINDOW:
+            raise ValueError(
+                f"dataset.window_steps={self.dataset.window_steps} is too short for the DeepLOB trunk, "
+                f"whose unpadded (4,1) convolutions consume {DEEPLOB_MIN_WINDOW - 1} steps; use >= {DEEPLOB_MIN_WINDOW}"
+            )
+        purge_steps = self.dataset.window_steps + max(self.horizon_steps) + self.embargo_steps
+        total_steps = len(self.data.dates) * self.data.steps_per_day
+        smallest_part = min(self.dataset.val_fraction, self.dataset.test_fraction) * total_steps
+        if purge_steps >= smallest_part:
+            raise ValueError(
+                f"dataset.embargo_s ({self.dataset.embargo_s}s) + the longest horizon + the window purge "
+                f"{purge_steps} steps at each boundary, more than a whole validation or test part "
+                f"(about {int(smallest_part)} steps): shorten them or add days"
+            )
+        window_s = self.dataset.window_steps * cadence_s
+        if window_s + max(self.labels.horizons_s) >= 86_400 * len(self.data.dates):
+            raise ValueError(
+                f"dataset.window_steps ({window_s:g}s) plus the longest horizon do not fit "
+                f"in the {len(self.data.dates)} day(s) of data"
+            )
+        return self
+
+    # Derived quantities, in steps of the tensor cadence.
+    @property
+    def target(self) -> str:
+        return self.labels.target_symbol or self.data.symbols[0]
+
+    @property
+    def horizon_steps(self) -> list[int]:
+        return [h * 1000 // self.data.cadence_ms for h in self.labels.horizons_s]
+
+    @property
+    def embargo_steps(self) -> int:
+        return -(-self.dataset.embargo_s * 1000 // self.data.cadence_ms)
+
+    @property
+    def vol_lookback_steps(self) -> int:
+        return max(2, self.labels.vol_lookback_s * 1000 // self.data.cadence_ms)
+
+    @property
+    def recording_cadence_ms(self) -> int:
+        return self.data.cadence_ms if self.recording.cadence_ms is None else self.recording.cadence_ms
+
+    @property
+    def base_dir(self) -> Path:
+        path = Path(self.storage.base_dir)
+        return path if path.is_absolute() else PROJECT_ROOT / path
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow.tracking_uri or f"sqlite:///{self.base_dir / 'mlflow.db'}"
+
+    @property
+    def registered_model_name(self) -> str:
+        return self.mlflow.registered_model or f"bmlt-{self.name}"
+
+
+def format_validation_error(path: Path, error: ValidationError) -> str:
+    lines = [f"{path}: {error.error_count()} invalid value(s)"]
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "<root>"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (misspelled? unknown keys are errors, not ignored)"
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        value = item.get("input")
+        shown = "" if item["type"] == "missing" or isinstance(value, dict) else f" = {value!r}"
+        lines.append(f"  - {field}{shown}: {message}")
+    return "\n".join(lines)
+
+
+def parse_config(raw: Any, source: str = "<config>") -> PlatformConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        return PlatformConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(Path(source), error)) from None
+
+
+def load_config(path: str | Path) -> PlatformConfig:
+    """Read, parse and validate a YAML config; every failure is a readable ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found (pass a path such as configs/default.yaml)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        raise ConfigError(f"{path}: YAML syntax error at {where}: {error.problem}") from None
+    return parse_config(raw, str(path))
+
+
+def config_path_from_env() -> Path:
+    """The config a Dagster code location uses: $BMLT_CONFIG, else configs/default.yaml."""
+    return Path(os.environ.get("BMLT_CONFIG") or DEFAULT_CONFIG_PATH)

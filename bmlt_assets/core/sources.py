@@ -1,0 +1,35 @@
+"""Where order books come from: the one interface every book source implements.
+
+The embedded synthetic market, the landing zone of recorded or imported books, and archives all
+give a day's snapshots (schema of ``bmlt_assets.core.book``) and the intervals their recorder
+lost. Only a simulation knows the truth, so only it offers an :class:`Oracle`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Protocol
+
+import numpy as np
+import polars as pl
+
+
+class Oracle(Protocol):
+    def oracle_at(self, symbol: str, timestamps_ns: np.ndarray, horizon: int, edges: np.ndarray) -> np.ndarray:
+        """Bayes-optimal class probabilities (N, C) for ``symbol`` at ``timestamps_ns``, ``horizon`` steps
+        ahead, for class edges (N, C-1) in log-return units."""
+        ...
+
+
+class BookSource(Protocol):
+    def snapshots(self, date: dt.date, symbols: list[str]) -> pl.DataFrame:
+        """Every snapshot of ``symbols`` received on ``date`` (UTC)."""
+        ...
+
+    def gaps(self, date: dt.date, symbols: list[str]) -> list[dict]:
+        """Intervals the recorder lost: ``symbol``, ``from_ns``, ``to_ns`` and a ``reason``."""
+        ...
+
+    def oracle(self) -> Oracle | None:
+        """The Bayes-optimal predictor, where the source knows the generating process."""
+        ...

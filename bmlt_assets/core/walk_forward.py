@@ -1,0 +1,62 @@
+"""Walk-forward (decision 5): a model per earlier fold, and every fold's model on its own test
+block, oldest first, for performance over time. The latest fold's model is the one registered."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bmlt_assets.core.calibration import validation_temperatures
+from bmlt_assets.core.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from bmlt_assets.core.config import PlatformConfig
+from bmlt_assets.core.dataset import TrainingData, fold_count, load_dataset
+from bmlt_assets.core.evaluation import fold_summary, oracle_for
+from bmlt_assets.core.models import OrderBookClassifier
+from bmlt_assets.core.sources import Oracle
+from bmlt_assets.core.train import EpochRecord, predict_logits, train
+
+EpochLogger = Callable[[EpochRecord], None]
+
+
+@dataclass
+class FoldModel:
+    data: TrainingData
+    model: OrderBookClassifier
+    temperatures: list[float]
+
+
+def train_earlier_folds(config: PlatformConfig, dataset_dir: Path, epoch_logger: Callable[[str], EpochLogger]) -> list[FoldModel]:
+    """A calibrated model for every fold but the latest; ``epoch_logger(prefix)`` reports epochs."""
+    folds = []
+    for k in range(fold_count(config) - 1):
+        fold = load_dataset(dataset_dir, config, fold=k)
+        model = train(config, fold, epoch_logger(f"fold{k}_")).model
+        folds.append(FoldModel(fold, model, validation_temperatures(model, fold)))
+    return folds
+
+
+def fold_checkpoint(model_dir: Path, fold: int, n_folds: int) -> Path:
+    return model_dir / CHECKPOINT if fold == n_folds - 1 else model_dir / f"fold{fold}" / CHECKPOINT
+
+
+def save_fold_checkpoints(model_dir: Path, folds: list[FoldModel], spec: dict[str, Any]) -> None:
+    for k, fold in enumerate(folds):
+        path = fold_checkpoint(model_dir, k, len(folds) + 1)
+        path.parent.mkdir()
+        save_checkpoint(path, fold.model, fold.data.source.normalizer, spec | {"temperatures": fold.temperatures})
+
+
+def evaluate_folds(config: PlatformConfig, dataset_dir: Path, model_dir: Path, oracle: Oracle | None) -> list[dict[str, Any]]:
+    """Headline test metrics of every fold's model on its own test block, oldest first."""
+    rows = []
+    n_folds = fold_count(config)
+    for k in range(n_folds):
+        fold = load_dataset(dataset_dir, config, fold=k)
+        model, _, spec = load_checkpoint(fold_checkpoint(model_dir, k, n_folds))
+        logits = predict_logits(model, fold, fold.parts["test"].steps)
+        summary = fold_summary(fold, logits, spec["temperatures"], oracle_for(oracle, config.target, fold))
+        horizons = [summary.pop(i) for i in range(len(fold.horizons))]
+        rows.append({"fold": k, **summary, "horizons": horizons})
+    return rows
