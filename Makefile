@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= configs/default.yaml
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: demo test install ui bench bench-quick clean
+.PHONY: demo test lint format install ui bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,13 +20,23 @@ install: $(VENV)/.installed
 
 demo: install
 	@mkdir -p $(DAGSTER_HOME)
-	$(BIN)/bmlt validate $(CONFIG)
+	$(BIN)/bmlt validate --config $(CONFIG)
 	BMLT_CONFIG=$(CONFIG) $(BIN)/dagster job execute -m bmlt_assets.definitions -j full_pipeline \
-		--tags "$$($(BIN)/bmlt range-tags $(CONFIG))"
-	@$(BIN)/bmlt summary $(CONFIG)
+		--tags "$$($(BIN)/bmlt range-tags --config $(CONFIG))"
+	@$(BIN)/bmlt summary --config $(CONFIG)
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# ruff (lint + format check, one line length) everywhere; mypy on the core and the resources.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 # Ratios against references measured in the same run; figures go to benchmarks/results.json.
 bench: install

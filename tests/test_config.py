@@ -59,11 +59,11 @@ def _bmlt(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_cli_validate_exit_codes(tmp_path: Path) -> None:
-    ok = _bmlt("validate", str(PROJECT_ROOT / "configs" / "default.yaml"))
+    ok = _bmlt("validate", "--config", str(PROJECT_ROOT / "configs" / "default.yaml"))
     assert ok.returncode == 0, ok.stderr
     assert "valid" in ok.stdout
 
-    bad = _bmlt("validate", str(write_config(tmp_path, {"representation": {"kind": "fancy"}})))
+    bad = _bmlt("validate", "--config", str(write_config(tmp_path, {"representation": {"kind": "fancy"}})))
     assert bad.returncode == 2
     assert "representation.kind" in bad.stderr
     assert "Traceback" not in bad.stderr + bad.stdout
