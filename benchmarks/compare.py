@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from bmlt_assets.core.config import PlatformConfig, load_config
 from bmlt_assets.core.dataset import build_dataset
 from bmlt_assets.core.evaluation import evaluate
 from bmlt_assets.core.labels import forward_log_returns, trailing_volatility
 from bmlt_assets.core.representation import day_tensors_from_frame
 from bmlt_assets.core.train import predict_logits, train
-from bmlt_assets.core.config import PlatformConfig, load_config
 from bmlt_resources.synthetic import SyntheticMarketResource
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,13 +34,19 @@ def run(config: PlatformConfig, snapshots: dict) -> dict:
     d = config.data
     days = []
     for date in d.dates:
-        arrays = day_tensors_from_frame(snapshots[date], date, d.symbols, d.cadence_ms, d.staleness_ms, config.representation)
-        arrays["returns"] = forward_log_returns(arrays["mids"], arrays["valid"], config.horizon_steps, len(arrays["mids"]))
+        arrays = day_tensors_from_frame(
+            snapshots[date], date, d.symbols, d.cadence_ms, d.staleness_ms, config.representation
+        )
+        arrays["returns"] = forward_log_returns(
+            arrays["mids"], arrays["valid"], config.horizon_steps, len(arrays["mids"])
+        )
         arrays["volatility"] = trailing_volatility(arrays["mids"], arrays["valid"], config.vol_lookback_steps)
         days.append(arrays)
     data = build_dataset(days, config)
     result = train(config, data)
-    source = SyntheticMarketResource(seed=config.seed, cadence_ms=d.cadence_ms, depth=d.depth, params_json=d.synthetic.model_dump_json())
+    source = SyntheticMarketResource(
+        seed=config.seed, cadence_ms=d.cadence_ms, depth=d.depth, params_json=d.synthetic.model_dump_json()
+    )
     market = source.market()
 
     def oracle(i, steps, edges):
@@ -74,7 +80,9 @@ def main() -> None:
     base = load_config(ROOT / "configs" / "default.yaml")
     base = _with(base, "training", epochs=args.epochs, max_train_samples=args.max_train_samples, progress_bar=False)
     d = base.data
-    source = SyntheticMarketResource(seed=base.seed, cadence_ms=d.cadence_ms, depth=d.depth, params_json=d.synthetic.model_dump_json())
+    source = SyntheticMarketResource(
+        seed=base.seed, cadence_ms=d.cadence_ms, depth=d.depth, params_json=d.synthetic.model_dump_json()
+    )
     snapshots = {date: source.snapshots(date, d.symbols) for date in d.dates}
     variants = {
         "multi_asset=branches, representation=hybrid": base,
@@ -91,7 +99,12 @@ def main() -> None:
     for name, config in variants.items():
         results[name] = run(config, snapshots)
         print(name, json.dumps(results[name]), flush=True)
-        args.out.write_text(json.dumps({"epochs": args.epochs, "max_train_samples": args.max_train_samples, "results": results}, indent=2) + "\n")
+        args.out.write_text(
+            json.dumps(
+                {"epochs": args.epochs, "max_train_samples": args.max_train_samples, "results": results}, indent=2
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -46,17 +46,28 @@ def bench_import() -> dict:
     import_s = time.perf_counter() - started
     updates = builder.summary.updates_applied + builder.summary.updates_dropped
     return {
-        "lines": lines, "depth_updates": updates, "snapshots": frame.height,
-        "parse_s": round(parse_s, 3), "import_s": round(import_s, 3),
-        "updates_per_s": round(updates / import_s), "lines_per_s_parse_only": round(lines / parse_s),
+        "lines": lines,
+        "depth_updates": updates,
+        "snapshots": frame.height,
+        "parse_s": round(parse_s, 3),
+        "import_s": round(import_s, 3),
+        "updates_per_s": round(updates / import_s),
+        "lines_per_s_parse_only": round(lines / parse_s),
         "import_vs_parse": round(import_s / parse_s, 2),
     }
 
 
 def _config(folder: Path, server) -> Path:
     raw = yaml.safe_load(TINY.read_text())
-    raw["data"] = {"source": "binance", "symbols": ["BTC/USDT"], "start_date": "2025-01-06", "end_date": "2025-01-07",
-                   "cadence_ms": 1000, "depth": 20, "binance": {"rest_url": server.rest_url, "ws_url": server.ws_url}}
+    raw["data"] = {
+        "source": "binance",
+        "symbols": ["BTC/USDT"],
+        "start_date": "2025-01-06",
+        "end_date": "2025-01-07",
+        "cadence_ms": 1000,
+        "depth": 20,
+        "binance": {"rest_url": server.rest_url, "ws_url": server.ws_url},
+    }
     raw["labels"]["target_symbol"] = "BTC/USDT"
     raw["recording"] = {"cadence_ms": 0, "flush_s": 2.0}
     raw["storage"] = {"base_dir": str(folder / "data")}
@@ -77,8 +88,12 @@ def record_replay(rate: float | None, repeat: int, seconds: float) -> dict:
     replay = ThreadedReplayServer(real_recording(), rate=rate, repeat=repeat, keep_truth=False)
     server = replay.server
     with tempfile.TemporaryDirectory() as folder:
-        process = subprocess.Popen([str(BIN / "bmlt"), "record", "--config", str(_config(Path(folder), server)), "--json"],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            [str(BIN / "bmlt"), "record", "--config", str(_config(Path(folder), server)), "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         started = time.perf_counter()
         while server.sent == 0:
             if process.poll() is not None or time.perf_counter() - started > 60:
@@ -89,7 +104,11 @@ def record_replay(rate: float | None, repeat: int, seconds: float) -> dict:
         deadline = wall_from + seconds
         while server.sent < len(server.updates) and time.perf_counter() < deadline:
             time.sleep(0.01)
-        cpu_s, wall_s, sent = process_cpu_s(process.pid) - cpu_from, time.perf_counter() - wall_from, server.sent - sent_from
+        cpu_s, wall_s, sent = (
+            process_cpu_s(process.pid) - cpu_from,
+            time.perf_counter() - wall_from,
+            server.sent - sent_from,
+        )
         time.sleep(0.5)  # let the last books arrive
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=120)
@@ -102,27 +121,40 @@ def record_replay(rate: float | None, repeat: int, seconds: float) -> dict:
     offered = sum(1 for update in server.updates if ids.min() <= update["u"] <= ids.max())
     span_s = (books["receive_ts"].max() - books["receive_ts"].min()) / 1e9
     return {
-        "paced_at": rate, "offered_per_s": round(offered / span_s, 1), "books_per_s": round(books.height / span_s, 1),
+        "paced_at": rate,
+        "offered_per_s": round(offered / span_s, 1),
+        "books_per_s": round(books.height / span_s, 1),
         # Books written / updates the server sent between the first and the last one written: below
         # 1, ccxt coalesced updates that arrived while the recorder was busy.
         "books_vs_offered": round(books.height / offered, 3),
         # The recorder process's CPU while the server streamed (startup excluded), and per update
         # (which includes the fixed cost of timers and flushes, so it falls as the rate rises).
-        "cpu_percent": round(100 * cpu_s / wall_s, 1), "cpu_us_per_update": round(1e6 * cpu_s / sent, 1),
-        "gaps": len(summary["gaps"]), "reconnects": summary["reconnects"],
+        "cpu_percent": round(100 * cpu_s / wall_s, 1),
+        "cpu_us_per_update": round(1e6 * cpu_s / sent, 1),
+        "gaps": len(summary["gaps"]),
+        "reconnects": summary["reconnects"],
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rates", type=float, nargs="+", default=[10, 100, 400, 0], help="updates/s offered (Binance: 10/s per symbol); 0: as fast as the server can")
+    parser.add_argument(
+        "--rates",
+        type=float,
+        nargs="+",
+        default=[10, 100, 400, 0],
+        help="updates/s offered (Binance: 10/s per symbol); 0: as fast as the server can",
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="streaming seconds per rate")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/ingest.json"))
     args = parser.parse_args()
     results = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "import": bench_import(),
-        "recorder": [record_replay(rate or None, repeat=int((rate or 20_000) * args.seconds / 3449) + 1, seconds=args.seconds) for rate in args.rates],
+        "recorder": [
+            record_replay(rate or None, repeat=int((rate or 20_000) * args.seconds / 3449) + 1, seconds=args.seconds)
+            for rate in args.rates
+        ],
     }
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))

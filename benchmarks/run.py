@@ -35,16 +35,16 @@ import torch
 import yaml
 from torch import nn
 
+from benchmarks.tensor_build import SYMBOLS
 from bmlt_assets.core.book import validate_snapshots
+from bmlt_assets.core.config import ModelConfig, load_config
 from bmlt_assets.core.dataset import build_dataset, load_dataset, save_dataset
+from bmlt_assets.core.files import write_parquet
 from bmlt_assets.core.labels import forward_log_returns, trailing_volatility
 from bmlt_assets.core.models import OrderBookClassifier
 from bmlt_assets.core.representation import day_tensors_from_frame, day_tensors_from_parquet
-from bmlt_assets.core.train import build_model
-from bmlt_assets.core.config import ModelConfig, load_config
-from bmlt_assets.core.files import write_parquet
 from bmlt_assets.core.synthetic import SyntheticMarket
-from benchmarks.tensor_build import SYMBOLS
+from bmlt_assets.core.train import build_model
 
 ROOT = Path(__file__).resolve().parent.parent
 START = dt.date(2025, 1, 6)
@@ -73,8 +73,20 @@ def write_raw_days(folder: Path, days: int, depth: int, cadence_ms: int) -> None
 
 def measured_build(folder: Path, days: int, depth: int, cadence_ms: int, levels: int) -> dict:
     out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.tensor_build", str(folder), str(days), str(depth), str(cadence_ms), str(levels)],
-        capture_output=True, text=True, check=True, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.tensor_build",
+            str(folder),
+            str(days),
+            str(depth),
+            str(cadence_ms),
+            str(levels),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
     )
     return json.loads(out.stdout)
 
@@ -83,7 +95,11 @@ def tensor_build_vs_read(folder: Path, cadence_ms: int) -> dict:
     write_raw_days(folder, 1, 20, cadence_ms)
     path = folder / f"{START}.parquet"
     read = timed(lambda: pq.read_table(path))
-    build = timed(lambda: day_tensors_from_parquet(path, START, SYMBOLS, cadence_ms, cadence_ms, load_config(ROOT / "configs" / "default.yaml").representation))
+    build = timed(
+        lambda: day_tensors_from_parquet(
+            path, START, SYMBOLS, cadence_ms, cadence_ms, load_config(ROOT / "configs" / "default.yaml").representation
+        )
+    )
     memory = measured_build(folder, 1, 20, cadence_ms, 10)
     return {
         "read_s": read,
@@ -105,8 +121,17 @@ def sampling_vs_train_step(folder: Path, quick: bool) -> dict:
     market = SyntheticMarket(d.synthetic, config.seed, d.cadence_ms, d.depth)
     days = []
     for date in d.dates:
-        arrays = day_tensors_from_frame(pl.concat([market.simulate(date, s) for s in d.symbols]), date, d.symbols, d.cadence_ms, d.staleness_ms, config.representation)
-        arrays["returns"] = forward_log_returns(arrays["mids"], arrays["valid"], config.horizon_steps, len(arrays["mids"]))
+        arrays = day_tensors_from_frame(
+            pl.concat([market.simulate(date, s) for s in d.symbols]),
+            date,
+            d.symbols,
+            d.cadence_ms,
+            d.staleness_ms,
+            config.representation,
+        )
+        arrays["returns"] = forward_log_returns(
+            arrays["mids"], arrays["valid"], config.horizon_steps, len(arrays["mids"])
+        )
         arrays["volatility"] = trailing_volatility(arrays["mids"], arrays["valid"], config.vol_lookback_steps)
         days.append(arrays)
     dataset_dir = folder / "dataset"
@@ -118,7 +143,10 @@ def sampling_vs_train_step(folder: Path, quick: bool) -> dict:
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.sampling", str(dataset_dir), str(config_path), str(100 if quick else 400)],
-        capture_output=True, text=True, check=True, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
     )
     sampling = json.loads(out.stdout)
     data = load_dataset(dataset_dir, config)
@@ -160,26 +188,60 @@ class PlainDeepLOB(nn.Module):
         super().__init__()
         act = lambda: nn.LeakyReLU(negative_slope=0.01)  # noqa: E731
         self.conv1 = nn.Sequential(
-            nn.Conv2d(1, 32, (1, 2), stride=(1, 2)), act(), nn.BatchNorm2d(32),
-            nn.Conv2d(32, 32, (4, 1)), act(), nn.BatchNorm2d(32),
-            nn.Conv2d(32, 32, (4, 1)), act(), nn.BatchNorm2d(32),
+            nn.Conv2d(1, 32, (1, 2), stride=(1, 2)),
+            act(),
+            nn.BatchNorm2d(32),
+            nn.Conv2d(32, 32, (4, 1)),
+            act(),
+            nn.BatchNorm2d(32),
+            nn.Conv2d(32, 32, (4, 1)),
+            act(),
+            nn.BatchNorm2d(32),
         )
         self.conv2 = nn.Sequential(
-            nn.Conv2d(32, 32, (1, 2), stride=(1, 2)), nn.Tanh(), nn.BatchNorm2d(32),
-            nn.Conv2d(32, 32, (4, 1)), nn.Tanh(), nn.BatchNorm2d(32),
-            nn.Conv2d(32, 32, (4, 1)), nn.Tanh(), nn.BatchNorm2d(32),
+            nn.Conv2d(32, 32, (1, 2), stride=(1, 2)),
+            nn.Tanh(),
+            nn.BatchNorm2d(32),
+            nn.Conv2d(32, 32, (4, 1)),
+            nn.Tanh(),
+            nn.BatchNorm2d(32),
+            nn.Conv2d(32, 32, (4, 1)),
+            nn.Tanh(),
+            nn.BatchNorm2d(32),
         )
         self.conv3 = nn.Sequential(
-            nn.Conv2d(32, 32, (1, 10)), act(), nn.BatchNorm2d(32),
-            nn.Conv2d(32, 32, (4, 1)), act(), nn.BatchNorm2d(32),
-            nn.Conv2d(32, 32, (4, 1)), act(), nn.BatchNorm2d(32),
+            nn.Conv2d(32, 32, (1, 10)),
+            act(),
+            nn.BatchNorm2d(32),
+            nn.Conv2d(32, 32, (4, 1)),
+            act(),
+            nn.BatchNorm2d(32),
+            nn.Conv2d(32, 32, (4, 1)),
+            act(),
+            nn.BatchNorm2d(32),
         )
-        self.inp1 = nn.Sequential(nn.Conv2d(32, 64, (1, 1), padding="same"), act(), nn.BatchNorm2d(64),
-                                  nn.Conv2d(64, 64, (3, 1), padding="same"), act(), nn.BatchNorm2d(64))
-        self.inp2 = nn.Sequential(nn.Conv2d(32, 64, (1, 1), padding="same"), act(), nn.BatchNorm2d(64),
-                                  nn.Conv2d(64, 64, (5, 1), padding="same"), act(), nn.BatchNorm2d(64))
-        self.inp3 = nn.Sequential(nn.MaxPool2d((3, 1), stride=(1, 1), padding=(1, 0)),
-                                  nn.Conv2d(32, 64, (1, 1), padding="same"), act(), nn.BatchNorm2d(64))
+        self.inp1 = nn.Sequential(
+            nn.Conv2d(32, 64, (1, 1), padding="same"),
+            act(),
+            nn.BatchNorm2d(64),
+            nn.Conv2d(64, 64, (3, 1), padding="same"),
+            act(),
+            nn.BatchNorm2d(64),
+        )
+        self.inp2 = nn.Sequential(
+            nn.Conv2d(32, 64, (1, 1), padding="same"),
+            act(),
+            nn.BatchNorm2d(64),
+            nn.Conv2d(64, 64, (5, 1), padding="same"),
+            act(),
+            nn.BatchNorm2d(64),
+        )
+        self.inp3 = nn.Sequential(
+            nn.MaxPool2d((3, 1), stride=(1, 1), padding=(1, 0)),
+            nn.Conv2d(32, 64, (1, 1), padding="same"),
+            act(),
+            nn.BatchNorm2d(64),
+        )
         self.lstm = nn.LSTM(input_size=192, hidden_size=64, num_layers=1, batch_first=True)
         self.fc1 = nn.Linear(64, classes)
 
@@ -227,10 +289,10 @@ def train_vs_reference(quick: bool, batch: int = 64) -> dict:
     target = torch.randint(0, 3, (batch,))
     config = ModelConfig(multi_asset="stacked", temporal="none")
 
-    def ours(channels_last: bool = False, compile: bool = False) -> nn.Module:
+    def ours(channels_last: bool = False, compiled: bool = False) -> nn.Module:
         model = OrderBookClassifier(config, levels=10, assets=1, horizons=1, classes=3)
         model = model.to(memory_format=torch.channels_last) if channels_last else model
-        return torch.compile(model) if compile else model
+        return torch.compile(model) if compiled else model
 
     def head(model, x):
         return model(x)[:, 0]
@@ -242,13 +304,19 @@ def train_vs_reference(quick: bool, batch: int = 64) -> dict:
         "bf16_autocast": _trainer(ours(), book, target, head, autocast=True),
     }
     if not quick:  # compiling alone takes minutes on 2 cores
-        trainers["torch_compile"] = _trainer(ours(compile=True), book, target, head)
+        trainers["torch_compile"] = _trainer(ours(compiled=True), book, target, head)
     rates: dict[str, list[float]] = {name: [] for name in trainers}
     for _ in range(rounds):
         for name, rate in trainers.items():
             rates[name].append(rate(steps))
     reference = median(rates.pop("reference"))
-    results = {"reference_samples_per_s": reference, "batch_size": batch, "threads": threads, "rounds": rounds, "variants": {}}
+    results = {
+        "reference_samples_per_s": reference,
+        "batch_size": batch,
+        "threads": threads,
+        "rounds": rounds,
+        "variants": {},
+    }
     for name, values in rates.items():
         results["variants"][name] = {"samples_per_s": median(values), "ratio": median(values) / reference}
     model = ours().eval()
@@ -265,13 +333,20 @@ def train_vs_reference(quick: bool, batch: int = 64) -> dict:
 def scaling(folder: Path, quick: bool) -> list[dict]:
     cadence = 10_000 if quick else 2_000
     rows = []
-    for days in ((1, 2) if quick else (1, 2, 4)):
+    for days in (1, 2) if quick else (1, 2, 4):
         write_raw_days(folder / "d20", days, 20, cadence)
         rows.append({"days": days, "levels": 20, **measured_build(folder / "d20", days, 20, cadence, 10)})
-    for depth in ((20, 100) if quick else (20, 100, 1000)):
+    for depth in (20, 100) if quick else (20, 100, 1000):
         cad = cadence if depth < 1000 else cadence * 5
         write_raw_days(folder / f"d{depth}", 1, depth, cad)
-        rows.append({"days": 1, "levels": depth, "cadence_ms": cad, **measured_build(folder / f"d{depth}", 1, depth, cad, min(depth, 40))})
+        rows.append(
+            {
+                "days": 1,
+                "levels": depth,
+                "cadence_ms": cad,
+                **measured_build(folder / f"d{depth}", 1, depth, cad, min(depth, 40)),
+            }
+        )
     return rows
 
 
@@ -284,8 +359,12 @@ def main() -> None:
         folder = Path(tmp)
         results = {
             "mode": "quick" if args.quick else "full",
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-                        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"},
+            "machine": {
+                "cpus": os.cpu_count(),
+                "platform": platform.platform(),
+                "torch": torch.__version__,
+                "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+            },
             "tensor_build_vs_read": tensor_build_vs_read(folder, 5_000 if args.quick else 1_000),
             "sampling_vs_train_step": sampling_vs_train_step(folder, args.quick),
             "train_vs_reference": train_vs_reference(args.quick),
@@ -294,7 +373,11 @@ def main() -> None:
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     for name in ("tensor_build_vs_read", "sampling_vs_train_step", "train_vs_reference"):
         r = results[name]
-        extra = f", memory {r['peak_rss_over_output' if 'peak_rss_over_output' in r else 'resident_over_base']:.2f}" if name != "train_vs_reference" else f", best {r['best']}"
+        extra = (
+            f", memory {r['peak_rss_over_output' if 'peak_rss_over_output' in r else 'resident_over_base']:.2f}"
+            if name != "train_vs_reference"
+            else f", best {r['best']}"
+        )
         print(f"{name:<24} ratio {r['ratio']:.2f} (target {r['target']}){extra}")
     print(f"wrote {args.out}")
 

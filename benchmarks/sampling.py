@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.tensor_build import _status_bytes
-from bmlt_assets.core.dataset import load_dataset
 from bmlt_assets.core.config import load_config
+from bmlt_assets.core.dataset import load_dataset
 
 
 def main() -> None:
@@ -30,7 +30,15 @@ def main() -> None:
     for batch in picks:
         data.source.inputs(batch)
     seconds = time.perf_counter() - started
-    print(json.dumps({"batches_per_s": n_batches / seconds, "resident_added": _status_bytes("VmRSS") - before, "base_bytes": data.source.base.nbytes}))
+    print(
+        json.dumps(
+            {
+                "batches_per_s": n_batches / seconds,
+                "resident_added": _status_bytes("VmRSS") - before,
+                "base_bytes": data.source.base.nbytes,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

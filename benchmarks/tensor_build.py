@@ -13,9 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-
-from bmlt_assets.core.representation import day_tensors_from_parquet
 from bmlt_assets.core.config import RepresentationConfig
+from bmlt_assets.core.representation import day_tensors_from_parquet
 
 SYMBOLS = ["BTC/USDT", "ETH/USDT", "SOL/USDT"]
 
@@ -37,14 +36,27 @@ def reset_peak_rss() -> int:
 
 
 def main() -> None:
-    folder, days, depth, cadence_ms, levels = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-    representation = RepresentationConfig(kind="hybrid", raw_levels=min(levels, depth) // 2, bucket_count=levels - min(levels, depth) // 2, bucket_max_bps=max(25.0, depth * 1.2))
+    folder, days, depth, cadence_ms, levels = (
+        Path(sys.argv[1]),
+        int(sys.argv[2]),
+        int(sys.argv[3]),
+        int(sys.argv[4]),
+        int(sys.argv[5]),
+    )
+    representation = RepresentationConfig(
+        kind="hybrid",
+        raw_levels=min(levels, depth) // 2,
+        bucket_count=levels - min(levels, depth) // 2,
+        bucket_max_bps=max(25.0, depth * 1.2),
+    )
     baseline = reset_peak_rss()
     started = time.perf_counter()
     output = 0
     for i in range(days):
         date = dt.date(2025, 1, 6) + dt.timedelta(days=i)
-        arrays = day_tensors_from_parquet(folder / f"{date}.parquet", date, SYMBOLS, cadence_ms, cadence_ms, representation)
+        arrays = day_tensors_from_parquet(
+            folder / f"{date}.parquet", date, SYMBOLS, cadence_ms, cadence_ms, representation
+        )
         output = max(output, sum(a.nbytes for a in arrays.values()))
         del arrays
     seconds = time.perf_counter() - started

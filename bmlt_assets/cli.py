@@ -53,10 +53,14 @@ def summary(config: PlatformConfig, args: argparse.Namespace) -> int:
         aliases = sorted(registered.aliases)
     except MlflowException:
         aliases = []
-    shown = ", ".join(f"models:/{config.registered_model_name}@{alias}" for alias in aliases) or "(no model registered yet)"
+    shown = (
+        ", ".join(f"models:/{config.registered_model_name}@{alias}" for alias in aliases) or "(no model registered yet)"
+    )
     print(f"registered     : {shown}")
-    print(f"Dagster UI     : make ui CONFIG={args.config}   "
-          f"(= BMLT_CONFIG={args.config} DAGSTER_HOME=$PWD/.dagster_home dagster dev -w workspace.yaml)")
+    print(
+        f"Dagster UI     : make ui CONFIG={args.config}   "
+        f"(= BMLT_CONFIG={args.config} DAGSTER_HOME=$PWD/.dagster_home dagster dev -w workspace.yaml)"
+    )
     print(f"\n{report.read_text()}" if report.exists() else f"\n(no evaluation report yet at {report})")
     return 0
 
@@ -89,7 +93,9 @@ def report(config: PlatformConfig, args: argparse.Namespace) -> int:
     try:
         folder = Path(client.download_artifacts(args.run_id, "report", tempfile.mkdtemp(prefix="bmlt-report-")))
     except MlflowException as error:
-        print(f"no evaluation report for run {args.run_id!r} in {config.tracking_uri}: {error.message}", file=sys.stderr)
+        print(
+            f"no evaluation report for run {args.run_id!r} in {config.tracking_uri}: {error.message}", file=sys.stderr
+        )
         return 2
     saved = json.loads((folder / "metrics.json").read_text())
     for entry, horizon in zip(saved["report"], saved["horizons_s"]):
@@ -101,7 +107,10 @@ def report(config: PlatformConfig, args: argparse.Namespace) -> int:
             print(f"  {name:<14}{m['accuracy']:>10.4f}{m['log_loss']:>10.4f}{m['ece']:>8.4f}{sharpe:>9.2f}")
         if "capture" in entry:
             capture = entry["capture"]
-            print(f"  signal capture: accuracy {capture['accuracy_capture']:.3f}, log loss {capture['logloss_capture']:.3f}")
+            print(
+                f"  signal capture: accuracy {capture['accuracy_capture']:.3f}, "
+                f"log loss {capture['logloss_capture']:.3f}"
+            )
     target = args.out or Path(f"report-{args.run_id}.html")
     target.write_text((folder / "report.html").read_text())
     print(f"\nHTML report: {target.resolve()}")
@@ -125,14 +134,24 @@ def import_(config: PlatformConfig, args: argparse.Namespace) -> int:
         print(f"cannot import: {error}", file=sys.stderr)
         return 2
     written = write_landing_days(frame, config.base_dir, args.market, f"import-{args.files[0].name.split('.')[0]}")
-    result = imported.as_dict() | {"files": [str(f) for f in args.files], "written": [str(w) for w in written],
-                                   "levels": args.levels, "market": args.market}
+    result = imported.as_dict() | {
+        "files": [str(f) for f in args.files],
+        "written": [str(w) for w in written],
+        "levels": args.levels,
+        "market": args.market,
+    }
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    source = f" from {result['updates_applied']} applied depth updates ({result['updates_dropped']} dropped as older than the snapshot)"
+    source = (
+        f" from {result['updates_applied']} applied depth updates "
+        f"({result['updates_dropped']} dropped as older than the snapshot)"
+    )
     print(f"{result['snapshots']} snapshots of {args.levels} levels" + (source if args.format == "binance-ws" else ""))
-    print(f"gaps: {len(result['gaps'])}" + "".join(f"\n  {g['symbol']}: {g['from_ns']} .. {g['to_ns']}" for g in result["gaps"]))
+    print(
+        f"gaps: {len(result['gaps'])}"
+        + "".join(f"\n  {g['symbol']}: {g['from_ns']} .. {g['to_ns']}" for g in result["gaps"])
+    )
     print(f"crossed books: {result['crossed_books']}; first {result['first']}, last {result['last']}")
     print("written:" + "".join(f"\n  {w}" for w in result["written"]))
     return 0
@@ -162,8 +181,11 @@ def record(config: PlatformConfig, args: argparse.Namespace) -> int:
     from bmlt_resources.binance import BinanceResource
 
     if config.data.source != "binance":
-        print(f"{config.name}: data.source is {config.data.source!r}; recording needs a Binance config "
-              "such as configs/binance.yaml", file=sys.stderr)
+        print(
+            f"{config.name}: data.source is {config.data.source!r}; recording needs a Binance config "
+            "such as configs/binance.yaml",
+            file=sys.stderr,
+        )
         return 2
     interactive = sys.stderr.isatty()
 
@@ -188,10 +210,16 @@ def record(config: PlatformConfig, args: argparse.Namespace) -> int:
         print(json.dumps(recorded, indent=2))
         return 0
     books = ", ".join(f"{symbol} {count}" for symbol, count in sorted(recorded["books"].items())) or "none"
-    print(f"recorded {recorded['seconds']:.0f} s: books {books}; {recorded['files']} file(s), {recorded['bytes']:,} bytes")
-    print(f"reconnects: {recorded['reconnects']}; gaps: {len(recorded['gaps'])}" + "".join(
-        f"\n  {g['symbol']}: {g['from_ns']} .. {g['to_ns']} after update {g['after_update_id']} ({g['reason']})"
-        for g in recorded["gaps"]))
+    print(
+        f"recorded {recorded['seconds']:.0f} s: books {books}; {recorded['files']} file(s), {recorded['bytes']:,} bytes"
+    )
+    print(
+        f"reconnects: {recorded['reconnects']}; gaps: {len(recorded['gaps'])}"
+        + "".join(
+            f"\n  {g['symbol']}: {g['from_ns']} .. {g['to_ns']} after update {g['after_update_id']} ({g['reason']})"
+            for g in recorded["gaps"]
+        )
+    )
     return 0
 
 
@@ -199,7 +227,10 @@ def record(config: PlatformConfig, args: argparse.Namespace) -> int:
 COMMANDS = {
     "validate": (validate, "bmlt validate --config configs/default.yaml"),
     "plan": (plan, "bmlt plan --config configs/binance.yaml"),
-    "range-tags": (range_tags, 'dagster job execute -m bmlt_assets.definitions -j full_pipeline --tags "$(bmlt range-tags)"'),
+    "range-tags": (
+        range_tags,
+        'dagster job execute -m bmlt_assets.definitions -j full_pipeline --tags "$(bmlt range-tags)"',
+    ),
     "summary": (summary, "bmlt summary --config configs/default.yaml"),
     "report": (report, "bmlt report 3f2a9c... --config configs/default.yaml --open"),
     "import": (import_, "bmlt import recording.gz --market spot --levels 20 --config configs/binance.yaml"),
@@ -209,9 +240,10 @@ COMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="bmlt", description="Binance ML Training platform: configs, plans, imports, recordings and reports.",
+        prog="bmlt",
+        description="Binance ML Training platform: configs, plans, imports, recordings and reports.",
         epilog="example:\n  bmlt validate --config configs/default.yaml\n\n"
-               "Every command reads --config, default $BMLT_CONFIG, then configs/default.yaml.",
+        "Every command reads --config, default $BMLT_CONFIG, then configs/default.yaml.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"bmlt {version('bmlt')}")
@@ -219,24 +251,44 @@ def build_parser() -> argparse.ArgumentParser:
     subs = {}
     for name, (handler, example) in COMMANDS.items():
         summary_line = handler.__doc__.splitlines()[0]
-        sub = commands.add_parser(name, help=summary_line, description=handler.__doc__, epilog=f"example:\n  {example}",
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-        sub.add_argument("--config", type=Path, default=None,
-                         help="a YAML config (default: $BMLT_CONFIG, then configs/default.yaml)")
-        sub.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
+        sub = commands.add_parser(
+            name,
+            help=summary_line,
+            description=handler.__doc__,
+            epilog=f"example:\n  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sub.add_argument(
+            "--config", type=Path, default=None, help="a YAML config (default: $BMLT_CONFIG, then configs/default.yaml)"
+        )
+        sub.add_argument(
+            "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO"
+        )
         sub.set_defaults(handler=handler)
         subs[name] = sub
     subs["report"].add_argument("run_id", help="the MLflow run id of an evaluation")
     subs["report"].add_argument("--out", type=Path, help="where to write the HTML (default: report-RUN_ID.html)")
     subs["report"].add_argument("--open", action="store_true", help="open the HTML in a browser")
-    subs["import"].add_argument("files", type=Path, nargs="+", help="recordings: '<receive ns> <raw JSON>' lines (gzip or plain), "
-                                "or tardis.dev book_snapshot_25 CSVs")
-    subs["import"].add_argument("--format", default="binance-ws", choices=["binance-ws", "tardis-book-snapshot"],
-                                help="binance-ws: combined depth streams + REST snapshots; tardis-book-snapshot: book_snapshot_25 CSV")
+    subs["import"].add_argument(
+        "files",
+        type=Path,
+        nargs="+",
+        help="recordings: '<receive ns> <raw JSON>' lines (gzip or plain), or tardis.dev book_snapshot_25 CSVs",
+    )
+    subs["import"].add_argument(
+        "--format",
+        default="binance-ws",
+        choices=["binance-ws", "tardis-book-snapshot"],
+        help="binance-ws: combined depth streams + REST snapshots; tardis-book-snapshot: book_snapshot_25 CSV",
+    )
     subs["import"].add_argument("--market", choices=["spot", "usdm"], default="spot")
     subs["import"].add_argument("--levels", type=int, default=20, help="levels per side to keep")
-    subs["record"].add_argument("--duration", type=parse_duration, default=None,
-                                help="stop after this long (90, 15m, 2h, 1d); default: until SIGINT/SIGTERM")
+    subs["record"].add_argument(
+        "--duration",
+        type=parse_duration,
+        default=None,
+        help="stop after this long (90, 15m, 2h, 1d); default: until SIGINT/SIGTERM",
+    )
     for name in ("import", "record"):
         subs[name].add_argument("--json", action="store_true", help="print the summary as JSON")
     return parser

@@ -3,13 +3,14 @@
 import dagster as dg
 import numpy as np
 
-from bmlt_assets.core.dataset import build_folds, fold_count, load_dataset, save_dataset
+from bmlt_assets.core.config import PlatformConfig
+from bmlt_assets.core.dataset import TrainingData, build_folds, fold_count, load_dataset, save_dataset
+from bmlt_assets.core.files import atomic_directory, directory_bytes, load_arrays, write_json
 from bmlt_assets.core.splits import PARTS
 from bmlt_assets.metadata import markdown_table
 from bmlt_assets.returns import forward_returns
 from bmlt_assets.tensors import book_tensors
 from bmlt_resources.settings import SettingsResource
-from bmlt_assets.core.files import atomic_directory, directory_bytes, load_arrays, write_json
 from bmlt_resources.storage import StorageResource
 
 
@@ -21,31 +22,33 @@ def _iso(timestamp_ns: int) -> str:
     deps=[book_tensors, forward_returns],
     group_name="training",
     kinds={"numpy"},
-    description="Chronological or walk-forward split purged by window + horizon; class edges and normalization fitted on train.",
+    description="Chronological or walk-forward split purged by window + horizon; "
+    "class edges and normalization fitted on train.",
 )
-def training_dataset(context: dg.AssetExecutionContext, settings: SettingsResource, storage: StorageResource) -> dg.MaterializeResult:
+def training_dataset(
+    context: dg.AssetExecutionContext, settings: SettingsResource, storage: StorageResource
+) -> dg.MaterializeResult:
     config = settings.get()
     days = []
     for date in config.data.dates:
-        tensors = load_arrays(storage.require(storage.tensors(date), "book_tensors", date), ["base", "mids", "valid", "timestamps"], mmap=True)
-        returns = load_arrays(storage.require(storage.returns(date), "forward_returns", date), ["returns", "volatility"])
+        tensors = load_arrays(
+            storage.require(storage.tensors(date), "book_tensors", date),
+            ["base", "mids", "valid", "timestamps"],
+            mmap=True,
+        )
+        returns = load_arrays(
+            storage.require(storage.returns(date), "forward_returns", date), ["returns", "volatility"]
+        )
         days.append(tensors | returns)
     folds = build_folds(days, config)
     data = folds[-1]
     with atomic_directory(storage.dataset) as staging:
         save_dataset(folds, staging)
-        write_json({"config": config.model_dump(mode="json"), "shape": list(data.shape), "folds": len(folds)}, staging / "meta.json")
+        write_json(
+            {"config": config.model_dump(mode="json"), "shape": list(data.shape), "folds": len(folds)},
+            staging / "meta.json",
+        )
 
-    timestamps = data.source.timestamps
-    parts = []
-    for k, fold in enumerate(folds):
-        for name in PARTS:
-            part = fold.parts[name]
-            row = {"fold": k, "part": name, "samples": len(part), "first": _iso(timestamps[part.steps[0]]), "last": _iso(timestamps[part.steps[-1]])}
-            for i, horizon in enumerate(config.labels.horizons_s):
-                counts = np.bincount(part.classes[:, i], minlength=data.n_classes)
-                row[f"classes[{horizon}s]"] = " ".join(f"{c / len(part):.2f}" for c in counts)
-            parts.append(row)
     steps, levels, channels, assets = data.shape
     base_bytes = int(data.source.base.nbytes)
     samples = len(np.unique(np.concatenate([p.steps for fold in folds for p in fold.parts.values()])))
@@ -59,21 +62,55 @@ def training_dataset(context: dg.AssetExecutionContext, settings: SettingsResour
             "dense_window_bytes_avoided": dense_bytes,
             "bytes_on_disk": directory_bytes(storage.dataset),
             "target_symbol": config.target,
-            "splits": dg.MetadataValue.md(markdown_table(parts)),
+            "splits": dg.MetadataValue.md(markdown_table(_split_rows(folds, config))),
         }
     )
 
 
-@dg.asset_check(asset=training_dataset, blocking=True, description="Every class holds at least quality.min_class_share of the training part, per horizon and fold.")
+def _split_rows(folds: list[TrainingData], config: PlatformConfig) -> list[dict]:
+    """One row per fold and part: sample count, period and class shares per horizon."""
+    timestamps = folds[-1].source.timestamps
+    rows = []
+    for k, fold in enumerate(folds):
+        for name in PARTS:
+            part = fold.parts[name]
+            row = {
+                "fold": k,
+                "part": name,
+                "samples": len(part),
+                "first": _iso(timestamps[part.steps[0]]),
+                "last": _iso(timestamps[part.steps[-1]]),
+            }
+            for i, horizon in enumerate(config.labels.horizons_s):
+                counts = np.bincount(part.classes[:, i], minlength=fold.n_classes)
+                row[f"classes[{horizon}s]"] = " ".join(f"{c / len(part):.2f}" for c in counts)
+            rows.append(row)
+    return rows
+
+
+@dg.asset_check(
+    asset=training_dataset,
+    blocking=True,
+    description="Every class holds at least quality.min_class_share of the training part, per horizon and fold.",
+)
 def training_classes_are_balanced(settings: SettingsResource, storage: StorageResource) -> dg.AssetCheckResult:
     config = settings.get()
     shares, failures = {}, []
     for k in range(fold_count(config)):
-        classes = load_dataset(storage.require(storage.dataset, "training_dataset"), config, fold=k).parts["train"].classes
+        classes = (
+            load_dataset(storage.require(storage.dataset, "training_dataset"), config, fold=k).parts["train"].classes
+        )
         for i, horizon in enumerate(config.labels.horizons_s):
             share = np.bincount(classes[:, i], minlength=config.labels.n_classes) / len(classes)
             shares[f"fold{k}_{horizon}s"] = [round(float(x), 4) for x in share]
             rare = np.flatnonzero(share < config.quality.min_class_share)
             if len(rare):
-                failures.append(f"fold {k}, {horizon}s: classes {rare.tolist()} below {config.quality.min_class_share:.1%} of training samples; revisit labels.edges")
-    return dg.AssetCheckResult(passed=not failures, description="; ".join(failures) or "every class represented", metadata={"train_class_shares": dg.MetadataValue.json(shares)})
+                failures.append(
+                    f"fold {k}, {horizon}s: classes {rare.tolist()} below {config.quality.min_class_share:.1%} "
+                    "of training samples; revisit labels.edges"
+                )
+    return dg.AssetCheckResult(
+        passed=not failures,
+        description="; ".join(failures) or "every class represented",
+        metadata={"train_class_shares": dg.MetadataValue.json(shares)},
+    )

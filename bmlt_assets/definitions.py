@@ -14,6 +14,7 @@ from pathlib import Path
 import dagster as dg
 from dagster_mlflow import end_mlflow_on_run_finished
 
+from bmlt_assets.core.config import config_path_from_env
 from bmlt_assets.dataset import training_classes_are_balanced, training_dataset
 from bmlt_assets.evaluation import evaluation_report
 from bmlt_assets.recording import record_job
@@ -23,7 +24,6 @@ from bmlt_assets.tensors import book_tensors, tensors_are_sound
 from bmlt_assets.training import trained_model
 from bmlt_resources.binance import BinanceResource
 from bmlt_resources.mlflow import MlflowTracking
-from bmlt_assets.core.config import config_path_from_env
 from bmlt_resources.settings import SettingsResource
 from bmlt_resources.storage import LandingZoneResource, StorageResource
 from bmlt_resources.synthetic import SyntheticMarketResource
@@ -65,7 +65,9 @@ def build_resources(config_path: Path) -> dict[str, object]:
     if data.source == "binance":
         # Credentials only from the environment, and only when set: public market data needs none.
         credentials = {
-            field: dg.EnvVar(variable) for field, variable in (("api_key", "BINANCE_API_KEY"), ("api_secret", "BINANCE_API_SECRET")) if os.environ.get(variable)
+            field: dg.EnvVar(variable)
+            for field, variable in (("api_key", "BINANCE_API_KEY"), ("api_secret", "BINANCE_API_SECRET"))
+            if os.environ.get(variable)
         }
         resources["binance"] = BinanceResource.for_config(data, **credentials)
     return resources | {

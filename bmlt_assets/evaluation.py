@@ -46,12 +46,21 @@ def evaluation_report(
     champion_exists, champion, champion_note = _champion_probabilities(mlflow, config, data, spec)
     context.log.info(champion_note)
     test_logits = predict_logits(model, data, data.parts["test"].steps)
-    report = evaluate(data, test_logits, spec["temperatures"], oracle_for(oracle, config.target, data), config.evaluation,
-                      config.data.cadence_ms / 1000, champion)
+    report = evaluate(
+        data,
+        test_logits,
+        spec["temperatures"],
+        oracle_for(oracle, config.target, data),
+        config.evaluation,
+        config.data.cadence_ms / 1000,
+        champion,
+    )
     horizons = config.labels.horizons_s
     walk_forward = evaluate_folds(config, storage.dataset, model_dir, oracle) if fold_count(config) > 1 else []
     with atomic_directory(storage.report) as staging:
-        embedded, _ = write_report(staging, report, horizons, f"Evaluation of {config.registered_model_name} on {config.target}", walk_forward)
+        embedded, _ = write_report(
+            staging, report, horizons, f"Evaluation of {config.registered_model_name} on {config.target}", walk_forward
+        )
         write_json({"horizons_s": horizons, "report": report, "walk_forward": walk_forward}, staging / "metrics.json")
     mlflow.log_artifacts(str(storage.report), "report")
     mlflow.log_metrics(flat_metrics(report, horizons, walk_forward))
@@ -63,10 +72,14 @@ def evaluation_report(
     mlflow.promote(config.registered_model_name, model_meta["registered_version"], verdict)
     if verdict.promote:
         context.log.info(f"{config.registered_model_name} v{model_meta['registered_version']} promoted to @{CHAMPION}")
-    return dg.MaterializeResult(metadata=_metadata(config, mlflow, report, embedded, verdict, champion_note, model_meta))
+    return dg.MaterializeResult(
+        metadata=_metadata(config, mlflow, report, embedded, verdict, champion_note, model_meta)
+    )
 
 
-def _champion_probabilities(mlflow: TrackedMlflow, config: PlatformConfig, data: TrainingData, spec: dict[str, Any]) -> tuple[bool, np.ndarray | None, str]:
+def _champion_probabilities(
+    mlflow: TrackedMlflow, config: PlatformConfig, data: TrainingData, spec: dict[str, Any]
+) -> tuple[bool, np.ndarray | None, str]:
     """Whether a champion exists, its test probabilities (None if it cannot be compared), and why."""
     champion = mlflow.champion(config.registered_model_name)
     if champion is None:
@@ -76,18 +89,30 @@ def _champion_probabilities(mlflow: TrackedMlflow, config: PlatformConfig, data:
     if not comparable(theirs, spec):
         return True, None, f"champion v{version} has other inputs or heads: not comparable, so not replaced"
     source = data.source
-    probabilities = score_steps(model, source.base, source.mids, source.timestamps, data.parts["test"].steps, theirs["window_steps"])
+    probabilities = score_steps(
+        model, source.base, source.mids, source.timestamps, data.parts["test"].steps, theirs["window_steps"]
+    )
     return True, probabilities, f"compared with champion v{version} on the same test window"
 
 
-def _metadata(config: PlatformConfig, mlflow: TrackedMlflow, report: list[dict[str, Any]], embedded: str, verdict: Verdict,
-              champion_note: str, model_meta: dict[str, Any]) -> dict[str, Any]:
+def _metadata(
+    config: PlatformConfig,
+    mlflow: TrackedMlflow,
+    report: list[dict[str, Any]],
+    embedded: str,
+    verdict: Verdict,
+    champion_note: str,
+    model_meta: dict[str, Any],
+) -> dict[str, Any]:
     run = mlflow.active_run()
     headline = {
         f"{name}_{horizon}s": dg.MetadataValue.float(value)
         for entry, horizon in zip(report, config.labels.horizons_s)
-        for name, value in {**entry.get("capture", {}), "model_accuracy": entry["metrics"]["model"]["accuracy"],
-                            "model_log_loss": entry["metrics"]["model"]["log_loss"]}.items()
+        for name, value in {
+            **entry.get("capture", {}),
+            "model_accuracy": entry["metrics"]["model"]["accuracy"],
+            "model_log_loss": entry["metrics"]["model"]["log_loss"],
+        }.items()
     }
     return {
         **headline,
@@ -97,6 +122,8 @@ def _metadata(config: PlatformConfig, mlflow: TrackedMlflow, report: list[dict[s
             + "\n".join(f"- {reason}" for reason in verdict.reasons)
         ),
         "mlflow_run_id": run.info.run_id,
-        "mlflow_run": dg.MetadataValue.url(f"{config.mlflow.ui_url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"),
+        "mlflow_run": dg.MetadataValue.url(
+            f"{config.mlflow.ui_url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+        ),
         "model_uri": model_meta.get("model_uri", ""),
     }

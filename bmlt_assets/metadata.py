@@ -24,7 +24,9 @@ def partitioned_result(per_day: list[dict[str, Any]], metadata: dict[str, Any]) 
     leaves downstream assets up to date. (A single-run range has one result for all its days,
     where Dagster takes no per-partition data version: the hashes stay in the table.)"""
     version = dg.DataVersion(per_day[0]["content_hash"]) if len(per_day) == 1 else None
-    return dg.MaterializeResult(metadata={**metadata, "per_day": dg.MetadataValue.md(markdown_table(per_day))}, data_version=version)
+    return dg.MaterializeResult(
+        metadata={**metadata, "per_day": dg.MetadataValue.md(markdown_table(per_day))}, data_version=version
+    )
 
 
 def partitioned_check(per_day: dict[str, dict[str, Any]], failures: list[str], suffix: str = "") -> dg.AssetCheckResult:

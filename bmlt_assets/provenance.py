@@ -46,7 +46,20 @@ def git_commit() -> str:
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
-PACKAGES = ("dagster", "dagster-mlflow", "mlflow", "torch", "numpy", "polars", "pyarrow", "pydantic", "scikit-learn", "optuna", "ccxt", "arch")
+PACKAGES = (
+    "dagster",
+    "dagster-mlflow",
+    "mlflow",
+    "torch",
+    "numpy",
+    "polars",
+    "pyarrow",
+    "pydantic",
+    "scikit-learn",
+    "optuna",
+    "ccxt",
+    "arch",
+)
 
 
 def package_versions() -> dict[str, str]:

@@ -9,21 +9,32 @@ from collections.abc import Callable
 
 import dagster as dg
 
+from bmlt_assets.core.config import PlatformConfig
+from bmlt_assets.core.files import landing_root
 from bmlt_assets.core.recorder import LandingWriter, Recorder, RecorderStats
 from bmlt_resources.binance import BinanceResource
-from bmlt_assets.core.config import PlatformConfig
 from bmlt_resources.settings import SettingsResource
-from bmlt_assets.core.files import landing_root
 
 
-def build_recorder(config: PlatformConfig, binance: BinanceResource, report: Callable[[str], None] | None, status_every_s: float | None = None) -> Recorder:
+def build_recorder(
+    config: PlatformConfig,
+    binance: BinanceResource,
+    report: Callable[[str], None] | None,
+    status_every_s: float | None = None,
+) -> Recorder:
     data, recording = config.data, config.recording
     writer = LandingWriter(landing_root(config.base_dir, data.market), data.depth, recording.rotate_s)
     return Recorder(
-        binance.stream_exchange(), data.symbols, data.depth, writer,
-        cadence_ms=config.recording_cadence_ms, flush_s=recording.flush_s,
-        backoff_s=recording.backoff_s, max_backoff_s=recording.max_backoff_s,
-        status_every_s=status_every_s or recording.status_every_s, report=report,
+        binance.stream_exchange(),
+        data.symbols,
+        data.depth,
+        writer,
+        cadence_ms=config.recording_cadence_ms,
+        flush_s=recording.flush_s,
+        backoff_s=recording.backoff_s,
+        max_backoff_s=recording.max_backoff_s,
+        status_every_s=status_every_s or recording.status_every_s,
+        report=report,
     )
 
 
@@ -45,7 +56,9 @@ class RecordConfig(dg.Config):
 
 
 @dg.op(description="Record the config's symbols from Binance into the landing zone for duration_s seconds.")
-def record_order_books(context: dg.OpExecutionContext, config: RecordConfig, settings: SettingsResource, binance: BinanceResource) -> dg.Output:
+def record_order_books(
+    context: dg.OpExecutionContext, config: RecordConfig, settings: SettingsResource, binance: BinanceResource
+) -> dg.Output:
     recorder = build_recorder(settings.get(), binance, context.log.info, status_every_s=config.log_every_s)
     stats = asyncio.run(recorder.run(duration_s=config.duration_s))
     return dg.Output(None, metadata=stats_metadata(stats))

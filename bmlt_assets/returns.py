@@ -5,14 +5,14 @@ import datetime as dt
 import dagster as dg
 import numpy as np
 
+from bmlt_assets.core.files import atomic_directory, load_arrays, save_arrays, write_json
 from bmlt_assets.core.labels import forward_log_returns, trailing_volatility
 from bmlt_assets.core.quality import labels_across_gaps
 from bmlt_assets.metadata import partitioned_result
-from bmlt_assets.provenance import content_hash
 from bmlt_assets.partitions import DAILY, SINGLE_RUN, WITH_NEXT_DAY, partition_dates
+from bmlt_assets.provenance import content_hash
 from bmlt_assets.tensors import book_tensors
 from bmlt_resources.settings import SettingsResource
-from bmlt_assets.core.files import atomic_directory, load_arrays, save_arrays, write_json
 from bmlt_resources.storage import StorageResource
 
 
@@ -24,7 +24,9 @@ from bmlt_resources.storage import StorageResource
     kinds={"numpy"},
     description="Forward log return per horizon and symbol (NaN across gaps or missing data) and trailing volatility.",
 )
-def forward_returns(context: dg.AssetExecutionContext, settings: SettingsResource, storage: StorageResource) -> dg.MaterializeResult:
+def forward_returns(
+    context: dg.AssetExecutionContext, settings: SettingsResource, storage: StorageResource
+) -> dg.MaterializeResult:
     config = settings.get()
     horizons = config.horizon_steps
     per_day = []
@@ -47,7 +49,12 @@ def forward_returns(context: dg.AssetExecutionContext, settings: SettingsResourc
         with atomic_directory(storage.returns(date)) as staging:
             save_arrays(staging, arrays)
             write_json(
-                {"date": date.isoformat(), "horizons_s": config.labels.horizons_s, "symbols": config.data.symbols, "next_day_used": (next_day / "meta.json").exists()},
+                {
+                    "date": date.isoformat(),
+                    "horizons_s": config.labels.horizons_s,
+                    "symbols": config.data.symbols,
+                    "next_day_used": (next_day / "meta.json").exists(),
+                },
                 staging / "meta.json",
             )
         returns = arrays["returns"]
@@ -67,8 +74,15 @@ def forward_returns(context: dg.AssetExecutionContext, settings: SettingsResourc
     )
 
 
-@dg.asset_check(asset=forward_returns, partitions_def=DAILY, blocking=True, description="No label crosses an invalid step: horizons over gaps are masked (NaN), never filled.")
-def labels_never_cross_gaps(context: dg.AssetCheckExecutionContext, settings: SettingsResource, storage: StorageResource) -> dg.AssetCheckResult:
+@dg.asset_check(
+    asset=forward_returns,
+    partitions_def=DAILY,
+    blocking=True,
+    description="No label crosses an invalid step: horizons over gaps are masked (NaN), never filled.",
+)
+def labels_never_cross_gaps(
+    context: dg.AssetCheckExecutionContext, settings: SettingsResource, storage: StorageResource
+) -> dg.AssetCheckResult:
     config = settings.get()
     leaks, labelled = {}, {}
     for key in context.partition_keys:

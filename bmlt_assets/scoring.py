@@ -15,15 +15,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import torch
+from mlflow.pyfunc import PyFuncModel, PythonModel, PythonModelContext
 
 from bmlt_assets.core.checkpoint import load_checkpoint
 from bmlt_assets.core.windows import calendar, with_mid_path
 
-class OrderBookPyfunc(mlflow.pyfunc.PythonModel):
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+
+class OrderBookPyfunc(PythonModel):
+    def load_context(self, context: PythonModelContext) -> None:
         self.load(Path(context.artifacts["checkpoint"]))
 
     def load(self, checkpoint: Path) -> OrderBookPyfunc:
@@ -41,11 +42,27 @@ class OrderBookPyfunc(mlflow.pyfunc.PythonModel):
         return torch.softmax(logits / temperatures[None, :, None], dim=-1).numpy()
 
 
-def score_steps(model: mlflow.pyfunc.PyFuncModel, base: np.ndarray, mids: np.ndarray, timestamps: np.ndarray, steps: np.ndarray, window: int, batch: int = 512) -> np.ndarray:
+def score_steps(
+    model: PyFuncModel,
+    base: np.ndarray,
+    mids: np.ndarray,
+    timestamps: np.ndarray,
+    steps: np.ndarray,
+    window: int,
+    batch: int = 512,
+) -> np.ndarray:
     """(N, H, C) probabilities of a logged model for the windows ending at ``steps``."""
     out = []
     for start in range(0, len(steps), batch):
         chunk = steps[start : start + batch]
         index = chunk[:, None] + np.arange(1 - window, 1)
-        out.append(model.predict({"book": np.asarray(base[index], np.float32), "mids": np.asarray(mids[index]), "timestamp_ns": timestamps[chunk]}))
+        out.append(
+            model.predict(
+                {
+                    "book": np.asarray(base[index], np.float32),
+                    "mids": np.asarray(mids[index]),
+                    "timestamp_ns": timestamps[chunk],
+                }
+            )
+        )
     return np.concatenate(out)

@@ -1,20 +1,18 @@
 """orderbook_snapshots: validated L2 snapshots of every configured symbol for one UTC day."""
 
-
 import datetime as dt
-from typing import Any
 
 import dagster as dg
 import polars as pl
 
 from bmlt_assets.core.book import validate_snapshots
+from bmlt_assets.core.files import write_parquet
 from bmlt_assets.core.quality import snapshot_quality
 from bmlt_assets.core.sources import BookSource
 from bmlt_assets.metadata import partitioned_check, partitioned_result
-from bmlt_assets.provenance import content_hash
 from bmlt_assets.partitions import DAILY, SINGLE_RUN, partition_dates
+from bmlt_assets.provenance import content_hash
 from bmlt_resources.settings import SettingsResource
-from bmlt_assets.core.files import write_parquet
 from bmlt_resources.storage import StorageResource
 
 
@@ -68,16 +66,29 @@ def orderbook_snapshots(
     )
 
 
-@dg.asset_check(asset=orderbook_snapshots, partitions_def=DAILY, blocking=True, description="Quarantine rate per rule, stale books and coverage per symbol against config thresholds.")
-def snapshots_are_sound(context: dg.AssetCheckExecutionContext, settings: SettingsResource, storage: StorageResource) -> dg.AssetCheckResult:
+@dg.asset_check(
+    asset=orderbook_snapshots,
+    partitions_def=DAILY,
+    blocking=True,
+    description="Quarantine rate per rule, stale books and coverage per symbol against config thresholds.",
+)
+def snapshots_are_sound(
+    context: dg.AssetCheckExecutionContext, settings: SettingsResource, storage: StorageResource
+) -> dg.AssetCheckResult:
     config = settings.get()
     days, failures = {}, []
     for key in context.partition_keys:
         date = dt.date.fromisoformat(key)
         clean = pl.read_parquet(storage.require(storage.snapshots(date), "orderbook_snapshots", date))
         quarantine = storage.quarantine(date)
-        quarantined = pl.read_parquet(quarantine) if quarantine.exists() else clean.clear().with_columns(pl.lit("").alias("reason"))
-        measured = snapshot_quality(clean, quarantined, config.data.steps_per_day, config.data.cadence_ms, config.data.symbols, config.quality)
+        quarantined = (
+            pl.read_parquet(quarantine)
+            if quarantine.exists()
+            else clean.clear().with_columns(pl.lit("").alias("reason"))
+        )
+        measured = snapshot_quality(
+            clean, quarantined, config.data.steps_per_day, config.data.cadence_ms, config.data.symbols, config.quality
+        )
         days[key] = measured
         failures += [f"{key}: {failure}" for failure in measured.pop("failures")]
         if measured["quarantined"]:

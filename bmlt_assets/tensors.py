@@ -5,15 +5,15 @@ import datetime as dt
 import dagster as dg
 import numpy as np
 
+from bmlt_assets.core.files import atomic_directory, directory_bytes, load_arrays, save_arrays, write_json
 from bmlt_assets.core.plan import memory_plan
 from bmlt_assets.core.quality import tensor_quality
 from bmlt_assets.core.representation import CHANNELS, day_tensors_from_parquet, level_names
 from bmlt_assets.metadata import partitioned_check, partitioned_result
-from bmlt_assets.provenance import content_hash
 from bmlt_assets.partitions import DAILY, SINGLE_RUN, partition_dates
+from bmlt_assets.provenance import content_hash
 from bmlt_assets.snapshots import orderbook_snapshots
 from bmlt_resources.settings import SettingsResource
-from bmlt_assets.core.files import atomic_directory, directory_bytes, load_arrays, save_arrays, write_json
 from bmlt_resources.storage import StorageResource
 
 TENSOR_ARRAYS = ["base", "mids", "valid", "timestamps"]
@@ -27,13 +27,17 @@ TENSOR_ARRAYS = ["base", "mids", "valid", "timestamps"]
     kinds={"numpy"},
     description="Base array (S, L, 4, K) float32 on the cadence grid, with mids, validity mask and timestamps.",
 )
-def book_tensors(context: dg.AssetExecutionContext, settings: SettingsResource, storage: StorageResource) -> dg.MaterializeResult:
+def book_tensors(
+    context: dg.AssetExecutionContext, settings: SettingsResource, storage: StorageResource
+) -> dg.MaterializeResult:
     config = settings.get()
     data = config.data
     per_day = []
     for date in partition_dates(context):
         source = storage.require(storage.snapshots(date), "orderbook_snapshots", date)
-        arrays = day_tensors_from_parquet(source, date, data.symbols, data.cadence_ms, data.staleness_ms, config.representation)
+        arrays = day_tensors_from_parquet(
+            source, date, data.symbols, data.cadence_ms, data.staleness_ms, config.representation
+        )
         meta = {
             "date": date.isoformat(),
             "shape": list(arrays["base"].shape),
@@ -73,8 +77,15 @@ def book_tensors(context: dg.AssetExecutionContext, settings: SettingsResource, 
     )
 
 
-@dg.asset_check(asset=book_tensors, partitions_def=DAILY, blocking=True, description="Valid-step fraction, NaN/inf counts and channel ranges against config thresholds.")
-def tensors_are_sound(context: dg.AssetCheckExecutionContext, settings: SettingsResource, storage: StorageResource) -> dg.AssetCheckResult:
+@dg.asset_check(
+    asset=book_tensors,
+    partitions_def=DAILY,
+    blocking=True,
+    description="Valid-step fraction, NaN/inf counts and channel ranges against config thresholds.",
+)
+def tensors_are_sound(
+    context: dg.AssetCheckExecutionContext, settings: SettingsResource, storage: StorageResource
+) -> dg.AssetCheckResult:
     config = settings.get()
     days, failures = {}, []
     for key in context.partition_keys:

@@ -25,7 +25,8 @@ from bmlt_resources.storage import StorageResource
     deps=[training_dataset],
     group_name="training",
     kinds={"pytorch", "mlflow"},
-    description="DeepLOB-family classifier, early-stopped on validation; logged to MLflow and registered as 'challenger'.",
+    description="DeepLOB-family classifier, early-stopped on validation; "
+    "logged to MLflow and registered as 'challenger'.",
 )
 def trained_model(
     context: dg.AssetExecutionContext,
@@ -36,7 +37,7 @@ def trained_model(
     config = settings.get()
     data = load_dataset(storage.require(storage.dataset, "training_dataset"), config)
     provenance = _log_inputs(mlflow, config, storage)
-    log_epochs = _epoch_logger(context, mlflow, config)
+    log_epochs = _epoch_logger(mlflow, config)
     tuning = None
     if config.hpo.enabled:
         (storage.root / "hpo").mkdir(parents=True, exist_ok=True)
@@ -58,10 +59,17 @@ def trained_model(
         write_json({"spec": spec, "best_epoch": result.best_epoch}, staging / "meta.json")
     resume_state.unlink(missing_ok=True)  # the model is safely stored: the next run starts afresh
     tags = {**provenance, "dagster_run_id": context.run.run_id}
-    registered = mlflow.register_challenger(config.registered_model_name, storage.model / CHECKPOINT, input_example(data), tags)
+    registered = mlflow.register_challenger(
+        config.registered_model_name, storage.model / CHECKPOINT, input_example(data), tags
+    )
     write_json(
-        {"spec": spec, "best_epoch": result.best_epoch, "mlflow_run_id": registered.run_id, "model_uri": registered.model_uri,
-         "registered_version": registered.version},
+        {
+            "spec": spec,
+            "best_epoch": result.best_epoch,
+            "mlflow_run_id": registered.run_id,
+            "model_uri": registered.model_uri,
+            "registered_version": registered.version,
+        },
         storage.model / "meta.json",
     )
     return dg.MaterializeResult(metadata=_metadata(result, temperatures, registered, tuning))
@@ -86,32 +94,40 @@ def _log_inputs(mlflow: TrackedMlflow, config: PlatformConfig, storage: StorageR
     return provenance
 
 
-def _epoch_logger(context: dg.AssetExecutionContext, mlflow: TrackedMlflow, config: PlatformConfig) -> Callable[[str], Callable[[EpochRecord], None]]:
+def _epoch_logger(mlflow: TrackedMlflow, config: PlatformConfig) -> Callable[[str], Callable[[EpochRecord], None]]:
+    """Epoch metrics into MLflow (the epoch's log line comes from core.train)."""
+
     def for_prefix(prefix: str) -> Callable[[EpochRecord], None]:
         def on_epoch(record: EpochRecord) -> None:
-            metrics = {"train_loss": record.train_loss, "val_log_loss": record.val_log_loss, "samples_per_s": record.samples_per_s}
+            metrics = {
+                "train_loss": record.train_loss,
+                "val_log_loss": record.val_log_loss,
+                "samples_per_s": record.samples_per_s,
+            }
             metrics |= {f"val_accuracy_{h}s": a for h, a in zip(config.labels.horizons_s, record.val_accuracy)}
             mlflow.log_metrics({f"{prefix}{k}": v for k, v in metrics.items()}, step=record.epoch)
-            context.log.info(
-                f"{prefix}epoch {record.epoch}: train loss {record.train_loss:.4f}, val log loss {record.val_log_loss:.4f}, "
-                f"val accuracy {[round(a, 4) for a in record.val_accuracy]}, {record.samples_per_s:.0f} samples/s"
-            )
 
         return on_epoch
 
     return for_prefix
 
 
-def _log_tuning(context: dg.AssetExecutionContext, mlflow: TrackedMlflow, config: PlatformConfig, tuning: TuningResult) -> PlatformConfig:
+def _log_tuning(
+    context: dg.AssetExecutionContext, mlflow: TrackedMlflow, config: PlatformConfig, tuning: TuningResult
+) -> PlatformConfig:
     context.log.info(f"HPO: best validation log loss {tuning.best_value:.4f} with {tuning.best_params}")
     mlflow.log_params({f"hpo.best.{k}": v for k, v in tuning.best_params.items()})
-    mlflow.log_metrics({"hpo_best_val_log_loss": tuning.best_value, "hpo_trials": tuning.trials, "hpo_pruned": tuning.pruned})
+    mlflow.log_metrics(
+        {"hpo_best_val_log_loss": tuning.best_value, "hpo_trials": tuning.trials, "hpo_pruned": tuning.pruned}
+    )
     tuned = with_params(config, tuning.best_params)
     mlflow.log_dict(tuned.model_dump(mode="json"), "config/trained_with.yaml")
     return tuned
 
 
-def _metadata(result: TrainResult, temperatures: list[float], registered: RegisteredModel, tuning: TuningResult | None) -> dict:
+def _metadata(
+    result: TrainResult, temperatures: list[float], registered: RegisteredModel, tuning: TuningResult | None
+) -> dict:
     history = [
         {"epoch": r.epoch, "train_loss": r.train_loss, "val_log_loss": r.val_log_loss, "samples_per_s": r.samples_per_s}
         for r in result.history

@@ -40,9 +40,13 @@ def _with_status(cls: type[ccxt.Exchange]) -> type[ccxt.Exchange]:
     class WithStatus(cls):
         last_status: int | None = None
 
-        def on_rest_response(self, code, reason, url, method, response_headers, response_body, request_headers, request_body):
+        def on_rest_response(
+            self, code, reason, url, method, response_headers, response_body, request_headers, request_body
+        ):
             self.last_status = code
-            return super().on_rest_response(code, reason, url, method, response_headers, response_body, request_headers, request_body)
+            return super().on_rest_response(
+                code, reason, url, method, response_headers, response_body, request_headers, request_body
+            )
 
     return WithStatus
 
@@ -123,7 +127,9 @@ class BinanceResource(dg.ConfigurableResource):
     def stream_exchange(self) -> ccxt.pro.Exchange:
         """A fresh ccxt.pro client for live books; bound to the event loop that first uses it,
         so each recording session takes its own and closes it."""
-        return self._configure(_with_stream_events(_with_status(ccxt.pro.binance if self.market == "spot" else ccxt.pro.binanceusdm)))
+        return self._configure(
+            _with_stream_events(_with_status(ccxt.pro.binance if self.market == "spot" else ccxt.pro.binanceusdm))
+        )
 
     def fetch_snapshot(self, symbol: str, limit: int = 100) -> dict[str, Any]:
         """One L2 snapshot: ccxt's order book plus ``receive_ns``, our clock when it arrived
@@ -136,7 +142,10 @@ class BinanceResource(dg.ConfigurableResource):
                 book = exchange.fetch_order_book(symbol, limit)
                 return {**book, "receive_ns": time.time_ns(), "update_id": book["nonce"]}
             except ccxt.BadSymbol:
-                raise ValueError(f"data.symbols: {symbol!r} is not a Binance {self.market} market; check the symbol (e.g. 'BTC/USDT')") from None
+                raise ValueError(
+                    f"data.symbols: {symbol!r} is not a Binance {self.market} market; "
+                    "check the symbol (e.g. 'BTC/USDT')"
+                ) from None
             except ccxt.NetworkError as error:
                 if exchange.last_status == 418:
                     raise BinanceBanned(

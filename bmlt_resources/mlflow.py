@@ -17,15 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import mlflow
 
 # Not re-exported at dagster's top level in 1.13; it is the supported bridge from an old-style
 # @resource to a typed, Pythonic one.
 from dagster._config.pythonic_config.resource import ConfigurableLegacyResourceAdapter
-import mlflow
 from dagster_mlflow.resources import CONFIG_SCHEMA, MlFlow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
+from mlflow.pyfunc import PyFuncModel
 
 from bmlt_assets.core.promotion import Verdict
 from bmlt_assets.scoring import OrderBookPyfunc
@@ -47,7 +48,9 @@ class RegisteredModel:
 class TrackedMlflow(MlFlow):
     """dagster-mlflow's run-scoped ``mlflow`` plus the registry steps of the model lifecycle."""
 
-    def register_challenger(self, name: str, checkpoint: Path, example: dict[str, Any], tags: dict[str, str]) -> RegisteredModel:
+    def register_challenger(
+        self, name: str, checkpoint: Path, example: dict[str, Any], tags: dict[str, str]
+    ) -> RegisteredModel:
         """Log the checkpoint as a pyfunc in the active run, register it and alias it @challenger."""
         info = mlflow.pyfunc.log_model(
             name="model",
@@ -63,7 +66,7 @@ class TrackedMlflow(MlFlow):
             self.tracking_client.set_model_version_tag(name, version, key, value)
         return RegisteredModel(name, version, info.run_id, info.model_uri)
 
-    def champion(self, name: str) -> tuple[str, mlflow.pyfunc.PyFuncModel] | None:
+    def champion(self, name: str) -> tuple[str, PyFuncModel] | None:
         """The @champion's version and loaded model, or None before the first promotion."""
         try:
             version = self.tracking_client.get_model_version_by_alias(name, CHAMPION)
@@ -78,7 +81,11 @@ class TrackedMlflow(MlFlow):
         outcome = "promoted" if verdict.promote else "rejected: " + "; ".join(verdict.reasons)
         self.tracking_client.set_model_version_tag(name, version, "bmlt.promotion", outcome)
         mlflow.log_metric("promotion_promoted", float(verdict.promote))
-        mlflow.log_dict({"promote": verdict.promote, "reasons": verdict.reasons, "numbers": verdict.numbers}, "report/promotion.json")
+        mlflow.log_dict(
+            {"promote": verdict.promote, "reasons": verdict.reasons, "numbers": verdict.numbers},
+            "report/promotion.json",
+        )
+
 
 QUICK_PROBE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 
@@ -90,7 +97,7 @@ def tracking_reachable(uri: str) -> None:
     os.environ.update(QUICK_PROBE)
     try:
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
-    except Exception as error:  # noqa: BLE001 - any failure here means "unreachable"
+    except Exception as error:
         raise ConnectionError(
             f"MLflow tracking store {uri!r} is unreachable ({type(error).__name__}): start it, or point "
             "mlflow.tracking_uri in the config at a reachable server"
@@ -132,7 +139,7 @@ class MlflowTrialLogger:
     """Each Optuna trial as a nested MLflow run under the Dagster run's MLflow run."""
 
     def __init__(self) -> None:
-        self._run = None
+        self._run: mlflow.ActiveRun | None = None
 
     def start(self, number: int, params: dict[str, Any]) -> None:
         self._run = mlflow.start_run(run_name=f"trial-{number}", nested=True)

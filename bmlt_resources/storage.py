@@ -73,7 +73,9 @@ class StorageResource(dg.ConfigurableResource):
         if date is None:
             hint = f"dagster asset materialize -m bmlt_assets.definitions --select {asset}"
         else:
-            hint = f"dagster asset materialize -m bmlt_assets.definitions --select {asset} --partition {date.isoformat()}"
+            hint = (
+                f"dagster asset materialize -m bmlt_assets.definitions --select {asset} --partition {date.isoformat()}"
+            )
         where = f" for {date.isoformat()}" if date else ""
         if marker.exists():
             raise CorruptPartitionError(f"{asset}{where} at {path} is corrupt ({problem}); re-materialize it: {hint}")

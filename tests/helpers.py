@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from bmlt_assets.core.config import PlatformConfig
 from bmlt_assets.core.labels import forward_log_returns, trailing_volatility
 from bmlt_assets.core.representation import day_tensors_from_frame
-from bmlt_assets.core.config import PlatformConfig
 from bmlt_resources.synthetic import SyntheticMarketResource
 
 TESTS = Path(__file__).parent
@@ -41,13 +41,20 @@ def write_config(folder: Path, overrides: dict | None = None, name: str = "confi
 def synthetic_days(config: PlatformConfig) -> list[dict[str, np.ndarray]]:
     """Per-day tensors, returns and volatility of the config's synthetic market, in memory."""
     source = SyntheticMarketResource(
-        seed=config.seed, cadence_ms=config.data.cadence_ms, depth=config.data.depth, params_json=config.data.synthetic.model_dump_json()
+        seed=config.seed,
+        cadence_ms=config.data.cadence_ms,
+        depth=config.data.depth,
+        params_json=config.data.synthetic.model_dump_json(),
     )
     days = []
     for date in config.data.dates:
         d = config.data
-        arrays = day_tensors_from_frame(source.snapshots(date, d.symbols), date, d.symbols, d.cadence_ms, d.staleness_ms, config.representation)
-        arrays["returns"] = forward_log_returns(arrays["mids"], arrays["valid"], config.horizon_steps, len(arrays["mids"]))
+        arrays = day_tensors_from_frame(
+            source.snapshots(date, d.symbols), date, d.symbols, d.cadence_ms, d.staleness_ms, config.representation
+        )
+        arrays["returns"] = forward_log_returns(
+            arrays["mids"], arrays["valid"], config.horizon_steps, len(arrays["mids"])
+        )
         arrays["volatility"] = trailing_volatility(arrays["mids"], arrays["valid"], config.vol_lookback_steps)
         days.append(arrays)
     return days

@@ -34,15 +34,32 @@ EXCHANGE_INFO = {
     "exchangeFilters": [],
     "symbols": [
         {
-            "symbol": "BTCUSDT", "status": "TRADING", "baseAsset": "BTC", "baseAssetPrecision": 8,
-            "quoteAsset": "USDT", "quotePrecision": 8, "quoteAssetPrecision": 8, "baseCommissionPrecision": 8,
-            "quoteCommissionPrecision": 8, "orderTypes": ["LIMIT", "MARKET"], "icebergAllowed": True,
-            "ocoAllowed": True, "isSpotTradingAllowed": True, "isMarginTradingAllowed": True,
+            "symbol": "BTCUSDT",
+            "status": "TRADING",
+            "baseAsset": "BTC",
+            "baseAssetPrecision": 8,
+            "quoteAsset": "USDT",
+            "quotePrecision": 8,
+            "quoteAssetPrecision": 8,
+            "baseCommissionPrecision": 8,
+            "quoteCommissionPrecision": 8,
+            "orderTypes": ["LIMIT", "MARKET"],
+            "icebergAllowed": True,
+            "ocoAllowed": True,
+            "isSpotTradingAllowed": True,
+            "isMarginTradingAllowed": True,
             "filters": [
-                {"filterType": "PRICE_FILTER", "minPrice": "0.01000000", "maxPrice": "1000000.00000000", "tickSize": "0.01000000"},
+                {
+                    "filterType": "PRICE_FILTER",
+                    "minPrice": "0.01000000",
+                    "maxPrice": "1000000.00000000",
+                    "tickSize": "0.01000000",
+                },
                 {"filterType": "LOT_SIZE", "minQty": "0.00001000", "maxQty": "9000.00000000", "stepSize": "0.00001000"},
             ],
-            "permissions": [], "permissionSets": [["SPOT", "MARGIN"]], "defaultSelfTradePreventionMode": "EXPIRE_MAKER",
+            "permissions": [],
+            "permissionSets": [["SPOT", "MARGIN"]],
+            "defaultSelfTradePreventionMode": "EXPIRE_MAKER",
             "allowedSelfTradePreventionModes": ["EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"],
         }
     ],
@@ -55,19 +72,36 @@ def _top(side: dict[str, str], levels: int, descending: bool) -> list[tuple[floa
 
 
 class ReplayServer:
-    def __init__(self, recording: Path, *, levels: int = 20, rate: float | None = None, repeat: int = 1,
-                 skip: tuple[int, ...] = (), disconnect_after: tuple[int, ...] = (), keep_truth: bool = True,
-                 depth_status: int = 200):
+    def __init__(
+        self,
+        recording: Path,
+        *,
+        levels: int = 20,
+        rate: float | None = None,
+        repeat: int = 1,
+        skip: tuple[int, ...] = (),
+        disconnect_after: tuple[int, ...] = (),
+        keep_truth: bool = True,
+        depth_status: int = 200,
+    ):
         with gzip.open(recording, "rt") as lines:
             messages = [json.loads(line.split(" ", 1)[1]) for line in lines]
         snapshot = next(m for m in messages if "lastUpdateId" in m)
-        self.bids = {p: q for p, q in snapshot["bids"]}
-        self.asks = {p: q for p, q in snapshot["asks"]}
+        self.bids = dict(snapshot["bids"])
+        self.asks = dict(snapshot["asks"])
         self.position = snapshot["lastUpdateId"]
-        once = [m["data"] for m in messages if m.get("data", {}).get("e") == "depthUpdate" and m["data"]["u"] > self.position]
+        once = [
+            m["data"]
+            for m in messages
+            if m.get("data", {}).get("e") == "depthUpdate" and m["data"]["u"] > self.position
+        ]
         # Longer streams for benchmarks: the same diffs again, ids and times shifted to chain on.
         ids, millis = once[-1]["u"] - self.position, once[-1]["E"] - once[0]["E"] + 100
-        self.updates = [{**u, "U": u["U"] + k * ids, "u": u["u"] + k * ids, "E": u["E"] + k * millis} for k in range(repeat) for u in once]
+        self.updates = [
+            {**u, "U": u["U"] + k * ids, "u": u["u"] + k * ids, "E": u["E"] + k * millis}
+            for k in range(repeat)
+            for u in once
+        ]
         for k in range(1, repeat):  # the first diff straddles the snapshot; in a repeat it must chain
             self.updates[k * len(once)]["U"] = self.updates[k * len(once) - 1]["u"] + 1
         self.levels, self.rate, self.keep_truth, self.depth_status = levels, rate, keep_truth, depth_status
@@ -94,13 +128,17 @@ class ReplayServer:
     # --- endpoints ---------------------------------------------------------------------------
     async def _depth(self, request: web.Request) -> web.Response:
         if self.depth_status != 200:  # e.g. 418: this IP is banned
-            return web.json_response({"code": -1003, "msg": "Way too many requests; IP banned"}, status=self.depth_status)
+            return web.json_response(
+                {"code": -1003, "msg": "Way too many requests; IP banned"}, status=self.depth_status
+            )
         limit = int(request.query.get("limit", 100))
-        return web.json_response({
-            "lastUpdateId": self.position,
-            "bids": [[p, self.bids[p]] for p in sorted(self.bids, key=float, reverse=True)[:limit]],
-            "asks": [[p, self.asks[p]] for p in sorted(self.asks, key=float)[:limit]],
-        })
+        return web.json_response(
+            {
+                "lastUpdateId": self.position,
+                "bids": [[p, self.bids[p]] for p in sorted(self.bids, key=float, reverse=True)[:limit]],
+                "asks": [[p, self.asks[p]] for p in sorted(self.asks, key=float)[:limit]],
+            }
+        )
 
     async def _exchange_info(self, request: web.Request) -> web.Response:
         return web.json_response(EXCHANGE_INFO)

@@ -12,9 +12,9 @@ import numpy as np
 import polars as pl
 import pytest
 
+from bmlt_assets.core.config import PROJECT_ROOT, PlatformConfig
 from bmlt_assets.definitions import CHECKS, INGEST_ASSETS, TRAINING_ASSETS, build_definitions, build_resources
 from bmlt_assets.partitions import range_tags
-from bmlt_assets.core.config import PROJECT_ROOT, PlatformConfig
 from bmlt_resources.settings import SettingsResource
 from bmlt_resources.storage import StorageResource
 
@@ -50,7 +50,11 @@ def test_asset_graph_matches_snapshot(tiny_config_path: Path) -> None:
 
 def _materialize(config_path: Path, selection, **kwargs) -> dg.ExecuteInProcessResult:
     return dg.materialize(
-        ALL_ASSETS, selection=selection, resources=build_resources(config_path), instance=dg.DagsterInstance.ephemeral(), **kwargs
+        ALL_ASSETS,
+        selection=selection,
+        resources=build_resources(config_path),
+        instance=dg.DagsterInstance.ephemeral(),
+        **kwargs,
     )
 
 
@@ -109,9 +113,15 @@ def test_training_assets_log_register_and_report(tiny_config_path: Path, tiny_co
     assert version.tags["bmlt.data_fingerprint"] == run.data.tags["bmlt.data_fingerprint"]
 
     # The promotion gate's verdict agrees with the report it was drawn from, and with the alias.
-    report = json.loads((StorageResource(base_dir=str(tiny_config.base_dir), config_name=tiny_config.name).report / "metrics.json").read_text())["report"]
+    report = json.loads(
+        (
+            StorageResource(base_dir=str(tiny_config.base_dir), config_name=tiny_config.name).report / "metrics.json"
+        ).read_text()
+    )["report"]
     deserved = all(
-        entry["log_loss_differences"][f"model_minus_{b}"]["high"] < 0 for entry in report for b in ("prior", "persistence", "logistic_obi")
+        entry["log_loss_differences"][f"model_minus_{b}"]["high"] < 0
+        for entry in report
+        for b in ("prior", "persistence", "logistic_obi")
     ) and all(entry["metrics"]["model"]["ece"] < tiny_config.evaluation.promotion_max_ece for entry in report)
     promoted = version.tags["bmlt.promotion"] == "promoted"
     assert promoted == deserved
@@ -137,10 +147,16 @@ def test_an_invalid_config_fails_the_run_with_the_field_path(tmp_path: Path, tin
     resources = build_resources(tiny_config_path)
     # As if edited in the launchpad: the resource's config is validated again where it is used.
     valid = resources["settings"]
-    resources["settings"] = SettingsResource(config_path=valid.config_path, config_json=valid.config_json.replace('"kind":"hybrid"', '"kind":"fancy"'))
+    resources["settings"] = SettingsResource(
+        config_path=valid.config_path, config_json=valid.config_json.replace('"kind":"hybrid"', '"kind":"fancy"')
+    )
     result = dg.materialize(
-        ALL_ASSETS, selection=[INGEST_ASSETS[0]], resources=resources, partition_key="2025-01-06",
-        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
+        ALL_ASSETS,
+        selection=[INGEST_ASSETS[0]],
+        resources=resources,
+        partition_key="2025-01-06",
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
     )
     assert not result.success
     assert "representation.kind = 'fancy'" in str(result.get_step_failure_events()[0].event_specific_data.error)
@@ -151,9 +167,18 @@ def test_rematerializing_a_partition_is_byte_identical_with_the_same_data_versio
     versions = []
     for _ in range(2):
         result = dg.materialize(
-            ALL_ASSETS, selection=INGEST_ASSETS[:2], resources=build_resources(tiny_config_path), instance=instance, partition_key="2025-01-06"
+            ALL_ASSETS,
+            selection=INGEST_ASSETS[:2],
+            resources=build_resources(tiny_config_path),
+            instance=instance,
+            partition_key="2025-01-06",
         )
         assert result.success
-        versions.append({node: result.asset_materializations_for_node(node)[0].tags["dagster/data_version"] for node in ("orderbook_snapshots", "book_tensors")})
+        versions.append(
+            {
+                node: result.asset_materializations_for_node(node)[0].tags["dagster/data_version"]
+                for node in ("orderbook_snapshots", "book_tensors")
+            }
+        )
     assert versions[0] == versions[1]
     assert len(versions[0]["book_tensors"]) == 16

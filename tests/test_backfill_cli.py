@@ -19,26 +19,52 @@ BIN = Path(sys.executable).parent
 
 def _dagster(args: list[str], config_path: Path, home: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "BMLT_CONFIG": str(config_path), "DAGSTER_HOME": str(home)}
-    return subprocess.run([str(BIN / "dagster"), *args], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [str(BIN / "dagster"), *args], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
-def test_partition_range_in_one_run_and_job_backfill_per_day(tmp_path: Path, tiny_config_path: Path, tiny_config: PlatformConfig) -> None:
+def test_partition_range_in_one_run_and_job_backfill_per_day(
+    tmp_path: Path, tiny_config_path: Path, tiny_config: PlatformConfig
+) -> None:
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(PROJECT_ROOT / ".dagster_home" / "dagster.yaml", home / "dagster.yaml")
     storage = StorageResource(base_dir=str(tiny_config.base_dir), config_name=tiny_config.name)
 
     single_run = _dagster(
-        ["asset", "materialize", "-m", "bmlt_assets.definitions", "--select", "orderbook_snapshots,book_tensors,forward_returns",
-         "--partition-range", "2025-01-06...2025-01-07"],
-        tiny_config_path, home,
+        [
+            "asset",
+            "materialize",
+            "-m",
+            "bmlt_assets.definitions",
+            "--select",
+            "orderbook_snapshots,book_tensors,forward_returns",
+            "--partition-range",
+            "2025-01-06...2025-01-07",
+        ],
+        tiny_config_path,
+        home,
     )
     assert single_run.returncode == 0, single_run.stderr[-3000:]
     assert all((storage.returns(d) / "meta.json").exists() for d in tiny_config.data.dates)
 
     per_day = _dagster(
-        ["job", "backfill", "-w", "workspace.yaml", "-j", "ingest_job", "--from", "2025-01-08", "--to", "2025-01-09", "--noprompt"],
-        tiny_config_path, home,
+        [
+            "job",
+            "backfill",
+            "-w",
+            "workspace.yaml",
+            "-j",
+            "ingest_job",
+            "--from",
+            "2025-01-08",
+            "--to",
+            "2025-01-09",
+            "--noprompt",
+        ],
+        tiny_config_path,
+        home,
     )
     assert per_day.returncode == 0, per_day.stderr[-3000:]
     runs = dg.DagsterInstance.from_config(str(home)).get_runs()

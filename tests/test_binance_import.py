@@ -15,9 +15,9 @@ import polars as pl
 import yaml
 
 from bmlt_assets.core.binance_sync import BookBuilder, read_recording
+from bmlt_assets.core.config import PROJECT_ROOT, load_config
 from bmlt_assets.definitions import CHECKS, INGEST_ASSETS, TRAINING_ASSETS, build_resources
 from bmlt_assets.partitions import range_tags
-from bmlt_assets.core.config import PROJECT_ROOT, load_config
 from bmlt_resources.storage import StorageResource
 from tests.helpers import real_recording
 
@@ -26,12 +26,13 @@ BIN = Path(sys.executable).parent
 
 def _independent_rebuild(levels: int) -> tuple[int, int, tuple[float, float]]:
     """A second, plain implementation of the spot rules: (books, crossed, final best bid/ask)."""
-    lines = [line.split(" ", 1) for line in gzip.open(real_recording(), "rt")]
+    with gzip.open(real_recording(), "rt") as recording:
+        lines = [line.split(" ", 1) for line in recording]
     messages = [json.loads(payload) for _, payload in lines]
     snapshot_at = next(i for i, m in enumerate(messages) if "lastUpdateId" in m)
     snapshot = messages[snapshot_at]
-    bids = {p: q for p, q in snapshot["bids"]}
-    asks = {p: q for p, q in snapshot["asks"]}
+    bids = dict(snapshot["bids"])
+    asks = dict(snapshot["asks"])
     last = snapshot["lastUpdateId"]
     books = crossed = 0
     best = (0.0, 0.0)
@@ -70,7 +71,8 @@ def test_import_matches_an_independent_rebuild() -> None:
 
 
 def test_a_sequence_gap_is_recorded_and_the_book_resyncs(tmp_path: Path) -> None:
-    lines = gzip.open(real_recording(), "rt").read().splitlines()
+    with gzip.open(real_recording(), "rt") as recording:
+        lines = recording.read().splitlines()
     depth = [i for i, line in enumerate(lines) if "depthUpdate" in line]
     broken = tmp_path / "gap.txt"
     broken.write_text("\n".join(line for i, line in enumerate(lines) if i != depth[1000]) + "\n")  # lose one diff
@@ -85,13 +87,27 @@ def _binance_config(tmp_path: Path) -> Path:
     raw = yaml.safe_load((PROJECT_ROOT / "tests" / "configs" / "tiny.yaml").read_text())
     raw.update(
         name="binance-import",
-        data={"source": "binance", "market": "spot", "symbols": ["BTC/USDT"], "start_date": "2024-08-08", "end_date": "2024-08-08", "cadence_ms": 1000, "depth": 20},
+        data={
+            "source": "binance",
+            "market": "spot",
+            "symbols": ["BTC/USDT"],
+            "start_date": "2024-08-08",
+            "end_date": "2024-08-08",
+            "cadence_ms": 1000,
+            "depth": 20,
+        },
         labels={"horizons_s": [5, 10], "vol_lookback_s": 30},
         dataset={"window_steps": 20, "sample_stride": 1, "norm_fit_samples": 128},
         quality={"min_coverage": 0.0, "min_valid_fraction": 0.0, "min_class_share": 0.0},
         storage={"base_dir": str(tmp_path / "data")},
     )
-    raw["representation"] = {"kind": "hybrid", "raw_levels": 3, "bucket_count": 2, "bucket_min_bps": 0.5, "bucket_max_bps": 5.0}
+    raw["representation"] = {
+        "kind": "hybrid",
+        "raw_levels": 3,
+        "bucket_count": 2,
+        "bucket_min_bps": 0.5,
+        "bucket_max_bps": 5.0,
+    }
     raw["training"]["max_train_samples"] = None
     path = tmp_path / "binance.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -107,7 +123,9 @@ def test_the_pipeline_runs_on_imported_real_data_and_never_leaks_the_api_secret(
     path = _binance_config(tmp_path)
     shown = subprocess.run(
         [str(BIN / "bmlt"), "import", str(real_recording()), "--levels", "20", "--config", str(path), "--json"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert shown.returncode == 0, shown.stderr
     summary = json.loads(shown.stdout)
@@ -117,7 +135,9 @@ def test_the_pipeline_runs_on_imported_real_data_and_never_leaks_the_api_secret(
     instance = dg.DagsterInstance.ephemeral()
     everything = INGEST_ASSETS + TRAINING_ASSETS + CHECKS
     tags = range_tags(config.data.start_date, config.data.end_date)
-    assert dg.materialize(everything, selection=INGEST_ASSETS, resources=build_resources(path), instance=instance, tags=tags).success
+    assert dg.materialize(
+        everything, selection=INGEST_ASSETS, resources=build_resources(path), instance=instance, tags=tags
+    ).success
     result = dg.materialize(everything, selection=TRAINING_ASSETS, resources=build_resources(path), instance=instance)
     assert result.success
     storage = StorageResource(base_dir=str(config.base_dir), config_name=config.name)
@@ -157,18 +177,49 @@ def test_a_tardis_book_snapshot_file_imports_into_the_same_landing_format(tmp_pa
     csv.write_text(",".join(header) + "\n" + "\n".join(rows) + "\n")
     path = _binance_config(tmp_path)
     shown = subprocess.run(
-        [str(BIN / "bmlt"), "import", str(csv), "--format", "tardis-book-snapshot", "--levels", "20", "--config", str(path), "--json"],
-        capture_output=True, text=True, timeout=120,
+        [
+            str(BIN / "bmlt"),
+            "import",
+            str(csv),
+            "--format",
+            "tardis-book-snapshot",
+            "--levels",
+            "20",
+            "--config",
+            str(path),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert shown.returncode == 0, shown.stderr
     summary = json.loads(shown.stdout)
     assert summary["snapshots"] == 3 and summary["crossed_books"] == 0
     landed = pl.read_parquet(summary["written"][0])
     assert landed["symbol"].to_list() == ["BTC/USDT"] * 3
-    assert landed["receive_ts"].to_list() == [1_723_161_600_001_500_000, 1_723_161_601_001_500_000, 1_723_161_602_001_500_000]
-    assert landed["bid_px"].to_numpy()[1][:2].tolist() == [61838.5, 61838.0] and len(landed["ask_qty"].to_numpy()[0]) == 20
+    assert landed["receive_ts"].to_list() == [
+        1_723_161_600_001_500_000,
+        1_723_161_601_001_500_000,
+        1_723_161_602_001_500_000,
+    ]
+    assert (
+        landed["bid_px"].to_numpy()[1][:2].tolist() == [61838.5, 61838.0] and len(landed["ask_qty"].to_numpy()[0]) == 20
+    )
     too_deep = subprocess.run(
-        [str(BIN / "bmlt"), "import", str(csv), "--format", "tardis-book-snapshot", "--levels", "30", "--config", str(path)],
-        capture_output=True, text=True, timeout=120,
+        [
+            str(BIN / "bmlt"),
+            "import",
+            str(csv),
+            "--format",
+            "tardis-book-snapshot",
+            "--levels",
+            "30",
+            "--config",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert too_deep.returncode == 2 and "at most 25 levels" in too_deep.stderr

@@ -13,12 +13,26 @@ from bmlt_assets.core.errors import BinanceBanned
 from bmlt_resources.binance import BinanceResource
 from tests.helpers import real_recording
 
-
 MARKET = {
-    "id": "BTCUSDT", "symbol": "BTC/USDT", "base": "BTC", "quote": "USDT", "baseId": "BTC", "quoteId": "USDT",
-    "type": "spot", "spot": True, "margin": False, "swap": False, "future": False, "option": False, "contract": False,
-    "linear": None, "inverse": None, "active": True, "precision": {"amount": 0.00001, "price": 0.01},
-    "limits": {"amount": {"min": 0.00001, "max": 9000}, "price": {"min": 0.01, "max": 1000000}}, "info": {},
+    "id": "BTCUSDT",
+    "symbol": "BTC/USDT",
+    "base": "BTC",
+    "quote": "USDT",
+    "baseId": "BTC",
+    "quoteId": "USDT",
+    "type": "spot",
+    "spot": True,
+    "margin": False,
+    "swap": False,
+    "future": False,
+    "option": False,
+    "contract": False,
+    "linear": None,
+    "inverse": None,
+    "active": True,
+    "precision": {"amount": 0.00001, "price": 0.01},
+    "limits": {"amount": {"min": 0.00001, "max": 9000}, "price": {"min": 0.01, "max": 1000000}},
+    "info": {},
 }
 
 
@@ -29,7 +43,7 @@ class RecordedSession(requests.Session):
         super().__init__()
         self.answers, self.urls = list(answers), []
 
-    def request(self, method, url, **kwargs):  # noqa: ANN001 - requests' own signature
+    def request(self, method, url, **kwargs):
         self.urls.append(url)
         status, body = self.answers.pop(0)
         response = requests.Response()

@@ -31,7 +31,10 @@ def test_shipped_configs_are_valid(name: str) -> None:
         ({"representation": {"kind": "full", "raw_levels": 0}}, ["representation", "raw_levels >= 1"]),
         ({"dataset": {"window_steps": 10}}, ["dataset.window_steps=10", ">= 19"]),
         ({"labels": {"horizons_s": [25]}}, ["labels.horizons_s", "25s", "multiple of data.cadence_ms"]),
-        ({"dataset": {"embargo_s": 40000}}, ["dataset.embargo_s (40000s)", "more than a whole validation or test part"]),
+        (
+            {"dataset": {"embargo_s": 40000}},
+            ["dataset.embargo_s (40000s)", "more than a whole validation or test part"],
+        ),
     ],
 )
 def test_invalid_values_name_field_value_and_expectation(tmp_path: Path, overrides: dict, expected: list[str]) -> None:

@@ -39,7 +39,7 @@ def test_constant_predictor_brier_matches_the_closed_form() -> None:
 def test_temperature_scaling_recovers_a_known_temperature() -> None:
     rng = np.random.default_rng(2)
     true_logits = rng.normal(0, 2, (40_000, 5))
-    classes = np.array([rng.choice(5, p=np.exp(l) / np.exp(l).sum()) for l in true_logits])
+    classes = np.array([rng.choice(5, p=np.exp(z) / np.exp(z).sum()) for z in true_logits])
     assert fit_temperature(true_logits * 2.5, classes) == pytest.approx(2.5, rel=0.05)
 
 
@@ -51,7 +51,9 @@ def _path() -> tuple[np.ndarray, np.ndarray]:
 
 def test_backtest_never_overlaps_positions() -> None:
     steps, realized = _path()
-    trades = run_backtest(steps, np.full(20, 0.9), np.zeros(20), realized, np.zeros(20), horizon=5, threshold=0.5, fee_bps=0, cadence_s=1)
+    trades = run_backtest(
+        steps, np.full(20, 0.9), np.zeros(20), realized, np.zeros(20), horizon=5, threshold=0.5, fee_bps=0, cadence_s=1
+    )
     entered = steps[trades.entries]
     assert (np.diff(entered) >= 5).all()
     np.testing.assert_array_equal(entered, [0, 6, 12, 18, 24, 30, 36])
@@ -59,7 +61,7 @@ def test_backtest_never_overlaps_positions() -> None:
 
 def test_costs_reduce_pnl_by_exactly_fee_times_turnover() -> None:
     steps, realized = _path()
-    args = dict(horizon=5, threshold=0.5, cadence_s=1)
+    args = {"horizon": 5, "threshold": 0.5, "cadence_s": 1}
     free = run_backtest(steps, np.full(20, 0.9), np.zeros(20), realized, np.zeros(20), fee_bps=0, **args).summary()
     paid = run_backtest(steps, np.full(20, 0.9), np.zeros(20), realized, np.zeros(20), fee_bps=3, **args).summary()
     turnover_trades = 2 * free["trades"]  # every trade enters and exits
@@ -68,7 +70,9 @@ def test_costs_reduce_pnl_by_exactly_fee_times_turnover() -> None:
 
 def test_sharpe_and_drawdown_match_a_hand_computation() -> None:
     steps, realized = _path()
-    trades = run_backtest(steps, np.full(20, 0.9), np.zeros(20), realized, np.zeros(20), horizon=5, threshold=0.5, fee_bps=0, cadence_s=1)
+    trades = run_backtest(
+        steps, np.full(20, 0.9), np.zeros(20), realized, np.zeros(20), horizon=5, threshold=0.5, fee_bps=0, cadence_s=1
+    )
     net = realized[trades.entries]  # long every time, no costs
     span = steps[-1] - steps[0] + 5
     sharpe = net.mean() / net.std(ddof=1) * np.sqrt(len(net) / span * SECONDS_PER_YEAR)
@@ -77,7 +81,9 @@ def test_sharpe_and_drawdown_match_a_hand_computation() -> None:
     summary = trades.summary()
     assert summary["sharpe_annualized"] == pytest.approx(sharpe)
     assert summary["max_drawdown_bps"] == pytest.approx(drawdown * 1e4)
-    short = run_backtest(steps, np.zeros(20), np.full(20, 0.9), realized, np.zeros(20), horizon=5, threshold=0.5, fee_bps=0, cadence_s=1)
+    short = run_backtest(
+        steps, np.zeros(20), np.full(20, 0.9), realized, np.zeros(20), horizon=5, threshold=0.5, fee_bps=0, cadence_s=1
+    )
     np.testing.assert_allclose(short.gross, -trades.gross)
 
 
@@ -126,20 +132,54 @@ class _Collector(html.parser.HTMLParser):
 def _fake_report(leak: bool) -> list[dict]:
     rng = np.random.default_rng(4)
     predictors = ("model", "prior", "oracle")
-    metric = {k: float(rng.random()) for k in ("accuracy", "balanced_accuracy", "macro_f1", "mcc", "log_loss", "brier", "ece", "directional_accuracy")}
+    metric = {
+        k: float(rng.random())
+        for k in (
+            "accuracy",
+            "balanced_accuracy",
+            "macro_f1",
+            "mcc",
+            "log_loss",
+            "brier",
+            "ece",
+            "directional_accuracy",
+        )
+    }
     ci = {"mean": 0.1, "low": 0.05, "high": 0.2, "block_length": 3}
-    pnl = {"trades": 3, "hit_rate": 0.5, "mean_return_bps": 1.0, "sharpe_annualized": 1.0, "max_drawdown_bps": 2.0, "turnover_per_day": 10.0, "total_return_bps": 3.0, "costs_bps": 1.0}
-    return [{
-        "horizon_steps": 3, "samples": 100, "metrics": {p: metric for p in predictors},
-        "intervals": {p: {"accuracy": ci, "log_loss": ci} for p in predictors},
-        "log_loss_differences": {"model_minus_prior": ci, "model_minus_oracle": ci},
-        "calibration": {"temperature": 1.2, "bins": "15 equal-width top-label confidence bins", "before": {"ece": 0.1, "log_loss": 2.0}, "after": {"ece": 0.05, "log_loss": 1.9},
-                        "reliability": [{"predicted": [0.1, 0.5], "observed": [0.12, 0.4]}] * 3},
-        "confusion": [[5, 1, 0], [2, 6, 1], [0, 1, 4]], "class_distribution": {"realized": [6, 9, 5], "predicted": [7, 8, 5]},
-        "pnl": {p: pnl for p in predictors}, "equity": {p: {"steps": [1, 4, 7], "equity_bps": [1.0, -0.5, 2.0]} for p in predictors},
-        "regimes": {r: {"samples": 30, "accuracy": 0.3, "log_loss": 1.9} for r in ("low", "mid", "high")},
-        "beats_baselines": True, "capture": {"accuracy_capture": 0.9, "logloss_capture": 0.8}, "leak_suspected": leak,
-    }]
+    pnl = {
+        "trades": 3,
+        "hit_rate": 0.5,
+        "mean_return_bps": 1.0,
+        "sharpe_annualized": 1.0,
+        "max_drawdown_bps": 2.0,
+        "turnover_per_day": 10.0,
+        "total_return_bps": 3.0,
+        "costs_bps": 1.0,
+    }
+    return [
+        {
+            "horizon_steps": 3,
+            "samples": 100,
+            "metrics": dict.fromkeys(predictors, metric),
+            "intervals": {p: {"accuracy": ci, "log_loss": ci} for p in predictors},
+            "log_loss_differences": {"model_minus_prior": ci, "model_minus_oracle": ci},
+            "calibration": {
+                "temperature": 1.2,
+                "bins": "15 equal-width top-label confidence bins",
+                "before": {"ece": 0.1, "log_loss": 2.0},
+                "after": {"ece": 0.05, "log_loss": 1.9},
+                "reliability": [{"predicted": [0.1, 0.5], "observed": [0.12, 0.4]}] * 3,
+            },
+            "confusion": [[5, 1, 0], [2, 6, 1], [0, 1, 4]],
+            "class_distribution": {"realized": [6, 9, 5], "predicted": [7, 8, 5]},
+            "pnl": dict.fromkeys(predictors, pnl),
+            "equity": {p: {"steps": [1, 4, 7], "equity_bps": [1.0, -0.5, 2.0]} for p in predictors},
+            "regimes": {r: {"samples": 30, "accuracy": 0.3, "log_loss": 1.9} for r in ("low", "mid", "high")},
+            "beats_baselines": True,
+            "capture": {"accuracy_capture": 0.9, "logloss_capture": 0.8},
+            "leak_suspected": leak,
+        }
+    ]
 
 
 @pytest.mark.parametrize("leak", [False, True])
@@ -168,13 +208,17 @@ def test_the_leak_flag_fires_when_a_model_sees_the_future_and_only_then(tiny_con
 
     data = build_dataset(synthetic_days(tiny_config), tiny_config)
     d = tiny_config.data
-    market = SyntheticMarketResource(seed=tiny_config.seed, cadence_ms=d.cadence_ms, depth=d.depth, params_json=d.synthetic.model_dump_json()).market()
+    market = SyntheticMarketResource(
+        seed=tiny_config.seed, cadence_ms=d.cadence_ms, depth=d.depth, params_json=d.synthetic.model_dump_json()
+    ).market()
 
     def oracle(i, steps, edges):
         return market.oracle_at(tiny_config.target, data.source.timestamps[steps], data.horizons[i], edges)
 
     test = data.parts["test"]
-    oracle_logits = np.stack([np.log(oracle(i, test.steps, test.edges[:, i])) for i in range(len(data.horizons))], axis=1)
+    oracle_logits = np.stack(
+        [np.log(oracle(i, test.steps, test.edges[:, i])) for i in range(len(data.horizons))], axis=1
+    )
     future = 5.0 * np.eye(data.n_classes)[test.classes]  # a "model" that knows the realized class
     honest = evaluate(data, oracle_logits, [1.0, 1.0], oracle, tiny_config.evaluation, d.cadence_ms / 1000)
     leaky = evaluate(data, future, [1.0, 1.0], oracle, tiny_config.evaluation, d.cadence_ms / 1000)

@@ -10,12 +10,12 @@ import dagster as dg
 import numpy as np
 import pytest
 
+from bmlt_assets.core.config import PlatformConfig, load_config
 from bmlt_assets.core.dataset import PART_FIELDS, Part, build_dataset
+from bmlt_assets.core.files import atomic_directory, atomic_write
 from bmlt_assets.core.train import predict_logits, train
 from bmlt_assets.definitions import INGEST_ASSETS, TRAINING_ASSETS, build_resources
 from bmlt_assets.partitions import range_tags
-from bmlt_assets.core.config import PlatformConfig, load_config
-from bmlt_assets.core.files import atomic_directory, atomic_write
 from bmlt_resources.storage import StorageResource
 from tests.helpers import synthetic_days, write_config
 
@@ -38,21 +38,29 @@ def test_a_full_disk_during_a_write_keeps_the_old_file_and_leaves_no_debris(tmp_
     folder = tmp_path / "tensors"
     folder.mkdir()
     (folder / "meta.json").write_text("{}")
-    with pytest.raises(OSError):
-        with atomic_directory(folder) as staging:
-            (staging / "base.npy").write_bytes(b"partial")
-            raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(OSError), atomic_directory(folder) as staging:
+        (staging / "base.npy").write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
     assert [p.name for p in folder.iterdir()] == ["meta.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["partition.bin", "tensors"]
 
 
-def test_a_truncated_partition_is_reported_and_rebuilt_by_rematerializing(tiny_config_path: Path, tiny_config: PlatformConfig) -> None:
+def test_a_truncated_partition_is_reported_and_rebuilt_by_rematerializing(
+    tiny_config_path: Path, tiny_config: PlatformConfig
+) -> None:
     storage = StorageResource(base_dir=str(tiny_config.base_dir), config_name=tiny_config.name)
     instance = dg.DagsterInstance.ephemeral()
     day = "2025-01-06"
 
     def run(selection):
-        return dg.materialize(ALL, selection=selection, resources=build_resources(tiny_config_path), instance=instance, partition_key=day, raise_on_error=False)
+        return dg.materialize(
+            ALL,
+            selection=selection,
+            resources=build_resources(tiny_config_path),
+            instance=instance,
+            partition_key=day,
+            raise_on_error=False,
+        )
 
     assert run(INGEST_ASSETS[:2]).success
     base = storage.tensors(tiny_config.data.start_date) / "base.npy"
@@ -60,7 +68,12 @@ def test_a_truncated_partition_is_reported_and_rebuilt_by_rematerializing(tiny_c
     failed = run([INGEST_ASSETS[2]])
     assert not failed.success
     message = str(failed.get_step_failure_events()[0].event_specific_data.error)
-    assert "book_tensors for 2025-01-06" in message and "is corrupt" in message and "base.npy" in message and "--partition 2025-01-06" in message
+    assert (
+        "book_tensors for 2025-01-06" in message
+        and "is corrupt" in message
+        and "base.npy" in message
+        and "--partition 2025-01-06" in message
+    )
     assert run([INGEST_ASSETS[1]]).success  # re-materialize the corrupt partition
     assert run([INGEST_ASSETS[2]]).success
 
@@ -75,10 +88,16 @@ def test_an_unreachable_mlflow_fails_before_training_starts(tmp_path: Path) -> N
     config = load_config(path)
     instance = dg.DagsterInstance.ephemeral()
     tags = range_tags(config.data.start_date, config.data.end_date)
-    assert dg.materialize(ALL, selection=INGEST_ASSETS, resources=build_resources(path), instance=instance, tags=tags).success
-    result = dg.materialize(ALL, selection=TRAINING_ASSETS[1:2], resources=build_resources(path), instance=instance, raise_on_error=False)
+    assert dg.materialize(
+        ALL, selection=INGEST_ASSETS, resources=build_resources(path), instance=instance, tags=tags
+    ).success
+    result = dg.materialize(
+        ALL, selection=TRAINING_ASSETS[1:2], resources=build_resources(path), instance=instance, raise_on_error=False
+    )
     assert not result.success
-    errors = " ".join(str(e.event_specific_data.error) for e in result.get_step_failure_events()) or str(result.all_events)
+    errors = " ".join(str(e.event_specific_data.error) for e in result.get_step_failure_events()) or str(
+        result.all_events
+    )
     assert "MLflow tracking store 'http://127.0.0.1:9' is unreachable" in errors
     assert not StorageResource(base_dir=str(config.base_dir), config_name=config.name).model.exists()
 
@@ -87,8 +106,12 @@ class Killed(RuntimeError):
     pass
 
 
-def test_a_killed_training_run_resumes_and_matches_an_uninterrupted_one(tmp_path: Path, tiny_config: PlatformConfig) -> None:
-    config = tiny_config.model_copy(update={"training": tiny_config.training.model_copy(update={"epochs": 4, "early_stopping_patience": 4})})
+def test_a_killed_training_run_resumes_and_matches_an_uninterrupted_one(
+    tmp_path: Path, tiny_config: PlatformConfig
+) -> None:
+    config = tiny_config.model_copy(
+        update={"training": tiny_config.training.model_copy(update={"epochs": 4, "early_stopping_patience": 4})}
+    )
     data = build_dataset(synthetic_days(config), config)
     uninterrupted = train(config, data)
 
@@ -104,13 +127,22 @@ def test_a_killed_training_run_resumes_and_matches_an_uninterrupted_one(tmp_path
     assert resumed.resumed_from == 2
     assert [r.val_log_loss for r in resumed.history] == [r.val_log_loss for r in uninterrupted.history]
     steps = data.parts["test"].steps
-    np.testing.assert_array_equal(predict_logits(resumed.model, data, steps), predict_logits(uninterrupted.model, data, steps))
+    np.testing.assert_array_equal(
+        predict_logits(resumed.model, data, steps), predict_logits(uninterrupted.model, data, steps)
+    )
 
 
 def test_shuffled_training_labels_give_chance_level_accuracy(tmp_path: Path) -> None:
     # A strong planted signal, so that the same model on the true labels clearly beats the prior.
     strong = {
-        "data": {"synthetic": {"signal_half_life_s": 120, "signal_strength": 0.8, "imbalance_noise": 0.3, "regime_block_s": 3600}},
+        "data": {
+            "synthetic": {
+                "signal_half_life_s": 120,
+                "signal_strength": 0.8,
+                "imbalance_noise": 0.3,
+                "regime_block_s": 3600,
+            }
+        },
         "training": {"max_train_samples": None, "epochs": 4, "learning_rate": 0.003},
         "model": {"conv_channels": 8, "inception_channels": 8, "lstm_hidden": 16},
     }
@@ -120,7 +152,9 @@ def test_shuffled_training_labels_give_chance_level_accuracy(tmp_path: Path) -> 
 
     def accuracy_and_bar(h: int, predicted: np.ndarray) -> tuple[float, float]:
         majority = np.bincount(test.classes[:, h], minlength=data.n_classes).max() / len(test)
-        return float((predicted[:, h] == test.classes[:, h]).mean()), majority + 3 * np.sqrt(majority * (1 - majority) / len(test))
+        return float((predicted[:, h] == test.classes[:, h]).mean()), majority + 3 * np.sqrt(
+            majority * (1 - majority) / len(test)
+        )
 
     honest = predict_logits(train(config, data).model, data, test.steps).argmax(axis=2)
     accuracy, bar = accuracy_and_bar(1, honest)
@@ -128,7 +162,9 @@ def test_shuffled_training_labels_give_chance_level_accuracy(tmp_path: Path) -> 
 
     train_part = data.parts["train"]
     shuffled = np.random.default_rng(0).permutation(len(train_part))
-    data.parts["train"] = Part(**{name: getattr(train_part, name) for name in PART_FIELDS} | {"classes": train_part.classes[shuffled]})
+    data.parts["train"] = Part(
+        **{name: getattr(train_part, name) for name in PART_FIELDS} | {"classes": train_part.classes[shuffled]}
+    )
     blind = predict_logits(train(config, data).model, data, test.steps).argmax(axis=2)
     for h in range(len(data.horizons)):
         accuracy, bar = accuracy_and_bar(h, blind)

@@ -8,11 +8,11 @@ import dagster as dg
 import mlflow
 import pytest
 
+from bmlt_assets.core.config import ConfigError, load_config
 from bmlt_assets.core.dataset import build_dataset
 from bmlt_assets.core.tuning import tune, with_params
 from bmlt_assets.definitions import INGEST_ASSETS, TRAINING_ASSETS, build_resources
 from bmlt_assets.partitions import range_tags
-from bmlt_assets.core.config import ConfigError, load_config
 from tests.helpers import synthetic_days, write_config
 
 # A learning rate of 30 diverges: with the threshold pruner those trials stop after one epoch.
@@ -20,7 +20,14 @@ SPACE = {
     "training.learning_rate": {"type": "categorical", "choices": [0.003, 30.0]},
     "model.lstm_hidden": {"type": "int", "low": 4, "high": 12, "step": 4},
 }
-HPO = {"enabled": True, "n_trials": 4, "pruner": "threshold", "prune_above": 2.3, "trial_epochs": 2, "search_space": SPACE}
+HPO = {
+    "enabled": True,
+    "n_trials": 4,
+    "pruner": "threshold",
+    "prune_above": 2.3,
+    "trial_epochs": 2,
+    "search_space": SPACE,
+}
 
 
 class RecordingLogger:
@@ -72,7 +79,9 @@ def test_trained_model_logs_each_trial_as_a_nested_run(tmp_path: Path) -> None:
     assets = INGEST_ASSETS + TRAINING_ASSETS
     instance = dg.DagsterInstance.ephemeral()
     tags = range_tags(config.data.start_date, config.data.end_date)
-    assert dg.materialize(assets, selection=INGEST_ASSETS, resources=build_resources(path), instance=instance, tags=tags).success
+    assert dg.materialize(
+        assets, selection=INGEST_ASSETS, resources=build_resources(path), instance=instance, tags=tags
+    ).success
     result = dg.materialize(assets, selection=TRAINING_ASSETS[:2], resources=build_resources(path), instance=instance)
     assert result.success
     metadata = result.asset_materializations_for_node("trained_model")[0].metadata

@@ -11,14 +11,16 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from bmlt_assets.partitions import range_tags
 from bmlt_assets.core.config import PROJECT_ROOT, PlatformConfig
+from bmlt_assets.partitions import range_tags
 from bmlt_resources.storage import StorageResource
 
 BIN = Path(sys.executable).parent
 
 
-def test_dagster_job_execute_runs_the_full_pipeline(tmp_path: Path, tiny_config_path: Path, tiny_config: PlatformConfig) -> None:
+def test_dagster_job_execute_runs_the_full_pipeline(
+    tmp_path: Path, tiny_config_path: Path, tiny_config: PlatformConfig
+) -> None:
     # In-process execution keeps the test quick; `make demo` uses the default multiprocess executor.
     run_config = tmp_path / "run.yaml"
     run_config.write_text("execution:\n  config:\n    in_process: {}\n")
@@ -26,8 +28,24 @@ def test_dagster_job_execute_runs_the_full_pipeline(tmp_path: Path, tiny_config_
     env = {**os.environ, "BMLT_CONFIG": str(tiny_config_path), "DAGSTER_HOME": str(tmp_path / "dagster_home")}
     (tmp_path / "dagster_home").mkdir()
     completed = subprocess.run(
-        [str(BIN / "dagster"), "job", "execute", "-m", "bmlt_assets.definitions", "-j", "full_pipeline", "--tags", tags, "-c", str(run_config)],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600,
+        [
+            str(BIN / "dagster"),
+            "job",
+            "execute",
+            "-m",
+            "bmlt_assets.definitions",
+            "-j",
+            "full_pipeline",
+            "--tags",
+            tags,
+            "-c",
+            str(run_config),
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
     assert "RUN_SUCCESS" in completed.stdout + completed.stderr
@@ -55,12 +73,18 @@ def test_dagster_job_execute_runs_the_full_pipeline(tmp_path: Path, tiny_config_
     html_path = tmp_path / "report.html"
     shown = subprocess.run(
         [str(BIN / "bmlt"), "report", run.info.run_id, "--config", str(tiny_config_path), "--out", str(html_path)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert shown.returncode == 0, shown.stderr
     model_accuracy = report["report"][0]["metrics"]["model"]["accuracy"]
     assert f"{model_accuracy:.4f}" in shown.stdout and "Horizon 30s" in shown.stdout
     assert html_path.read_text().startswith("<!DOCTYPE html>")
-    missing = subprocess.run([str(BIN / "bmlt"), "report", "nonexistent", "--config", str(tiny_config_path)], capture_output=True, text=True, timeout=120)
+    missing = subprocess.run(
+        [str(BIN / "bmlt"), "report", "nonexistent", "--config", str(tiny_config_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
-

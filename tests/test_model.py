@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bmlt_assets.core.models import OrderBookClassifier, parameter_count
 from bmlt_assets.core.config import ModelConfig
+from bmlt_assets.core.models import OrderBookClassifier, parameter_count
 
 
 def test_single_asset_deeplob_matches_the_published_parameter_count() -> None:
@@ -15,7 +15,9 @@ def test_single_asset_deeplob_matches_the_published_parameter_count() -> None:
     # Networks-for-Limit-Order-Books, run_train_pytorch.ipynb) prints 143,907 parameters for
     # input (1, 100, 40) and 3 classes: conv blocks 8,544 + 10,528 + 18,720, inception 39,872,
     # LSTM(192, 64) 66,048, linear head 195.
-    model = OrderBookClassifier(ModelConfig(multi_asset="stacked", temporal="none"), levels=10, assets=1, horizons=1, classes=3)
+    model = OrderBookClassifier(
+        ModelConfig(multi_asset="stacked", temporal="none"), levels=10, assets=1, horizons=1, classes=3
+    )
     assert parameter_count(model) == 143_907
     assert parameter_count(model.lstm) == 66_048
     out = model(torch.randn(2, 100, 10, 4, 1))
@@ -29,7 +31,9 @@ def test_single_asset_deeplob_matches_the_published_parameter_count() -> None:
 @pytest.mark.parametrize("temporal", ["cyclical", "embedding", "none"])
 def test_each_strategy_trains_a_step_and_outputs_every_horizon(multi_asset: str, temporal: str) -> None:
     torch.manual_seed(0)
-    config = ModelConfig(multi_asset=multi_asset, temporal=temporal, conv_channels=4, inception_channels=4, lstm_hidden=8)
+    config = ModelConfig(
+        multi_asset=multi_asset, temporal=temporal, conv_channels=4, inception_channels=4, lstm_hidden=8
+    )
     model = OrderBookClassifier(config, levels=5, assets=3, horizons=2, classes=8)
     windows = torch.randn(16, 24, 5, 4, 3)
     times = torch.stack([torch.rand(16), torch.randint(0, 7, (16,)).float()], dim=1)

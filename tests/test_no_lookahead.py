@@ -13,14 +13,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bmlt_assets.core.labels import forward_log_returns, trailing_volatility
 from bmlt_assets.core.book import validate_snapshots
-from bmlt_assets.core.representation import day_tensors_from_parquet
-from bmlt_assets.core.splits import chronological_split, eligible_steps, purge_limit
-from bmlt_assets.core.windows import Normalizer, gather_windows
 from bmlt_assets.core.config import RepresentationConfig, SyntheticConfig
 from bmlt_assets.core.files import write_parquet
+from bmlt_assets.core.labels import forward_log_returns, trailing_volatility
+from bmlt_assets.core.representation import day_tensors_from_parquet
+from bmlt_assets.core.splits import chronological_split, eligible_steps, purge_limit
 from bmlt_assets.core.synthetic import SyntheticMarket
+from bmlt_assets.core.windows import Normalizer, gather_windows
 
 DAY = dt.date(2025, 1, 6)
 CADENCE_MS = 10_000
@@ -44,7 +44,10 @@ def _perturb_after(snapshots: pl.DataFrame, cutoff_ns: int, seed: int) -> pl.Dat
     later = pl.col("receive_ts") > cutoff_ns
     factor = 1.0 + np.random.default_rng(seed).uniform(0.1, 0.5)
     return snapshots.with_columns(
-        *[pl.when(later).then(pl.col(c) * factor).otherwise(pl.col(c)).alias(c) for c in ("bid_qty", "ask_qty", "bid_px", "ask_px")]
+        *[
+            pl.when(later).then(pl.col(c) * factor).otherwise(pl.col(c)).alias(c)
+            for c in ("bid_qty", "ask_qty", "bid_px", "ask_px")
+        ]
     )
 
 
@@ -81,7 +84,7 @@ def test_labels_use_only_data_in_the_horizon() -> None:
     t, h = 100, 7
     base = forward_log_returns(mids, valid, [h], 250)
     outside = mids.copy()
-    outside[: t] *= 1.5  # the past before t
+    outside[:t] *= 1.5  # the past before t
     outside[t + h + 1 :] *= 0.5  # after t + h
     inside = mids.copy()
     inside[t + h] *= 1.01

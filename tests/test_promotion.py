@@ -39,16 +39,18 @@ def test_an_identical_challenger_does_not_replace_the_champion(tmp_path) -> None
     import dagster as dg
     import mlflow
 
+    from bmlt_assets.core.config import load_config
     from bmlt_assets.definitions import INGEST_ASSETS, TRAINING_ASSETS, build_resources
     from bmlt_assets.partitions import range_tags
-    from bmlt_assets.core.config import load_config
     from tests.helpers import write_config
 
     path = write_config(tmp_path, {"evaluation": {"promotion_max_ece": 1.0}})
     config = load_config(path)
     assets, instance = INGEST_ASSETS + TRAINING_ASSETS, dg.DagsterInstance.ephemeral()
     tags = range_tags(config.data.start_date, config.data.end_date)
-    assert dg.materialize(assets, selection=INGEST_ASSETS, resources=build_resources(path), instance=instance, tags=tags).success
+    assert dg.materialize(
+        assets, selection=INGEST_ASSETS, resources=build_resources(path), instance=instance, tags=tags
+    ).success
     assert dg.materialize(assets, selection=TRAINING_ASSETS, resources=build_resources(path), instance=instance).success
     client = mlflow.MlflowClient(tracking_uri=config.tracking_uri)
     name = config.registered_model_name
@@ -58,7 +60,9 @@ def test_an_identical_challenger_does_not_replace_the_champion(tmp_path) -> None
     assert second.success
     challenger = client.get_model_version_by_alias(name, "challenger")
     assert str(challenger.version) == "2"
-    verdict = json.loads(Path(client.download_artifacts(challenger.run_id, "report/promotion.json", str(tmp_path))).read_text())
+    verdict = json.loads(
+        Path(client.download_artifacts(challenger.run_id, "report/promotion.json", str(tmp_path))).read_text()
+    )
     assert not verdict["promote"]
     assert any("does not beat the champion" in reason for reason in verdict["reasons"])
     for numbers in verdict["numbers"].values():

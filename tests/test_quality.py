@@ -10,11 +10,11 @@ import numpy as np
 import polars as pl
 
 from bmlt_assets.core.book import book_arrays, snapshot_frame
-from bmlt_assets.definitions import CHECKS, INGEST_ASSETS, TRAINING_ASSETS, build_resources
 from bmlt_assets.core.config import SyntheticConfig, load_config
 from bmlt_assets.core.files import write_parquet
-from bmlt_resources.storage import StorageResource
 from bmlt_assets.core.synthetic import SyntheticMarket
+from bmlt_assets.definitions import CHECKS, INGEST_ASSETS, TRAINING_ASSETS, build_resources
+from bmlt_resources.storage import StorageResource
 from tests.helpers import write_config
 
 DAYS = [dt.date(2025, 1, 6), dt.date(2025, 1, 7), dt.date(2025, 1, 8)]
@@ -37,17 +37,29 @@ def _record(config_path: Path, date: dt.date, crossed_share: float) -> None:
         bad = np.random.default_rng(0).random(frame.height) < crossed_share
         bid = books["bid_px"].copy()
         bid[bad] += books["ask_px"][bad, :1] - books["bid_px"][bad, :1] + 0.01  # the best bid above the best ask
-        frames.append(snapshot_frame(
-            exchange_ns=frame["exchange_ts"].to_numpy(), receive_ns=frame["receive_ts"].to_numpy(), symbol=symbol,
-            update_id=frame["update_id"].to_numpy(), bid_px=bid, bid_qty=books["bid_qty"], ask_px=books["ask_px"], ask_qty=books["ask_qty"],
-        ))
+        frames.append(
+            snapshot_frame(
+                exchange_ns=frame["exchange_ts"].to_numpy(),
+                receive_ns=frame["receive_ts"].to_numpy(),
+                symbol=symbol,
+                update_id=frame["update_id"].to_numpy(),
+                bid_px=bid,
+                bid_qty=books["bid_qty"],
+                ask_px=books["ask_px"],
+                ask_qty=books["ask_qty"],
+            )
+        )
     write_parquet(pl.concat(frames), config.base_dir / "landing" / "spot" / f"date={date}" / "recording.parquet")
 
 
 def _run(config_path: Path, instance: dg.DagsterInstance, date: dt.date) -> dg.ExecuteInProcessResult:
     return dg.materialize(
-        INGEST_ASSETS + TRAINING_ASSETS + CHECKS, selection=INGEST_ASSETS[:2], resources=build_resources(config_path),
-        instance=instance, partition_key=date.isoformat(), raise_on_error=False,
+        INGEST_ASSETS + TRAINING_ASSETS + CHECKS,
+        selection=INGEST_ASSETS[:2],
+        resources=build_resources(config_path),
+        instance=instance,
+        partition_key=date.isoformat(),
+        raise_on_error=False,
     )
 
 
@@ -68,7 +80,10 @@ def test_a_partly_bad_day_is_cleaned_and_a_mostly_bad_day_blocks_downstream(tmp_
     quarantined = pl.read_parquet(storage.quarantine(DAYS[0]))
     assert 0 < quarantined.height < 0.02 * 2 * 8640
     assert set(quarantined["reason"]) == {"crossed or locked book (best bid >= best ask)"}
-    assert partly.asset_materializations_for_node("orderbook_snapshots")[0].metadata["quarantined_rows"].value == quarantined.height
+    assert (
+        partly.asset_materializations_for_node("orderbook_snapshots")[0].metadata["quarantined_rows"].value
+        == quarantined.height
+    )
     assert (storage.tensors(DAYS[0]) / "meta.json").exists()
 
     mostly = _run(path, instance, DAYS[1])

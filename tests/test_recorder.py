@@ -26,13 +26,13 @@ import pytest
 from bmlt_assets.cli import main as bmlt
 from bmlt_assets.cli import parse_duration
 from bmlt_assets.core.book import snapshot_schema
+from bmlt_assets.core.config import ConfigError, load_config
+from bmlt_assets.core.errors import BinanceBanned
+from bmlt_assets.core.files import landing_root
 from bmlt_assets.core.recorder import BookRow, CadenceSampler, LandingWriter, Recorder
 from bmlt_assets.definitions import build_definitions, build_resources
 from bmlt_assets.snapshots import orderbook_snapshots
-from bmlt_assets.core.errors import BinanceBanned
 from bmlt_resources.binance import BinanceResource
-from bmlt_assets.core.config import ConfigError, load_config
-from bmlt_assets.core.files import landing_root
 from bmlt_resources.storage import LandingZoneResource, StorageResource
 from tests.helpers import real_recording, write_config
 from tests.replay_server import ReplayServer, ThreadedReplayServer
@@ -52,8 +52,12 @@ def assert_books_match(books: pl.DataFrame, truth: dict[int, tuple[list, list]])
     assert books.schema == pl.Schema(snapshot_schema(DEPTH))
     for row in books.iter_rows(named=True):
         bids, asks = truth[row["update_id"]]
-        assert (row["bid_px"], row["bid_qty"]) == tuple(map(list, zip(*bids))), f"bids differ at update {row['update_id']}"
-        assert (row["ask_px"], row["ask_qty"]) == tuple(map(list, zip(*asks))), f"asks differ at update {row['update_id']}"
+        assert (row["bid_px"], row["bid_qty"]) == tuple(map(list, zip(*bids))), (
+            f"bids differ at update {row['update_id']}"
+        )
+        assert (row["ask_px"], row["ask_qty"]) == tuple(map(list, zip(*asks))), (
+            f"asks differ at update {row['update_id']}"
+        )
     assert (books["update_id"].diff().drop_nulls() > 0).all()  # one symbol, receive order = update order
 
 
@@ -61,8 +65,16 @@ async def record_replay(server: ReplayServer, landing: Path, *, cadence_ms: int 
     """Record everything the server streams, then stop."""
     await server.start()
     exchange = BinanceResource(rest_url=server.rest_url, ws_url=server.ws_url).stream_exchange()
-    recorder = Recorder(exchange, ["BTC/USDT"], DEPTH, LandingWriter(landing, DEPTH, rotate_s=60), cadence_ms=cadence_ms,
-                        flush_s=0.5, backoff_s=0.02, max_backoff_s=0.5)
+    recorder = Recorder(
+        exchange,
+        ["BTC/USDT"],
+        DEPTH,
+        LandingWriter(landing, DEPTH, rotate_s=60),
+        cadence_ms=cadence_ms,
+        flush_s=0.5,
+        backoff_s=0.02,
+        max_backoff_s=0.5,
+    )
     stop = asyncio.Event()
 
     async def stop_when_replayed() -> None:
@@ -111,7 +123,9 @@ def test_disconnects_and_a_sequence_gap_resync_and_are_recorded(tmp_path: Path) 
     assert_books_match(books, server.truth)  # no corrupted book before, between or after the gaps
     # The intervals are saved beside the files, where orderbook_snapshots reports them from.
     landing = LandingZoneResource(base_dir=str(tmp_path), market="spot", depth=DEPTH)
-    days = sorted(dt.date.fromisoformat(folder.name.removeprefix("date=")) for folder in landing_root(tmp_path, "spot").iterdir())
+    days = sorted(
+        dt.date.fromisoformat(folder.name.removeprefix("date=")) for folder in landing_root(tmp_path, "spot").iterdir()
+    )
     saved = [gap for day in days for gap in landing.gaps(day, ["BTC/USDT"])]
     assert sorted(saved, key=lambda gap: gap["to_ns"]) == [asdict(gap) for gap in stats.gaps]
 
@@ -158,6 +172,7 @@ def test_a_failed_write_keeps_its_rows_for_the_next_flush(tmp_path: Path, monkey
     writer.add([_full_row("A", 10.0, 1)])
     writer.flush(now_ns=int(11e9))
     writer.add([_full_row("A", 20.0, 2)])
+
     def disk_full(frame: pl.DataFrame, path: Path) -> None:
         raise OSError("disk full")
 
@@ -182,12 +197,20 @@ def test_a_clock_stepping_back_into_a_closed_interval_keeps_its_file(tmp_path: P
 
 
 def _binance_config(tmp_path: Path, server: ReplayServer, **recording: object) -> Path:
-    return write_config(tmp_path, {
-        "data": {"source": "binance", "symbols": ["BTC/USDT"], "depth": DEPTH, "cadence_ms": 1000,
-                 "binance": {"rest_url": server.rest_url, "ws_url": server.ws_url}},
-        "labels": {"target_symbol": "BTC/USDT", "horizons_s": [30, 120]},
-        "recording": {"flush_s": 0.25, "backoff_s": 0.05, "max_backoff_s": 1.0, **recording},
-    })
+    return write_config(
+        tmp_path,
+        {
+            "data": {
+                "source": "binance",
+                "symbols": ["BTC/USDT"],
+                "depth": DEPTH,
+                "cadence_ms": 1000,
+                "binance": {"rest_url": server.rest_url, "ws_url": server.ws_url},
+            },
+            "labels": {"target_symbol": "BTC/USDT", "horizons_s": [30, 120]},
+            "recording": {"flush_s": 0.25, "backoff_s": 0.05, "max_backoff_s": 1.0, **recording},
+        },
+    )
 
 
 @pytest.fixture
@@ -216,8 +239,14 @@ def record_process():
     processes: list[subprocess.Popen] = []
 
     def start(config: Path, *extra: str) -> subprocess.Popen:
-        processes.append(subprocess.Popen([str(BIN / "bmlt"), "record", "--config", str(config), *extra],
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        processes.append(
+            subprocess.Popen(
+                [str(BIN / "bmlt"), "record", "--config", str(config), *extra],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
         return processes[-1]
 
     yield start
@@ -240,7 +269,10 @@ def test_sigterm_flushes_everything_and_exits_cleanly(tmp_path: Path, threaded_s
     books = landing_books(tmp_path / "data" / "landing")
     assert books.height == summary["books"]["BTC/USDT"] > 100  # everything counted was published
     assert_books_match(books, server.truth)
-    assert re.search(r"\] [\d.]+ books/s \(BTC/USDT [\d.]+\) \| gaps 0 \| reconnects 0 \| [\d.]+ MiB in \d+ file\(s\) \| cpu \d+%", err)
+    assert re.search(
+        r"\] [\d.]+ books/s \(BTC/USDT [\d.]+\) \| gaps 0 \| reconnects 0 \| [\d.]+ MiB in \d+ file\(s\) \| cpu \d+%",
+        err,
+    )
 
 
 def test_a_killed_recorder_leaves_only_complete_files(tmp_path: Path, threaded_server, record_process) -> None:
@@ -258,7 +290,9 @@ def test_a_killed_recorder_leaves_only_complete_files(tmp_path: Path, threaded_s
     books = landing_books(landing)  # every published file reads in full
     assert_books_match(books, server.truth)
     lost_s = (killed_ns - books["receive_ts"].max()) / 1e9
-    assert lost_s < 0.25 + 2.0, f"{lost_s:.2f} s of books lost, more than one flush interval (+2 s slack for a loaded machine)"
+    assert lost_s < 0.25 + 2.0, (
+        f"{lost_s:.2f} s of books lost, more than one flush interval (+2 s slack for a loaded machine)"
+    )
 
 
 def test_record_job_runs_the_recorder_in_dagster(tmp_path: Path, threaded_server) -> None:
@@ -283,19 +317,27 @@ def test_record_job_runs_the_recorder_in_dagster(tmp_path: Path, threaded_server
     for file in list(landing.rglob("*.parquet")):
         past.mkdir(exist_ok=True)
         file.rename(past / file.name)
-    ingested = dg.materialize([orderbook_snapshots], partition_key="2024-08-09", resources=build_resources(_binance_config(tmp_path, server)))
+    ingested = dg.materialize(
+        [orderbook_snapshots], partition_key="2024-08-09", resources=build_resources(_binance_config(tmp_path, server))
+    )
     assert ingested.success
     storage = StorageResource(base_dir=str(tmp_path / "data"), config_name="tiny")
     consolidated = pl.read_parquet(storage.snapshots(dt.date(2024, 8, 9)))
     assert consolidated.sort("receive_ts").equals(books)
 
 
-def test_record_refuses_a_synthetic_config_an_unknown_symbol_and_an_unreachable_exchange(tmp_path: Path, threaded_server, tiny_config_path: Path, capsys) -> None:
+def test_record_refuses_a_synthetic_config_an_unknown_symbol_and_an_unreachable_exchange(
+    tmp_path: Path, threaded_server, tiny_config_path: Path, capsys
+) -> None:
     assert bmlt(["record", "--config", str(tiny_config_path), "--duration", "1"]) == 2
     assert "recording needs a Binance config" in capsys.readouterr().err
     server = threaded_server()
     config = _binance_config(tmp_path, server)
-    config.write_text(config.read_text().replace("- BTC/USDT", "- DOGE/USDT", 1).replace("target_symbol: BTC/USDT", "target_symbol: DOGE/USDT"))
+    config.write_text(
+        config.read_text()
+        .replace("- BTC/USDT", "- DOGE/USDT", 1)
+        .replace("target_symbol: BTC/USDT", "target_symbol: DOGE/USDT")
+    )
     assert bmlt(["record", "--config", str(config), "--duration", "5"]) == 2
     assert "['DOGE/USDT'] not listed by Binance" in capsys.readouterr().err
     config.write_text(config.read_text().replace(server.rest_url, "http://127.0.0.1:9/api/v3"))  # nothing listens there
@@ -305,8 +347,13 @@ def test_record_refuses_a_synthetic_config_an_unknown_symbol_and_an_unreachable_
 
 
 def test_a_spot_stream_url_without_stream_is_a_config_error(tmp_path: Path) -> None:
-    config = write_config(tmp_path, {"data": {"source": "binance", "symbols": ["BTC/USDT"], "binance": {"ws_url": "wss://relay.example/ws"}},
-                                     "labels": {"target_symbol": "BTC/USDT"}})
+    config = write_config(
+        tmp_path,
+        {
+            "data": {"source": "binance", "symbols": ["BTC/USDT"], "binance": {"ws_url": "wss://relay.example/ws"}},
+            "labels": {"target_symbol": "BTC/USDT"},
+        },
+    )
     with pytest.raises(ConfigError, match="must contain '/stream'"):
         load_config(config)
 

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 
 from bmlt_assets.core.book import book_arrays
-from bmlt_assets.core.representation import CHANNELS, align_to_grid, bucket_edges_bps, represent_books
 from bmlt_assets.core.config import RepresentationConfig, SyntheticConfig
+from bmlt_assets.core.representation import CHANNELS, align_to_grid, bucket_edges_bps, represent_books
 from bmlt_assets.core.synthetic import SyntheticMarket
 
-BOOKS = book_arrays(SyntheticMarket(SyntheticConfig(), seed=5, cadence_ms=10_000, depth=20).simulate(dt.date(2025, 1, 6), "SOL/USDT"))
+BOOKS = book_arrays(
+    SyntheticMarket(SyntheticConfig(), seed=5, cadence_ms=10_000, depth=20).simulate(dt.date(2025, 1, 6), "SOL/USDT")
+)
 RAW = [BOOKS[side][:500] for side in ("bid_px", "bid_qty", "ask_px", "ask_qty")]
 
 

@@ -9,9 +9,9 @@ import polars as pl
 import pytest
 
 from bmlt_assets.core.book import book_arrays, validate_snapshots
+from bmlt_assets.core.config import LabelsConfig, SyntheticConfig
 from bmlt_assets.core.labels import class_edges, classify, forward_log_returns, trailing_volatility
 from bmlt_assets.core.representation import align_to_grid, day_grid_ns
-from bmlt_assets.core.config import LabelsConfig, SyntheticConfig
 from bmlt_assets.core.synthetic import SyntheticMarket
 from bmlt_resources.synthetic import SyntheticMarketResource
 
@@ -93,7 +93,9 @@ def test_no_signal_means_no_edge() -> None:
 
 
 def test_a_symbol_does_not_depend_on_the_other_configured_symbols() -> None:
-    resource = SyntheticMarketResource(seed=1, cadence_ms=CADENCE_MS, depth=10, params_json=SyntheticConfig().model_dump_json())
+    resource = SyntheticMarketResource(
+        seed=1, cadence_ms=CADENCE_MS, depth=10, params_json=SyntheticConfig().model_dump_json()
+    )
     with_btc = resource.snapshots(DAY, ["BTC/USDT", "ETH/USDT"]).filter(pl.col("symbol") == "ETH/USDT")
     with_sol = resource.snapshots(DAY, ["SOL/USDT", "ETH/USDT"]).filter(pl.col("symbol") == "ETH/USDT")
     assert with_btc.height > 0

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from bmlt_assets.core.config import PlatformConfig
 from bmlt_assets.core.dataset import build_dataset
 from bmlt_assets.core.train import train
-from bmlt_assets.core.config import PlatformConfig
 from tests.helpers import synthetic_days
 
 

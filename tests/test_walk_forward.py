@@ -9,10 +9,10 @@ import dagster as dg
 import numpy as np
 import pytest
 
+from bmlt_assets.core.config import ConfigError, load_config
 from bmlt_assets.core.splits import purge_limit, walk_forward_splits
 from bmlt_assets.definitions import INGEST_ASSETS, TRAINING_ASSETS, build_resources
 from bmlt_assets.partitions import range_tags
-from bmlt_assets.core.config import ConfigError, load_config
 from bmlt_resources.storage import StorageResource
 from tests.helpers import write_config
 
@@ -47,11 +47,15 @@ def test_too_many_folds_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_walk_forward_trains_a_model_per_fold_and_reports_over_time(tmp_path: Path) -> None:
-    path = write_config(tmp_path, {"dataset": {"split": "walk_forward", "folds": 2, "val_fraction": 0.15, "test_fraction": 0.2}})
+    path = write_config(
+        tmp_path, {"dataset": {"split": "walk_forward", "folds": 2, "val_fraction": 0.15, "test_fraction": 0.2}}
+    )
     config = load_config(path)
     assets, instance = INGEST_ASSETS + TRAINING_ASSETS, dg.DagsterInstance.ephemeral()
     tags = range_tags(config.data.start_date, config.data.end_date)
-    assert dg.materialize(assets, selection=INGEST_ASSETS, resources=build_resources(path), instance=instance, tags=tags).success
+    assert dg.materialize(
+        assets, selection=INGEST_ASSETS, resources=build_resources(path), instance=instance, tags=tags
+    ).success
     result = dg.materialize(assets, selection=TRAINING_ASSETS, resources=build_resources(path), instance=instance)
     assert result.success
     storage = StorageResource(base_dir=str(config.base_dir), config_name=config.name)
@@ -62,6 +66,8 @@ def test_walk_forward_trains_a_model_per_fold_and_reports_over_time(tmp_path: Pa
     assert folds[0]["test_last_ns"] < folds[1]["test_first_ns"]
     assert all(np.isfinite(f["horizons"][0]["model"]["log_loss"]) for f in folds)
     # The latest fold's row is the full report's model on the same test block.
-    assert folds[1]["horizons"][0]["model"]["log_loss"] == pytest.approx(saved["report"][0]["metrics"]["model"]["log_loss"])
+    assert folds[1]["horizons"][0]["model"]["log_loss"] == pytest.approx(
+        saved["report"][0]["metrics"]["model"]["log_loss"]
+    )
     markdown = (storage.report / "report.md").read_text()
     assert "## Walk-forward: performance over time" in markdown and "| mean |" in markdown

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bmlt_assets.core.config import PlatformConfig
 from bmlt_assets.core.dataset import build_dataset, load_dataset, save_dataset
 from bmlt_assets.core.plan import memory_plan
 from bmlt_assets.core.representation import rolling_standardize
 from bmlt_assets.core.splits import eligible_steps
 from bmlt_assets.core.train import batch_loader
 from bmlt_assets.core.windows import gather_windows
-from bmlt_assets.core.config import PlatformConfig
 from tests.helpers import synthetic_days
 
 
@@ -42,7 +42,9 @@ def test_excluded_windows_really_cross_a_gap() -> None:
         assert (t in kept) != spans_gap, t
 
 
-def test_the_dataset_memory_maps_the_base_array_and_never_copies_it(tmp_path: Path, tiny_config: PlatformConfig) -> None:
+def test_the_dataset_memory_maps_the_base_array_and_never_copies_it(
+    tmp_path: Path, tiny_config: PlatformConfig
+) -> None:
     data = build_dataset(synthetic_days(tiny_config), tiny_config)
     save_dataset([data], tmp_path)
     loaded = load_dataset(tmp_path, tiny_config)

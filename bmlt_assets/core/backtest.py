@@ -69,18 +69,19 @@ def run_backtest(
     cadence_s: float,
 ) -> Backtest:
     """``steps`` sorted sample steps; ``realized`` the forward log return over ``horizon`` steps."""
-    entries, sides = [], []
+    entry_list: list[int] = []
+    side_list: list[int] = []
     free_from = -np.inf
     for i, step in enumerate(steps):
         if step < free_from:
             continue
         side = 1 if p_up[i] > threshold and p_up[i] >= p_down[i] else -1 if p_down[i] > threshold else 0
         if side:
-            entries.append(i)
-            sides.append(side)
+            entry_list.append(i)
+            side_list.append(side)
             free_from = step + horizon
-    entries = np.asarray(entries, dtype=np.int64)
-    sides = np.asarray(sides, dtype=np.int64)
+    entries = np.asarray(entry_list, dtype=np.int64)
+    sides = np.asarray(side_list, dtype=np.int64)
     gross = sides * realized[entries]
     costs = (2 * fee_bps + spread_bps[entries]) * 1e-4
     span_s = float((steps[-1] - steps[0] + horizon) * cadence_s) if len(steps) else 0.0

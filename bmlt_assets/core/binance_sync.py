@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import polars as pl
 
 from bmlt_assets.core.book import snapshot_frame
 
+log = logging.getLogger(__name__)
 QUOTES = ("USDT", "USDC", "FDUSD", "TUSD", "BUSD", "BTC", "ETH", "BNB", "EUR", "TRY")
 
 
@@ -132,7 +134,14 @@ class BookBuilder:
         else:
             chained = int(event["pu"]) == book.last_update_id
         if not chained:
-            self.summary.gaps.append({"symbol": symbol, "from_ns": book.last_receive_ns, "to_ns": receive_ns, "after_update_id": book.last_update_id})
+            self.summary.gaps.append(
+                {
+                    "symbol": symbol,
+                    "from_ns": book.last_receive_ns,
+                    "to_ns": receive_ns,
+                    "after_update_id": book.last_update_id,
+                }
+            )
             self.books[symbol] = BookState(buffer=[(receive_ns, event)])  # re-sync at the next snapshot
             return
         for side, changes in ((book.bids, event["b"]), (book.asks, event["a"])):
@@ -154,7 +163,15 @@ class BookBuilder:
         if bid_prices[0] >= ask_prices[0]:
             self.summary.crossed += 1
         self.rows.setdefault(symbol, []).append(
-            (exchange_ns, receive_ns, update_id, bid_prices, [book.bids[p] for p in bid_prices], ask_prices, [book.asks[p] for p in ask_prices])
+            (
+                exchange_ns,
+                receive_ns,
+                update_id,
+                bid_prices,
+                [book.bids[p] for p in bid_prices],
+                ask_prices,
+                [book.asks[p] for p in ask_prices],
+            )
         )
         s = self.summary
         s.snapshots += 1
@@ -165,8 +182,18 @@ class BookBuilder:
         frames = []
         for symbol, rows in self.rows.items():
             exchange, receive, update, bid_px, bid_qty, ask_px, ask_qty = (np.asarray(column) for column in zip(*rows))
-            frames.append(snapshot_frame(exchange_ns=exchange, receive_ns=receive, symbol=symbol, update_id=update,
-                                         bid_px=bid_px, bid_qty=bid_qty, ask_px=ask_px, ask_qty=ask_qty))
+            frames.append(
+                snapshot_frame(
+                    exchange_ns=exchange,
+                    receive_ns=receive,
+                    symbol=symbol,
+                    update_id=update,
+                    bid_px=bid_px,
+                    bid_qty=bid_qty,
+                    ask_px=ask_px,
+                    ask_qty=ask_qty,
+                )
+            )
         return pl.concat(frames) if frames else pl.DataFrame()
 
 
@@ -181,19 +208,35 @@ def tardis_book_snapshots(path: Path, levels: int) -> pl.DataFrame:
     if not 1 <= levels <= 25:
         raise ValueError(f"--levels {levels}: book_snapshot_25 holds at most 25 levels per side")
     raw = pl.read_csv(path)
-    missing = [c for c in ("symbol", "timestamp", "local_timestamp", f"asks[{levels - 1}].price", f"bids[{levels - 1}].amount") if c not in raw.columns]
+    missing = [
+        c
+        for c in ("symbol", "timestamp", "local_timestamp", f"asks[{levels - 1}].price", f"bids[{levels - 1}].amount")
+        if c not in raw.columns
+    ]
     if missing:
-        raise ValueError(f"{path}: not a tardis book_snapshot_25 file, or fewer than {levels} levels (missing {missing})")
+        raise ValueError(
+            f"{path}: not a tardis book_snapshot_25 file, or fewer than {levels} levels (missing {missing})"
+        )
     frames = []
-    for (symbol,), rows in raw.sort("local_timestamp").partition_by("symbol", as_dict=True, maintain_order=True).items():
-        def side(name: str, field: str) -> np.ndarray:
+    for (symbol,), rows in (
+        raw.sort("local_timestamp").partition_by("symbol", as_dict=True, maintain_order=True).items()
+    ):
+
+        def side(name: str, field: str, rows: pl.DataFrame = rows) -> np.ndarray:
             return rows.select([f"{name}[{i}].{field}" for i in range(levels)]).to_numpy().astype(np.float64)
 
-        frames.append(snapshot_frame(
-            exchange_ns=rows["timestamp"].to_numpy() * 1000, receive_ns=rows["local_timestamp"].to_numpy() * 1000,
-            symbol=unified_symbol(symbol.upper().replace("-", "")), update_id=np.arange(rows.height),
-            bid_px=side("bids", "price"), bid_qty=side("bids", "amount"), ask_px=side("asks", "price"), ask_qty=side("asks", "amount"),
-        ))
+        frames.append(
+            snapshot_frame(
+                exchange_ns=rows["timestamp"].to_numpy() * 1000,
+                receive_ns=rows["local_timestamp"].to_numpy() * 1000,
+                symbol=unified_symbol(symbol.upper().replace("-", "")),
+                update_id=np.arange(rows.height),
+                bid_px=side("bids", "price"),
+                bid_qty=side("bids", "amount"),
+                ask_px=side("asks", "price"),
+                ask_qty=side("asks", "amount"),
+            )
+        )
     return pl.concat(frames)
 
 
@@ -207,10 +250,22 @@ def import_recordings(files: list[Path], fmt: str, market: str, levels: int) -> 
     if fmt == "binance-ws":
         builder = BookBuilder(market, levels)
         for path in files:
+            log.info("replaying %s", path)
             builder.feed(read_recording(path))
+        log.info(
+            "rebuilt %s books from %s depth updates, %s gap(s)",
+            builder.summary.snapshots,
+            builder.summary.updates_applied,
+            len(builder.summary.gaps),
+        )
         return builder.frame(), builder.summary
     frame = pl.concat([tardis_book_snapshots(path, levels) for path in files])
     crossed = int((frame["bid_px"].arr.first() >= frame["ask_px"].arr.first()).sum())
-    summary = ImportSummary(snapshots=frame.height, crossed=crossed, first_receive_ns=frame["receive_ts"].min(),
-                            last_receive_ns=frame["receive_ts"].max())
+    summary = ImportSummary(
+        snapshots=frame.height,
+        crossed=crossed,
+        # receive_ts is Int64 (snapshot schema): its min/max are ints, or None for no rows.
+        first_receive_ns=cast("int | None", frame["receive_ts"].min()),
+        last_receive_ns=cast("int | None", frame["receive_ts"].max()),
+    )
     return frame, summary

@@ -16,11 +16,11 @@ BOOK_SIDES = ("bid_px", "bid_qty", "ask_px", "ask_qty")
 def snapshot_schema(depth: int) -> dict[str, pl.DataType]:
     levels = pl.Array(pl.Float64, depth)
     return {
-        "exchange_ts": pl.Int64,
-        "receive_ts": pl.Int64,
-        "symbol": pl.String,
-        "update_id": pl.Int64,
-        **{side: levels for side in BOOK_SIDES},
+        "exchange_ts": pl.Int64(),
+        "receive_ts": pl.Int64(),
+        "symbol": pl.String(),
+        "update_id": pl.Int64(),
+        **dict.fromkeys(BOOK_SIDES, levels),
     }
 
 
@@ -73,7 +73,7 @@ def _row_problems(frame: pl.DataFrame) -> np.ndarray:
     bid_px, bid_qty, ask_px, ask_qty = (books[s] for s in BOOK_SIDES)
     reasons = np.full(frame.height, "", dtype=object)
 
-    def flag(mask: np.ndarray, reason: str) -> None:
+    def flag(mask: np.ndarray | np.bool, reason: str) -> None:
         reasons[(reasons == "") & mask] = reason
 
     stacked = np.stack([bid_px, bid_qty, ask_px, ask_qty])

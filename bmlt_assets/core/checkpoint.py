@@ -35,14 +35,20 @@ def model_spec(config: PlatformConfig, data: TrainingData, temperatures: list[fl
 
 
 def save_checkpoint(path: Path, model: OrderBookClassifier, normalizer: Normalizer, spec: dict[str, Any]) -> None:
-    torch.save({"state_dict": model.state_dict(), "norm_mean": normalizer.mean, "norm_std": normalizer.std, "spec": spec}, path)
+    torch.save(
+        {"state_dict": model.state_dict(), "norm_mean": normalizer.mean, "norm_std": normalizer.std, "spec": spec}, path
+    )
 
 
 def load_checkpoint(path: Path) -> tuple[OrderBookClassifier, Normalizer, dict[str, Any]]:
     payload = torch.load(path, weights_only=False)
     spec = payload["spec"]
     model = OrderBookClassifier(
-        ModelConfig.model_validate(spec["model"]), spec["levels"], len(spec["symbols"]), len(spec["horizons_s"]), spec["n_classes"]
+        ModelConfig.model_validate(spec["model"]),
+        spec["levels"],
+        len(spec["symbols"]),
+        len(spec["horizons_s"]),
+        spec["n_classes"],
     )
     model.load_state_dict(payload["state_dict"])
     model.eval()

@@ -94,14 +94,15 @@ class DataConfig(Section):
             unknown = [s for s in self.symbols if s not in SYNTHETIC_SYMBOLS]
             if unknown:
                 raise ValueError(
-                    f"unknown symbol(s) {unknown} for the synthetic market; "
-                    f"choose from {list(SYNTHETIC_SYMBOLS)}"
+                    f"unknown symbol(s) {unknown} for the synthetic market; choose from {list(SYNTHETIC_SYMBOLS)}"
                 )
         if 86_400_000 % self.cadence_ms:
             raise ValueError(f"cadence_ms={self.cadence_ms} must divide one day (86400000 ms)")
         ws_url = self.binance.ws_url
         if self.market == "spot" and ws_url and "/stream" not in ws_url:
-            raise ValueError(f"binance.ws_url {ws_url!r} must contain '/stream': ccxt reads it as a futures connection otherwise")
+            raise ValueError(
+                f"binance.ws_url {ws_url!r} must contain '/stream': ccxt reads it as a futures connection otherwise"
+            )
         return self
 
     @property
@@ -211,9 +212,7 @@ class DatasetConfig(Section):
                     "leave no training data for the first fold; use fewer folds or smaller fractions"
                 )
         elif abs(total - 1.0) > 1e-9:
-            raise ValueError(
-                f"train_fraction + val_fraction + test_fraction = {total:g}; they must sum to 1"
-            )
+            raise ValueError(f"train_fraction + val_fraction + test_fraction = {total:g}; they must sum to 1")
         return self
 
 
@@ -302,7 +301,8 @@ class HpoConfig(Section):
             section, _, name = path.partition(".")
             if section not in TUNABLE_SECTIONS or not name:
                 raise ValueError(f"{path!r}: tune fields of {list(TUNABLE_SECTIONS)} as 'section.field'")
-            model = {"model": ModelConfig, "training": TrainingConfig}[section]
+            models: dict[str, type[Section]] = {"model": ModelConfig, "training": TrainingConfig}
+            model = models[section]
             if name not in model.model_fields:
                 raise ValueError(f"{path!r}: {section} has no field {name!r}")
         return space
@@ -387,9 +387,7 @@ class PlatformConfig(Section):
     def _cross_section(self) -> PlatformConfig:
         target = self.labels.target_symbol
         if target is not None and target not in self.data.symbols:
-            raise ValueError(
-                f"labels.target_symbol {target!r} is not one of data.symbols {self.data.symbols}"
-            )
+            raise ValueError(f"labels.target_symbol {target!r} is not one of data.symbols {self.data.symbols}")
         cadence_s = self.data.cadence_ms / 1000
         if self.recording.cadence_ms is None and (self.recording.rotate_s * 1000) % self.data.cadence_ms:
             raise ValueError(
@@ -399,8 +397,7 @@ class PlatformConfig(Section):
         for horizon in self.labels.horizons_s:
             if (horizon * 1000) % self.data.cadence_ms:
                 raise ValueError(
-                    f"labels.horizons_s: {horizon}s is not a multiple of data.cadence_ms "
-                    f"({self.data.cadence_ms} ms)"
+                    f"labels.horizons_s: {horizon}s is not a multiple of data.cadence_ms ({self.data.cadence_ms} ms)"
                 )
         if self.representation.kind in ("full", "hybrid") and self.representation.raw_levels > self.data.depth:
             raise ValueError(

@@ -7,17 +7,19 @@ the memory-mapped base array (see ``windows.py``).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from bmlt_assets.core.config import PlatformConfig
+from bmlt_assets.core.files import load_arrays, save_arrays
 from bmlt_assets.core.labels import class_edges, classify
 from bmlt_assets.core.splits import PARTS, Split, chronological_split, eligible_steps, walk_forward_splits
 from bmlt_assets.core.windows import Normalizer, WindowSource
-from bmlt_assets.core.config import PlatformConfig
-from bmlt_assets.core.files import load_arrays, save_arrays
 
+log = logging.getLogger(__name__)
 GRID_ARRAYS = ["base", "mids", "timestamps"]
 PART_FIELDS = ["steps", "classes", "edges", "returns", "previous", "volatility"]
 
@@ -57,7 +59,10 @@ def build_folds(days: list[dict[str, np.ndarray]], config: PlatformConfig) -> li
     """Join per-day arrays (tensors + returns, consecutive dates) and split them: one dataset per
     fold, oldest first (a chronological split is a single fold). All folds share the grid arrays;
     each has its own parts, class edges and normalizer, fitted on its own training part."""
-    joined = {name: np.concatenate([day[name] for day in days]) for name in ("base", "mids", "valid", "timestamps", "returns", "volatility")}
+    joined = {
+        name: np.concatenate([day[name] for day in days])
+        for name in ("base", "mids", "valid", "timestamps", "returns", "volatility")
+    }
     target = config.data.symbols.index(config.target)
     returns = joined["returns"][:, :, target]
     volatility = joined["volatility"][:, target]
@@ -65,13 +70,19 @@ def build_folds(days: list[dict[str, np.ndarray]], config: PlatformConfig) -> li
     if config.labels.edges == "volatility_scaled":
         label_ok &= np.isfinite(volatility) & (volatility > 0)
     d, window, horizon = config.dataset, config.dataset.window_steps, max(config.horizon_steps)
-    steps = eligible_steps(joined["valid"].all(axis=1), window, label_ok, d.sample_stride)
+    steps = eligible_steps(np.asarray(joined["valid"].all(axis=1)), window, label_ok, d.sample_stride)
     fractions = (d.train_fraction, d.val_fraction, d.test_fraction)
     if d.split == "walk_forward":
-        splits = walk_forward_splits(steps, fractions, d.folds, d.walk_forward_window, window, horizon, config.embargo_steps)
+        splits = walk_forward_splits(
+            steps, fractions, d.folds, d.walk_forward_window, window, horizon, config.embargo_steps
+        )
     else:
         splits = [chronological_split(steps, fractions, window, horizon, config.embargo_steps)]
-    return [_fold(joined, returns, volatility, split, config) for split in splits]
+    folds = [_fold(joined, returns, volatility, split, config) for split in splits]
+    for k, fold in enumerate(folds):
+        sizes = ", ".join(f"{name} {len(part):,}" for name, part in fold.parts.items())
+        log.info("fold %s of %s: %s samples over %s steps", k + 1, len(folds), sizes, len(joined["timestamps"]))
+    return folds
 
 
 def build_dataset(days: list[dict[str, np.ndarray]], config: PlatformConfig) -> TrainingData:
@@ -79,10 +90,14 @@ def build_dataset(days: list[dict[str, np.ndarray]], config: PlatformConfig) -> 
     return build_folds(days, config)[-1]
 
 
-def _fold(joined: dict[str, np.ndarray], returns: np.ndarray, volatility: np.ndarray, split: Split, config: PlatformConfig) -> TrainingData:
+def _fold(
+    joined: dict[str, np.ndarray], returns: np.ndarray, volatility: np.ndarray, split: Split, config: PlatformConfig
+) -> TrainingData:
     horizons, window = config.horizon_steps, config.dataset.window_steps
     parts_steps = split.parts()
-    parts_edges = {name: np.empty((len(s), len(horizons), config.labels.n_classes - 1)) for name, s in parts_steps.items()}
+    parts_edges = {
+        name: np.empty((len(s), len(horizons), config.labels.n_classes - 1)) for name, s in parts_steps.items()
+    }
     all_steps = np.concatenate(list(parts_steps.values()))
     in_train = np.zeros(len(all_steps), dtype=bool)
     in_train[: len(split.train)] = True
@@ -106,11 +121,15 @@ def _fold(joined: dict[str, np.ndarray], returns: np.ndarray, volatility: np.nda
     parts = {}
     for name, part_steps in parts_steps.items():
         part_returns = returns[part_steps]
-        classes = np.stack([classify(part_returns[:, i], parts_edges[name][:, i]) for i in range(len(horizons))], axis=1)
+        classes = np.stack(
+            [classify(part_returns[:, i], parts_edges[name][:, i]) for i in range(len(horizons))], axis=1
+        )
         rows = slice(bounds[PARTS.index(name)], bounds[PARTS.index(name) + 1])
         parts[name] = Part(part_steps, classes, parts_edges[name], part_returns, previous[rows], volatility[part_steps])
 
-    normalizer = Normalizer.fit(joined["base"], joined["mids"], split.train, window, config.dataset.norm_fit_samples, config.seed)
+    normalizer = Normalizer.fit(
+        joined["base"], joined["mids"], split.train, window, config.dataset.norm_fit_samples, config.seed
+    )
     source = WindowSource(joined["base"], joined["mids"], joined["timestamps"], window, normalizer)
     return TrainingData(source, parts, config.labels.n_classes, horizons, config.data.symbols, config.target)
 
@@ -133,6 +152,12 @@ def load_dataset(directory: Path, config: PlatformConfig, fold: int = -1) -> Tra
     norm = load_arrays(directory, [f"fold{k}_norm_mean", f"fold{k}_norm_std"])
     parts = {name: Part(**{f: np.load(directory / f"fold{k}_{name}_{f}.npy") for f in PART_FIELDS}) for name in PARTS}
     source = WindowSource(
-        grid["base"], grid["mids"], grid["timestamps"], config.dataset.window_steps, Normalizer(norm[f"fold{k}_norm_mean"], norm[f"fold{k}_norm_std"])
+        grid["base"],
+        grid["mids"],
+        grid["timestamps"],
+        config.dataset.window_steps,
+        Normalizer(norm[f"fold{k}_norm_mean"], norm[f"fold{k}_norm_std"]),
     )
-    return TrainingData(source, parts, config.labels.n_classes, config.horizon_steps, config.data.symbols, config.target)
+    return TrainingData(
+        source, parts, config.labels.n_classes, config.horizon_steps, config.data.symbols, config.target
+    )

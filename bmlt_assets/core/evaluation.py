@@ -16,6 +16,7 @@ from scipy.special import softmax
 
 from bmlt_assets.core.backtest import direction_masses, run_backtest
 from bmlt_assets.core.calibration import expected_calibration_error, reliability_curves
+from bmlt_assets.core.config import EvaluationConfig
 from bmlt_assets.core.dataset import TrainingData
 from bmlt_assets.core.metrics import (
     classification_metrics,
@@ -28,7 +29,6 @@ from bmlt_assets.core.metrics import (
 )
 from bmlt_assets.core.sources import Oracle
 from bmlt_assets.core.uncertainty import mean_interval
-from bmlt_assets.core.config import EvaluationConfig
 
 # (horizon index, test steps, test edges (N, C-1)) -> (N, C) probabilities
 OracleProbabilities = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
@@ -40,6 +40,8 @@ def oracle_for(oracle: Oracle | None, symbol: str, data: TrainingData) -> Oracle
     if oracle is None:
         return None
     return lambda i, steps, edges: oracle.oracle_at(symbol, data.source.timestamps[steps], data.horizons[i], edges)
+
+
 LEAK_TOLERANCE = 1e-6  # nats
 
 
@@ -86,8 +88,12 @@ def evaluate(
         predictors = {
             "model": softmax(test_logits[:, i].astype(np.float64) / temperatures[i], axis=1),
             "prior": prior_probabilities(train.classes[:, i], data.n_classes, len(y)),
-            "persistence": persistence_probabilities(train.previous[:, i], train.classes[:, i], test.previous[:, i], data.n_classes),
-            "logistic_obi": logistic_baseline(train_features, train.classes[:, i], test_features, data.n_classes, config.logistic_max_iter),
+            "persistence": persistence_probabilities(
+                train.previous[:, i], train.classes[:, i], test.previous[:, i], data.n_classes
+            ),
+            "logistic_obi": logistic_baseline(
+                train_features, train.classes[:, i], test_features, data.n_classes, config.logistic_max_iter
+            ),
         }
         if champion is not None:
             predictors["champion"] = champion[:, i]
@@ -102,13 +108,20 @@ def evaluate(
                 "directional_accuracy": directional_accuracy(p, realized, up, down),
             }
             hits = (p.argmax(axis=1) == y).astype(np.float64)
-            intervals[name] = {"accuracy": mean_interval(hits, horizon), "log_loss": mean_interval(losses[name], horizon)}
+            intervals[name] = {
+                "accuracy": mean_interval(hits, horizon),
+                "log_loss": mean_interval(losses[name], horizon),
+            }
             p_up, p_down = direction_masses(p, up, down)
-            trades = run_backtest(test.steps, p_up, p_down, realized, spread_bps, horizon, config.pnl_threshold, config.fee_bps, cadence_s)
+            trades = run_backtest(
+                test.steps, p_up, p_down, realized, spread_bps, horizon, config.pnl_threshold, config.fee_bps, cadence_s
+            )
             pnl[name] = trades.summary()
             equity[name] = {"steps": test.steps[trades.entries].tolist(), "equity_bps": (trades.equity * 1e4).tolist()}
         differences = {
-            f"model_minus_{name}": mean_interval(losses["model"] - losses[name], horizon) for name in predictors if name != "model"
+            f"model_minus_{name}": mean_interval(losses["model"] - losses[name], horizon)
+            for name in predictors
+            if name != "model"
         }
         entry = {
             "horizon_steps": horizon,
@@ -119,7 +132,10 @@ def evaluate(
             "calibration": {
                 "temperature": temperatures[i],
                 "bins": f"{config.ece_bins} equal-width top-label confidence bins",
-                "before": {"ece": expected_calibration_error(raw, y, config.ece_bins), "log_loss": float(per_sample_log_loss(raw, y).mean())},
+                "before": {
+                    "ece": expected_calibration_error(raw, y, config.ece_bins),
+                    "log_loss": float(per_sample_log_loss(raw, y).mean()),
+                },
                 "after": {"ece": metrics["model"]["ece"], "log_loss": metrics["model"]["log_loss"]},
                 "reliability": reliability_curves(predictors["model"], y),
             },
@@ -133,7 +149,9 @@ def evaluate(
             "regimes": {
                 label: {
                     "samples": int((regime == r).sum()),
-                    "accuracy": float((predictors["model"].argmax(axis=1) == y)[regime == r].mean()) if (regime == r).any() else float("nan"),
+                    "accuracy": float((predictors["model"].argmax(axis=1) == y)[regime == r].mean())
+                    if (regime == r).any()
+                    else float("nan"),
                     "log_loss": float(losses["model"][regime == r].mean()) if (regime == r).any() else float("nan"),
                 }
                 for r, label in enumerate(REGIMES)
@@ -151,22 +169,32 @@ def evaluate(
     return report
 
 
-def fold_summary(data: TrainingData, test_logits: np.ndarray, temperatures: list[float], oracle: OracleProbabilities | None) -> dict[str, Any]:
+def fold_summary(
+    data: TrainingData, test_logits: np.ndarray, temperatures: list[float], oracle: OracleProbabilities | None
+) -> dict[str | int, Any]:
     """Headline test metrics of one walk-forward fold: the model against the class prior (and
     the oracle's capture on the synthetic market), with the fold's test period."""
     train, test = data.parts["train"], data.parts["test"]
-    row: dict[str, Any] = {"test_first_ns": int(data.source.timestamps[test.steps[0]]), "test_last_ns": int(data.source.timestamps[test.steps[-1]]), "samples": len(test)}
+    row: dict[str | int, Any] = {
+        "test_first_ns": int(data.source.timestamps[test.steps[0]]),
+        "test_last_ns": int(data.source.timestamps[test.steps[-1]]),
+        "samples": len(test),
+    }
     for i in range(len(data.horizons)):
         y = test.classes[:, i]
         model = classification_metrics(y, softmax(test_logits[:, i].astype(np.float64) / temperatures[i], axis=1))
         prior = classification_metrics(y, prior_probabilities(train.classes[:, i], data.n_classes, len(y)))
         row[i] = {"model": model, "prior": prior}
         if oracle is not None:
-            row[i]["capture"] = signal_capture(model, prior, classification_metrics(y, oracle(i, test.steps, test.edges[:, i])))
+            row[i]["capture"] = signal_capture(
+                model, prior, classification_metrics(y, oracle(i, test.steps, test.edges[:, i]))
+            )
     return row
 
 
-def flat_metrics(report: list[dict[str, Any]], horizons_s: list[int], walk_forward: list[dict[str, Any]]) -> dict[str, float]:
+def flat_metrics(
+    report: list[dict[str, Any]], horizons_s: list[int], walk_forward: list[dict[str, Any]]
+) -> dict[str, float]:
     """The report as flat ``name_<horizon>s`` scalars, as tracking stores want them."""
     metrics: dict[str, float] = {}
     for entry, horizon in zip(report, horizons_s):

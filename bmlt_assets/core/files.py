@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -48,7 +48,7 @@ def integrity_problem(path: Path) -> str | None:
                 np.load(file, mmap_mode="r")
             elif file.suffix == ".json":
                 json.loads(file.read_text())
-        except Exception as error:  # noqa: BLE001 - every failure to parse is corruption
+        except Exception as error:
             return f"{file.name}: {error}"
     return None
 
@@ -57,7 +57,7 @@ def _temporary_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = _temporary_sibling(path)
     try:
@@ -85,9 +85,11 @@ ROW_GROUP_BYTES = 16 * 2**20
 def write_parquet(frame: pl.DataFrame, path: Path) -> Path:
     """zstd Parquet in row groups of about 16 MiB uncompressed, so readers can stream a
     partition group by group instead of loading it whole (see day_tensors_from_parquet)."""
-    row_bytes = max(1, frame.estimated_size() // max(frame.height, 1))
+    row_bytes = max(1, int(frame.estimated_size()) // max(frame.height, 1))
     rows = max(256, ROW_GROUP_BYTES // row_bytes)
-    return atomic_write(path, lambda tmp: frame.write_parquet(tmp, compression="zstd", statistics=True, row_group_size=rows))
+    return atomic_write(
+        path, lambda tmp: frame.write_parquet(tmp, compression="zstd", statistics=True, row_group_size=rows)
+    )
 
 
 def write_json(payload: Any, path: Path) -> Path:
@@ -117,7 +119,7 @@ def save_arrays(directory: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def load_arrays(directory: Path, names: list[str], mmap: bool = False) -> dict[str, np.ndarray]:
-    mode = "r" if mmap else None
+    mode: Literal["r"] | None = "r" if mmap else None
     return {name: np.load(directory / f"{name}.npy", mmap_mode=mode) for name in names}
 
 

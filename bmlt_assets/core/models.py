@@ -32,7 +32,9 @@ from torch import nn
 from bmlt_assets.core.config import ModelConfig
 
 
-def _conv(cin: int, cout: int, kernel: tuple[int, int], activation: nn.Module, stride=(1, 1), padding=(0, 0)) -> list[nn.Module]:
+def _conv(
+    cin: int, cout: int, kernel: tuple[int, int], activation: nn.Module, stride=(1, 1), padding=(0, 0)
+) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding), activation, nn.BatchNorm2d(cout)]
 
 

@@ -32,13 +32,19 @@ def promotion_verdict(
             reasons.append(f"does not beat {name}: log-loss difference CI [{d['low']:.4f}, {d['high']:.4f}] reaches 0")
     if champion_difference is not None and not champion_difference["high"] < 0:
         d = champion_difference
-        reasons.append(f"does not beat the champion: log-loss difference CI [{d['low']:.4f}, {d['high']:.4f}] reaches 0")
+        reasons.append(
+            f"does not beat the champion: log-loss difference CI [{d['low']:.4f}, {d['high']:.4f}] reaches 0"
+        )
     if not ece < max_ece:
         reasons.append(f"ECE {ece:.4f} is not below {max_ece:.4f}")
     numbers = {"ece": ece, "max_ece": max_ece, **{f"vs_{k}": v for k, v in baseline_differences.items()}}
     if champion_difference is not None:
         numbers["vs_champion"] = champion_difference
-    return Verdict(promote=not reasons, reasons=reasons or ["beats every baseline and the champion, ECE below threshold"], numbers=numbers)
+    return Verdict(
+        promote=not reasons,
+        reasons=reasons or ["beats every baseline and the champion, ECE below threshold"],
+        numbers=numbers,
+    )
 
 
 BASELINES = ("prior", "persistence", "logistic_obi")
@@ -53,7 +59,9 @@ def comparable(champion_spec: dict[str, Any], challenger_spec: dict[str, Any]) -
     return same and champion_spec["window_steps"] <= challenger_spec["window_steps"]
 
 
-def gate(report: list[dict[str, Any]], champion_exists: bool, champion_compared: bool, max_ece: float, note: str) -> Verdict:
+def gate(
+    report: list[dict[str, Any]], champion_exists: bool, champion_compared: bool, max_ece: float, note: str
+) -> Verdict:
     """Every horizon must pass; a champion that could not be compared is never replaced."""
     if champion_exists and not champion_compared:
         return Verdict(False, [note], {})
@@ -67,4 +75,8 @@ def gate(report: list[dict[str, Any]], champion_exists: bool, champion_compared:
         for entry in report
     ]
     reasons = [f"{entry['horizon_steps']} steps: {r}" for entry, v in zip(report, verdicts) for r in v.reasons]
-    return Verdict(all(v.promote for v in verdicts), reasons, {str(e["horizon_steps"]): v.numbers for e, v in zip(report, verdicts)})
+    return Verdict(
+        all(v.promote for v in verdicts),
+        reasons,
+        {str(e["horizon_steps"]): v.numbers for e, v in zip(report, verdicts)},
+    )

@@ -11,15 +11,30 @@ from bmlt_assets.core.book import book_arrays
 from bmlt_assets.core.config import QualityConfig
 
 
-def snapshot_quality(clean: pl.DataFrame, quarantined: pl.DataFrame, steps_per_day: int, cadence_ms: int, symbols: list[str], quality: QualityConfig) -> dict[str, Any]:
+def snapshot_quality(
+    clean: pl.DataFrame,
+    quarantined: pl.DataFrame,
+    steps_per_day: int,
+    cadence_ms: int,
+    symbols: list[str],
+    quality: QualityConfig,
+) -> dict[str, Any]:
     """Rates per rule over the raw rows, staleness and coverage per symbol, and the failures."""
     total = clean.height + quarantined.height
     reasons = quarantined["reason"].value_counts().sort("reason") if quarantined.height else None
     by_rule = {row["reason"]: int(row["count"]) for row in reasons.iter_rows(named=True)} if reasons is not None else {}
-    out: dict[str, Any] = {"rows": total, "quarantined": quarantined.height, "quarantined_fraction": quarantined.height / total if total else 1.0, "by_rule": by_rule}
+    out: dict[str, Any] = {
+        "rows": total,
+        "quarantined": quarantined.height,
+        "quarantined_fraction": quarantined.height / total if total else 1.0,
+        "by_rule": by_rule,
+    }
     failures = []
     if out["quarantined_fraction"] > quality.max_quarantined_fraction:
-        failures.append(f"{quarantined.height} of {total} rows quarantined ({out['quarantined_fraction']:.1%} > {quality.max_quarantined_fraction:.1%}): {by_rule}")
+        failures.append(
+            f"{quarantined.height} of {total} rows quarantined "
+            f"({out['quarantined_fraction']:.1%} > {quality.max_quarantined_fraction:.1%}): {by_rule}"
+        )
     per_symbol = {}
     for symbol in symbols:
         rows = clean.filter(pl.col("symbol") == symbol)
@@ -49,20 +64,26 @@ def tensor_quality(base: np.ndarray, valid: np.ndarray, quality: QualityConfig) 
     finite = np.isfinite(base)
     used = base[all_valid] if all_valid.any() else base[:0]
     distances = np.abs(used[:, :, 0::2, :]) if len(used) else np.zeros(1)
-    out = {
+    out: dict[str, Any] = {
         "valid_fraction": float(all_valid.mean()),
         "non_finite": int((~finite).sum()),
         "max_abs_distance_bps": float(distances.max()) if distances.size else 0.0,
-        "quantity_range": [float(used[:, :, 1::2, :].min()), float(used[:, :, 1::2, :].max())] if len(used) else [0.0, 0.0],
+        "quantity_range": [float(used[:, :, 1::2, :].min()), float(used[:, :, 1::2, :].max())]
+        if len(used)
+        else [0.0, 0.0],
     }
     failures = []
     if out["valid_fraction"] < quality.min_valid_fraction:
-        failures.append(f"only {out['valid_fraction']:.1%} of steps valid for all symbols (< {quality.min_valid_fraction:.1%})")
+        failures.append(
+            f"only {out['valid_fraction']:.1%} of steps valid for all symbols (< {quality.min_valid_fraction:.1%})"
+        )
     if out["non_finite"]:
         bad_steps = np.flatnonzero(~finite.all(axis=(1, 2, 3)))
         failures.append(f"{out['non_finite']} NaN/inf values, first at steps {bad_steps[:5].tolist()}")
     if out["max_abs_distance_bps"] > quality.max_abs_distance_bps:
-        failures.append(f"a price level {out['max_abs_distance_bps']:.0f} bps from mid (> {quality.max_abs_distance_bps:g})")
+        failures.append(
+            f"a price level {out['max_abs_distance_bps']:.0f} bps from mid (> {quality.max_abs_distance_bps:g})"
+        )
     out["failures"] = failures
     return out
 

@@ -18,6 +18,7 @@ meanwhile. Gap intervals go beside each file in ``<file>.gaps.json``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import random
@@ -119,7 +120,10 @@ def rows_frame(rows: list[BookRow], depth: int) -> pl.DataFrame:
             "receive_ts": [row.receive_ns for row in rows],
             "symbol": [row.symbol for row in rows],
             "update_id": [row.update_id for row in rows],
-            "bid_px": bids[:, :, 0], "bid_qty": bids[:, :, 1], "ask_px": asks[:, :, 0], "ask_qty": asks[:, :, 1],
+            "bid_px": bids[:, :, 0],
+            "bid_qty": bids[:, :, 1],
+            "ask_px": asks[:, :, 0],
+            "ask_qty": asks[:, :, 1],
         },
         schema=snapshot_schema(depth),
     )
@@ -265,8 +269,12 @@ class RecorderStats:
     def as_dict(self) -> dict[str, Any]:
         elapsed = time.monotonic() - self.started
         return {
-            "books": dict(self.books), "seconds": round(elapsed, 3), "gaps": [asdict(gap) for gap in self.gaps],
-            "reconnects": self.reconnects, "bytes": self.bytes_published, "files": self.files,
+            "books": dict(self.books),
+            "seconds": round(elapsed, 3),
+            "gaps": [asdict(gap) for gap in self.gaps],
+            "reconnects": self.reconnects,
+            "bytes": self.bytes_published,
+            "files": self.files,
             "cpu_seconds": round(time.process_time() - self.cpu_started, 3),
         }
 
@@ -305,14 +313,17 @@ class Recorder:
         try:
             if not await self._load_markets(stop, deadline):
                 return self.stats
-            watchers = [asyncio.create_task(self._watch(symbol, stop), name=f"watch {symbol}") for symbol in self.symbols]
+            watchers = [
+                asyncio.create_task(self._watch(symbol, stop), name=f"watch {symbol}") for symbol in self.symbols
+            ]
             next_flush, next_status = time.monotonic() + self.flush_s, time.monotonic() + self.status_every_s
             while not stop.is_set():
                 wake = min(next_flush, next_status) if deadline is None else min(next_flush, next_status, deadline)
                 await self._sleep(stop, wake - time.monotonic())
                 for task in watchers:  # a watcher only ends early on an error it cannot retry: surface it
-                    if task.done() and task.exception() is not None:
-                        raise task.exception()
+                    failure = task.exception() if task.done() else None
+                    if failure is not None:
+                        raise failure
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     stop.set()
@@ -355,12 +366,17 @@ class Recorder:
                 await self._sleep(stop, delay)
                 delay = min(delay * 2, self.max_backoff_s)
             except ccxt.BaseError as error:
-                raise RecorderError(f"Binance refused the markets request ({type(error).__name__}: {error}); check data.binance.rest_url") from None
+                raise RecorderError(
+                    f"Binance refused the markets request ({type(error).__name__}: {error}); "
+                    "check data.binance.rest_url"
+                ) from None
         else:
             return False
         unknown = [symbol for symbol in self.symbols if symbol not in self.exchange.markets]
         if unknown:
-            raise RecorderError(f"data.symbols: {unknown} not listed by Binance {self.exchange.id}; check the symbols (e.g. 'BTC/USDT')")
+            raise RecorderError(
+                f"data.symbols: {unknown} not listed by Binance {self.exchange.id}; check the symbols (e.g. 'BTC/USDT')"
+            )
         return True
 
     async def _watch(self, symbol: str, stop: asyncio.Event) -> None:
@@ -374,13 +390,17 @@ class Recorder:
                 # re-syncs from a fresh snapshot on the next call. The first retry is immediate;
                 # repeated failures back off (ccxt can hand back the same rejected future until
                 # its re-sync completes, and a dead endpoint should not be hammered).
-                state.lost_because = state.lost_because or ("sequence gap" if isinstance(error, ccxt.InvalidNonce) else f"{type(error).__name__}: {error}"[:200])
+                state.lost_because = state.lost_because or (
+                    "sequence gap" if isinstance(error, ccxt.InvalidNonce) else f"{type(error).__name__}: {error}"[:200]
+                )
                 failures += 1
                 if failures > 1:
                     delay = min(self.backoff_s * 2 ** (failures - 2), self.max_backoff_s)
                     await self._sleep(stop, random.uniform(0.5, 1.0) * delay)
             except ccxt.BaseError as error:  # not a transient failure: retrying would not help
-                raise RecorderError(f"{symbol}: Binance refused the order-book stream ({type(error).__name__}: {error})") from None
+                raise RecorderError(
+                    f"{symbol}: Binance refused the order-book stream ({type(error).__name__}: {error})"
+                ) from None
             else:
                 failures = 0
                 self._on_book(symbol, book, time.time_ns())
@@ -400,8 +420,16 @@ class Recorder:
         if row is None:
             return  # a side thinner than depth: wait for a full book
         syncs = self.exchange.book_syncs[symbol]
-        if state.last_receive_ns is not None and syncs != state.syncs_seen:
-            gap = Gap(symbol, state.last_receive_ns, receive_ns, state.last_update_id, row.update_id, state.lost_because or "connection lost")
+        # last_update_id and last_receive_ns are set together (below), so both or neither are None.
+        if state.last_receive_ns is not None and state.last_update_id is not None and syncs != state.syncs_seen:
+            gap = Gap(
+                symbol,
+                state.last_receive_ns,
+                receive_ns,
+                state.last_update_id,
+                row.update_id,
+                state.lost_because or "connection lost",
+            )
             self.stats.gaps.append(gap)
             self.writer.add_gap(gap)
         state.syncs_seen, state.lost_because = syncs, None
@@ -417,7 +445,12 @@ class Recorder:
         now_ns = time.time_ns()
         self._write(self.sampler.release(now_ns))
         batch = self.writer.take()
-        self._writing = asyncio.ensure_future(asyncio.to_thread(lambda: [publication.write() for publication in batch]))
+
+        def write_batch() -> None:
+            for publication in batch:
+                publication.write()
+
+        self._writing = asyncio.ensure_future(asyncio.to_thread(write_batch))
         try:
             await asyncio.shield(self._writing)  # a cancelled flush still lets its thread finish
         except BaseException:
@@ -443,7 +476,5 @@ class Recorder:
     @staticmethod
     async def _sleep(stop: asyncio.Event, seconds: float) -> None:
         """Sleep ``seconds``, or less if ``stop`` is set meanwhile."""
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=max(seconds, 0.001))
-        except TimeoutError:
-            pass

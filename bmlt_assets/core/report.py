@@ -11,10 +11,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from bmlt_assets.core.tables import table_lines  # noqa: E402
+from bmlt_assets.core.tables import table_lines
 
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "mcc", "log_loss", "brier", "ece", "directional_accuracy")
 PNL = ("trades", "hit_rate", "mean_return_bps", "sharpe_annualized", "max_drawdown_bps", "turnover_per_day")
@@ -42,7 +42,9 @@ def figures(entry: dict[str, Any], horizon_s: int) -> dict[str, bytes]:
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
     for c, curve in enumerate(entry["calibration"]["reliability"]):
         ax.plot(curve["predicted"], curve["observed"], marker=".", linewidth=1, label=f"class {c}")
-    ax.set(xlabel="predicted probability", ylabel="observed frequency", title=f"Reliability (one-vs-rest), {horizon_s}s")
+    ax.set(
+        xlabel="predicted probability", ylabel="observed frequency", title=f"Reliability (one-vs-rest), {horizon_s}s"
+    )
     ax.legend(fontsize=6, ncol=2)
     out[f"reliability_{horizon_s}s.png"] = _png(fig)
 
@@ -70,12 +72,21 @@ def _walk_forward_lines(walk_forward: list[dict[str, Any]], horizons_s: list[int
         return []
     header = ["fold", "test from", "test to", "samples"]
     for h in horizons_s:
-        header += [f"accuracy {h}s", f"log loss {h}s", f"prior log loss {h}s"] + ([f"LL capture {h}s"] if "capture" in walk_forward[0]["horizons"][0] else [])
+        header += [f"accuracy {h}s", f"log loss {h}s", f"prior log loss {h}s"] + (
+            [f"LL capture {h}s"] if "capture" in walk_forward[0]["horizons"][0] else []
+        )
     rows = []
     for fold in walk_forward:
-        row = [fold["fold"], str(np.datetime64(fold["test_first_ns"], "ns").astype("datetime64[s]")), str(np.datetime64(fold["test_last_ns"], "ns").astype("datetime64[s]")), fold["samples"]]
+        row = [
+            fold["fold"],
+            str(np.datetime64(fold["test_first_ns"], "ns").astype("datetime64[s]")),
+            str(np.datetime64(fold["test_last_ns"], "ns").astype("datetime64[s]")),
+            fold["samples"],
+        ]
         for h in fold["horizons"]:
-            row += [h["model"]["accuracy"], h["model"]["log_loss"], h["prior"]["log_loss"]] + ([h["capture"]["logloss_capture"]] if "capture" in h else [])
+            row += [h["model"]["accuracy"], h["model"]["log_loss"], h["prior"]["log_loss"]] + (
+                [h["capture"]["logloss_capture"]] if "capture" in h else []
+            )
         rows.append(row)
     numeric = np.array([r[4:] for r in rows], dtype=np.float64)
     rows.append(["mean", "", "", ""] + [float(v) for v in numeric.mean(axis=0)])
@@ -83,40 +94,80 @@ def _walk_forward_lines(walk_forward: list[dict[str, Any]], horizons_s: list[int
     return ["## Walk-forward: performance over time", "", *table_lines(header, rows), ""]
 
 
-def markdown(report: list[dict[str, Any]], horizons_s: list[int], title: str, images: dict[str, str] | None = None, walk_forward: list[dict[str, Any]] | None = None) -> str:
+def markdown(
+    report: list[dict[str, Any]],
+    horizons_s: list[int],
+    title: str,
+    images: dict[str, str] | None = None,
+    walk_forward: list[dict[str, Any]] | None = None,
+) -> str:
     """The report as Markdown; ``images`` maps figure names to URLs (files or data URIs)."""
     lines = [f"# {title}", "", *_walk_forward_lines(walk_forward or [], horizons_s)]
     for entry, horizon in zip(report, horizons_s):
         lines += [f"## Horizon {horizon}s ({entry['samples']} test samples)", ""]
         if entry.get("leak_suspected"):
-            lines += ['<p style="color:red"><b>PROBABLE LEAK: the model beats the Bayes-optimal oracle beyond its confidence interval.</b></p>', ""]
+            lines += [
+                '<p style="color:red"><b>PROBABLE LEAK: the model beats the Bayes-optimal oracle '
+                "beyond its confidence interval.</b></p>",
+                "",
+            ]
         rows = [[name, *(m[k] for k in HEADLINE)] for name, m in entry["metrics"].items()]
         lines += table_lines(["predictor", *HEADLINE], rows) + [""]
-        ci = [[name, f"{v['accuracy']['low']:.4f} .. {v['accuracy']['high']:.4f}", f"{v['log_loss']['low']:.4f} .. {v['log_loss']['high']:.4f}"] for name, v in entry["intervals"].items()]
+        ci = [
+            [
+                name,
+                f"{v['accuracy']['low']:.4f} .. {v['accuracy']['high']:.4f}",
+                f"{v['log_loss']['low']:.4f} .. {v['log_loss']['high']:.4f}",
+            ]
+            for name, v in entry["intervals"].items()
+        ]
         lines += ["95% block-bootstrap intervals (stationary bootstrap, Politis-White block length):", ""]
         lines += table_lines(["predictor", "accuracy CI", "log loss CI"], ci) + [""]
-        diffs = [[name, d["mean"], f"{d['low']:.4f} .. {d['high']:.4f}"] for name, d in entry["log_loss_differences"].items()]
+        diffs = [
+            [name, d["mean"], f"{d['low']:.4f} .. {d['high']:.4f}"] for name, d in entry["log_loss_differences"].items()
+        ]
         lines += table_lines(["log-loss difference", "mean", "95% CI"], diffs) + [""]
         if "capture" in entry:
             c = entry["capture"]
-            lines += [f"Signal capture: accuracy {c['accuracy_capture']:.3f}, log loss {c['logloss_capture']:.3f} (1 = oracle, 0 = class prior).", ""]
+            lines += [
+                f"Signal capture: accuracy {c['accuracy_capture']:.3f}, log loss {c['logloss_capture']:.3f} "
+                "(1 = oracle, 0 = class prior).",
+                "",
+            ]
         verdict = "beats" if entry["beats_baselines"] else "does NOT beat"
         lines += [f"The model {verdict} every baseline on log loss (95% CI of the difference below 0).", ""]
         cal = entry["calibration"]
         lines += [
             f"Calibration: temperature {cal['temperature']:.3f} fitted on validation; top-label ECE ({cal['bins']}) "
-            f"{cal['before']['ece']:.4f} -> {cal['after']['ece']:.4f}, log loss {cal['before']['log_loss']:.4f} -> {cal['after']['log_loss']:.4f}.",
+            f"{cal['before']['ece']:.4f} -> {cal['after']['ece']:.4f}, "
+            f"log loss {cal['before']['log_loss']:.4f} -> {cal['after']['log_loss']:.4f}.",
             "",
         ]
-        lines += ["Simulated P&L after fees and half-spread (Sharpe = mean/std of per-trade net log returns x sqrt(trades per year), 24/7):", ""]
-        lines += table_lines(["predictor", *PNL], [[name, *(p[k] for k in PNL)] for name, p in entry["pnl"].items()]) + [""]
-        lines += table_lines(["volatility regime", "samples", "accuracy", "log loss"], [[r, v["samples"], v["accuracy"], v["log_loss"]] for r, v in entry["regimes"].items()]) + [""]
+        lines += [
+            "Simulated P&L after fees and half-spread "
+            "(Sharpe = mean/std of per-trade net log returns x sqrt(trades per year), 24/7):",
+            "",
+        ]
+        lines += table_lines(
+            ["predictor", *PNL], [[name, *(p[k] for k in PNL)] for name, p in entry["pnl"].items()]
+        ) + [""]
+        lines += table_lines(
+            ["volatility regime", "samples", "accuracy", "log loss"],
+            [[r, v["samples"], v["accuracy"], v["log_loss"]] for r, v in entry["regimes"].items()],
+        ) + [""]
         counts = np.asarray(entry["confusion"])
-        lines += ["Confusion matrix of the model (rows: realized class, columns: predicted; counts, then row-normalized):", ""]
+        lines += [
+            "Confusion matrix of the model (rows: realized class, columns: predicted; counts, then row-normalized):",
+            "",
+        ]
         n = len(counts)
-        lines += table_lines(["", *(f"p{j}" for j in range(n))], [[f"r{j}", *row] for j, row in enumerate(counts.tolist())]) + [""]
+        lines += table_lines(
+            ["", *(f"p{j}" for j in range(n))], [[f"r{j}", *row] for j, row in enumerate(counts.tolist())]
+        ) + [""]
         shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-        lines += table_lines(["", *(f"p{j}" for j in range(n))], [[f"r{j}", *(float(v) for v in row)] for j, row in enumerate(shares)]) + [""]
+        lines += table_lines(
+            ["", *(f"p{j}" for j in range(n))], [[f"r{j}", *(float(v) for v in row)] for j, row in enumerate(shares)]
+        ) + [""]
         for name in ("confusion", "reliability", "equity", "classes"):
             key = f"{name}_{horizon}s.png"
             if images and key in images:
@@ -130,7 +181,8 @@ def data_uri(png: bytes) -> str:
 
 def html_page(markdown_text: str, title: str) -> str:
     """A self-contained page: the Markdown's tables and images rendered without extra packages."""
-    body, table = [], []
+    body: list[str] = []
+    table: list[str] = []
 
     def flush() -> None:
         if table:
@@ -158,11 +210,21 @@ def html_page(markdown_text: str, title: str) -> str:
         elif line:
             body.append(f"<p>{html.escape(line)}</p>")
     flush()
-    style = "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:2px 6px;font-size:12px}img{margin:4px}"
-    return f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:2px 6px;font-size:12px}img{margin:4px}"
+    )
+    head = f"<meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style>"
+    return f"<!DOCTYPE html><html><head>{head}</head><body>{''.join(body)}</body></html>"
 
 
-def write_report(folder: Path, report: list[dict[str, Any]], horizons_s: list[int], title: str, walk_forward: list[dict[str, Any]] | None = None) -> tuple[str, dict[str, bytes]]:
+def write_report(
+    folder: Path,
+    report: list[dict[str, Any]],
+    horizons_s: list[int],
+    title: str,
+    walk_forward: list[dict[str, Any]] | None = None,
+) -> tuple[str, dict[str, bytes]]:
     """Write report.md (figures by file name), report.html (figures embedded) and the PNGs.
 
     Returns the Markdown with embedded figures (for Dagster metadata) and the PNGs."""

@@ -51,7 +51,9 @@ def bucket_edges_bps(config: RepresentationConfig) -> np.ndarray:
     return np.concatenate([[0.0], inner])
 
 
-def _buckets(distance: np.ndarray, qty: np.ndarray, edges: np.ndarray, eligible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _buckets(
+    distance: np.ndarray, qty: np.ndarray, edges: np.ndarray, eligible: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Summed quantity and qty-weighted mean |distance| per bucket; (rows, buckets) each."""
     index = np.searchsorted(edges, distance, side="right") - 1
     inside = eligible & (distance <= edges[-1])
@@ -154,7 +156,7 @@ def day_tensors(
     mids = np.full((len(grid), len(symbols)), np.nan)
     valid = np.zeros((len(grid), len(symbols)), dtype=bool)
     # (grid step, symbol, source row) for every fresh step, sorted by source row.
-    pairs = []
+    pair_blocks: list[np.ndarray] = []
     for k, symbol in enumerate(symbols):
         rows = rows_by_symbol.get(symbol, np.empty(0, dtype=np.int64))
         if len(rows) == 0:
@@ -162,9 +164,9 @@ def day_tensors(
         row, fresh = align_to_grid(receive_ts[rows], grid, staleness_ms * 1_000_000)
         valid[:, k] = fresh
         steps = np.flatnonzero(fresh)
-        pairs.append(np.stack([steps, np.full(len(steps), k), rows[row[fresh]]], axis=1))
-    if pairs:
-        pairs = np.concatenate(pairs)
+        pair_blocks.append(np.stack([steps, np.full(len(steps), k), rows[row[fresh]]], axis=1))
+    if pair_blocks:
+        pairs = np.concatenate(pair_blocks)
         pairs = pairs[np.argsort(pairs[:, 2], kind="stable")]
         for first, books in batches:
             n = len(books[BOOK_SIDES[0]])
@@ -173,7 +175,8 @@ def day_tensors(
                 continue
             step, symbol_index, source = pairs[lo:hi].T
             used, position = np.unique(source - first, return_inverse=True)
-            levels, mid = represent_books(*(books[side][used] for side in BOOK_SIDES), config)
+            bid_px, bid_qty, ask_px, ask_qty = (books[side][used] for side in BOOK_SIDES)
+            levels, mid = represent_books(bid_px, bid_qty, ask_px, ask_qty, config)
             base[step, :, :, symbol_index] = levels[position]
             mids[step, symbol_index] = mid[position]
     if config.rolling_normalization_s:
@@ -182,15 +185,33 @@ def day_tensors(
     return {"base": base, "mids": mids, "valid": valid, "timestamps": grid}
 
 
-def day_tensors_from_frame(snapshots: pl.DataFrame, date: dt.date, symbols: list[str], cadence_ms: int, staleness_ms: int, config: RepresentationConfig) -> dict[str, np.ndarray]:
+def day_tensors_from_frame(
+    snapshots: pl.DataFrame,
+    date: dt.date,
+    symbols: list[str],
+    cadence_ms: int,
+    staleness_ms: int,
+    config: RepresentationConfig,
+) -> dict[str, np.ndarray]:
     """``day_tensors`` of snapshots already in memory."""
     snapshots = snapshots.sort(["symbol", "receive_ts"], maintain_order=True)
     symbol = snapshots["symbol"].to_numpy()
     rows_by_symbol = {name: np.flatnonzero(symbol == name) for name in symbols}
-    return day_tensors(rows_by_symbol, snapshots["receive_ts"].to_numpy(), [(0, book_arrays(snapshots))], date, symbols, cadence_ms, staleness_ms, config)
+    return day_tensors(
+        rows_by_symbol,
+        snapshots["receive_ts"].to_numpy(),
+        [(0, book_arrays(snapshots))],
+        date,
+        symbols,
+        cadence_ms,
+        staleness_ms,
+        config,
+    )
 
 
-def day_tensors_from_parquet(path: Path, date: dt.date, symbols: list[str], cadence_ms: int, staleness_ms: int, config: RepresentationConfig) -> dict[str, np.ndarray]:
+def day_tensors_from_parquet(
+    path: Path, date: dt.date, symbols: list[str], cadence_ms: int, staleness_ms: int, config: RepresentationConfig
+) -> dict[str, np.ndarray]:
     """``day_tensors`` of a stored ``orderbook_snapshots`` partition, streamed row group by row group."""
     parquet = pq.ParquetFile(path, pre_buffer=False, read_dictionary=["symbol"])
     index = parquet.read(columns=["symbol", "receive_ts"])
@@ -206,7 +227,16 @@ def day_tensors_from_parquet(path: Path, date: dt.date, symbols: list[str], cade
             yield first, books
             first += batch.num_rows
 
-    return day_tensors(rows_by_symbol, index.column("receive_ts").to_numpy(), batches(), date, symbols, cadence_ms, staleness_ms, config)
+    return day_tensors(
+        rows_by_symbol,
+        index.column("receive_ts").to_numpy(),
+        batches(),
+        date,
+        symbols,
+        cadence_ms,
+        staleness_ms,
+        config,
+    )
 
 
 def _levels(column: pa.FixedSizeListArray) -> np.ndarray:

@@ -40,7 +40,9 @@ def purge_limit(next_first_step: int, window: int, horizon: int, embargo: int) -
     return next_first_step - window - horizon - embargo
 
 
-def _purged_split(train: np.ndarray, val: np.ndarray, test: np.ndarray, window: int, horizon: int, embargo: int) -> Split:
+def _purged_split(
+    train: np.ndarray, val: np.ndarray, test: np.ndarray, window: int, horizon: int, embargo: int
+) -> Split:
     """Consecutive parts, each purged against the next (see the module docstring)."""
     if not (len(train) and len(val) and len(test)):
         raise ValueError("not enough eligible samples for train, val and test: use more days")
@@ -61,11 +63,19 @@ def chronological_split(
     """Split sorted eligible ``steps`` by count into consecutive parts, then purge each boundary."""
     n_train = int(round(fractions[0] * len(steps)))
     n_val = int(round(fractions[1] * len(steps)))
-    return _purged_split(steps[:n_train], steps[n_train : n_train + n_val], steps[n_train + n_val :], window, horizon, embargo)
+    return _purged_split(
+        steps[:n_train], steps[n_train : n_train + n_val], steps[n_train + n_val :], window, horizon, embargo
+    )
 
 
 def walk_forward_splits(
-    steps: np.ndarray, fractions: tuple[float, float, float], folds: int, mode: str, window: int, horizon: int, embargo: int
+    steps: np.ndarray,
+    fractions: tuple[float, float, float],
+    folds: int,
+    mode: str,
+    window: int,
+    horizon: int,
+    embargo: int,
 ) -> list[Split]:
     """``folds`` consecutive test blocks (each ``test`` fraction of the samples) at the end of the
     timeline, oldest first. Each fold validates on the block just before its test block and trains
@@ -81,5 +91,14 @@ def walk_forward_splits(
         train_start = 0 if mode == "expanding" else max(0, val_start - n_train)
         if val_start <= train_start:
             raise ValueError(f"walk-forward fold {k} has no training samples: use fewer folds or more days")
-        splits.append(_purged_split(steps[train_start:val_start], steps[val_start:test_start], steps[test_start:test_end], window, horizon, embargo))
+        splits.append(
+            _purged_split(
+                steps[train_start:val_start],
+                steps[val_start:test_start],
+                steps[test_start:test_end],
+                window,
+                horizon,
+                embargo,
+            )
+        )
     return splits

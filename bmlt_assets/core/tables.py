@@ -11,4 +11,6 @@ def table_lines(header: list[str], rows: list[list[Any]], float_format: str = "{
     def cell(v: Any) -> str:
         return float_format.format(v) if isinstance(v, float) else str(v)
 
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(cell(v) for v in r) + " |" for r in rows
+    ]

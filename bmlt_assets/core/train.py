@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +18,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from bmlt_assets.core.dataset import PART_FIELDS, Part, TrainingData
-from bmlt_assets.core.models import OrderBookClassifier
 from bmlt_assets.core.config import PlatformConfig
+from bmlt_assets.core.dataset import PART_FIELDS, Part, TrainingData
 from bmlt_assets.core.files import atomic_write
+from bmlt_assets.core.models import OrderBookClassifier
+
+log = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int) -> None:
@@ -69,8 +73,12 @@ class WindowBatches(torch.utils.data.Dataset):
         return torch.from_numpy(windows), torch.from_numpy(calendar), torch.from_numpy(self.part.classes[rows])
 
 
-def batch_loader(data: TrainingData, part: Part, batches: list[np.ndarray], workers: int) -> torch.utils.data.DataLoader:
-    return torch.utils.data.DataLoader(WindowBatches(data, part, batches), batch_size=None, shuffle=False, num_workers=workers)
+def batch_loader(
+    data: TrainingData, part: Part, batches: list[np.ndarray], workers: int
+) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(
+        WindowBatches(data, part, batches), batch_size=None, shuffle=False, num_workers=workers
+    )
 
 
 @torch.no_grad()
@@ -88,7 +96,9 @@ def mean_log_loss(logits: np.ndarray, classes: np.ndarray) -> float:
     """Mean over horizons of the multi-class log loss (nats)."""
     tensor = torch.from_numpy(logits)
     target = torch.from_numpy(classes)
-    return float(np.mean([nn.functional.cross_entropy(tensor[:, h], target[:, h]).item() for h in range(logits.shape[1])]))
+    return float(
+        np.mean([nn.functional.cross_entropy(tensor[:, h], target[:, h]).item() for h in range(logits.shape[1])])
+    )
 
 
 @dataclass
@@ -111,7 +121,15 @@ class TrainResult:
 
 def _checkpoint_key(config: PlatformConfig, data: TrainingData, train_part: Part) -> str:
     """What a checkpoint belongs to: resuming under another config or dataset would be wrong."""
-    payload = json.dumps([config.model.model_dump(mode="json"), config.training.model_dump(mode="json"), list(data.shape), train_part.steps[[0, -1]].tolist(), len(train_part)])
+    payload = json.dumps(
+        [
+            config.model.model_dump(mode="json"),
+            config.training.model_dump(mode="json"),
+            list(data.shape),
+            train_part.steps[[0, -1]].tolist(),
+            len(train_part),
+        ]
+    )
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -133,7 +151,8 @@ def train(
     rng = np.random.default_rng(t.seed)
     model = build_model(config, data)
     if t.channels_last:  # ~1.3x faster convolutions on CPU (docs/benchmarks.md)
-        model = model.to(memory_format=torch.channels_last)
+        # torch's stubs omit to()'s memory_format keyword, which nn.Module.to accepts at runtime.
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     train_part, val_part = data.parts["train"], data.parts["val"]
     if t.max_train_samples and len(train_part) > t.max_train_samples:
         # An evenly spaced subset keeps the whole training period represented.
@@ -173,7 +192,9 @@ def train(
         started = time.perf_counter()
         total, seen = 0.0, 0
         loader = batch_loader(data, train_part, _batches(len(train_part), t.batch_size, rng), t.loader_workers)
-        for windows, calendar, target in tqdm(loader, desc=f"epoch {epoch}/{t.epochs}", disable=not t.progress_bar, mininterval=2.0, leave=False):
+        for windows, calendar, target in tqdm(
+            loader, desc=f"epoch {epoch}/{t.epochs}", disable=not t.progress_bar, mininterval=2.0, leave=False
+        ):
             # bf16 autocast: ~1.5x faster on CPUs with bf16 units (benchmarks/), losses stay fp32.
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=t.precision == "bf16"):
                 logits = model(windows, calendar).float()
@@ -188,7 +209,9 @@ def train(
         val_logits = predict_logits(model, data, val_part.steps)
         val_loss = mean_log_loss(val_logits, val_part.classes)
         accuracy = [float((val_logits[:, h].argmax(1) == val_part.classes[:, h]).mean()) for h in range(len(losses))]
-        record = EpochRecord(epoch, total / seen, val_loss, accuracy, time.perf_counter() - started, seen / train_seconds)
+        record = EpochRecord(
+            epoch, total / seen, val_loss, accuracy, time.perf_counter() - started, seen / train_seconds
+        )
         result.history.append(record)
         if val_loss < best_loss - 1e-5:
             best_loss, stale, result.best_epoch = val_loss, 0, epoch
@@ -198,12 +221,29 @@ def train(
         done = stale >= t.early_stopping_patience
         if checkpoint is not None:
             state = {
-                "key": key, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(), "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                "best_loss": best_loss, "best_state": best_state, "stale": stale, "done": done,
-                "best_epoch": result.best_epoch, "history": [asdict(r) for r in result.history],
+                "key": key,
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "numpy_rng": rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(),
+                "best_loss": best_loss,
+                "best_state": best_state,
+                "stale": stale,
+                "done": done,
+                "best_epoch": result.best_epoch,
+                "history": [asdict(r) for r in result.history],
             }
-            atomic_write(checkpoint, lambda tmp, state=state: torch.save(state, tmp))
+            atomic_write(checkpoint, partial(torch.save, state))
+        log.info(
+            "epoch %s: train loss %.4f, val log loss %.4f, val accuracy %s, %.0f samples/s",
+            record.epoch,
+            record.train_loss,
+            record.val_log_loss,
+            [round(a, 4) for a in record.val_accuracy],
+            record.samples_per_s,
+        )
         on_epoch(record)
     if best_state is not None:
         model.load_state_dict(best_state)

@@ -13,9 +13,9 @@ from typing import Any, Protocol
 
 import optuna
 
+from bmlt_assets.core.config import HpoConfig, PlatformConfig
 from bmlt_assets.core.dataset import TrainingData
 from bmlt_assets.core.train import EpochRecord, train
-from bmlt_assets.core.config import HpoConfig, PlatformConfig
 
 MIN_TRIALS_FOR_IMPORTANCE = 4
 
@@ -85,7 +85,9 @@ def tune(config: PlatformConfig, data: TrainingData, storage_url: str, logger: T
     def objective(trial: optuna.Trial) -> float:
         params = suggest(trial, hpo.search_space)
         trial_config = with_params(config, params)
-        trial_config = trial_config.model_copy(update={"training": trial_config.training.model_copy(update=trial_training)})
+        trial_config = trial_config.model_copy(
+            update={"training": trial_config.training.model_copy(update=trial_training)}
+        )
         logger.start(trial.number, params)
         best = float("inf")
 
@@ -108,13 +110,17 @@ def tune(config: PlatformConfig, data: TrainingData, storage_url: str, logger: T
         logger.end(best, "COMPLETE")
         return best
 
-    finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    finished = [
+        t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    ]
     remaining = max(0, hpo.n_trials - len(finished))
     if remaining:
         study.optimize(objective, n_trials=remaining, timeout=hpo.timeout_s)
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
-        raise RuntimeError(f"no HPO trial completed (of {len(study.trials)}): loosen the pruner or widen the search space")
+        raise RuntimeError(
+            f"no HPO trial completed (of {len(study.trials)}): loosen the pruner or widen the search space"
+        )
     importances = (
         {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}
         if len(complete) >= MIN_TRIALS_FOR_IMPORTANCE and len(hpo.search_space) > 1

@@ -3,6 +3,7 @@ block, oldest first, for performance over time. The latest fold's model is the o
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from bmlt_assets.core.models import OrderBookClassifier
 from bmlt_assets.core.sources import Oracle
 from bmlt_assets.core.train import EpochRecord, predict_logits, train
 
+log = logging.getLogger(__name__)
 EpochLogger = Callable[[EpochRecord], None]
 
 
@@ -27,11 +29,14 @@ class FoldModel:
     temperatures: list[float]
 
 
-def train_earlier_folds(config: PlatformConfig, dataset_dir: Path, epoch_logger: Callable[[str], EpochLogger]) -> list[FoldModel]:
+def train_earlier_folds(
+    config: PlatformConfig, dataset_dir: Path, epoch_logger: Callable[[str], EpochLogger]
+) -> list[FoldModel]:
     """A calibrated model for every fold but the latest; ``epoch_logger(prefix)`` reports epochs."""
     folds = []
     for k in range(fold_count(config) - 1):
         fold = load_dataset(dataset_dir, config, fold=k)
+        log.info("walk-forward: training the model of fold %s of %s", k + 1, fold_count(config))
         model = train(config, fold, epoch_logger(f"fold{k}_")).model
         folds.append(FoldModel(fold, model, validation_temperatures(model, fold)))
     return folds
@@ -48,7 +53,9 @@ def save_fold_checkpoints(model_dir: Path, folds: list[FoldModel], spec: dict[st
         save_checkpoint(path, fold.model, fold.data.source.normalizer, spec | {"temperatures": fold.temperatures})
 
 
-def evaluate_folds(config: PlatformConfig, dataset_dir: Path, model_dir: Path, oracle: Oracle | None) -> list[dict[str, Any]]:
+def evaluate_folds(
+    config: PlatformConfig, dataset_dir: Path, model_dir: Path, oracle: Oracle | None
+) -> list[dict[str, Any]]:
     """Headline test metrics of every fold's model on its own test block, oldest first."""
     rows = []
     n_folds = fold_count(config)
@@ -57,6 +64,7 @@ def evaluate_folds(config: PlatformConfig, dataset_dir: Path, model_dir: Path, o
         model, _, spec = load_checkpoint(fold_checkpoint(model_dir, k, n_folds))
         logits = predict_logits(model, fold, fold.parts["test"].steps)
         summary = fold_summary(fold, logits, spec["temperatures"], oracle_for(oracle, config.target, fold))
-        horizons = [summary.pop(i) for i in range(len(fold.horizons))]
-        rows.append({"fold": k, **summary, "horizons": horizons})
+        horizons = [summary[i] for i in range(len(fold.horizons))]  # per-horizon metrics sit under int keys
+        headline = {key: value for key, value in summary.items() if isinstance(key, str)}
+        rows.append({"fold": k, **headline, "horizons": horizons})
     return rows

@@ -48,11 +48,15 @@ class Normalizer:
     std: np.ndarray
 
     @classmethod
-    def fit(cls, base: np.ndarray, mids: np.ndarray, train_steps: np.ndarray, window: int, n: int, seed: int) -> Normalizer:
+    def fit(
+        cls, base: np.ndarray, mids: np.ndarray, train_steps: np.ndarray, window: int, n: int, seed: int
+    ) -> Normalizer:
         """Fit on up to ``n`` windows drawn (seeded) from the training steps only."""
         rng = np.random.default_rng(seed)
         chosen = np.sort(rng.choice(train_steps, size=min(n, len(train_steps)), replace=False))
-        sample = np.concatenate([gather_windows(base, mids, part, window) for part in np.array_split(chosen, max(1, len(chosen) // 512))])
+        sample = np.concatenate(
+            [gather_windows(base, mids, part, window) for part in np.array_split(chosen, max(1, len(chosen) // 512))]
+        )
         flat = sample.reshape(-1, *sample.shape[2:]).astype(np.float64)
         std = flat.std(axis=0)
         return cls(mean=flat.mean(axis=0).astype(np.float32), std=np.where(std > 1e-9, std, 1.0).astype(np.float32))
@@ -76,4 +80,3 @@ class WindowSource:
     def inputs(self, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         windows = self.normalizer.apply(gather_windows(self.base, self.mids, steps, self.window))
         return windows, calendar(self.timestamps[steps])
-
