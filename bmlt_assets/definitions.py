@@ -32,23 +32,29 @@ INGEST_ASSETS = [orderbook_snapshots, book_tensors, forward_returns]
 TRAINING_ASSETS = [training_dataset, trained_model, evaluation_report]
 CHECKS = [snapshots_are_sound, tensors_are_sound, labels_never_cross_gaps, training_classes_are_balanced]
 
-ingest_job = dg.define_asset_job(
-    "ingest_job",
-    selection=INGEST_ASSETS,
-    description="Snapshots -> tensors -> forward returns for one day or a range (single-run backfill).",
-)
-training_job = dg.define_asset_job(
-    "training_job",
-    selection=TRAINING_ASSETS,
-    hooks={end_mlflow_on_run_finished},
-    description="Dataset -> model -> evaluation over the config's date range (ingested beforehand).",
-)
-full_pipeline = dg.define_asset_job(
-    "full_pipeline",
-    selection=INGEST_ASSETS + TRAINING_ASSETS,
-    hooks={end_mlflow_on_run_finished},
-    description="Everything, end to end; run it with the config's partition range tags (see README).",
-)
+
+def asset_jobs(
+    ingest: list[dg.AssetsDefinition], training: list[dg.AssetsDefinition]
+) -> list[dg.UnresolvedAssetJobDefinition]:
+    return [
+        dg.define_asset_job(
+            "ingest_job",
+            selection=ingest,
+            description="Snapshots -> tensors -> forward returns for one day or a range (single-run backfill).",
+        ),
+        dg.define_asset_job(
+            "training_job",
+            selection=training,
+            hooks={end_mlflow_on_run_finished},
+            description="Dataset -> model -> evaluation over the config's date range (ingested beforehand).",
+        ),
+        dg.define_asset_job(
+            "full_pipeline",
+            selection=ingest + training,
+            hooks={end_mlflow_on_run_finished},
+            description="Everything, end to end; run it with the config's partition range tags (see README).",
+        ),
+    ]
 
 
 def build_resources(config_path: Path) -> dict[str, object]:
@@ -78,19 +84,31 @@ def build_resources(config_path: Path) -> dict[str, object]:
             experiment_name=config.mlflow.experiment,
             mlflow_tracking_uri=config.tracking_uri,
             artifact_location=(config.base_dir / "mlartifacts").as_uri(),
+            run_name=config.run_name,
         ),
     }
 
 
-def build_definitions(config_path: Path) -> dg.Definitions:
+def build_definitions(config_path: Path, key_prefix: str | None = None) -> dg.Definitions:
+    """The code location of one config. ``key_prefix`` puts its assets under their own keys, so
+    that several configs' locations can share one Dagster instance and UI (see locations.py)."""
     resources = build_resources(config_path)
+    ingest, training, checks = INGEST_ASSETS, TRAINING_ASSETS, CHECKS
+    if key_prefix:
+        renamed = {key: key.with_prefix(key_prefix) for asset in ingest + training for key in asset.keys}
+        ingest = [asset.with_attributes(asset_key_replacements=renamed) for asset in ingest]
+        training = [asset.with_attributes(asset_key_replacements=renamed) for asset in training]
+        checks = [check.with_attributes(asset_key_replacements=renamed) for check in checks]
     live = [record_job] if "binance" in resources else []  # recording needs a Binance source
     return dg.Definitions(
-        assets=INGEST_ASSETS + TRAINING_ASSETS,
-        asset_checks=CHECKS,
-        jobs=[ingest_job, training_job, full_pipeline, *live],
+        assets=ingest + training,
+        asset_checks=checks,
+        jobs=[*asset_jobs(ingest, training), *live],
         resources=resources,
     )
 
 
-defs = build_definitions(config_path_from_env())
+@dg.definitions
+def defs() -> dg.Definitions:
+    """The code location of $BMLT_CONFIG (default configs/default.yaml), built when Dagster loads it."""
+    return build_definitions(config_path_from_env())

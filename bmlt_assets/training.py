@@ -60,7 +60,7 @@ def trained_model(
     resume_state.unlink(missing_ok=True)  # the model is safely stored: the next run starts afresh
     tags = {**provenance, "dagster_run_id": context.run.run_id}
     registered = mlflow.register_challenger(
-        config.registered_model_name, storage.model / CHECKPOINT, input_example(data), tags
+        config.registered_model_name, storage.model / CHECKPOINT, input_example(data), tags, _description(config)
     )
     write_json(
         {
@@ -150,3 +150,12 @@ def _metadata(
             "hpo_importances": dg.MetadataValue.json(tuning.importances or "fewer than 4 complete trials"),
         }
     return metadata
+
+
+def _description(config: PlatformConfig) -> str:
+    return (
+        f"DeepLOB-family classifier of {config.target} price moves {config.labels.horizons_s} s ahead "
+        f"({config.labels.n_classes} {config.labels.edges} classes), reading {', '.join(config.data.symbols)} "
+        f"{config.representation.kind} books; trained by bmlt on config {config.name!r}, "
+        f"data {config.data.start_date}..{config.data.end_date} ({config.data.source})."
+    )

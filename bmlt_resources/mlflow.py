@@ -48,8 +48,17 @@ class RegisteredModel:
 class TrackedMlflow(MlFlow):
     """dagster-mlflow's run-scoped ``mlflow`` plus the registry steps of the model lifecycle."""
 
+    def __init__(self, context: dg.InitResourceContext) -> None:
+        # dagster-mlflow names every run after the Dagster job; ours says what was trained.
+        self._configured_run_name = context.resource_config.get("run_name")
+        super().__init__(context)
+
+    def _setup(self) -> None:
+        self.run_name = self._configured_run_name or self.run_name
+        super()._setup()
+
     def register_challenger(
-        self, name: str, checkpoint: Path, example: dict[str, Any], tags: dict[str, str]
+        self, name: str, checkpoint: Path, example: dict[str, Any], tags: dict[str, str], description: str
     ) -> RegisteredModel:
         """Log the checkpoint as a pyfunc in the active run, register it and alias it @challenger."""
         info = mlflow.pyfunc.log_model(
@@ -61,6 +70,8 @@ class TrackedMlflow(MlFlow):
             registered_model_name=name,
         )
         version = str(info.registered_model_version)
+        self.tracking_client.update_registered_model(name, description=description)
+        self.tracking_client.update_model_version(name, version, description=f"{description}\n\nNot evaluated yet.")
         self.tracking_client.set_registered_model_alias(name, CHALLENGER, version)
         for key, value in tags.items():
             self.tracking_client.set_model_version_tag(name, version, key, value)
@@ -80,6 +91,11 @@ class TrackedMlflow(MlFlow):
             self.tracking_client.set_registered_model_alias(name, CHAMPION, version)
         outcome = "promoted" if verdict.promote else "rejected: " + "; ".join(verdict.reasons)
         self.tracking_client.set_model_version_tag(name, version, "bmlt.promotion", outcome)
+        # The tag is cut short on the model page; the description shows the whole verdict.
+        trained = (self.tracking_client.get_model_version(name, version).description or "").split("\n\n")[0]
+        verdict_lines = "\n".join(f"- {reason}" for reason in verdict.reasons)
+        heading = f"**Promoted to @{CHAMPION}.**" if verdict.promote else "**Not promoted.**"
+        self.tracking_client.update_model_version(name, version, description=f"{trained}\n\n{heading}\n{verdict_lines}")
         mlflow.log_metric("promotion_promoted", float(verdict.promote))
         mlflow.log_dict(
             {"promote": verdict.promote, "reasons": verdict.reasons, "numbers": verdict.numbers},
@@ -110,7 +126,13 @@ def tracking_reachable(uri: str) -> None:
                 os.environ[name] = value
 
 
-@dg.resource(config_schema={**CONFIG_SCHEMA, "artifact_location": dg.Field(str, is_required=False)})
+@dg.resource(
+    config_schema={
+        **CONFIG_SCHEMA,
+        "artifact_location": dg.Field(str, is_required=False),
+        "run_name": dg.Field(str, is_required=False),
+    }
+)
 def checked_mlflow_tracking(context: dg.InitResourceContext) -> Iterator[TrackedMlflow]:
     """dagster-mlflow's resource, after a reachability probe; a new experiment keeps its
     artifacts at ``artifact_location`` (not in ./mlruns of whatever folder the run started in)."""
@@ -128,6 +150,7 @@ class MlflowTracking(ConfigurableLegacyResourceAdapter):
     experiment_name: str
     mlflow_tracking_uri: str
     artifact_location: str
+    run_name: str = ""  # default: the Dagster job's name
     extra_tags: dict[str, str] = {}
 
     @property

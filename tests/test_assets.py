@@ -33,11 +33,35 @@ def _graph(defs: dg.Definitions) -> dict[str, dict]:
     }
 
 
-@pytest.mark.parametrize("config", ["configs/default.yaml", "configs/binance.yaml"])
+@pytest.mark.parametrize("config", ["configs/default.yaml", "configs/binance.yaml", "configs/synthetic-hpo.yaml"])
 def test_definitions_load_for_every_shipped_config(config: str) -> None:
     defs = build_definitions(PROJECT_ROOT / config)
     dg.Definitions.validate_loadable(defs)
     assert {job.name for job in defs.jobs} >= {"ingest_job", "training_job", "full_pipeline"}
+
+
+def test_the_workspace_serves_every_shipped_config_side_by_side() -> None:
+    """workspace.yaml's locations build, each under its own config's keys, with the same lineage."""
+    import yaml
+
+    import bmlt_assets.locations
+
+    unprefixed = _graph(build_definitions(PROJECT_ROOT / "configs/default.yaml"))
+    seen: set[str] = set()
+    for entry in yaml.safe_load((PROJECT_ROOT / "workspace.yaml").read_text())["load_from"]:
+        module = entry["python_module"]
+        defs = getattr(bmlt_assets.locations, module["attribute"])()
+        graph = _graph(defs)
+        prefix = module["location_name"] + "/"
+        assert all(key.startswith(prefix) for key in graph)
+        assert not seen & set(graph)  # no asset key is defined by two locations
+        seen |= set(graph)
+        renamed = {
+            key.removeprefix(prefix): {**node, "deps": [d.removeprefix(prefix) for d in node["deps"]]}
+            for key, node in graph.items()
+        }
+        assert renamed == unprefixed
+    assert len(seen) == 3 * len(unprefixed)
 
 
 def test_asset_graph_matches_snapshot(tiny_config_path: Path) -> None:
@@ -127,6 +151,15 @@ def test_training_assets_log_register_and_report(tiny_config_path: Path, tiny_co
     assert promoted == deserved
     aliases = client.get_registered_model(tiny_config.registered_model_name).aliases
     assert ("champion" in aliases) == promoted
+    # MLflow explains itself: the run is named after what was trained; the model and the version
+    # describe it, and the version's description carries the whole verdict.
+    assert run.info.run_name == tiny_config.run_name
+    assert run.info.run_name.startswith(f"{tiny_config.name} {first}..{last} ")
+    assert tiny_config.target in client.get_registered_model(tiny_config.registered_model_name).description
+    described = client.get_model_version(tiny_config.registered_model_name, version.version).description
+    verdict = json.loads(Path(client.download_artifacts(run.info.run_id, "report/promotion.json")).read_text())
+    assert ("Promoted to @champion" in described) == promoted
+    assert all(reason in described for reason in verdict["reasons"])
 
     mlflow.set_tracking_uri(tiny_config.tracking_uri)
     model = mlflow.pyfunc.load_model(f"models:/{tiny_config.registered_model_name}@challenger")

@@ -70,3 +70,15 @@ def test_cli_validate_exit_codes(tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert "representation.kind" in bad.stderr
     assert "Traceback" not in bad.stderr + bad.stdout
+
+
+def test_a_relative_storage_path_is_relative_to_the_config_file(tmp_path: Path, monkeypatch) -> None:
+    elsewhere = tmp_path / "configs"
+    elsewhere.mkdir()
+    path = write_config(elsewhere)
+    raw = path.read_text().replace(str(elsewhere / "data"), "data")
+    path.write_text(raw)
+    monkeypatch.chdir(tmp_path)  # neither the working directory nor the checkout
+    assert load_config(path).base_dir == elsewhere / "data"
+    path.write_text(raw.replace("base_dir: data", "base_dir: ../shared-data"))
+    assert load_config(path).base_dir == tmp_path / "shared-data"

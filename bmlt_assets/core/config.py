@@ -9,6 +9,7 @@ whose message names the field path, the bad value and what was expected.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -364,6 +365,7 @@ class RecordingConfig(Section):
 
 
 class StorageConfig(Section):
+    # A relative path is relative to the config file's folder (load_config makes it absolute).
     base_dir: str = "data"
 
 
@@ -449,12 +451,17 @@ class PlatformConfig(Section):
 
     @property
     def base_dir(self) -> Path:
-        path = Path(self.storage.base_dir)
-        return path if path.is_absolute() else PROJECT_ROOT / path
+        return Path(self.storage.base_dir)
 
     @property
     def tracking_uri(self) -> str:
         return self.mlflow.tracking_uri or f"sqlite:///{self.base_dir / 'mlflow.db'}"
+
+    @property
+    def run_name(self) -> str:
+        """What a tracking run of this config is called: name, date range, short config hash."""
+        digest = hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:8]
+        return f"{self.name} {self.data.start_date}..{self.data.end_date} {digest}"
 
     @property
     def registered_model_name(self) -> str:
@@ -476,9 +483,17 @@ def format_validation_error(path: Path, error: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def parse_config(raw: Any, source: str = "<config>") -> PlatformConfig:
+def parse_config(raw: Any, source: str = "<config>", folder: Path | None = None) -> PlatformConfig:
+    """Validate a parsed config; a relative ``storage.base_dir`` is taken relative to ``folder``
+    (the config file's), else to the working directory."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    storage = raw.get("storage") or {}
+    if isinstance(storage, dict):  # anything else fails validation below, with its field path
+        base_dir = Path(str(storage.get("base_dir", StorageConfig().base_dir)))
+        if not base_dir.is_absolute():
+            absolute = os.path.normpath((folder or Path.cwd()) / base_dir)
+            raw = {**raw, "storage": {**storage, "base_dir": absolute}}
     try:
         return PlatformConfig.model_validate(raw)
     except ValidationError as error:
@@ -496,7 +511,7 @@ def load_config(path: str | Path) -> PlatformConfig:
         mark = error.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
         raise ConfigError(f"{path}: YAML syntax error at {where}: {error.problem}") from None
-    return parse_config(raw, str(path))
+    return parse_config(raw, str(path), folder=path.resolve().parent)
 
 
 def config_path_from_env() -> Path:
