@@ -16,7 +16,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from bmlt_assets.core.config import ConfigError, PlatformConfig, config_path_from_env, load_config
-from bmlt_assets.core.logs import setup_logging
+from bmlt_assets.core.logs import colour_enabled, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -40,28 +40,56 @@ def range_tags(config: PlatformConfig, args: argparse.Namespace) -> int:
 
 
 def summary(config: PlatformConfig, args: argparse.Namespace) -> int:
-    """Where a pipeline run's outputs are, the registered model's aliases, and its report."""
+    """What the last pipeline run of a config produced: run, model, verdict, headline, paths."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
+    from rich.console import Console
+    from rich.markup import escape
 
+    colour = colour_enabled(sys.stdout)  # soft_wrap: paths and links stay whole when piped
+    console = Console(highlight=False, no_color=not colour, force_terminal=colour, soft_wrap=True)
     root = config.base_dir / config.name
-    report = root / "report" / "report.md"
-    print(f"data directory : {root}")
-    print(f"MLflow         : {config.tracking_uri}  (browse: mlflow ui --backend-store-uri {config.tracking_uri})")
+    model_meta, metrics = root / "model" / "meta.json", root / "report" / "metrics.json"
+    if not model_meta.exists():
+        console.print(f"no trained model yet for {config.name} under {root}: run `make demo` or the full_pipeline job")
+        return 1
+    meta = json.loads(model_meta.read_text())
+    client = MlflowClient(tracking_uri=config.tracking_uri)
+    name, version = config.registered_model_name, meta["registered_version"]
     try:
-        registered = MlflowClient(tracking_uri=config.tracking_uri).get_registered_model(config.registered_model_name)
-        aliases = sorted(registered.aliases)
-    except MlflowException:
-        aliases = []
-    shown = (
-        ", ".join(f"models:/{config.registered_model_name}@{alias}" for alias in aliases) or "(no model registered yet)"
-    )
-    print(f"registered     : {shown}")
-    print(
-        f"Dagster UI     : make ui CONFIG={args.config}   "
-        f"(= BMLT_CONFIG={args.config} DAGSTER_HOME=$PWD/.dagster_home dagster dev -w workspace.yaml)"
-    )
-    print(f"\n{report.read_text()}" if report.exists() else f"\n(no evaluation report yet at {report})")
+        aliases = sorted(a for a, v in client.get_registered_model(name).aliases.items() if str(v) == version)
+        verdict = client.get_model_version(name, version).tags.get("bmlt.promotion", "not evaluated yet")
+        run = client.get_run(meta["mlflow_run_id"])
+        link = f"{config.mlflow.ui_url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    except MlflowException as error:
+        console.print(f"{config.tracking_uri}: cannot read the registry ({error.message})", style="red")
+        return 2
+    verdict_style = "bold green" if verdict == "promoted" else "bold yellow"
+    rows = [
+        ("run", f"{run.info.run_name}  {run.info.run_id}", ""),
+        ("", link, "dim"),
+        ("model", f"models:/{name}/{version}  " + " ".join(f"@{a}" for a in aliases), "bold"),
+        ("verdict", verdict, verdict_style),
+        ("report", str(root / "report" / "report.html"), ""),
+        ("data", str(root), ""),
+        ("MLflow UI", f"mlflow ui --backend-store-uri {config.tracking_uri}", "dim"),
+        ("Dagster UI", f"make ui CONFIG={args.config}", "dim"),
+    ]
+    for label, value, style in rows:
+        if label == "verdict":  # one reason a line: "rejected: a; b" -> "rejected:", "  a", "  b"
+            head, _, reasons = value.partition(": ")
+            value = head + "".join(f"\n           - {reason}" for reason in reasons.split("; ") if reason)
+        console.print(f"{label:<10} " + (f"[{style}]{escape(value)}[/]" if style else escape(value)))
+    if metrics.exists():
+        saved = json.loads(metrics.read_text())
+        for entry, horizon in zip(saved["report"], saved["horizons_s"]):
+            m = entry["metrics"]["model"]
+            capture = entry.get("capture")
+            shown = f", capture {capture['accuracy_capture']:.3f} / {capture['logloss_capture']:.3f}" if capture else ""
+            leak = "  [bold red]PROBABLE LEAK[/]" if entry.get("leak_suspected") else ""
+            console.print(
+                f"{horizon:>6} s    accuracy {m['accuracy']:.4f}, log loss {m['log_loss']:.4f} nats{shown}{leak}"
+            )
     return 0
 
 
@@ -111,7 +139,8 @@ def report(config: PlatformConfig, args: argparse.Namespace) -> int:
                 f"  signal capture: accuracy {capture['accuracy_capture']:.3f}, "
                 f"log loss {capture['logloss_capture']:.3f}"
             )
-    target = args.out or Path(f"report-{args.run_id}.html")
+    target = args.out or config.base_dir / config.name / "reports" / f"report-{args.run_id}.html"
+    target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text((folder / "report.html").read_text())
     print(f"\nHTML report: {target.resolve()}")
     if args.open:
@@ -267,7 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         subs[name] = sub
     subs["report"].add_argument("run_id", help="the MLflow run id of an evaluation")
-    subs["report"].add_argument("--out", type=Path, help="where to write the HTML (default: report-RUN_ID.html)")
+    subs["report"].add_argument(
+        "-o", "--out", type=Path, help="where to write the HTML (default: <data>/<config>/reports/report-RUN_ID.html)"
+    )
     subs["report"].add_argument("--open", action="store_true", help="open the HTML in a browser")
     subs["import"].add_argument(
         "files",

@@ -88,3 +88,34 @@ def test_dagster_job_execute_runs_the_full_pipeline(
         timeout=120,
     )
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
+
+    # Without -o the HTML lands under the data folder, never in the working directory.
+    default = subprocess.run(
+        [str(BIN / "bmlt"), "report", run.info.run_id, "--config", str(tiny_config_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert default.returncode == 0, default.stderr
+    assert (storage.root / "reports" / f"report-{run.info.run_id}.html").exists()
+    assert not list(tmp_path.glob("report-*.html"))
+
+    # The summary names the run, the model version and its aliases, the verdict and the paths.
+    summary = subprocess.run(
+        [str(BIN / "bmlt"), "summary", "--config", str(tiny_config_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
+    assert summary.returncode == 0, summary.stderr
+    version = client.get_model_version(tiny_config.registered_model_name, model_meta["registered_version"])
+    assert run.info.run_id in summary.stdout and run.info.run_name in summary.stdout
+    assert f"models:/{tiny_config.registered_model_name}/{version.version}  @challenger" in summary.stdout
+    verdict, _, reasons = version.tags["bmlt.promotion"].partition(": ")
+    assert f"verdict    {verdict}" in summary.stdout
+    assert all(f"- {reason}" in summary.stdout for reason in reasons.split("; ") if reason)
+    assert str(storage.report / "report.html") in summary.stdout
+    assert f"{model_accuracy:.4f}" in summary.stdout
+    assert "\x1b[" not in summary.stdout
