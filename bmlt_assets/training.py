@@ -7,11 +7,11 @@ import dagster as dg
 from bmlt_assets.core.calibration import validation_temperatures
 from bmlt_assets.core.checkpoint import CHECKPOINT, input_example, model_spec, save_checkpoint
 from bmlt_assets.core.config import PlatformConfig
-from bmlt_assets.core.dataset import load_dataset
+from bmlt_assets.core.dataset import TrainingData, fold_count, load_dataset
 from bmlt_assets.core.files import atomic_directory, write_json
 from bmlt_assets.core.models import parameter_count
 from bmlt_assets.core.train import EpochRecord, TrainResult, train
-from bmlt_assets.core.tuning import TuningResult, tune, with_params
+from bmlt_assets.core.tuning import TuningResult, study_name, tune, with_params
 from bmlt_assets.core.walk_forward import save_fold_checkpoints, train_earlier_folds
 from bmlt_assets.dataset import training_dataset
 from bmlt_assets.metadata import markdown_table
@@ -37,15 +37,24 @@ def trained_model(
     config = settings.get()
     data = load_dataset(storage.require(storage.dataset, "training_dataset"), config)
     provenance = _log_inputs(mlflow, config, storage)
+    fingerprint = provenance["bmlt.data_fingerprint"]
     log_epochs = _epoch_logger(mlflow, config)
-    tuning = None
-    if config.hpo.enabled:
+    tunings: dict[int, TuningResult] = {}
+
+    def configure(fold: int, fold_data: TrainingData) -> PlatformConfig:
+        """The fold's config; with tuning, its best trial's values, from its own train/val parts."""
+        if not config.hpo.enabled:
+            return config
         (storage.root / "hpo").mkdir(parents=True, exist_ok=True)
-        tuning = tune(config, data, f"sqlite:///{storage.root / 'hpo' / 'optuna.db'}", MlflowTrialLogger())
-        config = _log_tuning(context, mlflow, config, tuning)  # the final model trains with the best trial's values
-    earlier = train_earlier_folds(config, storage.dataset, log_epochs)
+        study = f"sqlite:///{storage.root / 'hpo' / 'optuna.db'}"
+        tunings[fold] = tune(config, fold_data, study, MlflowTrialLogger(), study_name(config, fingerprint, fold))
+        return _log_tuning(context, mlflow, config, tunings[fold], fold)
+
+    earlier = train_earlier_folds(config, storage.dataset, log_epochs, configure)
+    latest = fold_count(config) - 1
+    config = configure(latest, data)
     resume_state = storage.root / "training-checkpoint.pt"  # checkpointed every epoch: a killed run resumes
-    result = train(config, data, log_epochs(""), resume_state)
+    result = train(config, data, log_epochs(""), resume_state, data_fingerprint=fingerprint)
     if result.resumed_from:
         context.log.warning(f"resumed training from the checkpoint of epoch {result.resumed_from}")
         mlflow.set_tag("bmlt.resumed_from_epoch", str(result.resumed_from))
@@ -55,7 +64,7 @@ def trained_model(
     spec = model_spec(config, data, temperatures)
     with atomic_directory(storage.model) as staging:
         save_checkpoint(staging / CHECKPOINT, result.model, data.source.normalizer, spec)
-        save_fold_checkpoints(staging, earlier, spec)
+        save_fold_checkpoints(staging, earlier)
         write_json({"spec": spec, "best_epoch": result.best_epoch}, staging / "meta.json")
     resume_state.unlink(missing_ok=True)  # the model is safely stored: the next run starts afresh
     tags = {**provenance, "dagster_run_id": context.run.run_id}
@@ -72,7 +81,7 @@ def trained_model(
         },
         storage.model / "meta.json",
     )
-    return dg.MaterializeResult(metadata=_metadata(result, temperatures, registered, tuning))
+    return dg.MaterializeResult(metadata=_metadata(result, temperatures, registered, tunings.get(latest)))
 
 
 def _log_inputs(mlflow: TrackedMlflow, config: PlatformConfig, storage: StorageResource) -> dict[str, str]:
@@ -113,15 +122,24 @@ def _epoch_logger(mlflow: TrackedMlflow, config: PlatformConfig) -> Callable[[st
 
 
 def _log_tuning(
-    context: dg.AssetExecutionContext, mlflow: TrackedMlflow, config: PlatformConfig, tuning: TuningResult
+    context: dg.AssetExecutionContext, mlflow: TrackedMlflow, config: PlatformConfig, tuning: TuningResult, fold: int
 ) -> PlatformConfig:
-    context.log.info(f"HPO: best validation log loss {tuning.best_value:.4f} with {tuning.best_params}")
-    mlflow.log_params({f"hpo.best.{k}": v for k, v in tuning.best_params.items()})
+    """The best trial's values for a fold, logged; the latest fold's unprefixed (the registered model's)."""
+    latest = fold == fold_count(config) - 1
+    prefix = "" if latest else f"fold{fold}_"
+    context.log.info(
+        f"HPO {prefix or 'latest fold'}: best validation log loss {tuning.best_value:.4f} with {tuning.best_params}"
+    )
+    mlflow.log_params({f"hpo.{prefix}best.{k}": v for k, v in tuning.best_params.items()})
     mlflow.log_metrics(
-        {"hpo_best_val_log_loss": tuning.best_value, "hpo_trials": tuning.trials, "hpo_pruned": tuning.pruned}
+        {
+            f"{prefix}hpo_best_val_log_loss": tuning.best_value,
+            f"{prefix}hpo_trials": tuning.trials,
+            f"{prefix}hpo_pruned": tuning.pruned,
+        }
     )
     tuned = with_params(config, tuning.best_params)
-    mlflow.log_dict(tuned.model_dump(mode="json"), "config/trained_with.yaml")
+    mlflow.log_dict(tuned.model_dump(mode="json"), f"config/{prefix}trained_with.yaml")
     return tuned
 
 

@@ -121,6 +121,19 @@ def test_a_killed_training_run_resumes_and_matches_an_uninterrupted_one(
         if record.epoch == 2:
             raise Killed
 
+    def keep_going(record) -> None:
+        pass
+
+    # Another dataset or another label config must start afresh, not resume foreign state.
+    other_labels = config.labels.model_copy(update={"vol_lookback_s": config.labels.vol_lookback_s + 60})
+    with pytest.raises(Killed):
+        train(config, data, kill_after_second_epoch, checkpoint, data_fingerprint="data-a")
+    assert train(config, data, keep_going, checkpoint, data_fingerprint="data-b").resumed_from == 0
+    with pytest.raises(Killed):
+        train(config, data, kill_after_second_epoch, checkpoint, data_fingerprint="data-a")
+    relabelled = config.model_copy(update={"labels": other_labels})
+    assert train(relabelled, data, keep_going, checkpoint, "data-a").resumed_from == 0
+
     with pytest.raises(Killed):
         train(config, data, kill_after_second_epoch, checkpoint)
     resumed = train(config, data, checkpoint=checkpoint)

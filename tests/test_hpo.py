@@ -10,7 +10,7 @@ import pytest
 
 from bmlt_assets.core.config import ConfigError, load_config
 from bmlt_assets.core.dataset import build_dataset
-from bmlt_assets.core.tuning import tune, with_params
+from bmlt_assets.core.tuning import study_name, tune, with_params
 from bmlt_assets.definitions import INGEST_ASSETS, TRAINING_ASSETS, build_resources
 from bmlt_assets.partitions import range_tags
 from tests.helpers import synthetic_days, write_config
@@ -49,7 +49,8 @@ def test_tuning_prunes_resumes_and_picks_the_best(tmp_path: Path) -> None:
     data = build_dataset(synthetic_days(config), config)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     logger = RecordingLogger()
-    result = tune(config, data, storage, logger)
+    name = study_name(config, "data-a", 0)
+    result = tune(config, data, storage, logger, name)
     states = [t["state"] for t in logger.trials]
     assert len(states) == 4 and "PRUNED" in states and "COMPLETE" in states
     assert all(t["epochs"] == 1 for t in logger.trials if t["state"] == "PRUNED")
@@ -57,11 +58,25 @@ def test_tuning_prunes_resumes_and_picks_the_best(tmp_path: Path) -> None:
     assert with_params(config, result.best_params).model.lstm_hidden == result.best_params["model.lstm_hidden"]
 
     again = RecordingLogger()
-    tune(config, data, storage, again)  # same n_trials: the study is complete, nothing reruns
+    tune(config, data, storage, again, name)  # same n_trials: the study is complete, nothing reruns
     assert again.trials == []
     more = config.model_copy(update={"hpo": config.hpo.model_copy(update={"n_trials": 5})})
-    tune(more, data, storage, again)  # one more trial, numbered after the first four
+    assert study_name(more, "data-a", 0) == name  # more trials resume the same study
+    tune(more, data, storage, again, study_name(more, "data-a", 0))  # one more trial, numbered after the first four
     assert [t["number"] for t in again.trials] == [4]
+
+
+def test_a_study_is_never_resumed_on_other_data_or_another_meaning(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, {"hpo": HPO}))
+    name = study_name(config, "data-a", 0)
+    assert study_name(config, "data-b", 0) != name  # the data changed
+    assert study_name(config, "data-a", 1) != name  # another walk-forward fold
+    horizons = config.labels.model_copy(update={"horizons_s": [30, 60]})
+    assert study_name(config.model_copy(update={"labels": horizons}), "data-a", 0) != name
+    seed = config.hpo.model_copy(update={"sampler_seed": 1})
+    assert study_name(config.model_copy(update={"hpo": seed}), "data-a", 0) != name
+    storage = config.storage.model_copy(update={"base_dir": str(tmp_path / "elsewhere")})
+    assert study_name(config.model_copy(update={"storage": storage}), "data-a", 0) == name  # where, not what
 
 
 def test_search_space_paths_are_validated(tmp_path: Path) -> None:

@@ -71,3 +71,48 @@ def test_walk_forward_trains_a_model_per_fold_and_reports_over_time(tmp_path: Pa
     )
     markdown = (storage.report / "report.md").read_text()
     assert "## Walk-forward: performance over time" in markdown and "| mean |" in markdown
+
+
+def test_walk_forward_tuning_is_nested(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each fold's hyper-parameters come only from data before that fold's test part."""
+    import bmlt_assets.training
+    from bmlt_assets.core.checkpoint import load_checkpoint
+
+    hpo = {
+        "enabled": True,
+        "n_trials": 2,
+        "trial_epochs": 1,
+        "pruner": "none",
+        "search_space": {"model.lstm_hidden": {"type": "int", "low": 4, "high": 12, "step": 4}},
+    }
+    split = {"split": "walk_forward", "folds": 2, "val_fraction": 0.15, "test_fraction": 0.2}
+    path = write_config(tmp_path, {"dataset": split, "hpo": hpo, "training": {"epochs": 1}})
+    config = load_config(path)
+    seen = []
+    real_tune = bmlt_assets.training.tune
+
+    def spy(config, data, storage, logger, name):
+        tuned_on = np.concatenate([data.parts["train"].steps, data.parts["val"].steps])
+        seen.append({"name": name, "last_tuned": int(tuned_on.max()), "test_first": int(data.parts["test"].steps[0])})
+        result = real_tune(config, data, storage, logger, name)
+        seen[-1]["best"] = result.best_params["model.lstm_hidden"]
+        return result
+
+    monkeypatch.setattr(bmlt_assets.training, "tune", spy)
+    assets, instance = INGEST_ASSETS + TRAINING_ASSETS, dg.DagsterInstance.ephemeral()
+    tags = range_tags(config.data.start_date, config.data.end_date)
+    assert dg.materialize(
+        assets, selection=INGEST_ASSETS, resources=build_resources(path), instance=instance, tags=tags
+    ).success
+    result = dg.materialize(assets, selection=TRAINING_ASSETS[:2], resources=build_resources(path), instance=instance)
+    assert result.success
+
+    assert len(seen) == 2 and seen[0]["name"] != seen[1]["name"]  # one study per fold
+    assert seen[0]["test_first"] < seen[1]["test_first"]  # oldest fold first
+    for fold in seen:
+        assert fold["last_tuned"] < fold["test_first"]  # tuned on its own past only
+    assert seen[0]["last_tuned"] < seen[1]["test_first"]
+    storage = StorageResource(base_dir=str(config.base_dir), config_name=config.name)
+    for k, fold in enumerate(seen):  # each fold's model is built with its own fold's best values
+        checkpoint = storage.model / ("checkpoint.pt" if k == 1 else "fold0/checkpoint.pt")
+        assert load_checkpoint(checkpoint)[2]["model"]["lstm_hidden"] == fold["best"]

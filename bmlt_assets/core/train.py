@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -119,17 +120,16 @@ class TrainResult:
     resumed_from: int = 0  # the last epoch restored from a checkpoint (0: a fresh start)
 
 
-def _checkpoint_key(config: PlatformConfig, data: TrainingData, train_part: Part) -> str:
-    """What a checkpoint belongs to: resuming under another config or dataset would be wrong."""
-    payload = json.dumps(
-        [
-            config.model.model_dump(mode="json"),
-            config.training.model_dump(mode="json"),
-            list(data.shape),
-            train_part.steps[[0, -1]].tolist(),
-            len(train_part),
-        ]
-    )
+# Every config section that changes what a trained model means (its inputs, labels, split,
+# architecture or training); storage, MLflow, evaluation and quality thresholds do not.
+MEANINGFUL_SECTIONS = {"data", "representation", "labels", "dataset", "model", "training"}
+
+
+def meaning_key(config: PlatformConfig, data_fingerprint: str, *extra: Any) -> str:
+    """A hash of the data and every config part that gives training its meaning: state saved
+    under one key (a checkpoint, a tuning study) must never be resumed under another."""
+    meaningful = config.model_dump(mode="json", include=MEANINGFUL_SECTIONS)
+    payload = json.dumps([data_fingerprint, meaningful, *extra], sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -138,13 +138,15 @@ def train(
     data: TrainingData,
     on_epoch: Callable[[EpochRecord], None] = lambda record: None,
     checkpoint: Path | None = None,
+    data_fingerprint: str = "",
 ) -> TrainResult:
     """Train with early stopping on validation log loss; the best epoch's weights are returned.
 
     With ``checkpoint``, the full training state (weights, optimizer, schedule, random streams,
     early-stopping state) is written there atomically after every epoch, and a run that finds a
     matching checkpoint continues after its epoch: a killed training run, run again, completes
-    with the same result as an uninterrupted one."""
+    with the same result as an uninterrupted one. A checkpoint matches only the same
+    ``data_fingerprint`` (content hash of the input partitions) and meaningful config."""
     t = config.training
     torch.set_num_threads(t.threads or os.cpu_count() or 1)
     seed_everything(t.seed)
@@ -172,7 +174,7 @@ def train(
 
     result = TrainResult(model=model, best_epoch=0)
     best_loss, best_state, stale, done, first_epoch = np.inf, None, 0, False, 1
-    key = _checkpoint_key(config, data, train_part)
+    key = meaning_key(config, data_fingerprint, list(data.shape), train_part.steps[[0, -1]].tolist(), len(train_part))
     if checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False)
         if state["key"] == key:

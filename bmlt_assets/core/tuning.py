@@ -15,7 +15,7 @@ import optuna
 
 from bmlt_assets.core.config import HpoConfig, PlatformConfig
 from bmlt_assets.core.dataset import TrainingData
-from bmlt_assets.core.train import EpochRecord, train
+from bmlt_assets.core.train import EpochRecord, meaning_key, train
 
 MIN_TRIALS_FOR_IMPORTANCE = 4
 
@@ -68,10 +68,18 @@ class TuningResult:
     importances: dict[str, float]
 
 
-def tune(config: PlatformConfig, data: TrainingData, storage_url: str, logger: TrialLogger) -> TuningResult:
+def study_name(config: PlatformConfig, data_fingerprint: str, fold: int) -> str:
+    """One study per config, data and fold: a study is resumed only while its trials mean the same
+    (same data, same meaningful config, same search); more ``n_trials`` or time just resume it."""
+    search = config.hpo.model_dump(mode="json", exclude={"enabled", "n_trials", "timeout_s"})
+    return f"{config.name}-fold{fold}-{meaning_key(config, data_fingerprint, search)[:12]}"
+
+
+def tune(config: PlatformConfig, data: TrainingData, storage_url: str, logger: TrialLogger, name: str) -> TuningResult:
+    """Tune on ``data``'s training and validation parts only (never its test part)."""
     hpo = config.hpo
     study = optuna.create_study(
-        study_name=config.name,
+        study_name=name,
         storage=storage_url,
         sampler=optuna.samplers.TPESampler(seed=hpo.sampler_seed),
         pruner=build_pruner(hpo),

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bmlt_assets.core.calibration import validation_temperatures
-from bmlt_assets.core.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from bmlt_assets.core.checkpoint import CHECKPOINT, load_checkpoint, model_spec, save_checkpoint
 from bmlt_assets.core.config import PlatformConfig
 from bmlt_assets.core.dataset import TrainingData, fold_count, load_dataset
 from bmlt_assets.core.evaluation import fold_summary, oracle_for
@@ -27,18 +27,25 @@ class FoldModel:
     data: TrainingData
     model: OrderBookClassifier
     temperatures: list[float]
+    config: PlatformConfig  # as tuned for this fold
+
+
+# (fold, its dataset) -> the config that fold trains with: tuning, when enabled, sees only that
+# fold's training and validation parts, which precede its test part (nested walk-forward).
+FoldConfigurer = Callable[[int, TrainingData], PlatformConfig]
 
 
 def train_earlier_folds(
-    config: PlatformConfig, dataset_dir: Path, epoch_logger: Callable[[str], EpochLogger]
+    config: PlatformConfig, dataset_dir: Path, epoch_logger: Callable[[str], EpochLogger], configure: FoldConfigurer
 ) -> list[FoldModel]:
     """A calibrated model for every fold but the latest; ``epoch_logger(prefix)`` reports epochs."""
     folds = []
     for k in range(fold_count(config) - 1):
         fold = load_dataset(dataset_dir, config, fold=k)
+        fold_config = configure(k, fold)
         log.info("walk-forward: training the model of fold %s of %s", k + 1, fold_count(config))
-        model = train(config, fold, epoch_logger(f"fold{k}_")).model
-        folds.append(FoldModel(fold, model, validation_temperatures(model, fold)))
+        model = train(fold_config, fold, epoch_logger(f"fold{k}_")).model
+        folds.append(FoldModel(fold, model, validation_temperatures(model, fold), fold_config))
     return folds
 
 
@@ -46,11 +53,12 @@ def fold_checkpoint(model_dir: Path, fold: int, n_folds: int) -> Path:
     return model_dir / CHECKPOINT if fold == n_folds - 1 else model_dir / f"fold{fold}" / CHECKPOINT
 
 
-def save_fold_checkpoints(model_dir: Path, folds: list[FoldModel], spec: dict[str, Any]) -> None:
+def save_fold_checkpoints(model_dir: Path, folds: list[FoldModel]) -> None:
     for k, fold in enumerate(folds):
         path = fold_checkpoint(model_dir, k, len(folds) + 1)
         path.parent.mkdir()
-        save_checkpoint(path, fold.model, fold.data.source.normalizer, spec | {"temperatures": fold.temperatures})
+        spec = model_spec(fold.config, fold.data, fold.temperatures)
+        save_checkpoint(path, fold.model, fold.data.source.normalizer, spec)
 
 
 def evaluate_folds(
