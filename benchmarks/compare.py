@@ -45,7 +45,11 @@ def run(config: PlatformConfig, snapshots: dict) -> dict:
     data = build_dataset(days, config)
     result = train(config, data)
     source = SyntheticMarketResource(
-        seed=config.seed, cadence_ms=d.cadence_ms, depth=d.depth, params_json=d.synthetic.model_dump_json()
+        seed=config.seed,
+        cadence_ms=d.cadence_ms,
+        depth=d.depth,
+        params_json=d.synthetic.model_dump_json(),
+        symbols=d.symbols,
     )
     market = source.market()
 
@@ -81,7 +85,11 @@ def main() -> None:
     base = _with(base, "training", epochs=args.epochs, max_train_samples=args.max_train_samples, progress_bar=False)
     d = base.data
     source = SyntheticMarketResource(
-        seed=base.seed, cadence_ms=d.cadence_ms, depth=d.depth, params_json=d.synthetic.model_dump_json()
+        seed=base.seed,
+        cadence_ms=d.cadence_ms,
+        depth=d.depth,
+        params_json=d.synthetic.model_dump_json(),
+        symbols=d.symbols,
     )
     snapshots = {date: source.snapshots(date, d.symbols) for date in d.dates}
     variants = {

@@ -63,7 +63,11 @@ def build_resources(config_path: Path) -> dict[str, object]:
     data = config.data
     if data.source == "synthetic":
         book_source: dg.ConfigurableResource = SyntheticMarketResource(
-            seed=config.seed, cadence_ms=data.cadence_ms, depth=data.depth, params_json=data.synthetic.model_dump_json()
+            seed=config.seed,
+            cadence_ms=data.cadence_ms,
+            depth=data.depth,
+            params_json=data.synthetic.model_dump_json(),
+            symbols=data.symbols,
         )
     else:
         book_source = LandingZoneResource(base_dir=str(config.base_dir), market=data.market, depth=data.depth)

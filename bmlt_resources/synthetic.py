@@ -19,11 +19,11 @@ class SyntheticMarketResource(dg.ConfigurableResource):
     cadence_ms: int
     depth: int
     params_json: str  # SyntheticConfig as JSON: resources take flat, typed config
+    symbols: list[str] = []  # what the models see: the oracle filters every one of their books
 
     def market(self) -> SyntheticMarket:
-        return SyntheticMarket(
-            SyntheticConfig.model_validate_json(self.params_json), self.seed, self.cadence_ms, self.depth
-        )
+        params = SyntheticConfig.model_validate_json(self.params_json)
+        return SyntheticMarket(params, self.seed, self.cadence_ms, self.depth, tuple(self.symbols))
 
     def snapshots(self, date: dt.date, symbols: list[str]) -> pl.DataFrame:
         market = self.market()

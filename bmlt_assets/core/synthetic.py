@@ -28,10 +28,19 @@ Generative model (one UTC day, grid of ``n`` steps of ``dt`` seconds, per symbol
 Everything is deterministic per (seed, date, symbol): a symbol's stream depends only on its own
 random stream, the market factor's and the leader's, never on which other symbols are configured.
 
-**Oracle.** Everything observable up to step ``t`` (every published book since the session
-opened, the regime, the clock) gives, by a Kalman filter of each AR(1) flow from its noisy
-readings, a Gaussian posterior ``s(t) ~ N(m, P)`` (``m = sqrt(1-b^2) m_k + b m_0``,
-``P = (1-b^2) P_k + b^2 P_0``; readings missing from dropped snapshots are skipped). The ``h``-step
+**Oracle.** Everything a model of the configured (observed) symbols can see up to step ``t``:
+every published book of each of them since the session opened, the regime and the clock. The
+hidden state is the vector of flows ``z`` of the observed symbols and the leader (a linear
+Gaussian AR(1), ``z(j+1) = phi z(j) + sqrt(1-phi^2) w``). Two kinds of readings inform it, and a
+joint Kalman filter uses both:
+
+* each published book's best-level queues give ``y_k(j) = z_k(j) + imbalance_noise * nu_k(j)``;
+* each mid return between two published books, ``x_k(j+1) - x_k(j) = kappa sigma_k s_k(j) +
+  sigma_k m_g(j) eps_k(j)``, is another noisy reading of the signals ``s = W z``, with noise
+  correlated across symbols through the market factor (covariance ``sigma_k sigma_l m_g^2
+  (rho + (1 - rho) [k = l])``).
+
+This gives a Gaussian posterior ``s(t) ~ N(m, P)`` of the target's signal. The ``h``-step
 log return is then a mixture over the regime of the next block (at most one block boundary inside
 a horizon, enforced by config) of Gaussians with, writing ``G = (1 - phi^h) / (1 - phi)``,
 
@@ -41,7 +50,8 @@ a horizon, enforced by config) of Gaussians with, writing ``G = (1 - phi^h) / (1
            + sigma^2 (m_g^2 n_before + m_g'^2 n_after)
 
 so :func:`oracle_probabilities` is Bayes-optimal for any class edges, up to the rounding of the
-mid to the tick grid (below 1e-4 of the return's standard deviation for the default symbols).
+mid to the tick grid (below 1e-4 of the return's standard deviation for the default symbols) and
+to the return across a dropped snapshot, which the filter skips (``dropout_rate`` of the steps).
 """
 
 from __future__ import annotations
@@ -96,8 +106,10 @@ class LatentDay:
 class SyntheticMarket:
     """Pure generator: no Dagster, no I/O."""
 
-    def __init__(self, params: SyntheticConfig, seed: int, cadence_ms: int, depth: int):
+    def __init__(self, params: SyntheticConfig, seed: int, cadence_ms: int, depth: int, observed: tuple[str, ...] = ()):
         self.params = params
+        self.observed = observed  # the symbols whose books a model sees (the oracle's information)
+        self._filtered: dict[tuple[dt.date, tuple[str, ...]], dict[str, tuple[np.ndarray, np.ndarray]]] = {}
         self.seed = seed
         self.cadence_ms = cadence_ms
         self.depth = depth
@@ -148,25 +160,80 @@ class SyntheticMarket:
         sigma = SYMBOL_PROFILES[symbol].vol_per_s * np.sqrt(self.dt_s)
         return LatentDay(own, reading, self._published(date, symbol), signal, self.regimes(date), sigma)
 
-    def filtered_flow(self, date: dt.date, symbol: str) -> tuple[np.ndarray, np.ndarray]:
-        """Kalman-filtered posterior mean and variance of z_k at every step, from readings <= t.
+    def filtered_signals(self, date: dt.date, observed: tuple[str, ...]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Posterior mean and variance of every state symbol's signal ``s_k`` at every step, from
+        the queue readings and mid returns of the ``observed`` symbols up to that step.
 
-        Hand-written: a scalar filter with time-varying gain (missing readings) is a few lines,
-        and a state-space library would add a heavy dependency for it.
+        Hand-written: a Kalman filter with a handful of states, missing readings and a
+        regime-dependent noise is a few lines; a state-space library would add a heavy dependency
+        and would not take the time-varying observation set as it is.
         """
-        latent = self.latent(date, symbol)
-        noise_var = self.params.imbalance_noise**2
-        innovation_var = 1 - self.phi**2
-        mean, var = np.empty(self.n), np.empty(self.n)
-        m, v = 0.0, 1.0  # the stationary prior at midnight
-        for j, (y, seen) in enumerate(zip(latent.reading.tolist(), latent.published.tolist())):
+        key = (date, observed)
+        if key not in self._filtered:
+            self._filtered[key] = self._filter(date, observed)
+        return self._filtered[key]
+
+    def _filter(self, date: dt.date, observed: tuple[str, ...]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        p, phi, n = self.params, self.phi, self.n
+        states = sorted(set(observed) | {LEADER})
+        k, leader = len(states), states.index(LEADER)
+        mixing = np.zeros((k, k))  # s = mixing @ z
+        for i, symbol in enumerate(states):
+            b = 0.0 if symbol == LEADER else p.leader_weight
+            mixing[i, i] += np.sqrt(1 - b**2)
+            mixing[i, leader] += b
+        rows = [states.index(symbol) for symbol in observed]
+        latents = [self.latent(date, symbol) for symbol in observed]
+        readings = np.stack([latent.reading for latent in latents], axis=1)
+        published = np.stack([latent.published for latent in latents], axis=1)
+        log_mids = np.stack([self.observed_log_mids(date, symbol) for symbol in observed], axis=1)
+        returns = np.diff(log_mids, axis=0, prepend=np.nan)  # returns[j] = x(j) - x(j-1): NaN across a gap
+        sigma = np.array([latent.sigma for latent in latents])
+        regime = self.regimes(date)
+        correlation = p.correlation + (1 - p.correlation) * np.eye(len(observed))
+        return_rows = p.signal_strength * sigma[:, None] * mixing[rows]  # d return / d z(j-1)
+        reading_rows = np.eye(k)[rows]
+
+        signal_mean, signal_var = np.empty((n, k)), np.empty((n, k))
+        m, cov = np.zeros(k), np.eye(k)  # the stationary prior at midnight
+        for j in range(n):
             if j:
-                m, v = self.phi * m, self.phi**2 * v + innovation_var
-            if seen:
-                gain = v / (v + noise_var)
-                m, v = m + gain * (y - m), (1 - gain) * v
-            mean[j], var[j] = m, v
-        return mean, var
+                seen = np.isfinite(returns[j])  # information about z(j-1), which m and cov describe
+                if seen.any():
+                    scale = sigma[seen] * VOL_MULTIPLIER[regime[j - 1]]
+                    noise = scale[:, None] * correlation[np.ix_(seen, seen)] * scale[None, :]
+                    m, cov = _kalman_update(m, cov, return_rows[seen], returns[j, seen], noise)
+                m, cov = phi * m, phi**2 * cov + (1 - phi**2) * np.eye(k)
+            seen = published[j]
+            if seen.any():
+                noise = p.imbalance_noise**2 * np.eye(int(seen.sum()))
+                m, cov = _kalman_update(m, cov, reading_rows[seen], readings[j, seen], noise)
+            signal_mean[j] = mixing @ m
+            signal_var[j] = np.einsum("ij,jk,ik->i", mixing, cov, mixing)
+        return {symbol: (signal_mean[:, i], signal_var[:, i]) for i, symbol in enumerate(states)}
+
+    def _best_prices(
+        self, date: dt.date, symbol: str, latent: LatentDay
+    ) -> tuple[np.ndarray, np.ndarray, np.random.Generator]:
+        """Best bid (ticks) and spread (ticks) at every step, and the book's random stream, which
+        :meth:`simulate` goes on drawing from (the order of draws fixes the books)."""
+        profile, p, n = SYMBOL_PROFILES[symbol], self.params, self.n
+        factor = self._rng(date, "market-factor").standard_normal(n)
+        rng = self._rng(date, f"book:{symbol}")
+        eps = np.sqrt(p.correlation) * factor + np.sqrt(1 - p.correlation) * rng.standard_normal(n)
+        steps = p.signal_strength * latent.sigma * latent.signal + latent.sigma * VOL_MULTIPLIER[latent.regime] * eps
+        start = np.log(profile.price) + 0.05 * rng.standard_normal()
+        log_mid = start + np.concatenate([[0.0], np.cumsum(steps[:-1])])
+        spread = SPREAD_TICKS[latent.regime] + rng.geometric(0.75, n) - 1
+        best_bid = np.floor(np.exp(log_mid) / profile.tick - spread / 2).astype(np.int64)
+        return best_bid, spread, rng
+
+    def observed_log_mids(self, date: dt.date, symbol: str) -> np.ndarray:
+        """The log mid a published book shows at every step (NaN where no book was published)."""
+        latent = self.latent(date, symbol)
+        best_bid, spread, _ = self._best_prices(date, symbol, latent)
+        mids = np.log((best_bid + spread / 2) * SYMBOL_PROFILES[symbol].tick)
+        return np.where(latent.published, mids, np.nan)
 
     # -- books ------------------------------------------------------------------------------
     def simulate(self, date: dt.date, symbol: str) -> pl.DataFrame:
@@ -176,17 +243,7 @@ class SyntheticMarket:
         latent = self.latent(date, symbol)
         regime = latent.regime
         n, depth = self.n, self.depth
-
-        factor = self._rng(date, "market-factor").standard_normal(n)
-        rng = self._rng(date, f"book:{symbol}")
-        eps = np.sqrt(p.correlation) * factor + np.sqrt(1 - p.correlation) * rng.standard_normal(n)
-        steps = p.signal_strength * latent.sigma * latent.signal + latent.sigma * VOL_MULTIPLIER[regime] * eps
-        start = np.log(profile.price) + 0.05 * rng.standard_normal()
-        log_mid = start + np.concatenate([[0.0], np.cumsum(steps[:-1])])
-
-        spread = SPREAD_TICKS[regime] + rng.geometric(0.75, n) - 1
-        mid_ticks = np.exp(log_mid) / profile.tick
-        best_bid = np.floor(mid_ticks - spread / 2).astype(np.int64)
+        best_bid, spread, rng = self._best_prices(date, symbol, latent)
         spacing = max(1.0, p.level_spacing_bps * 1e-4 * profile.price / profile.tick)
         gaps = np.maximum(1, np.rint(rng.exponential(spacing, (n, 2, depth - 1)))).astype(np.int64)
         bid_ticks = best_bid[:, None] - np.concatenate([np.zeros((n, 1), np.int64), np.cumsum(gaps[:, 0], 1)], 1)
@@ -224,7 +281,8 @@ class SyntheticMarket:
     def oracle_probabilities(
         self, date: dt.date, symbol: str, steps: np.ndarray, horizon: int, edges: np.ndarray
     ) -> np.ndarray:
-        """Bayes-optimal class probabilities for samples at ``steps`` of ``date``.
+        """Bayes-optimal class probabilities for samples at ``steps`` of ``date``, for a model that
+        sees the books of ``self.observed`` (``symbol`` alone when empty).
 
         ``edges`` is (N, C-1): the class edges of each sample in log-return units.
         """
@@ -232,12 +290,10 @@ class SyntheticMarket:
             raise ValueError("the oracle assumes at most one regime switch inside a horizon")
         latent = self.latent(date, symbol)
         kappa, phi, sigma = self.params.signal_strength, self.phi, latent.sigma
-        flow_mean, flow_var = self.filtered_flow(date, symbol)
-        if symbol != LEADER:
-            b = self.params.leader_weight
-            leader_mean, leader_var = self.filtered_flow(date, LEADER)
-            flow_mean = np.sqrt(1 - b**2) * flow_mean + b * leader_mean
-            flow_var = (1 - b**2) * flow_var + b**2 * leader_var
+        observed = self.observed or (symbol,)
+        if symbol not in observed:
+            raise ValueError(f"{symbol} is not among the observed symbols {list(observed)}")
+        flow_mean, flow_var = self.filtered_signals(date, observed)[symbol]
         gain = (1 - phi**horizon) / (1 - phi)
         mean = kappa * sigma * gain * flow_mean[steps]
         m = np.arange(1, horizon)
@@ -268,3 +324,13 @@ class SyntheticMarket:
             date = dt.date(1970, 1, 1) + dt.timedelta(days=int(value))
             probs[rows] = self.oracle_probabilities(date, symbol, step[rows], horizon, edges[rows])
         return probs
+
+
+def _kalman_update(
+    mean: np.ndarray, cov: np.ndarray, rows: np.ndarray, values: np.ndarray, noise: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Condition N(mean, cov) on ``values = rows @ state + N(0, noise)``."""
+    innovation = rows @ cov @ rows.T + noise
+    gain = np.linalg.solve(innovation, rows @ cov).T
+    updated = cov - gain @ rows @ cov
+    return mean + gain @ (values - rows @ mean), (updated + updated.T) / 2
