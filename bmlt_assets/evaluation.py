@@ -12,7 +12,7 @@ from bmlt_assets.core.config import PlatformConfig
 from bmlt_assets.core.dataset import TrainingData, fold_count, load_dataset
 from bmlt_assets.core.evaluation import evaluate, flat_metrics, oracle_for
 from bmlt_assets.core.files import atomic_directory, write_json
-from bmlt_assets.core.promotion import Verdict, comparable, gate
+from bmlt_assets.core.promotion import Verdict, gate, incomparability
 from bmlt_assets.core.report import write_report
 from bmlt_assets.core.sources import BookSource
 from bmlt_assets.core.train import predict_logits
@@ -85,9 +85,11 @@ def _champion_probabilities(
     if champion is None:
         return False, None, "no champion yet: the first model that beats the baselines becomes champion"
     version, model = champion
+    test = data.source.timestamps[data.parts["test"].steps]
+    why = incomparability(model.unwrap_python_model().spec, spec, (int(test[0]), int(test[-1])))
+    if why:
+        return True, None, f"champion v{version} is not comparable ({why}), so not replaced"
     theirs = model.unwrap_python_model().spec
-    if not comparable(theirs, spec):
-        return True, None, f"champion v{version} has other inputs or heads: not comparable, so not replaced"
     source = data.source
     probabilities = score_steps(
         model, source.base, source.mids, source.timestamps, data.parts["test"].steps, theirs["window_steps"]

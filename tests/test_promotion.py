@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bmlt_assets.core.promotion import promotion_verdict
+from bmlt_assets.core.promotion import gate, incomparability, promotion_verdict
 
 BETTER = {"mean": -0.05, "low": -0.08, "high": -0.02}
 TIED = {"mean": -0.01, "low": -0.04, "high": 0.01}
@@ -30,6 +30,68 @@ def test_the_champion_must_be_beaten_beyond_noise() -> None:
 def test_a_miscalibrated_challenger_is_not_promoted() -> None:
     verdict = promotion_verdict({"prior": BETTER}, None, ece=0.08, max_ece=0.05)
     assert not verdict.promote and verdict.reasons == ["ECE 0.0800 is not below 0.0500"]
+
+
+def _entry(vs_champion: dict, leak: bool = False, horizon_steps: int = 10) -> dict:
+    """One horizon of an evaluation report, as the gate reads it."""
+    differences = {f"model_minus_{b}": BETTER for b in ("prior", "persistence", "logistic_obi")}
+    return {
+        "horizon_steps": horizon_steps,
+        "log_loss_differences": {**differences, "model_minus_champion": vs_champion},
+        "metrics": {"model": {"ece": 0.01}},
+        "leak_suspected": leak,
+    }
+
+
+def test_a_leak_flagged_challenger_with_better_numbers_is_refused() -> None:
+    honest = gate([_entry(BETTER), _entry(BETTER, horizon_steps=30)], True, True, 0.05, "")
+    assert honest.promote
+    leaky = gate([_entry(BETTER), _entry(BETTER, leak=True, horizon_steps=30)], True, True, 0.05, "")
+    assert (
+        not leaky.promote and leaky.reasons[0] == "30 steps: probable look-ahead leak (beats the Bayes-optimal oracle)"
+    )
+    first = gate([_entry(BETTER, leak=True)], False, False, 0.05, "no champion yet")
+    assert not first.promote  # not even as the first champion
+
+
+def test_a_stronger_champion_refuses_the_challenger() -> None:
+    stronger = {"mean": 0.04, "low": 0.02, "high": 0.06}  # challenger minus champion: worse
+    verdict = gate([_entry(BETTER), _entry(stronger, horizon_steps=30)], True, True, 0.05, "")
+    assert not verdict.promote
+    assert "30 steps: does not beat the champion: log-loss difference CI [0.0200, 0.0600] reaches 0" in verdict.reasons
+
+
+SPEC = {
+    "target": "ETH/USDT",
+    "symbols": ["BTC/USDT", "ETH/USDT"],
+    "horizons_s": [10, 30],
+    "n_classes": 8,
+    "edges": "volatility_scaled",
+    "levels": 10,
+    "representation": {"kind": "hybrid", "raw_levels": 5},
+    "cadence_ms": 1000,
+    "window_steps": 40,
+    "fitted_ns": [0, 1_000],
+}
+
+
+def test_the_champion_is_compared_only_like_for_like_and_never_on_its_own_training_data() -> None:
+    test_window = (2_000, 3_000)
+    assert incomparability(SPEC, SPEC, test_window) == ""
+    for field, other in [
+        ("target", "BTC/USDT"),
+        ("horizons_s", [10, 60]),
+        ("edges", "quantile"),
+        ("representation", {"kind": "full", "raw_levels": 10}),
+    ]:
+        assert incomparability({**SPEC, field: other}, SPEC, test_window) == f"other {field}"
+    assert "edges" in incomparability({k: v for k, v in SPEC.items() if k != "edges"}, SPEC, test_window)
+    assert "longer window" in incomparability({**SPEC, "window_steps": 60}, SPEC, test_window)
+    overlapping = {**SPEC, "fitted_ns": [0, 2_500]}  # trained on part of the challenger's test window
+    assert "trained or validated on part of this test window" in incomparability(overlapping, SPEC, test_window)
+    # Not comparable means not replaced: the gate refuses, naming why.
+    refused = gate([_entry(BETTER)], True, False, 0.05, "champion v3 is not comparable (other edges)")
+    assert not refused.promote and refused.reasons == ["champion v3 is not comparable (other edges)"]
 
 
 def test_an_identical_challenger_does_not_replace_the_champion(tmp_path) -> None:
@@ -64,7 +126,7 @@ def test_an_identical_challenger_does_not_replace_the_champion(tmp_path) -> None
         Path(client.download_artifacts(challenger.run_id, "report/promotion.json", str(tmp_path))).read_text()
     )
     assert not verdict["promote"]
-    assert any("does not beat the champion" in reason for reason in verdict["reasons"])
+    assert any("does not beat the champion" in reason for reason in verdict["reasons"]), verdict["reasons"]
     for numbers in verdict["numbers"].values():
         assert abs(numbers["vs_champion"]["mean"]) < 1e-6  # the same model, the same predictions
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"

@@ -30,8 +30,22 @@ def model_spec(config: PlatformConfig, data: TrainingData, temperatures: list[fl
         "n_classes": data.n_classes,
         "window_steps": config.dataset.window_steps,
         "cadence_ms": config.data.cadence_ms,
+        "edges": config.labels.edges,
+        "representation": config.representation.model_dump(mode="json"),
+        "fitted_ns": fitted_period_ns(data),
         "temperatures": temperatures,
     }
+
+
+def fitted_period_ns(data: TrainingData) -> list[int]:
+    """First and last timestamp a model saw while being fitted and selected: its training and
+    validation windows, features included (a window reaches ``window - 1`` steps back) and labels
+    (a label reaches the longest horizon ahead)."""
+    steps = np.concatenate([data.parts["train"].steps, data.parts["val"].steps])
+    timestamps = data.source.timestamps
+    first = max(int(steps.min()) - data.source.window + 1, 0)
+    last = min(int(steps.max()) + max(data.horizons), len(timestamps) - 1)
+    return [int(timestamps[first]), int(timestamps[last])]
 
 
 def save_checkpoint(path: Path, model: OrderBookClassifier, normalizer: Normalizer, spec: dict[str, Any]) -> None:

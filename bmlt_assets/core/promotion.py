@@ -48,23 +48,42 @@ def promotion_verdict(
 
 
 BASELINES = ("prior", "persistence", "logistic_obi")
-# Spec fields a champion must share with the challenger to be scored on the same windows.
-COMPARABLE_SPEC = ("levels", "symbols", "horizons_s", "n_classes", "cadence_ms")
+# Spec fields a champion must share with the challenger to be compared like for like: the same
+# target, horizons, classes (count and kind of edges), inputs (symbols, levels, representation)
+# and cadence. Older specs without a field are never comparable.
+COMPARABLE_SPEC = ("target", "symbols", "horizons_s", "n_classes", "edges", "levels", "representation", "cadence_ms")
 
 
-def comparable(champion_spec: dict[str, Any], challenger_spec: dict[str, Any]) -> bool:
-    """Whether the champion reads the same inputs and predicts the same heads as the challenger
-    (its window may be shorter: the challenger's test windows hold it)."""
-    same = all(champion_spec[k] == challenger_spec[k] for k in COMPARABLE_SPEC)
-    return same and champion_spec["window_steps"] <= challenger_spec["window_steps"]
+def incomparability(
+    champion_spec: dict[str, Any], challenger_spec: dict[str, Any], test_period_ns: tuple[int, int]
+) -> str:
+    """Why the champion cannot be scored against the challenger on its test window ('' if it can).
+
+    Its window may be shorter (the challenger's test windows hold it), and it must never have
+    been fitted on any of the test window: that would flatter it."""
+    differing = [k for k in COMPARABLE_SPEC if champion_spec.get(k) != challenger_spec.get(k)]
+    if differing:
+        return f"other {', '.join(differing)}"
+    if champion_spec["window_steps"] > challenger_spec["window_steps"]:
+        return f"a longer window ({champion_spec['window_steps']} > {challenger_spec['window_steps']} steps)"
+    first, last = champion_spec["fitted_ns"]
+    if first <= test_period_ns[1] and test_period_ns[0] <= last:
+        return "it was trained or validated on part of this test window"
+    return ""
 
 
 def gate(
     report: list[dict[str, Any]], champion_exists: bool, champion_compared: bool, max_ece: float, note: str
 ) -> Verdict:
-    """Every horizon must pass; a champion that could not be compared is never replaced."""
+    """Every horizon must pass; a champion that could not be compared is never replaced, and a
+    probable look-ahead leak is never promoted, whatever its numbers."""
+    leaks = [
+        f"{entry['horizon_steps']} steps: probable look-ahead leak (beats the Bayes-optimal oracle)"
+        for entry in report
+        if entry.get("leak_suspected")
+    ]
     if champion_exists and not champion_compared:
-        return Verdict(False, [note], {})
+        return Verdict(False, [*leaks, note], {})
     verdicts = [
         promotion_verdict(
             {b: entry["log_loss_differences"][f"model_minus_{b}"] for b in BASELINES},
@@ -76,7 +95,7 @@ def gate(
     ]
     reasons = [f"{entry['horizon_steps']} steps: {r}" for entry, v in zip(report, verdicts) for r in v.reasons]
     return Verdict(
-        all(v.promote for v in verdicts),
-        reasons,
+        all(v.promote for v in verdicts) and not leaks,
+        [*leaks, *reasons] if leaks else reasons,
         {str(e["horizon_steps"]): v.numbers for e, v in zip(report, verdicts)},
     )
