@@ -22,7 +22,7 @@ demo: install
 	@mkdir -p $(DAGSTER_HOME)
 	$(BIN)/bmlt validate --config $(CONFIG)
 	BMLT_CONFIG=$(CONFIG) $(BIN)/dagster job execute -m bmlt_assets.definitions -j full_pipeline \
-		--tags "$$($(BIN)/bmlt range-tags --config $(CONFIG))"
+		--tags "$$($(BIN)/bmlt range-tags --config $(CONFIG))" -c configs/run/in_process.yaml
 	@$(BIN)/bmlt summary --config $(CONFIG)
 
 test: install
