@@ -148,30 +148,116 @@ def report(config: PlatformConfig, args: argparse.Namespace) -> int:
     return 0
 
 
-def import_(config: PlatformConfig, args: argparse.Namespace) -> int:
-    """Rebuild books from raw recordings and write them, a file per day, into the landing zone."""
-    from bmlt_assets.core.binance_sync import import_recordings
-    from bmlt_assets.core.files import write_landing_days
+class _ImportProgress:
+    """Progress of `bmlt import` on stderr: a bar per file on a terminal; otherwise a log line at
+    every tenth of a file of LOG_FROM_BYTES or more (smaller ones take a second or two)."""
 
-    missing = [str(path) for path in args.files if not path.is_file()]
-    if missing:
-        print(f"no such recording: {', '.join(missing)}", file=sys.stderr)
+    LOG_FROM_BYTES = 64 * 2**20
+
+    def __init__(self) -> None:
+        self.interactive = sys.stderr.isatty()
+        self.bar: object = None
+        self.path: Path | None = None
+        self.logged = 0
+
+    def __call__(self, path: Path, done: int, total: int) -> None:
+        if self.interactive:
+            from tqdm import tqdm
+
+            if path != self.path:
+                self.close()
+                self.bar = tqdm(total=total, desc=path.name, unit="B", unit_scale=True, leave=False, file=sys.stderr)
+            bar = self.bar
+            assert isinstance(bar, tqdm)
+            bar.update(done - bar.n)
+        elif total >= self.LOG_FROM_BYTES:
+            if path != self.path:
+                self.logged = 0
+            tenth = 10 * done // max(total, 1)
+            if tenth > self.logged:
+                self.logged = tenth
+                log.info("%s: %s%% read", path.name, 10 * tenth)
+        self.path = path
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()  # type: ignore[attr-defined]
+            self.bar = None
+
+
+def import_(config: PlatformConfig, args: argparse.Namespace) -> int:
+    """Rebuild books from raw recordings and write them, a file per day, into the landing zone.
+
+    --market and --levels default to the config's data.market and data.depth. A landing file of
+    another depth is not overwritten without --force. A recording whose gzip stream is damaged
+    keeps the books rebuilt before the damage (they are written) and exits 2 with what happened."""
+    from bmlt_assets.core.binance_sync import RecordingError, import_recordings
+    from bmlt_assets.core.files import landing_depth, landing_root, landing_targets, write_landing_days
+
+    args.market = args.market or config.data.market
+    args.levels = config.data.depth if args.levels is None else args.levels
+    if args.levels < 1:
+        print(
+            f"--levels {args.levels}: keep at least 1 level per side (data.depth is {config.data.depth})",
+            file=sys.stderr,
+        )
         return 2
+    for path in args.files:
+        problem = (
+            "is a directory: pass the recordings in it (e.g. {path}/*.gz), not the folder"
+            if path.is_dir()
+            else "no such file"
+            if not path.exists()
+            else None
+        )
+        if problem:
+            print(f"cannot import: {path}: {problem.format(path=path)}", file=sys.stderr)
+            return 2
+    progress = _ImportProgress()
     try:
-        frame, imported = import_recordings(args.files, args.format, args.market, args.levels)
-    except ValueError as error:
+        frame, imported = import_recordings(args.files, args.format, args.market, args.levels, progress)
+    except (RecordingError, ValueError) as error:
         print(f"cannot import: {error}", file=sys.stderr)
         return 2
-    written = write_landing_days(frame, config.base_dir, args.market, f"import-{args.files[0].name.split('.')[0]}")
+    except OSError as error:
+        print(f"cannot import: {error.filename or args.files[0]}: cannot read it ({error.strerror})", file=sys.stderr)
+        return 2
+    finally:
+        progress.close()
+    stem = f"import-{args.files[0].name.split('.')[0]}"
+    for target in landing_targets(frame, config.base_dir, args.market, stem):
+        held = landing_depth(target) if target.exists() else None
+        if held is not None and held != args.levels and not args.force:
+            print(
+                f"cannot import: {target} holds books of {held} levels per side and this import has {args.levels}: "
+                f"pass --force to overwrite it, or --levels {held} to match it",
+                file=sys.stderr,
+            )
+            return 2
+    written = write_landing_days(frame, config.base_dir, args.market, stem)
     result = imported.as_dict() | {
         "files": [str(f) for f in args.files],
         "written": [str(w) for w in written],
         "levels": args.levels,
         "market": args.market,
     }
+    status = 0
+    for damage in imported.damaged:  # after the write: the books before the damage are kept
+        kept = (
+            f"the {damage['books']} books rebuilt before the damage were written to "
+            f"{landing_root(config.base_dir, args.market)}"
+            if damage["books"]
+            else "no book was rebuilt before the damage, so nothing was written from it"
+        )
+        print(
+            f"{damage['file']} is truncated after {damage['lines']} lines ({damage['reason']}); {kept}: "
+            "re-download or re-record it for the rest",
+            file=sys.stderr,
+        )
+        status = 2
     if args.json:
         print(json.dumps(result, indent=2))
-        return 0
+        return status
     source = (
         f" from {result['updates_applied']} applied depth updates "
         f"({result['updates_dropped']} dropped as older than the snapshot)"
@@ -183,7 +269,7 @@ def import_(config: PlatformConfig, args: argparse.Namespace) -> int:
     )
     print(f"crossed books: {result['crossed_books']}; first {result['first']}, last {result['last']}")
     print("written:" + "".join(f"\n  {w}" for w in result["written"]))
-    return 0
+    return status
 
 
 def parse_duration(text: str) -> float:
@@ -312,8 +398,15 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["binance-ws", "tardis-book-snapshot"],
         help="binance-ws: combined depth streams + REST snapshots; tardis-book-snapshot: book_snapshot_25 CSV",
     )
-    subs["import"].add_argument("--market", choices=["spot", "usdm"], default="spot")
-    subs["import"].add_argument("--levels", type=int, default=20, help="levels per side to keep")
+    subs["import"].add_argument(
+        "--market", choices=["spot", "usdm"], default=None, help="default: the config's data.market"
+    )
+    subs["import"].add_argument(
+        "--levels", type=int, default=None, help="levels per side to keep (default: the config's data.depth)"
+    )
+    subs["import"].add_argument(
+        "--force", action="store_true", help="overwrite a landing file that holds books of another depth"
+    )
     subs["record"].add_argument(
         "--duration",
         type=parse_duration,

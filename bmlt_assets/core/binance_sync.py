@@ -9,14 +9,23 @@ are emitted as one snapshot in the landing schema (``bmlt_assets.core.book``).
 
 Recordings are ``<receive ns> <raw JSON>`` lines (gzip or plain): combined-stream messages
 (``{"stream": ..., "data": ...}``) and REST depth snapshots (``{"lastUpdateId": ...}``).
+
+A file that cannot be imported as asked raises :class:`RecordingError`, whose one-line message
+names the file, what is wrong and what to do. A damaged gzip stream (a truncated download) is
+not an error of the whole import: the books rebuilt before the damage are kept and the damage is
+listed in :attr:`ImportSummary.damaged`.
 """
 
 from __future__ import annotations
 
+import codecs
 import gzip
+import io
 import json
 import logging
-from collections.abc import Iterable, Iterator
+import re
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -27,6 +36,11 @@ import polars as pl
 from bmlt_assets.core.book import snapshot_frame
 
 log = logging.getLogger(__name__)
+GZIP_MAGIC = b"\x1f\x8b"
+TARDIS_HEADER = "exchange,symbol,timestamp,local_timestamp"
+PROGRESS_EVERY_LINES = 20_000
+# Called every PROGRESS_EVERY_LINES lines and at the end of each file: (file, bytes read, file size).
+Progress = Callable[[Path, int, int], None]
 QUOTES = ("USDT", "USDC", "FDUSD", "TUSD", "BUSD", "BTC", "ETH", "BNB", "EUR", "TRY")
 
 
@@ -38,15 +52,92 @@ def unified_symbol(raw: str) -> str:
     raise ValueError(f"cannot split Binance symbol {raw!r} into base and quote")
 
 
-def read_recording(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as lines:
-        for number, line in enumerate(lines, 1):
-            stamp, _, payload = line.partition(" ")
-            try:
-                yield int(stamp), json.loads(payload)
-            except ValueError as error:
-                raise ValueError(f"{path}:{number}: not a '<receive ns> <json>' line ({error})") from None
+class RecordingError(ValueError):
+    """A file that cannot be imported as asked; the message names it, the problem and the fix."""
+
+
+class TruncatedRecording(RecordingError):
+    """The file ends (or its gzip stream breaks) after ``lines`` good lines."""
+
+    def __init__(self, path: Path, lines: int, reason: str):
+        super().__init__(f"{path} is truncated after {lines} lines ({reason})")
+        self.path, self.lines, self.reason = path, lines, reason
+
+
+class MarketMismatch(ValueError):
+    """Depth updates of the other market than the one asked for."""
+
+
+def _open_binary(raw: io.BufferedReader) -> io.BufferedReader | gzip.GzipFile:
+    """``raw`` itself, or a gzip reader over it when it starts with the gzip magic bytes (the
+    content decides, not the file name)."""
+    magic = raw.read(2)
+    raw.seek(0)
+    return gzip.GzipFile(fileobj=raw) if magic == GZIP_MAGIC else raw
+
+
+def first_line(path: Path, expected: str) -> str:
+    """The first line of a recording (gzip or plain), after checking that it is a non-empty text
+    file; ``expected`` says what it should have been, for the message."""
+    if path.is_dir():
+        raise RecordingError(f"{path} is a directory: pass the files in it ({path}/*), not the folder")
+    head = b""
+    with open(path, "rb") as raw:
+        stream = _open_binary(raw)
+        try:
+            while len(head) < 4096 and (chunk := stream.read1(4096 - len(head))):
+                head += chunk
+        except (EOFError, OSError, zlib.error):
+            pass  # damaged further on: read_recording reports where
+    if not head:
+        raise RecordingError(f"{path} is empty: nothing to import; pass {expected}")
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(head)  # a character cut at 4096 is fine
+    except UnicodeDecodeError:
+        text = "\x00"
+    if "\x00" in text:
+        raise RecordingError(f"{path} is a binary file, neither gzip nor text: pass {expected}")
+    return text.partition("\n")[0]
+
+
+def read_recording(path: Path, progress: Progress | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The ``(receive ns, message)`` of each line. A damaged or cut-off end raises
+    :class:`TruncatedRecording` after the good lines; anything else unreadable, RecordingError."""
+    first = first_line(path, "a Binance recording of '<receive ns> <JSON>' lines (gzip or plain)")
+    if first.startswith(TARDIS_HEADER):
+        raise RecordingError(
+            f"{path} is a tardis book_snapshot_25 CSV, not a Binance WebSocket recording: "
+            "use --format tardis-book-snapshot"
+        )
+    size = path.stat().st_size
+    number = 0
+    with open(path, "rb") as raw:
+        try:
+            for number, line in enumerate(io.TextIOWrapper(_open_binary(raw), encoding="utf-8"), 1):
+                stamp, _, payload = line.partition(" ")
+                try:
+                    message = int(stamp), json.loads(payload)
+                except ValueError as error:
+                    if not line.endswith("\n"):  # the last line, cut off by a killed writer
+                        raise TruncatedRecording(path, number - 1, "its last line is cut off") from None
+                    raise RecordingError(
+                        f"{path}:{number}: not a '<receive ns> <JSON>' line ({error}): "
+                        "pass a Binance WebSocket recording, or --format tardis-book-snapshot for a tardis CSV"
+                    ) from None
+                yield message
+                if progress is not None and number % PROGRESS_EVERY_LINES == 0:
+                    progress(path, raw.tell(), size)
+        except EOFError:
+            raise TruncatedRecording(path, number, "gzip stream ended early") from None
+        except (zlib.error, gzip.BadGzipFile) as error:
+            raise TruncatedRecording(path, number, f"gzip data damaged: {error}") from None
+        except UnicodeDecodeError as error:
+            raise RecordingError(
+                f"{path}: bytes after line {number} are not UTF-8 text ({error.reason}): the file is damaged; "
+                "re-download or re-record it"
+            ) from None
+    if progress is not None:
+        progress(path, size, size)
 
 
 @dataclass
@@ -68,6 +159,8 @@ class ImportSummary:
     gaps: list[dict[str, Any]] = field(default_factory=list)
     first_receive_ns: int | None = None
     last_receive_ns: int | None = None
+    # Files whose end is damaged: {"file", "lines" (good ones), "books" (rebuilt from them), "reason"}.
+    damaged: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         def iso(ns: int | None) -> str | None:
@@ -81,6 +174,7 @@ class ImportSummary:
             "gaps": self.gaps,
             "first": iso(self.first_receive_ns),
             "last": iso(self.last_receive_ns),
+            "damaged": self.damaged,
         }
 
 
@@ -90,10 +184,14 @@ class BookBuilder:
     def __init__(self, market: str, levels: int):
         if market not in ("spot", "usdm"):
             raise ValueError(f"market must be 'spot' or 'usdm', got {market!r}")
+        if levels < 1:
+            raise ValueError(f"levels must be at least 1 per side, got {levels}")
         self.market, self.levels = market, levels
         self.books: dict[str, BookState] = {}
         self.rows: dict[str, list[tuple]] = {}
         self.summary = ImportSummary()
+        self.rest_snapshots = 0  # REST snapshots seen
+        self.deepest = 0  # the most levels (the shorter side) of any book too shallow to emit
 
     def feed(self, messages: Iterable[tuple[int, dict[str, Any]]], snapshot_symbol: str | None = None) -> None:
         for receive_ns, message in messages:
@@ -109,6 +207,7 @@ class BookBuilder:
                     self._event(unified_symbol(data["s"]), receive_ns, data)
 
     def _snapshot(self, symbol: str, receive_ns: int, message: dict[str, Any]) -> None:
+        self.rest_snapshots += 1
         book = self.books.setdefault(symbol, BookState())
         book.bids = {float(p): float(q) for p, q in message["bids"] if float(q) > 0}
         book.asks = {float(p): float(q) for p, q in message["asks"] if float(q) > 0}
@@ -119,6 +218,12 @@ class BookBuilder:
             self._event(symbol, stamp, event)
 
     def _event(self, symbol: str, receive_ns: int, event: dict[str, Any]) -> None:
+        if ("pu" in event) != (self.market == "usdm"):  # USD-M updates chain by pu, spot ones carry none
+            raise MarketMismatch(
+                "looks like a spot recording (depth updates carry no 'pu'): use --market spot"
+                if self.market == "usdm"
+                else "looks like a USD-M futures recording (depth updates carry 'pu'): use --market usdm"
+            )
         book = self.books.setdefault(symbol, BookState())
         if book.last_update_id is None:
             book.buffer.append((receive_ns, event))
@@ -157,6 +262,7 @@ class BookBuilder:
 
     def _emit(self, symbol: str, receive_ns: int, exchange_ns: int, update_id: int, book: BookState) -> None:
         if len(book.bids) < self.levels or len(book.asks) < self.levels:
+            self.deepest = max(self.deepest, min(len(book.bids), len(book.asks)))
             return
         bid_prices = sorted(book.bids, reverse=True)[: self.levels]
         ask_prices = sorted(book.asks)[: self.levels]
@@ -207,16 +313,28 @@ def tardis_book_snapshots(path: Path, levels: int) -> pl.DataFrame:
     """
     if not 1 <= levels <= 25:
         raise ValueError(f"--levels {levels}: book_snapshot_25 holds at most 25 levels per side")
-    raw = pl.read_csv(path)
+    header = first_line(path, f"a tardis book_snapshot_25 CSV (header {TARDIS_HEADER},...)")
+    if re.match(r"\d+ [{\[]", header):
+        raise RecordingError(
+            f"{path} is not a tardis book_snapshot_25 CSV (its lines are '<receive ns> <JSON>', a Binance "
+            "WebSocket recording): use --format binance-ws"
+        )
+    columns = header.split(",")
     missing = [
         c
         for c in ("symbol", "timestamp", "local_timestamp", f"asks[{levels - 1}].price", f"bids[{levels - 1}].amount")
-        if c not in raw.columns
+        if c not in columns
     ]
     if missing:
-        raise ValueError(
-            f"{path}: not a tardis book_snapshot_25 file, or fewer than {levels} levels (missing {missing})"
+        raise RecordingError(
+            f"{path}: not a tardis book_snapshot_25 CSV, or fewer than {levels} levels (its header lacks {missing}): "
+            f"pass a file whose header starts {TARDIS_HEADER!r}, or lower --levels"
         )
+    try:
+        raw = pl.read_csv(path)
+    except (pl.exceptions.PolarsError, OSError, EOFError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RecordingError(f"{path}: not a readable CSV ({reason}): re-download it") from None
     frames = []
     for (symbol,), rows in (
         raw.sort("local_timestamp").partition_by("symbol", as_dict=True, maintain_order=True).items()
@@ -243,15 +361,61 @@ def tardis_book_snapshots(path: Path, levels: int) -> pl.DataFrame:
 IMPORT_FORMATS = ("binance-ws", "tardis-book-snapshot")
 
 
-def import_recordings(files: list[Path], fmt: str, market: str, levels: int) -> tuple[pl.DataFrame, ImportSummary]:
-    """Snapshots of ``levels`` levels from recordings in ``fmt``, and what the import saw."""
+def _replay(builder: BookBuilder, path: Path, progress: Progress | None) -> None:
+    """Feed one recording; what it holds that the builder cannot use becomes a RecordingError
+    naming the file (and the line)."""
+    books_before, line = builder.summary.snapshots, 0
+
+    def counted() -> Iterator[tuple[int, dict[str, Any]]]:
+        nonlocal line
+        for message in read_recording(path, progress):
+            line += 1
+            yield message
+
+    try:
+        builder.feed(counted())
+    except TruncatedRecording as error:
+        books = builder.summary.snapshots - books_before
+        damage = {"file": str(path), "lines": error.lines, "books": books, "reason": error.reason}
+        builder.summary.damaged.append(damage)
+        log.debug("%s; keeping the %s books rebuilt before the damage", error, books)
+    except MarketMismatch as error:
+        raise RecordingError(f"{path} {error}") from None
+    except RecordingError:
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError) as error:
+        detail = f"no {error}" if isinstance(error, KeyError) else str(error)
+        raise RecordingError(
+            f"{path}:{line}: not a Binance depth update or REST depth snapshot ({detail}): pass a recording of "
+            "combined depth streams (<symbol>@depth) and REST snapshots"
+        ) from None
+
+
+def import_recordings(
+    files: list[Path], fmt: str, market: str, levels: int, progress: Progress | None = None
+) -> tuple[pl.DataFrame, ImportSummary]:
+    """Snapshots of ``levels`` levels from recordings in ``fmt``, and what the import saw.
+
+    Raises RecordingError for a file that cannot be imported as asked, or for recordings that give
+    no book at all; a damaged end is listed in the summary's ``damaged`` instead."""
     if fmt not in IMPORT_FORMATS:
         raise ValueError(f"unknown format {fmt!r}: choose one of {', '.join(IMPORT_FORMATS)}")
     if fmt == "binance-ws":
         builder = BookBuilder(market, levels)
         for path in files:
             log.info("replaying %s", path)
-            builder.feed(read_recording(path))
+            _replay(builder, path, progress)
+        if not builder.summary.snapshots and not builder.summary.damaged:
+            names = ", ".join(str(path) for path in files)
+            if not builder.rest_snapshots:
+                raise RecordingError(
+                    f"{names}: no REST depth snapshot ('lastUpdateId' line), so no book can be rebuilt from the "
+                    "depth updates: pass a recording that holds one (bmlt record writes them)"
+                )
+            raise RecordingError(
+                f"{names}: no book reached {levels} levels per side (the deepest had {builder.deepest}): "
+                f"lower --levels to {builder.deepest} or less"
+            )
         log.info(
             "rebuilt %s books from %s depth updates, %s gap(s)",
             builder.summary.snapshots,

@@ -469,7 +469,9 @@ class PlatformConfig(Section):
 
 
 def format_validation_error(path: Path, error: ValidationError) -> str:
-    lines = [f"{path}: {error.error_count()} invalid value(s)"]
+    """One line for one problem (``<file>: <field> = <value>: <what is wrong>``), else a header
+    and a line per problem."""
+    problems = []
     for item in error.errors():
         field = ".".join(str(part) for part in item["loc"]) or "<root>"
         message = item["msg"].removeprefix("Value error, ")
@@ -477,17 +479,26 @@ def format_validation_error(path: Path, error: ValidationError) -> str:
             message = "unknown key (misspelled? unknown keys are errors, not ignored)"
         elif item["type"] == "missing":
             message = "required key is missing"
+        elif item["type"].startswith(("date_", "datetime_")):
+            message += "; write a date as YYYY-MM-DD, e.g. 2025-01-06"
         value = item.get("input")
         shown = "" if item["type"] == "missing" or isinstance(value, dict) else f" = {value!r}"
-        lines.append(f"  - {field}{shown}: {message}")
-    return "\n".join(lines)
+        problems.append(f"{field}{shown}: {message}")
+    if len(problems) == 1:
+        return f"{path}: {problems[0]}"
+    return "\n".join([f"{path}: {len(problems)} invalid value(s)", *(f"  - {problem}" for problem in problems)])
 
 
 def parse_config(raw: Any, source: str = "<config>", folder: Path | None = None) -> PlatformConfig:
     """Validate a parsed config; a relative ``storage.base_dir`` is taken relative to ``folder``
     (the config file's), else to the working directory."""
+    if raw is None:
+        raise ConfigError(f"{source}: the config is empty; start from a shipped one such as configs/default.yaml")
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(raw).__name__}")
+        raise ConfigError(
+            f"{source}: the top level must be a mapping of sections (name:, data:, ...), got {type(raw).__name__}; "
+            "see configs/default.yaml"
+        )
     storage = raw.get("storage") or {}
     if isinstance(storage, dict):  # anything else fails validation below, with its field path
         base_dir = Path(str(storage.get("base_dir", StorageConfig().base_dir)))
@@ -500,17 +511,94 @@ def parse_config(raw: Any, source: str = "<config>", folder: Path | None = None)
         raise ConfigError(format_validation_error(Path(source), error)) from None
 
 
-def load_config(path: str | Path) -> PlatformConfig:
-    """Read, parse and validate a YAML config; every failure is a readable ConfigError."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found (pass a path such as configs/default.yaml)")
+class _ConfigLoader(yaml.SafeLoader):
+    """safe_load, except that a scalar YAML reads as a timestamp but Python cannot build (say
+    ``2025-13-06``) stays a string, so pydantic reports it with its field path."""
+
+    def construct_yaml_timestamp(self, node: Any) -> Any:
+        try:
+            return super().construct_yaml_timestamp(node)
+        except ValueError:
+            return self.construct_scalar(node)
+
+
+_ConfigLoader.add_constructor("tag:yaml.org,2002:timestamp", _ConfigLoader.construct_yaml_timestamp)
+
+
+def _duplicate_key(node: Any, where: tuple[str, ...] = (), seen: set[int] | None = None) -> str | None:
+    """The first key given twice in one mapping of a composed YAML tree, as a readable message.
+
+    yaml keeps the last of two equal keys without a word; here a repeated key is an error.
+    ``<<`` merge keys are skipped: overriding merged keys is what they are for."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:  # an alias: checked where its anchor was defined
+        return None
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first_line: dict[str, int] = {}
+        for key, value in node.value:
+            if key.tag == "tag:yaml.org,2002:merge":
+                continue
+            name = str(key.value) if isinstance(key, yaml.ScalarNode) else f"<{key.id} key>"
+            line = key.start_mark.line + 1
+            if name in first_line:
+                return (
+                    f"line {line}: duplicate key {'.'.join((*where, name))!r} (first given at line "
+                    f"{first_line[name]}); a key may appear once per section: delete one of them"
+                )
+            first_line[name] = line
+            problem = _duplicate_key(value, (*where, name), seen)
+            if problem:
+                return problem
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            problem = _duplicate_key(item, (*where, str(index)), seen)
+            if problem:
+                return problem
+    return None
+
+
+def read_yaml(path: Path) -> Any:
+    """The parsed YAML document of ``path``; every failure is a ConfigError naming the file, the
+    line when there is one, and what to fix."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}); "
+            "a config is a YAML text file such as configs/default.yaml"
+        ) from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the config ({error.strerror})") from None
+    loader = None
+    try:
+        loader = _ConfigLoader(text)
+        node = loader.get_single_node()
+        problem = _duplicate_key(node) if node is not None else None
+        if problem:
+            raise ConfigError(f"{path}: {problem}")
+        return loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
         raise ConfigError(f"{path}: YAML syntax error at {where}: {error.problem}") from None
+    except (yaml.YAMLError, ValueError) as error:  # e.g. a control character; ConfigError passes through
+        if isinstance(error, ConfigError):
+            raise
+        raise ConfigError(f"{path}: not a readable YAML config ({' '.join(str(error).split())})") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def load_config(path: str | Path) -> PlatformConfig:
+    """Read, parse and validate a YAML config; every failure is a readable ConfigError."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory; pass a config file such as {path / 'default.yaml'}")
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found (pass a path such as configs/default.yaml)")
+    raw = read_yaml(path)
     return parse_config(raw, str(path), folder=path.resolve().parent)
 
 

@@ -129,13 +129,32 @@ def directory_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def write_landing_days(frame: pl.DataFrame, base_dir: str | Path, market: str, stem: str) -> list[Path]:
-    """Snapshots split by UTC receive day into ``<landing>/date=YYYY-MM-DD/<stem>.parquet``."""
+def _landing_days(frame: pl.DataFrame, base_dir: str | Path, market: str, stem: str) -> dict[Path, pl.DataFrame]:
     if not frame.height:
-        return []
+        return {}
     day = pl.from_epoch(pl.col("receive_ts"), time_unit="ns").dt.date().alias("date")
     by_day = frame.with_columns(day).partition_by("date", as_dict=True)
-    return [
-        write_parquet(rows.drop("date"), landing_root(base_dir, market) / f"date={date}" / f"{stem}.parquet")
+    return {
+        landing_root(base_dir, market) / f"date={date}" / f"{stem}.parquet": rows.drop("date")
         for (date,), rows in sorted(by_day.items())
-    ]
+    }
+
+
+def landing_targets(frame: pl.DataFrame, base_dir: str | Path, market: str, stem: str) -> list[Path]:
+    """The files ``write_landing_days`` would write for these arguments."""
+    return list(_landing_days(frame, base_dir, market, stem))
+
+
+def landing_depth(path: Path) -> int | None:
+    """Levels per side of a landing file (the width of its fixed-size ``bid_px``), or None when
+    it cannot be read or has no such column."""
+    try:
+        kind = pq.read_schema(path).field("bid_px").type
+    except (OSError, KeyError, ValueError):
+        return None
+    return getattr(kind, "list_size", None)
+
+
+def write_landing_days(frame: pl.DataFrame, base_dir: str | Path, market: str, stem: str) -> list[Path]:
+    """Snapshots split by UTC receive day into ``<landing>/date=YYYY-MM-DD/<stem>.parquet``."""
+    return [write_parquet(rows, path) for path, rows in _landing_days(frame, base_dir, market, stem).items()]
