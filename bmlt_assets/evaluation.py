@@ -17,6 +17,7 @@ from bmlt_assets.core.report import write_report
 from bmlt_assets.core.sources import BookSource
 from bmlt_assets.core.train import predict_logits
 from bmlt_assets.core.walk_forward import evaluate_folds
+from bmlt_assets.provenance import git_commit
 from bmlt_assets.scoring import score_steps
 from bmlt_assets.training import trained_model
 from bmlt_resources.mlflow import CHAMPION, TrackedMlflow
@@ -54,12 +55,20 @@ def evaluation_report(
         config.evaluation,
         config.data.cadence_ms / 1000,
         champion,
+        labels=config.labels,
     )
     horizons = config.labels.horizons_s
     walk_forward = evaluate_folds(config, storage.dataset, model_dir, oracle) if fold_count(config) > 1 else []
+    verdict = gate(report, champion_exists, champion is not None, config.evaluation.promotion_max_ece, champion_note)
+    front_matter = _front_matter(settings, mlflow, model_meta, verdict, champion_note)
     with atomic_directory(storage.report) as staging:
         embedded, _ = write_report(
-            staging, report, horizons, f"Evaluation of {config.registered_model_name} on {config.target}", walk_forward
+            staging,
+            report,
+            horizons,
+            f"Evaluation of {config.registered_model_name} on {config.target}",
+            walk_forward,
+            front_matter,
         )
         write_json({"horizons_s": horizons, "report": report, "walk_forward": walk_forward}, staging / "metrics.json")
     mlflow.log_artifacts(str(storage.report), "report")
@@ -68,7 +77,6 @@ def evaluation_report(
     for entry, horizon in zip(report, horizons):
         if entry.get("leak_suspected"):
             context.log.error(f"{horizon}s: the model beats the oracle beyond its CI: probable look-ahead leak")
-    verdict = gate(report, champion_exists, champion is not None, config.evaluation.promotion_max_ece, champion_note)
     mlflow.promote(config.registered_model_name, model_meta["registered_version"], verdict)
     if verdict.promote:
         context.log.info(f"{config.registered_model_name} v{model_meta['registered_version']} promoted to @{CHAMPION}")
@@ -128,4 +136,27 @@ def _metadata(
             f"{config.mlflow.ui_url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
         ),
         "model_uri": model_meta.get("model_uri", ""),
+    }
+
+
+def _front_matter(
+    settings: SettingsResource, mlflow: TrackedMlflow, model_meta: dict[str, Any], verdict: Verdict, note: str
+) -> dict[str, Any]:
+    """What the report says first: which model, run, config, code and data, and the gate's verdict.
+    The aliases are the version's after this evaluation (@champion is added right after the report)."""
+    config = settings.get()
+    name, version = config.registered_model_name, str(model_meta["registered_version"])
+    aliases = set(mlflow.tracking_client.get_model_version(name, version).aliases)
+    run = mlflow.active_run()
+    return {
+        "model": name,
+        "version": version,
+        "aliases": sorted(aliases | ({CHAMPION} if verdict.promote else set())),
+        "run_id": run.info.run_id,
+        "run_url": f"{config.mlflow.ui_url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}",
+        "config_name": config.name,
+        "config_path": settings.config_path,
+        "commit": git_commit(),
+        "data_range": f"{config.data.start_date} to {config.data.end_date} ({len(config.data.dates)} days)",
+        "verdict": {"promote": verdict.promote, "reasons": verdict.reasons, "note": note},
     }

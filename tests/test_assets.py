@@ -160,6 +160,15 @@ def test_training_assets_log_register_and_report(tiny_config_path: Path, tiny_co
     verdict = json.loads(Path(client.download_artifacts(run.info.run_id, "report/promotion.json")).read_text())
     assert ("Promoted to @champion" in described) == promoted
     assert all(reason in described for reason in verdict["reasons"])
+    # The report opens with what was evaluated and the same verdict, each horizon named in seconds.
+    front = (
+        StorageResource(base_dir=str(tiny_config.base_dir), config_name=tiny_config.name).report / "report.md"
+    ).read_text(encoding="utf-8")
+    front = front[: front.index("## Headline")]
+    assert f"| version | {version.version} |" in front and "@challenger" in front
+    assert f"| MLflow run | [{run.info.run_id}](" in front and f"| data range | {first} to {last} " in front
+    assert all(f"- {reason}" in front for reason in verdict["reasons"])
+    assert all(reason.startswith(("30 s: ", "120 s: ")) for reason in verdict["reasons"])
 
     mlflow.set_tracking_uri(tiny_config.tracking_uri)
     model = mlflow.pyfunc.load_model(f"models:/{tiny_config.registered_model_name}@challenger")

@@ -53,8 +53,8 @@ def test_partition_range_in_one_run_and_job_backfill_per_day(
         [
             "job",
             "backfill",
-            "-w",
-            "workspace.yaml",
+            "-m",
+            "bmlt_assets.definitions",
             "-j",
             "ingest_job",
             "--from",

@@ -159,7 +159,16 @@ def _fake_report(leak: bool) -> list[dict]:
     return [
         {
             "horizon_steps": 3,
+            "horizon_s": 30,
             "samples": 100,
+            "test_period": {"first_ns": 1_736_200_000 * 10**9, "last_ns": 1_736_900_000 * 10**9},
+            "costs": {
+                "fee_bps_per_side": 1.0,
+                "half_spread_per_side": True,
+                "median_spread_bps": 0.5,
+                "pnl_threshold": 0.6,
+            },
+            "classes": {"kind": "quantile", "edges_bps": [-3.0, 3.0]},
             "metrics": dict.fromkeys(predictors, metric),
             "intervals": {p: {"accuracy": ci, "log_loss": ci} for p in predictors},
             "log_loss_differences": {"model_minus_prior": ci, "model_minus_oracle": ci},
@@ -173,7 +182,14 @@ def _fake_report(leak: bool) -> list[dict]:
             "confusion": [[5, 1, 0], [2, 6, 1], [0, 1, 4]],
             "class_distribution": {"realized": [6, 9, 5], "predicted": [7, 8, 5]},
             "pnl": dict.fromkeys(predictors, pnl),
-            "equity": {p: {"steps": [1, 4, 7], "equity_bps": [1.0, -0.5, 2.0]} for p in predictors},
+            "equity": {
+                p: {
+                    "steps": [1, 4, 7],
+                    "timestamps_ns": [(1_736_200_000 + 3600 * k) * 10**9 for k in (1, 4, 7)],
+                    "equity_bps": [1.0, -0.5, 2.0],
+                }
+                for p in predictors
+            },
             "regimes": {r: {"samples": 30, "accuracy": 0.3, "log_loss": 1.9} for r in ("low", "mid", "high")},
             "beats_baselines": True,
             "capture": {"accuracy_capture": 0.9, "logloss_capture": 0.8},

@@ -18,7 +18,9 @@ def test_beating_every_baseline_with_no_champion_promotes() -> None:
 def test_a_baseline_within_noise_blocks_promotion_and_says_which() -> None:
     verdict = promotion_verdict({"prior": BETTER, "logistic": TIED}, None, ece=0.02, max_ece=0.05)
     assert not verdict.promote
-    assert verdict.reasons == ["does not beat logistic: log-loss difference CI [-0.0400, 0.0100] reaches 0"]
+    assert verdict.reasons == [
+        "does not beat logistic: log-loss difference (challenger minus it) CI [-0.0400, 0.0100] includes 0 (a tie)"
+    ]
 
 
 def test_the_champion_must_be_beaten_beyond_noise() -> None:
@@ -37,6 +39,7 @@ def _entry(vs_champion: dict, leak: bool = False, horizon_steps: int = 10) -> di
     differences = {f"model_minus_{b}": BETTER for b in ("prior", "persistence", "logistic_obi")}
     return {
         "horizon_steps": horizon_steps,
+        "horizon_s": horizon_steps * 2,  # a 2 s cadence: reasons speak in seconds, never in steps
         "log_loss_differences": {**differences, "model_minus_champion": vs_champion},
         "metrics": {"model": {"ece": 0.01}},
         "leak_suspected": leak,
@@ -47,9 +50,7 @@ def test_a_leak_flagged_challenger_with_better_numbers_is_refused() -> None:
     honest = gate([_entry(BETTER), _entry(BETTER, horizon_steps=30)], True, True, 0.05, "")
     assert honest.promote
     leaky = gate([_entry(BETTER), _entry(BETTER, leak=True, horizon_steps=30)], True, True, 0.05, "")
-    assert (
-        not leaky.promote and leaky.reasons[0] == "30 steps: probable look-ahead leak (beats the Bayes-optimal oracle)"
-    )
+    assert not leaky.promote and leaky.reasons[0] == "60 s: probable look-ahead leak (beats the Bayes-optimal oracle)"
     first = gate([_entry(BETTER, leak=True)], False, False, 0.05, "no champion yet")
     assert not first.promote  # not even as the first champion
 
@@ -58,7 +59,10 @@ def test_a_stronger_champion_refuses_the_challenger() -> None:
     stronger = {"mean": 0.04, "low": 0.02, "high": 0.06}  # challenger minus champion: worse
     verdict = gate([_entry(BETTER), _entry(stronger, horizon_steps=30)], True, True, 0.05, "")
     assert not verdict.promote
-    assert "30 steps: does not beat the champion: log-loss difference CI [0.0200, 0.0600] reaches 0" in verdict.reasons
+    assert (
+        "60 s: does not beat the champion: log-loss difference (challenger minus it) CI [0.0200, 0.0600] lies "
+        "entirely above 0 (the challenger is worse)" in verdict.reasons
+    )
 
 
 SPEC = {

@@ -16,7 +16,7 @@ from scipy.special import softmax
 
 from bmlt_assets.core.backtest import direction_masses, run_backtest
 from bmlt_assets.core.calibration import expected_calibration_error, reliability_curves
-from bmlt_assets.core.config import EvaluationConfig
+from bmlt_assets.core.config import EvaluationConfig, LabelsConfig
 from bmlt_assets.core.dataset import TrainingData
 from bmlt_assets.core.metrics import (
     classification_metrics,
@@ -59,6 +59,29 @@ def directional_accuracy(probabilities: np.ndarray, returns: np.ndarray, up: np.
     return float((np.sign(p_up - p_down)[moved] == np.sign(returns[moved])).mean())
 
 
+def class_ranges(
+    edges: np.ndarray, volatility: np.ndarray, horizon: int, labels: LabelsConfig | None
+) -> dict[str, Any]:
+    """What each class means as a return range over the horizon, from the test part's per-sample
+    edges (N, C-1) in log-return units: the median edge in bps over the test part (constant for
+    fixed and quantile edges) and, for volatility-scaled edges, the edges in units of σ, the
+    trailing per-step volatility known at t times √(horizon steps)."""
+    ranges: dict[str, Any] = {
+        "kind": labels.edges if labels is not None else "unknown",
+        "edges_bps": [float(v) for v in np.median(edges, axis=0) * 1e4],
+    }
+    if labels is not None and labels.edges == "volatility_scaled":
+        ranges["edges_sigma"] = [float(v) for v in labels.volatility_edges]
+        ranges["sigma_bps_median"] = float(np.median(volatility * np.sqrt(horizon)) * 1e4)
+    return ranges
+
+
+def purged_test_period(data: TrainingData) -> dict[str, int]:
+    """First and last sample timestamp (ns, UTC) of the test part."""
+    steps = data.parts["test"].steps
+    return {"first_ns": int(data.source.timestamps[steps[0]]), "last_ns": int(data.source.timestamps[steps[-1]])}
+
+
 def per_sample_log_loss(probabilities: np.ndarray, classes: np.ndarray) -> np.ndarray:
     return -np.log(np.clip(probabilities[np.arange(len(classes)), classes], 1e-12, 1.0))
 
@@ -71,14 +94,23 @@ def evaluate(
     config: EvaluationConfig,
     cadence_s: float,
     champion: np.ndarray | None = None,
+    labels: LabelsConfig | None = None,
 ) -> list[dict[str, Any]]:
-    """``champion``: the current champion's (N, H, C) test probabilities, compared like a baseline."""
+    """``champion``: the current champion's (N, H, C) test probabilities, compared like a baseline;
+    ``labels``: how the class edges were made (for the classes' return ranges in the report)."""
     train, test = data.parts["train"], data.parts["test"]
     train_features = order_book_features(data.source.base, train.steps)
     test_features = order_book_features(data.source.base, test.steps)
     target = data.symbols.index(data.target)
     book = np.asarray(data.source.base[test.steps][:, 0, :, target], dtype=np.float64)
     spread_bps = book[:, 2] - book[:, 0]
+    costs = {
+        "fee_bps_per_side": config.fee_bps,
+        "half_spread_per_side": True,  # half the quoted spread at entry, paid on entry and on exit
+        "median_spread_bps": float(np.median(spread_bps)),
+        "pnl_threshold": config.pnl_threshold,
+    }
+    period = purged_test_period(data)
     thresholds = np.quantile(train.volatility, [1 / 3, 2 / 3])
     regime = np.searchsorted(thresholds, test.volatility)
     report = []
@@ -117,15 +149,25 @@ def evaluate(
                 test.steps, p_up, p_down, realized, spread_bps, horizon, config.pnl_threshold, config.fee_bps, cadence_s
             )
             pnl[name] = trades.summary()
-            equity[name] = {"steps": test.steps[trades.entries].tolist(), "equity_bps": (trades.equity * 1e4).tolist()}
+            entered = test.steps[trades.entries]
+            equity[name] = {
+                "steps": entered.tolist(),
+                "timestamps_ns": [int(t) for t in data.source.timestamps[entered]],
+                "equity_bps": (trades.equity * 1e4).tolist(),
+            }
         differences = {
             f"model_minus_{name}": mean_interval(losses["model"] - losses[name], horizon)
             for name in predictors
             if name != "model"
         }
+        horizon_s = horizon * cadence_s
         entry = {
             "horizon_steps": horizon,
+            "horizon_s": int(horizon_s) if float(horizon_s).is_integer() else horizon_s,
             "samples": len(y),
+            "test_period": period,
+            "costs": costs,
+            "classes": class_ranges(test.edges[:, i], test.volatility, horizon, labels),
             "metrics": metrics,
             "intervals": intervals,
             "log_loss_differences": differences,
@@ -162,6 +204,9 @@ def evaluate(
         }
         if oracle is not None:
             entry["capture"] = signal_capture(metrics["model"], metrics["prior"], metrics["oracle"])
+            entry["capture_by_predictor"] = {
+                name: signal_capture(m, metrics["prior"], metrics["oracle"]) for name, m in metrics.items()
+            }
             # Beating the Bayes-optimal forecaster beyond noise means information from the future
             # (the tolerance only absorbs floating-point ties with the oracle itself).
             entry["leak_suspected"] = differences["model_minus_oracle"]["high"] < -LEAK_TOLERANCE

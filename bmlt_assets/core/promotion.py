@@ -19,6 +19,12 @@ class Verdict:
     numbers: dict[str, Any] = field(default_factory=dict)
 
 
+def _not_below_zero(d: dict[str, float]) -> str:
+    """Why a challenger-minus-other log-loss interval fails: a tie, or the challenger is worse."""
+    where = "includes 0 (a tie)" if d["low"] <= 0 else "lies entirely above 0 (the challenger is worse)"
+    return f"log-loss difference (challenger minus it) CI [{d['low']:.4f}, {d['high']:.4f}] {where}"
+
+
 def promotion_verdict(
     baseline_differences: dict[str, dict[str, float]],
     champion_difference: dict[str, float] | None,
@@ -29,12 +35,9 @@ def promotion_verdict(
     reasons = []
     for name, d in baseline_differences.items():
         if not d["high"] < 0:
-            reasons.append(f"does not beat {name}: log-loss difference CI [{d['low']:.4f}, {d['high']:.4f}] reaches 0")
+            reasons.append(f"does not beat {name}: {_not_below_zero(d)}")
     if champion_difference is not None and not champion_difference["high"] < 0:
-        d = champion_difference
-        reasons.append(
-            f"does not beat the champion: log-loss difference CI [{d['low']:.4f}, {d['high']:.4f}] reaches 0"
-        )
+        reasons.append(f"does not beat the champion: {_not_below_zero(champion_difference)}")
     if not ece < max_ece:
         reasons.append(f"ECE {ece:.4f} is not below {max_ece:.4f}")
     numbers = {"ece": ece, "max_ece": max_ece, **{f"vs_{k}": v for k, v in baseline_differences.items()}}
@@ -76,9 +79,10 @@ def gate(
     report: list[dict[str, Any]], champion_exists: bool, champion_compared: bool, max_ece: float, note: str
 ) -> Verdict:
     """Every horizon must pass; a champion that could not be compared is never replaced, and a
-    probable look-ahead leak is never promoted, whatever its numbers."""
+    probable look-ahead leak is never promoted, whatever its numbers. Reasons name each horizon in
+    seconds (``horizon_s``), as the report does."""
     leaks = [
-        f"{entry['horizon_steps']} steps: probable look-ahead leak (beats the Bayes-optimal oracle)"
+        f"{entry['horizon_s']:g} s: probable look-ahead leak (beats the Bayes-optimal oracle)"
         for entry in report
         if entry.get("leak_suspected")
     ]
@@ -93,9 +97,9 @@ def gate(
         )
         for entry in report
     ]
-    reasons = [f"{entry['horizon_steps']} steps: {r}" for entry, v in zip(report, verdicts) for r in v.reasons]
+    reasons = [f"{entry['horizon_s']:g} s: {r}" for entry, v in zip(report, verdicts) for r in v.reasons]
     return Verdict(
         all(v.promote for v in verdicts) and not leaks,
         [*leaks, *reasons] if leaks else reasons,
-        {str(e["horizon_steps"]): v.numbers for e, v in zip(report, verdicts)},
+        {f"{e['horizon_s']:g}s": v.numbers for e, v in zip(report, verdicts)},
     )
