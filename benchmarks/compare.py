@@ -21,6 +21,7 @@ from bmlt_assets.core.evaluation import evaluate
 from bmlt_assets.core.labels import forward_log_returns, trailing_volatility
 from bmlt_assets.core.representation import day_tensors_from_frame
 from bmlt_assets.core.train import predict_logits, train
+from bmlt_resources.binance import with_market_fee
 from bmlt_resources.synthetic import SyntheticMarketResource
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +58,8 @@ def run(config: PlatformConfig, snapshots: dict) -> dict:
         return market.oracle_at(config.target, data.source.timestamps[steps], data.horizons[i], edges)
 
     logits = predict_logits(result.model, data, data.parts["test"].steps)
-    report = evaluate(data, logits, [1.0] * len(data.horizons), oracle, config.evaluation, d.cadence_ms / 1000)
+    costs = with_market_fee(config.evaluation, d.market)
+    report = evaluate(data, logits, [1.0] * len(data.horizons), oracle, costs, d.cadence_ms / 1000)
     return {
         "seconds_per_epoch": float(np.mean([r.seconds for r in result.history])),
         "epochs": len(result.history),

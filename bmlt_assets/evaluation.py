@@ -20,6 +20,7 @@ from bmlt_assets.core.walk_forward import evaluate_folds
 from bmlt_assets.provenance import git_commit
 from bmlt_assets.scoring import score_steps
 from bmlt_assets.training import trained_model
+from bmlt_resources.binance import with_market_fee
 from bmlt_resources.mlflow import CHAMPION, TrackedMlflow
 from bmlt_resources.settings import SettingsResource
 from bmlt_resources.storage import StorageResource
@@ -52,7 +53,7 @@ def evaluation_report(
         test_logits,
         spec["temperatures"],
         oracle_for(oracle, config.target, data),
-        config.evaluation,
+        with_market_fee(config.evaluation, config.data.market),
         config.data.cadence_ms / 1000,
         champion,
         labels=config.labels,

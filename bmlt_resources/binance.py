@@ -27,9 +27,27 @@ import ccxt.pro
 import dagster as dg
 from pydantic import PrivateAttr
 
+from bmlt_assets.core.config import EvaluationConfig
 from bmlt_assets.core.errors import BinanceBanned
 
 DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000, 5000)
+
+
+def taker_fee_bps(market: Literal["spot", "usdm"]) -> float:
+    """Binance's base-tier taker fee for a market type, from ccxt's fee schedule (the source of each
+    market's ``taker`` field), in bps per side; no network needed."""
+    if market == "spot":
+        fee = ccxt.binance().fees["trading"]["taker"]
+    else:
+        fee = ccxt.binanceusdm().fees["linear"]["trading"]["taker"]
+    return float(fee) * 1e4
+
+
+def with_market_fee(evaluation: EvaluationConfig, market: Literal["spot", "usdm"]) -> EvaluationConfig:
+    """The evaluation settings with ``fee_bps`` resolved: as configured, else the market's taker fee."""
+    if evaluation.fee_bps is not None:
+        return evaluation
+    return evaluation.model_copy(update={"fee_bps": taker_fee_bps(market)})
 
 
 def _with_status(cls: type[ccxt.Exchange]) -> type[ccxt.Exchange]:

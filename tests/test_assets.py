@@ -142,6 +142,11 @@ def test_training_assets_log_register_and_report(tiny_config_path: Path, tiny_co
             StorageResource(base_dir=str(tiny_config.base_dir), config_name=tiny_config.name).report / "metrics.json"
         ).read_text()
     )["report"]
+    # Costs a trader recognizes: Binance spot's taker fee by default, and the P&L at 0, 1x and 2x it.
+    assert report[0]["costs"]["fee_bps_per_side"] == 10.0
+    assert [level["fee_bps_per_side"] for level in report[0]["pnl_by_fee"]] == [0.0, 10.0, 20.0]
+    assert report[0]["pnl_by_fee"][1]["total_return_bps"] == report[0]["pnl"]["model"]["total_return_bps"]
+    assert "at no fee, at the assumed fee and at twice it" in report_meta["report"].value
     deserved = all(
         entry["log_loss_differences"][f"model_minus_{b}"]["high"] < 0
         for entry in report

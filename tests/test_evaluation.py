@@ -14,6 +14,7 @@ from bmlt_assets.core.evaluation import direction_classes
 from bmlt_assets.core.metrics import classification_metrics, persistence_probabilities
 from bmlt_assets.core.report import write_report
 from bmlt_assets.core.uncertainty import mean_interval
+from bmlt_resources.binance import with_market_fee
 
 
 def test_a_perfectly_calibrated_predictor_has_ece_near_zero() -> None:
@@ -240,8 +241,25 @@ def test_the_leak_flag_fires_when_a_model_sees_the_future_and_only_then(tiny_con
         [np.log(oracle(i, test.steps, test.edges[:, i])) for i in range(len(data.horizons))], axis=1
     )
     future = 5.0 * np.eye(data.n_classes)[test.classes]  # a "model" that knows the realized class
-    honest = evaluate(data, oracle_logits, [1.0, 1.0], oracle, tiny_config.evaluation, d.cadence_ms / 1000)
-    leaky = evaluate(data, future, [1.0, 1.0], oracle, tiny_config.evaluation, d.cadence_ms / 1000)
+    costs = with_market_fee(tiny_config.evaluation, d.market)
+    honest = evaluate(data, oracle_logits, [1.0, 1.0], oracle, costs, d.cadence_ms / 1000)
+    leaky = evaluate(data, future, [1.0, 1.0], oracle, costs, d.cadence_ms / 1000)
     assert not any(entry["leak_suspected"] for entry in honest)
     assert all(entry["leak_suspected"] for entry in leaky)
     assert all(entry["capture"]["accuracy_capture"] > 1 for entry in leaky)
+
+
+def test_the_default_fee_is_the_markets_taker_fee(tiny_config) -> None:
+    from bmlt_assets.core.dataset import build_dataset
+    from bmlt_assets.core.evaluation import evaluate
+    from bmlt_resources.binance import taker_fee_bps
+    from tests.helpers import synthetic_days
+
+    assert taker_fee_bps("spot") == pytest.approx(10.0)  # Binance's published base-tier taker fees
+    assert taker_fee_bps("usdm") == pytest.approx(5.0)
+    assert tiny_config.evaluation.fee_bps is None  # the default: the market's fee, not a made-up 1 bp
+    assert with_market_fee(tiny_config.evaluation, "usdm").fee_bps == pytest.approx(5.0)
+    configured = tiny_config.evaluation.model_copy(update={"fee_bps": 2.5})
+    assert with_market_fee(configured, "spot").fee_bps == 2.5
+    with pytest.raises(ValueError, match="fee_bps is unresolved"):
+        evaluate(build_dataset(synthetic_days(tiny_config), tiny_config), None, [], None, tiny_config.evaluation, 1.0)

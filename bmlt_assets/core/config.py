@@ -326,7 +326,9 @@ class EvaluationConfig(Section):
     logistic_max_iter: PositiveInt = 300
     ece_bins: Annotated[int, Field(ge=2)] = 15
     pnl_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.6  # direction mass needed to trade
-    fee_bps: Annotated[float, Field(ge=0)] = 1.0  # per side, on top of half the spread per side
+    # Per side, on top of half the spread per side. None: the configured market's taker fee as ccxt
+    # publishes it for Binance (spot 10 bps, USD-M 5 bps); the synthetic market uses spot's.
+    fee_bps: Annotated[float, Field(ge=0)] | None = None
     promotion_max_ece: Annotated[float, Field(gt=0, le=1)] = 0.05  # the champion must be this calibrated
 
 

@@ -98,6 +98,9 @@ def evaluate(
 ) -> list[dict[str, Any]]:
     """``champion``: the current champion's (N, H, C) test probabilities, compared like a baseline;
     ``labels``: how the class edges were made (for the classes' return ranges in the report)."""
+    if config.fee_bps is None:
+        raise ValueError("evaluation.fee_bps is unresolved: resolve it to the market's fee first (with_market_fee)")
+    fee_bps = config.fee_bps
     train, test = data.parts["train"], data.parts["test"]
     train_features = order_book_features(data.source.base, train.steps)
     test_features = order_book_features(data.source.base, test.steps)
@@ -105,7 +108,7 @@ def evaluate(
     book = np.asarray(data.source.base[test.steps][:, 0, :, target], dtype=np.float64)
     spread_bps = book[:, 2] - book[:, 0]
     costs = {
-        "fee_bps_per_side": config.fee_bps,
+        "fee_bps_per_side": fee_bps,
         "half_spread_per_side": True,  # half the quoted spread at entry, paid on entry and on exit
         "median_spread_bps": float(np.median(spread_bps)),
         "pnl_threshold": config.pnl_threshold,
@@ -146,9 +149,17 @@ def evaluate(
             }
             p_up, p_down = direction_masses(p, up, down)
             trades = run_backtest(
-                test.steps, p_up, p_down, realized, spread_bps, horizon, config.pnl_threshold, config.fee_bps, cadence_s
+                test.steps, p_up, p_down, realized, spread_bps, horizon, config.pnl_threshold, fee_bps, cadence_s
             )
             pnl[name] = trades.summary()
+            if name == "model":  # what the costs assumption is worth: the model's P&L at 0, 1x and 2x the fee
+                pnl_by_fee = [
+                    {"fee_bps_per_side": fee}
+                    | run_backtest(
+                        test.steps, p_up, p_down, realized, spread_bps, horizon, config.pnl_threshold, fee, cadence_s
+                    ).summary()
+                    for fee in (0.0, fee_bps, 2 * fee_bps)
+                ]
             entered = test.steps[trades.entries]
             equity[name] = {
                 "steps": entered.tolist(),
@@ -167,6 +178,7 @@ def evaluate(
             "samples": len(y),
             "test_period": period,
             "costs": costs,
+            "pnl_by_fee": pnl_by_fee,
             "classes": class_ranges(test.edges[:, i], test.volatility, horizon, labels),
             "metrics": metrics,
             "intervals": intervals,

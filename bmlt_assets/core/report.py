@@ -235,8 +235,20 @@ def _costs_line(costs: dict[str, Any]) -> str:
         f"P&L after costs: a fee of {costs['fee_bps_per_side']:g} bps per side plus half the quoted spread per side "
         f"(median quoted spread on the test part {costs['median_spread_bps']:.2f} bps); long (short) when the "
         f"probability mass above (below) zero exceeds {costs['pnl_threshold']:g}, held for the horizon, never "
-        "overlapping."
+        "overlapping. Sharpe = mean / standard deviation of the per-trade net log returns × √(trades per year), "
+        "trading 24/7."
     )
+
+
+def _fee_sensitivity(pnl_by_fee: list[dict[str, Any]]) -> list[str]:
+    """The model's P&L at no fee, the assumed fee and twice it: how much of the edge the fee decides."""
+    header = ["fee (bps per side)", PNL_COLUMNS["trades"], PNL_COLUMNS["total_return_bps"]]
+    header += [PNL_COLUMNS["mean_return_bps"], PNL_COLUMNS["sharpe_annualized"]]
+    rows = [
+        [f"{p['fee_bps_per_side']:g}", p["trades"], p["total_return_bps"], p["mean_return_bps"], p["sharpe_annualized"]]
+        for p in pnl_by_fee
+    ]
+    return ["The model's P&L at no fee, at the assumed fee and at twice it:", "", *table_lines(header, rows), ""]
 
 
 def _front_matter_lines(
@@ -327,6 +339,8 @@ def markdown(
             row += [pnl["trades"], pnl["total_return_bps"], pnl["mean_return_bps"], pnl["sharpe_annualized"]]
             rows.append(row)
         lines += [_costs_line(entry["costs"]), "", *table_lines(header, rows), ""]
+        if "pnl_by_fee" in entry:
+            lines += _fee_sensitivity(entry["pnl_by_fee"])
         lines += [comparison_sentence(entry["log_loss_differences"]), ""]
 
     lines += ["## Figures", ""]
