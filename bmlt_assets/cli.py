@@ -95,7 +95,10 @@ def summary(config: PlatformConfig, args: argparse.Namespace) -> int:
 
 def plan(config: PlatformConfig, args: argparse.Namespace) -> int:
     """Bytes per day, per batch and per epoch of a config, before running it."""
-    from bmlt_assets.core.plan import human_bytes, memory_plan
+    import os
+
+    from bmlt_assets.core.plan import DEFAULT_OUTCOMES, horizon_plan, human_bytes, memory_plan
+    from bmlt_assets.core.tardis import API_KEY_VARIABLE, is_free_day
 
     d = config.data
     print(
@@ -106,6 +109,24 @@ def plan(config: PlatformConfig, args: argparse.Namespace) -> int:
     for name, value in memory_plan(config).items():
         shown = human_bytes(value) if "bytes" in name else f"{value:,}"
         print(f"  {name.replace('_', ' '):<32} {shown}")
+    outcomes = getattr(args, "outcomes", DEFAULT_OUTCOMES)
+    print(f"independent outcomes per horizon (non-overlapping), days needed for {outcomes:,}:")
+    for row in horizon_plan(config, outcomes):
+        print(
+            f"  {row['horizon_s']:>6}s  {row['outcomes_per_day']:>6,}/day  {row['days_needed']:>5,} days needed  "
+            f"{row['outcomes_in_range']:>9,} in the {row['days_in_range']} configured day(s)"
+        )
+        if row["days_in_range"] < row["days_needed"]:
+            print(
+                f"  warning: {row['days_in_range']} day(s) are too short for the {row['horizon_s']}s horizon: "
+                f"{row['days_needed']} days give {outcomes:,} independent outcomes"
+            )
+    if d.source == "tardis" and not os.environ.get(API_KEY_VARIABLE):
+        free = [day.isoformat() for day in d.dates if is_free_day(day)]
+        print(
+            f"note: {API_KEY_VARIABLE} is not set; tardis.dev then serves only the first day of each month: "
+            f"{', '.join(free) or 'none in this range'}"
+        )
     return 0
 
 

@@ -2,8 +2,8 @@
 
 The config comes from ``$BMLT_CONFIG`` (default ``configs/default.yaml``) and is validated when
 the code location loads, so a bad config fails before any run starts. The data source resource
-(``book_source``) is chosen by ``data.source``: the embedded synthetic market or Binance
-recordings in the landing zone.
+(``book_source``) is chosen by ``data.source``: the embedded synthetic market, Binance
+recordings in the landing zone, or tardis.dev's archive.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from bmlt_resources.mlflow import MlflowTracking
 from bmlt_resources.settings import SettingsResource
 from bmlt_resources.storage import LandingZoneResource, StorageResource
 from bmlt_resources.synthetic import SyntheticMarketResource
+from bmlt_resources.tardis import TardisArchiveResource
 
 INGEST_ASSETS = [orderbook_snapshots, book_tensors, forward_returns]
 TRAINING_ASSETS = [training_dataset, trained_model, evaluation_report]
@@ -68,6 +69,16 @@ def build_resources(config_path: Path) -> dict[str, object]:
             depth=data.depth,
             params_json=data.synthetic.model_dump_json(),
             symbols=data.symbols,
+        )
+    elif data.source == "tardis":
+        book_source = TardisArchiveResource(
+            exchange=data.tardis_exchange,
+            data_type=data.tardis.data_type,
+            market=data.market,
+            depth=data.depth,
+            download_dir=str(config.base_dir / data.tardis.download_dir),
+            endpoint=data.tardis.endpoint,
+            keep_every_ms=config.recording_cadence_ms,
         )
     else:
         book_source = LandingZoneResource(base_dir=str(config.base_dir), market=data.market, depth=data.depth)

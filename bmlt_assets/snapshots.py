@@ -6,7 +6,7 @@ import dagster as dg
 import polars as pl
 
 from bmlt_assets.core.book import validate_snapshots
-from bmlt_assets.core.files import write_parquet
+from bmlt_assets.core.files import write_json, write_parquet
 from bmlt_assets.core.quality import snapshot_quality
 from bmlt_assets.core.sources import BookSource
 from bmlt_assets.metadata import partitioned_check, partitioned_result
@@ -42,6 +42,10 @@ def orderbook_snapshots(
             storage.quarantine(date).unlink(missing_ok=True)
         counts = clean.group_by("symbol").len().sort("symbol")
         gaps = book_source.gaps(date, config.data.symbols)
+        # Stored beside the partition so that book_tensors (even in a later run) masks the lost intervals.
+        write_json(gaps, storage.snapshot_gaps(date))
+        # New content is unchecked: an earlier verdict must neither block nor vouch for it.
+        storage.snapshot_check(date).unlink(missing_ok=True)
         per_day.append(
             {
                 "date": date.isoformat(),
@@ -70,10 +74,14 @@ def orderbook_snapshots(
     asset=orderbook_snapshots,
     partitions_def=DAILY,
     blocking=True,
-    description="Quarantine rate per rule, stale books and coverage per symbol against config thresholds.",
+    description="Quarantine rate per rule, stale books and coverage per symbol against config thresholds; "
+    "days a source lost whole.",
 )
 def snapshots_are_sound(
-    context: dg.AssetCheckExecutionContext, settings: SettingsResource, storage: StorageResource
+    context: dg.AssetCheckExecutionContext,
+    settings: SettingsResource,
+    storage: StorageResource,
+    book_source: dg.ResourceParam[BookSource],
 ) -> dg.AssetCheckResult:
     config = settings.get()
     days, failures = {}, []
@@ -89,8 +97,15 @@ def snapshots_are_sound(
         measured = snapshot_quality(
             clean, quarantined, config.data.steps_per_day, config.data.cadence_ms, config.data.symbols, config.quality
         )
+        # A day the source lost whole (an archive's empty file) fails with the source's reason.
+        lost = [gap for gap in book_source.gaps(date, config.data.symbols) if gap.get("whole_day")]
+        measured["failures"] += [f"{gap['symbol']}: {gap['reason']}" for gap in lost]
         days[key] = measured
-        failures += [f"{key}: {failure}" for failure in measured.pop("failures")]
+        day_failures = measured.pop("failures")
+        failures += [f"{key}: {failure}" for failure in day_failures]
+        # Blocking stops book_tensors in this run only; the stored verdict stops later runs too.
+        verdict = {"check": "snapshots_are_sound", "passed": not day_failures, "failures": day_failures}
+        write_json(verdict, storage.snapshot_check(date))
         if measured["quarantined"]:
             measured["quarantine_file"] = str(quarantine)  # the offending rows, each with its rule
     return partitioned_check(days, failures, " (rows and reasons in the quarantine files)")

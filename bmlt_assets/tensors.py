@@ -1,6 +1,7 @@
 """book_tensors: one day of snapshots resampled to the cadence grid and represented as levels."""
 
 import datetime as dt
+import json
 
 import dagster as dg
 import numpy as np
@@ -35,8 +36,11 @@ def book_tensors(
     per_day = []
     for date in partition_dates(context):
         source = storage.require(storage.snapshots(date), "orderbook_snapshots", date)
+        _refuse_failed_snapshots(storage, date)
+        gaps_file = storage.snapshot_gaps(date)  # written with the partition (absent for older ones)
+        gaps = json.loads(gaps_file.read_text()) if gaps_file.exists() else []
         arrays = day_tensors_from_parquet(
-            source, date, data.symbols, data.cadence_ms, data.staleness_ms, config.representation
+            source, date, data.symbols, data.cadence_ms, data.staleness_ms, config.representation, gaps
         )
         meta = {
             "date": date.isoformat(),
@@ -75,6 +79,22 @@ def book_tensors(
             "memory_plan": dg.MetadataValue.json(memory_plan(config)),
         },
     )
+
+
+def _refuse_failed_snapshots(storage: StorageResource, date: dt.date) -> None:
+    """A blocking check stops book_tensors only within its own run: a later run that selects
+    book_tensors alone must still refuse a day whose snapshots failed their stored verdict."""
+    verdict_file = storage.snapshot_check(date)
+    if not verdict_file.exists():
+        return  # not checked (yet): the same-run blocking check still guards it
+    verdict = json.loads(verdict_file.read_text())
+    if not verdict["passed"]:
+        raise dg.Failure(
+            f"orderbook_snapshots for {date.isoformat()} failed its blocking check {verdict['check']} "
+            f"({'; '.join(verdict['failures'])}): fix the landing data (or the quality thresholds), then "
+            "re-materialize it with its check: dagster asset materialize -m bmlt_assets.definitions "
+            f"--select orderbook_snapshots --partition {date.isoformat()}"
+        )
 
 
 @dg.asset_check(

@@ -4,6 +4,8 @@ Layout under ``<base_dir>/<config name>/``:
 
     snapshots/date=YYYY-MM-DD.parquet        orderbook_snapshots (zstd Parquet)
     quarantine/date=YYYY-MM-DD.parquet       malformed snapshots with their reason
+    snapshot_gaps/date=YYYY-MM-DD.json       the source's recorded gaps of that day (book_tensors masks them)
+    snapshot_checks/date=YYYY-MM-DD.json     snapshots_are_sound's verdict (book_tensors refuses a failed day)
     tensors/date=YYYY-MM-DD/                 book_tensors (.npy, memory-mappable, + meta.json)
     returns/date=YYYY-MM-DD/                 forward_returns
     dataset/                                 training_dataset
@@ -44,6 +46,12 @@ class StorageResource(dg.ConfigurableResource):
 
     def quarantine(self, date: dt.date) -> Path:
         return self.root / "quarantine" / f"date={date.isoformat()}.parquet"
+
+    def snapshot_gaps(self, date: dt.date) -> Path:
+        return self.root / "snapshot_gaps" / f"date={date.isoformat()}.json"
+
+    def snapshot_check(self, date: dt.date) -> Path:
+        return self.root / "snapshot_checks" / f"date={date.isoformat()}.json"
 
     def tensors(self, date: dt.date) -> Path:
         return self.root / "tensors" / f"date={date.isoformat()}"

@@ -223,3 +223,119 @@ def test_a_tardis_book_snapshot_file_imports_into_the_same_landing_format(tmp_pa
         timeout=120,
     )
     assert too_deep.returncode == 2 and "at most 25 levels" in too_deep.stderr
+
+
+# Issue 13: exact book sync.
+
+
+def _depth(first: int, last: int, previous: int | None = None, symbol: str = "BTCUSDT") -> dict:
+    """A combined-stream depth update; ``previous`` is USD-M's ``pu``."""
+    data = {"e": "depthUpdate", "E": 1_723_161_600_000, "s": symbol, "U": first, "u": last}
+    data |= {"b": [["100.0", "1.0"]], "a": [["101.0", "1.0"]]}
+    if previous is not None:
+        data["pu"] = previous
+    return {"stream": f"{symbol.lower()}@depth", "data": data}
+
+
+SNAPSHOT_100 = {"lastUpdateId": 100, "bids": [["99.0", "2.0"]], "asks": [["102.0", "2.0"]]}
+BUFFERED = _depth(80, 90, 79)  # the USD-M event buffered before the snapshot (older than it: dropped)
+
+
+def test_usdm_first_event_after_a_snapshot_follows_the_futures_rule() -> None:
+    # Binance's USD-M procedure: drop u < lastUpdateId; the first event has U <= lastUpdateId <= u.
+    documented = BookBuilder("usdm", 1)
+    documented.feed([(0, BUFFERED), (1, SNAPSHOT_100), (2, _depth(95, 105, 94))])
+    assert documented.summary.updates_applied == 1 and documented.summary.gaps == []
+    # An event ending exactly at lastUpdateId is the first one under USD-M (spot would drop it: u <= 100)...
+    boundary = BookBuilder("usdm", 1)
+    boundary.feed([(0, BUFFERED), (1, SNAPSHOT_100), (2, _depth(95, 100, 94)), (3, _depth(101, 103, 100))])
+    assert boundary.summary.updates_applied == 2 and boundary.summary.gaps == []
+    assert boundary.frame()["update_id"].to_list() == [100, 103]
+    # ...and one starting right after it (spot's straddle of lastUpdateId + 1) does not sync a USD-M book.
+    late = BookBuilder("usdm", 1)
+    late.feed([(0, BUFFERED), (1, SNAPSHOT_100), (2, _depth(101, 105, 100))])
+    assert late.summary.updates_applied == 0 and len(late.summary.gaps) == 1
+
+
+def test_a_usdm_pu_chain_with_one_break_gives_one_gap() -> None:
+    # Futures update ids are not contiguous: only pu == previous u chains.
+    events = [(95, 100, 90), (103, 110, 100), (117, 120, 110), (125, 130, 121), (131, 140, 130)]
+    builder = BookBuilder("usdm", 1)
+    messages = [(0, BUFFERED), (1, SNAPSHOT_100)] + [(2 + i, _depth(*ids)) for i, ids in enumerate(events)]
+    builder.feed(messages + [(10, {**SNAPSHOT_100, "lastUpdateId": 130})])
+    gaps = builder.summary.gaps
+    assert len(gaps) == 1 and gaps[0]["after_update_id"] == 120 and (gaps[0]["from_ns"], gaps[0]["to_ns"]) == (4, 5)
+    # Re-synced from the second snapshot with the buffered events (the first of them ends at its lastUpdateId).
+    assert builder.frame()["update_id"].to_list() == [100, 110, 120, 130, 140]
+
+
+def test_a_gap_starts_at_the_last_book_never_at_the_epoch() -> None:
+    fresh = BookBuilder("spot", 1)  # no book yet: the gap starts at the symbol's first message
+    fresh.feed([(1_000, _depth(1, 5)), (2_000, SNAPSHOT_100), (3_000, _depth(120, 125))])
+    assert [(g["from_ns"], g["to_ns"]) for g in fresh.summary.gaps] == [(1_000, 3_000)]
+    resynced = BookBuilder("spot", 1)  # a failed re-sync: the gap still starts at the last book
+    resynced.feed(
+        [
+            (500, _depth(90, 95)),
+            (1_000, SNAPSHOT_100),
+            (4_000, _depth(101, 105)),
+            (5_000, _depth(120, 125)),
+            (6_000, {**SNAPSHOT_100, "lastUpdateId": 130}),
+            (7_000, _depth(140, 145)),
+        ]
+    )
+    assert [(g["from_ns"], g["to_ns"]) for g in resynced.summary.gaps] == [(4_000, 5_000), (4_000, 7_000)]
+
+
+def test_a_snapshot_arriving_while_in_sync_does_not_reset_the_book(tmp_path: Path) -> None:
+    with gzip.open(real_recording(), "rt") as recording:
+        lines = recording.read().splitlines()
+    snapshot_at = next(i for i, line in enumerate(lines) if "lastUpdateId" in line)
+    depth_after = [i for i, line in enumerate(lines) if i > snapshot_at and "depthUpdate" in line]
+    late = tmp_path / "late_snapshot.txt"  # the same REST snapshot again, three events late
+    late.write_text("\n".join(lines[: depth_after[3]] + [lines[snapshot_at]] + lines[depth_after[3] :]) + "\n")
+    builder = BookBuilder("spot", 20)
+    builder.feed(read_recording(late))
+    assert builder.summary.gaps == [] and builder.summary.snapshots == 3449
+
+
+def _as_other_symbol(lines: list[str], shift: int, delay_ns: int) -> list[str]:
+    """The recording as ETH/USDT's: renamed stream, update ids shifted, receive times delayed."""
+    out = []
+    for line in lines:
+        stamp, payload = line.split(" ", 1)
+        message = json.loads(payload)
+        data = message.get("data", message)
+        if "lastUpdateId" in message:
+            message["lastUpdateId"] += shift
+        elif data.get("e") == "depthUpdate":
+            message["stream"] = message["stream"].replace("btcusdt", "ethusdt")
+            data["s"], data["U"], data["u"] = "ETHUSDT", data["U"] + shift, data["u"] + shift
+        out.append(f"{int(stamp) + delay_ns} {json.dumps(message)}")
+    return out
+
+
+def test_multi_symbol_and_multi_file_imports_keep_every_symbol(tmp_path: Path) -> None:
+    from bmlt_assets.core.binance_sync import RecordingError, import_recordings
+
+    with gzip.open(real_recording(), "rt") as recording:
+        btc = recording.read().splitlines()
+    eth = _as_other_symbol(btc, -20_000_000_000, 1_000)
+    btc_file, eth_file, both_file = tmp_path / "btc.txt", tmp_path / "eth.txt", tmp_path / "both.txt"
+    btc_file.write_text("\n".join(btc) + "\n")
+    eth_file.write_text("\n".join(eth) + "\n")
+    both_file.write_text("\n".join(sorted(btc + eth, key=lambda line: int(line.split(" ", 1)[0]))) + "\n")
+    for files in ([btc_file, eth_file], [both_file]):
+        frame, summary = import_recordings(files, "binance-ws", "spot", 20)
+        counts = dict(frame.group_by("symbol").len().iter_rows())
+        assert counts == {"BTC/USDT": 3449, "ETH/USDT": 3449} and summary.gaps == [], files
+    # Two streams whose update ids both bracket a snapshot: no guessing.
+    same_ids = tmp_path / "same_ids.txt"
+    same = _as_other_symbol(btc, 0, 1_000)
+    same_ids.write_text("\n".join(sorted(btc + same, key=lambda line: int(line.split(" ", 1)[0]))) + "\n")
+    try:
+        import_recordings([same_ids], "binance-ws", "spot", 20)
+    except RecordingError as error:
+        assert "fits the update ids of BTC/USDT, ETH/USDT" in str(error) and str(same_ids) in str(error)
+    else:
+        raise AssertionError("an ambiguous snapshot was imported")

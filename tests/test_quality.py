@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import dagster as dg
@@ -127,3 +128,54 @@ def test_a_label_filled_across_a_gap_is_caught() -> None:
     filled = returns.copy()
     filled[117, 1] = 0.001  # (117, 122] holds the gap at 120: a filled, not masked, label
     np.testing.assert_array_equal(labels_across_gaps(valid, filled, 5), [117])
+
+
+def test_a_later_run_of_book_tensors_alone_refuses_a_day_whose_snapshots_failed(tmp_path: Path) -> None:
+    path = _landing_config(tmp_path)
+    config = load_config(path)
+    storage = StorageResource(base_dir=str(config.base_dir), config_name=config.name)
+    _record(path, DAYS[1], crossed_share=0.30)
+    instance = dg.DagsterInstance.ephemeral()
+    assert not _check(_run(path, instance, DAYS[1]), "snapshots_are_sound").passed
+    alone = dg.materialize(
+        INGEST_ASSETS + TRAINING_ASSETS + CHECKS,
+        selection=[INGEST_ASSETS[1]],  # book_tensors only: no blocking check in this run
+        resources=build_resources(path),
+        instance=instance,
+        partition_key=DAYS[1].isoformat(),
+        raise_on_error=False,
+    )
+    assert not alone.success
+    message = str(alone.get_step_failure_events()[0].event_specific_data.error)
+    assert "orderbook_snapshots for 2025-01-07 failed its blocking check snapshots_are_sound" in message
+    assert "crossed or locked book" in message and "--select orderbook_snapshots --partition 2025-01-07" in message
+    assert not (storage.tensors(DAYS[1]) / "meta.json").exists()
+
+
+def test_grid_steps_inside_a_recorded_gap_are_invalid_whatever_the_staleness(tmp_path: Path) -> None:
+    # An hour's staleness would bridge the 10-minute gap: only the recorded interval can invalidate it.
+    path = write_config(
+        tmp_path, {"data": {"source": "binance", "end_date": "2025-01-08", "max_staleness_ms": 3_600_000}}
+    )
+    config = load_config(path)
+    storage = StorageResource(base_dir=str(config.base_dir), config_name=config.name)
+    _record(path, DAYS[0], crossed_share=0.0)
+    day = config.base_dir / "landing" / "spot" / f"date={DAYS[0]}"
+    start = int(dt.datetime(2025, 1, 6, tzinfo=dt.UTC).timestamp()) * 10**9
+    books = pl.read_parquet(day / "recording.parquet")
+    btc, lo, hi = pl.col("symbol") == "BTC/USDT", start + 3600 * 10**9, start + 4200 * 10**9
+    lost = btc & pl.col("receive_ts").is_between(lo, hi)
+    from_ns = int(books.filter(btc & (pl.col("receive_ts") < lo))["receive_ts"].max())
+    after = books.filter(btc & (pl.col("receive_ts") > hi))
+    to_ns = int(after["receive_ts"].min())
+    write_parquet(books.filter(~lost), day / "recording.parquet")
+    gap = {"symbol": "BTC/USDT", "from_ns": from_ns, "to_ns": to_ns, "reason": "connection lost"}
+    (day / "recording.gaps.json").write_text(json.dumps([gap]))
+    result = _run(path, dg.DagsterInstance.ephemeral(), DAYS[0])
+    assert result.success
+    assert result.asset_materializations_for_node("orderbook_snapshots")[0].metadata["recorded_gaps"].value == 1
+    valid = np.load(storage.tensors(DAYS[0]) / "valid.npy")
+    grid = np.load(storage.tensors(DAYS[0]) / "timestamps.npy")
+    inside = (grid > from_ns) & (grid < to_ns)
+    assert inside.sum() > 50 and not valid[inside, 0].any()  # BTC/USDT: every step inside the gap
+    assert valid[inside, 1].all() and valid[grid >= to_ns, 0].all()  # ETH/USDT, and BTC after the re-sync

@@ -2,10 +2,14 @@
 
 Spot (``U``/``u``): buffer diff events, take a REST snapshot, drop events with
 ``u <= lastUpdateId``; the first applied event must straddle ``lastUpdateId + 1``; every later
-event must start at ``U == previous u + 1``. USD-M futures chain by ``pu == previous u`` instead.
-A break in the chain is a gap: the book is discarded until the next snapshot, and the gap's
-interval (receive times) is recorded. After every applied event the top ``levels`` of each side
-are emitted as one snapshot in the landing schema (``bmlt_assets.core.book``).
+event must start at ``U == previous u + 1``. USD-M futures: drop events with ``u < lastUpdateId``;
+the first applied event has ``U <= lastUpdateId <= u``; every later one chains by
+``pu == previous u``. A break in the chain is a gap: the book is discarded until the next
+snapshot, and the gap's interval (receive times) is recorded. A snapshot that arrives while the
+book is in sync is ignored: the applied stream already holds everything it could tell. After
+every applied event the top ``levels`` of each side are emitted as one snapshot in the landing
+schema (``bmlt_assets.core.book``). A REST snapshot names no symbol: it belongs to the symbol
+whose stream's update ids bracket its ``lastUpdateId`` (see ``BookBuilder._owner``).
 
 Recordings are ``<receive ns> <raw JSON>`` lines (gzip or plain): combined-stream messages
 (``{"stream": ..., "data": ...}``) and REST depth snapshots (``{"lastUpdateId": ...}``).
@@ -66,6 +70,10 @@ class TruncatedRecording(RecordingError):
 
 class MarketMismatch(ValueError):
     """Depth updates of the other market than the one asked for."""
+
+
+class AmbiguousSnapshot(ValueError):
+    """A REST snapshot (which names no symbol) that the update ids of several symbols could sync."""
 
 
 def _open_binary(raw: io.BufferedReader) -> io.BufferedReader | gzip.GzipFile:
@@ -147,7 +155,7 @@ class BookState:
     last_update_id: int | None = None  # None: waiting for a snapshot
     first_after_snapshot: bool = False
     buffer: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
-    last_receive_ns: int = 0
+    last_receive_ns: int = 0  # of the last applied update, or of the symbol's first message: a gap's start
 
 
 @dataclass
@@ -192,26 +200,64 @@ class BookBuilder:
         self.summary = ImportSummary()
         self.rest_snapshots = 0  # REST snapshots seen
         self.deepest = 0  # the most levels (the shorter side) of any book too shallow to emit
+        self.seen_ids: dict[str, tuple[int, int]] = {}  # per symbol: (first U, last u) of every event seen
+        self.unclaimed: list[tuple[int, dict[str, Any]]] = []  # snapshots ahead of every symbol's stream
 
     def feed(self, messages: Iterable[tuple[int, dict[str, Any]]], snapshot_symbol: str | None = None) -> None:
         for receive_ns, message in messages:
             if "lastUpdateId" in message:
-                # A REST snapshot names no symbol: it belongs to the recording's (single) stream.
-                symbol = snapshot_symbol or next(iter(self.books), None)
+                self.rest_snapshots += 1
+                symbol = snapshot_symbol or self._owner(int(message["lastUpdateId"]))
                 if symbol is None:
-                    raise ValueError("a REST snapshot arrived before any depth event: its symbol is unknown")
-                self._snapshot(symbol, receive_ns, message)
+                    self.unclaimed.append((receive_ns, message))  # claimed by the first event reaching it
+                else:
+                    self._snapshot(symbol, receive_ns, message)
             else:
                 data = message.get("data", message)
                 if data.get("e") == "depthUpdate":
-                    self._event(unified_symbol(data["s"]), receive_ns, data)
+                    symbol = unified_symbol(data["s"])
+                    first, last = self.seen_ids.get(symbol, (int(data["U"]), int(data["u"])))
+                    self.seen_ids[symbol] = (min(first, int(data["U"])), max(last, int(data["u"])))
+                    self._event(symbol, receive_ns, data)
+                    self._claim(symbol)
+
+    def _owner(self, last_update_id: int) -> str | None:
+        """The symbol a REST snapshot belongs to. It names none, so: the only symbol seen, else the one
+        whose stream's update ids bracket its lastUpdateId (it is the stream the snapshot can sync);
+        None while no stream reaches it yet (a snapshot taken ahead of the buffered events)."""
+        if not self.seen_ids:
+            raise ValueError("a REST snapshot arrived before any depth event: its symbol is unknown")
+        if len(self.seen_ids) == 1:
+            return next(iter(self.seen_ids))
+        owners = [s for s, (lo, hi) in self.seen_ids.items() if lo <= last_update_id + 1 and last_update_id <= hi]
+        # A symbol in sync ignores snapshots: of several candidates, the one waiting for a snapshot is meant.
+        waiting = [s for s in owners if s not in self.books or self.books[s].last_update_id is None]
+        if len(owners) > 1 and len(waiting) == 1:
+            return waiting[0]
+        if len(owners) > 1:
+            raise AmbiguousSnapshot(
+                f"a REST snapshot (lastUpdateId {last_update_id}) fits the update ids of {', '.join(owners)}: "
+                "record each symbol's stream and snapshots in its own file and import them one symbol at a time"
+            )
+        return owners[0] if owners else None
+
+    def _claim(self, symbol: str) -> None:
+        """Apply the unclaimed snapshots that ``symbol``'s stream has now reached."""
+        for receive_ns, message in list(self.unclaimed):
+            if self._owner(int(message["lastUpdateId"])) == symbol:
+                self.unclaimed.remove((receive_ns, message))
+                self._snapshot(symbol, receive_ns, message)
 
     def _snapshot(self, symbol: str, receive_ns: int, message: dict[str, Any]) -> None:
-        self.rest_snapshots += 1
-        book = self.books.setdefault(symbol, BookState())
+        book = self.books.setdefault(symbol, BookState(last_receive_ns=receive_ns))
+        snapshot_id = int(message["lastUpdateId"])
+        if book.last_update_id is not None and (not book.first_after_snapshot or snapshot_id <= book.last_update_id):
+            # In sync (or holding a newer snapshot): an older snapshot would roll the book back, a newer one
+            # only repeats what the chained stream is about to deliver. Resetting would fake a gap.
+            return
         book.bids = {float(p): float(q) for p, q in message["bids"] if float(q) > 0}
         book.asks = {float(p): float(q) for p, q in message["asks"] if float(q) > 0}
-        book.last_update_id = int(message["lastUpdateId"])
+        book.last_update_id = snapshot_id
         book.first_after_snapshot = True
         buffered, book.buffer = book.buffer, []
         for stamp, event in buffered:
@@ -224,15 +270,19 @@ class BookBuilder:
                 if self.market == "usdm"
                 else "looks like a USD-M futures recording (depth updates carry 'pu'): use --market usdm"
             )
-        book = self.books.setdefault(symbol, BookState())
+        book = self.books.setdefault(symbol, BookState(last_receive_ns=receive_ns))
         if book.last_update_id is None:
             book.buffer.append((receive_ns, event))
             return
         first, last = int(event["U"]), int(event["u"])
-        if last <= book.last_update_id:
+        # USD-M's first event may end at lastUpdateId itself (U <= lastUpdateId <= u); spot's starts after it.
+        usdm_first = self.market == "usdm" and book.first_after_snapshot
+        if last < book.last_update_id or (last == book.last_update_id and not usdm_first):
             self.summary.updates_dropped += 1
             return
-        if book.first_after_snapshot:
+        if usdm_first:
+            chained = first <= book.last_update_id <= last
+        elif book.first_after_snapshot:
             chained = first <= book.last_update_id + 1 <= last
         elif self.market == "spot":
             chained = first == book.last_update_id + 1
@@ -247,7 +297,8 @@ class BookBuilder:
                     "after_update_id": book.last_update_id,
                 }
             )
-            self.books[symbol] = BookState(buffer=[(receive_ns, event)])  # re-sync at the next snapshot
+            # Re-sync at the next snapshot; a later gap still starts at this book's last update.
+            self.books[symbol] = BookState(buffer=[(receive_ns, event)], last_receive_ns=book.last_receive_ns)
             return
         for side, changes in ((book.bids, event["b"]), (book.asks, event["a"])):
             for price, quantity in changes:
@@ -381,6 +432,8 @@ def _replay(builder: BookBuilder, path: Path, progress: Progress | None) -> None
         log.debug("%s; keeping the %s books rebuilt before the damage", error, books)
     except MarketMismatch as error:
         raise RecordingError(f"{path} {error}") from None
+    except AmbiguousSnapshot as error:
+        raise RecordingError(f"{path}:{line}: {error}") from None
     except RecordingError:
         raise
     except (KeyError, TypeError, AttributeError, ValueError) as error:

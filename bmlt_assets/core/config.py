@@ -65,8 +65,18 @@ class BinanceEndpoints(Section):
     ws_url: str | None = None  # e.g. wss://stream.binance.com:9443/ws (spot), wss://fstream.binance.com/ws (usdm)
 
 
+class TardisConfig(Section):
+    """tardis.dev's historical archive (``data.source: tardis``); the API key comes only from
+    ``$TARDIS_API_KEY`` at download time (without it, only the first day of each month)."""
+
+    exchange: Literal["binance", "binance-futures"] | None = None  # default: that of data.market
+    data_type: Literal["incremental_book_L2", "book_snapshot_25"] = "incremental_book_L2"
+    download_dir: str = "tardis"  # cache of downloaded files; relative to storage.base_dir
+    endpoint: str = "https://datasets.tardis.dev/v1"  # another one for a mirror or the tests' loopback server
+
+
 class DataConfig(Section):
-    source: Literal["synthetic", "binance"] = "synthetic"
+    source: Literal["synthetic", "binance", "tardis"] = "synthetic"
     market: Literal["spot", "usdm"] = "spot"
     symbols: Annotated[list[str], Field(min_length=1)]
     start_date: dt.date
@@ -76,6 +86,25 @@ class DataConfig(Section):
     max_staleness_ms: PositiveInt | None = None
     synthetic: SyntheticConfig = SyntheticConfig()
     binance: BinanceEndpoints = BinanceEndpoints()
+    tardis: TardisConfig = TardisConfig()
+
+    @model_validator(mode="after")
+    def _tardis_matches_market(self) -> DataConfig:
+        if self.source != "tardis":
+            return self
+        expected = {"spot": "binance", "usdm": "binance-futures"}[self.market]
+        if self.tardis.exchange not in (None, expected):
+            raise ValueError(
+                f"tardis.exchange {self.tardis.exchange!r} does not serve data.market {self.market!r}: use {expected!r}"
+            )
+        if self.tardis.data_type == "book_snapshot_25" and self.depth > 25:
+            raise ValueError(f"data.depth={self.depth}: tardis book_snapshot_25 holds 25 levels per side at most")
+        return self
+
+    @property
+    def tardis_exchange(self) -> str:
+        """The archive's exchange feed: tardis.exchange, else the one of data.market."""
+        return self.tardis.exchange or {"spot": "binance", "usdm": "binance-futures"}[self.market]
 
     @field_validator("symbols")
     @classmethod

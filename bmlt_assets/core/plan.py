@@ -42,3 +42,26 @@ def human_bytes(n: float) -> str:
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1000
     raise AssertionError("unreachable")
+
+
+DEFAULT_OUTCOMES = 10_000  # independent outcomes per horizon worth planning a date range for
+
+
+def horizon_plan(config: PlatformConfig, outcomes: int = DEFAULT_OUTCOMES) -> list[dict[str, int]]:
+    """Per horizon: independent (non-overlapping) outcomes per day, the days that give ``outcomes``
+    of them, and the configured range's days. Overlapping samples share their future, so it is the
+    independent count that bounds how well a horizon can be learned and judged."""
+    days = len(config.data.dates)
+    plan = []
+    for horizon in config.labels.horizons_s:
+        per_day = 86_400 // horizon
+        plan.append(
+            {
+                "horizon_s": horizon,
+                "outcomes_per_day": per_day,
+                "days_needed": -(-outcomes // per_day),
+                "outcomes_in_range": per_day * days,
+                "days_in_range": days,
+            }
+        )
+    return plan

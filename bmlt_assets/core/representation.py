@@ -133,6 +133,21 @@ def day_grid_ns(date: dt.date, cadence_ms: int) -> np.ndarray:
 BookBatches = Iterable[tuple[int, dict[str, np.ndarray]]]  # (first row, {side: (n, depth)})
 
 
+def outside_gaps(
+    symbol: str, grid_ns: np.ndarray, used_receive_ns: np.ndarray, gaps: Iterable[dict] | None
+) -> np.ndarray:
+    """Which grid steps do not rest on a book that a recorded gap of ``symbol`` made unreliable.
+
+    A gap ``{symbol, from_ns, to_ns}`` runs from the last sound book to the first one after the
+    re-sync. A step after ``from_ns`` that still uses a book received at or before it shows a book
+    whose updates were lost: invalid, however fresh ``max_staleness_ms`` would call it."""
+    keep = np.ones(len(grid_ns), dtype=bool)
+    for gap in gaps or ():
+        if gap.get("symbol") == symbol and gap.get("from_ns") is not None:
+            keep &= ~((grid_ns > gap["from_ns"]) & (used_receive_ns <= gap["from_ns"]))
+    return keep
+
+
 def day_tensors(
     rows_by_symbol: dict[str, np.ndarray],
     receive_ts: np.ndarray,
@@ -142,13 +157,15 @@ def day_tensors(
     cadence_ms: int,
     staleness_ms: int,
     config: RepresentationConfig,
+    gaps: Iterable[dict] | None = None,
 ) -> dict[str, np.ndarray]:
     """One day of validated snapshots -> the base array and its companions.
 
     ``rows_by_symbol`` gives each symbol's rows, sorted by ``receive_ts`` (as
     ``orderbook_snapshots`` stores them). Only these small index columns are held whole; the level columns arrive in
     ``batches`` and only the rows some grid step uses are represented, so peak memory stays
-    near the output size. Returns ``base`` (S, L, 4, K) float32, ``mids`` (S, K) float64 (NaN
+    near the output size. Steps inside a recorded ``gaps`` interval are invalid (see ``outside_gaps``).
+    Returns ``base`` (S, L, 4, K) float32, ``mids`` (S, K) float64 (NaN
     where not valid), ``valid`` (S, K) bool and ``timestamps`` (S,) int64 ns of the grid.
     """
     grid = day_grid_ns(date, cadence_ms)
@@ -162,6 +179,7 @@ def day_tensors(
         if len(rows) == 0:
             continue
         row, fresh = align_to_grid(receive_ts[rows], grid, staleness_ms * 1_000_000)
+        fresh &= outside_gaps(symbol, grid, receive_ts[rows][np.maximum(row, 0)], gaps)
         valid[:, k] = fresh
         steps = np.flatnonzero(fresh)
         pair_blocks.append(np.stack([steps, np.full(len(steps), k), rows[row[fresh]]], axis=1))
@@ -192,6 +210,7 @@ def day_tensors_from_frame(
     cadence_ms: int,
     staleness_ms: int,
     config: RepresentationConfig,
+    gaps: Iterable[dict] | None = None,
 ) -> dict[str, np.ndarray]:
     """``day_tensors`` of snapshots already in memory."""
     snapshots = snapshots.sort(["symbol", "receive_ts"], maintain_order=True)
@@ -206,11 +225,18 @@ def day_tensors_from_frame(
         cadence_ms,
         staleness_ms,
         config,
+        gaps,
     )
 
 
 def day_tensors_from_parquet(
-    path: Path, date: dt.date, symbols: list[str], cadence_ms: int, staleness_ms: int, config: RepresentationConfig
+    path: Path,
+    date: dt.date,
+    symbols: list[str],
+    cadence_ms: int,
+    staleness_ms: int,
+    config: RepresentationConfig,
+    gaps: Iterable[dict] | None = None,
 ) -> dict[str, np.ndarray]:
     """``day_tensors`` of a stored ``orderbook_snapshots`` partition, streamed row group by row group."""
     parquet = pq.ParquetFile(path, pre_buffer=False, read_dictionary=["symbol"])
@@ -236,6 +262,7 @@ def day_tensors_from_parquet(
         cadence_ms,
         staleness_ms,
         config,
+        gaps,
     )
 
 

@@ -1,0 +1,126 @@
+"""tardis.dev's historical archive as a book source: download a day's files, rebuild its books.
+
+Downloads go through the official ``tardis-dev`` client (``download_datasets``) into a cache
+folder laid out like the archive. A file is used only once verified whole; a damaged or cut one
+is deleted and fetched again. The API key is read from ``$TARDIS_API_KEY`` at download time and
+handed to the client only: it is never a resource field, so it never shows in the UI, the run's
+config or its logs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import urllib.error
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+from tardis_dev import download_datasets
+
+from bmlt_assets.core.book import snapshot_schema
+from bmlt_assets.core.tardis import (
+    API_KEY_VARIABLE,
+    DEFAULT_ENDPOINT,
+    DownloadState,
+    TardisError,
+    client_file_name,
+    dataset_path,
+    dataset_url,
+    empty_day_gap,
+    exchange_symbol,
+    incremental_books,
+    remove_unfinished,
+    require_access,
+    snapshot25_books,
+    verified_download,
+)
+
+log = logging.getLogger(__name__)
+DOWNLOAD_ROUNDS = 3  # a file that is still damaged after this many fetches fails the day
+
+
+class TardisArchiveResource(dg.ConfigurableResource):
+    """A :class:`~bmlt_assets.core.sources.BookSource` over tardis.dev's archive; no oracle."""
+
+    exchange: str  # binance | binance-futures
+    data_type: str  # incremental_book_L2 | book_snapshot_25
+    market: str  # spot | usdm: the sync rules the rebuilt books follow
+    depth: int
+    download_dir: str
+    endpoint: str = DEFAULT_ENDPOINT
+    keep_every_ms: int = 0  # the last book per interval (the cadence grid's rate); 0 keeps every update
+
+    def snapshots(self, date: dt.date, symbols: list[str]) -> pl.DataFrame:
+        frames = []
+        for symbol, (path, state) in self.download(date, symbols).items():
+            if state.empty:
+                continue  # gaps() reports the day as lost, which fails the day's check
+            if self.data_type == "book_snapshot_25":
+                frames.append(snapshot25_books(path, symbol, self.depth, self.keep_every_ms))
+            else:
+                books, summary = incremental_books(path, symbol, self.market, self.depth, self.keep_every_ms)
+                log.info("%s %s: %s books from %s updates", date, symbol, books.height, summary.updates_applied)
+                frames.append(books)
+        return pl.concat(frames) if frames else pl.DataFrame(schema=snapshot_schema(self.depth))
+
+    def gaps(self, date: dt.date, symbols: list[str]) -> list[dict]:
+        """A symbol whose day the archive served as an empty file is lost for the whole day."""
+        return [
+            empty_day_gap(date, symbol, self.url(date, symbol))
+            for symbol, (_, state) in self.download(date, symbols).items()
+            if state.empty
+        ]
+
+    def oracle(self) -> None:
+        """Real markets hide their generating process: no oracle."""
+        return None
+
+    def url(self, date: dt.date, symbol: str) -> str:
+        return dataset_url(self.endpoint, self.exchange, self.data_type, date, exchange_symbol(symbol))
+
+    def cached(self, date: dt.date, symbol: str) -> Path:
+        return Path(self.download_dir) / dataset_path(self.exchange, self.data_type, date, exchange_symbol(symbol))
+
+    def download(self, date: dt.date, symbols: list[str]) -> dict[str, tuple[Path, DownloadState]]:
+        """The verified file of each symbol for ``date``, fetching those not cached whole."""
+        api_key = os.environ.get(API_KEY_VARIABLE, "")  # read now, passed to the client only
+        require_access([date], bool(api_key))
+        states = {symbol: verified_download(self.cached(date, symbol)) for symbol in symbols}
+        for _ in range(DOWNLOAD_ROUNDS):
+            missing = [symbol for symbol, state in states.items() if state.problem]
+            if not missing:
+                break
+            for symbol in missing:
+                remove_unfinished(self.cached(date, symbol))
+            log.info("downloading %s %s %s for %s", self.exchange, self.data_type, date, missing)
+            self._fetch(date, missing, api_key)
+            states |= {symbol: verified_download(self.cached(date, symbol)) for symbol in missing}
+        damaged = {symbol: state.problem for symbol, state in states.items() if state.problem}
+        if damaged:
+            where = "; ".join(f"{self.url(date, symbol)}: {problem}" for symbol, problem in damaged.items())
+            raise TardisError(f"tardis.dev served damaged files {DOWNLOAD_ROUNDS} times ({where}); try again later")
+        return {symbol: (self.cached(date, symbol), state) for symbol, state in states.items()}
+
+    def _fetch(self, date: dt.date, symbols: list[str], api_key: str) -> None:
+        try:
+            download_datasets(
+                exchange=self.exchange,
+                data_types=[self.data_type],
+                symbols=[exchange_symbol(symbol) for symbol in symbols],
+                from_date=date.isoformat(),
+                to_date=(date + dt.timedelta(days=1)).isoformat(),  # exclusive: this one day
+                api_key=api_key,
+                download_dir=self.download_dir,
+                endpoint=self.endpoint,
+                get_filename=client_file_name,
+            )
+        except urllib.error.HTTPError as error:
+            # The client's HTTPError carries the URL and the archive's answer, never the request headers.
+            advice = {
+                401: f"check {API_KEY_VARIABLE}",
+                403: f"check that the plan of {API_KEY_VARIABLE} covers {self.exchange} {self.data_type} on {date}",
+                404: "check the symbols, the exchange and the data type",
+            }.get(error.code, "try again later")
+            raise TardisError(f"tardis.dev answered HTTP {error.code} for {error.url}: {advice}") from None
