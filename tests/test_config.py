@@ -80,5 +80,5 @@ def test_a_relative_storage_path_is_relative_to_the_config_file(tmp_path: Path, 
     path.write_text(raw)
     monkeypatch.chdir(tmp_path)  # neither the working directory nor the checkout
     assert load_config(path).base_dir == elsewhere / "data"
-    path.write_text(raw.replace("base_dir: data", "base_dir: ../shared-data"))
-    assert load_config(path).base_dir == tmp_path / "shared-data"
+    path.write_text(raw.replace("base_dir: data", "base_dir: ../common-data"))
+    assert load_config(path).base_dir == tmp_path / "common-data"
