@@ -261,7 +261,7 @@ def test_sigterm_flushes_everything_and_exits_cleanly(tmp_path: Path, threaded_s
     config = _binance_config(tmp_path, server, cadence_ms=0)
     process = record_process(config, "--json")
     _wait_for_files(tmp_path / "data" / "landing" / "spot")
-    time.sleep(1.0)
+    time.sleep(2.0)  # at 400 books/s, well over 100 books even on a loaded machine
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
