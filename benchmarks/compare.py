@@ -45,13 +45,7 @@ def run(config: PlatformConfig, snapshots: dict) -> dict:
         days.append(arrays)
     data = build_dataset(days, config)
     result = train(config, data)
-    source = SyntheticMarketResource(
-        seed=config.seed,
-        cadence_ms=d.cadence_ms,
-        depth=d.depth,
-        params_json=d.synthetic.model_dump_json(),
-        symbols=d.symbols,
-    )
+    source = SyntheticMarketResource.for_config(config)
     market = source.market()
 
     def oracle(i, steps, edges):
@@ -86,13 +80,7 @@ def main() -> None:
     base = load_config(ROOT / "configs" / "default.yaml")
     base = _with(base, "training", epochs=args.epochs, max_train_samples=args.max_train_samples, progress_bar=False)
     d = base.data
-    source = SyntheticMarketResource(
-        seed=base.seed,
-        cadence_ms=d.cadence_ms,
-        depth=d.depth,
-        params_json=d.synthetic.model_dump_json(),
-        symbols=d.symbols,
-    )
+    source = SyntheticMarketResource.for_config(base)
     snapshots = {date: source.snapshots(date, d.symbols) for date in d.dates}
     variants = {
         "multi_asset=branches, representation=hybrid": base,

@@ -63,13 +63,7 @@ def build_resources(config_path: Path) -> dict[str, object]:
     config = settings.get()
     data = config.data
     if data.source == "synthetic":
-        book_source: dg.ConfigurableResource = SyntheticMarketResource(
-            seed=config.seed,
-            cadence_ms=data.cadence_ms,
-            depth=data.depth,
-            params_json=data.synthetic.model_dump_json(),
-            symbols=data.symbols,
-        )
+        book_source: dg.ConfigurableResource = SyntheticMarketResource.for_config(config)
     elif data.source == "tardis":
         book_source = TardisArchiveResource(
             exchange=data.tardis_exchange,

@@ -7,7 +7,7 @@ import datetime as dt
 import dagster as dg
 import polars as pl
 
-from bmlt_assets.core.config import SyntheticConfig
+from bmlt_assets.core.config import PlatformConfig, SyntheticConfig
 from bmlt_assets.core.synthetic import SyntheticMarket
 
 
@@ -20,6 +20,18 @@ class SyntheticMarketResource(dg.ConfigurableResource):
     depth: int
     params_json: str  # SyntheticConfig as JSON: resources take flat, typed config
     symbols: list[str] = []  # what the models see: the oracle filters every one of their books
+
+    @classmethod
+    def for_config(cls, config: PlatformConfig) -> SyntheticMarketResource:
+        """The config's synthetic market, its oracle seeing every configured symbol."""
+        data = config.data
+        return cls(
+            seed=config.seed,
+            cadence_ms=data.cadence_ms,
+            depth=data.depth,
+            params_json=data.synthetic.model_dump_json(),
+            symbols=data.symbols,
+        )
 
     def market(self) -> SyntheticMarket:
         params = SyntheticConfig.model_validate_json(self.params_json)

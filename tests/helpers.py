@@ -40,12 +40,7 @@ def write_config(folder: Path, overrides: dict | None = None, name: str = "confi
 
 def synthetic_days(config: PlatformConfig) -> list[dict[str, np.ndarray]]:
     """Per-day tensors, returns and volatility of the config's synthetic market, in memory."""
-    source = SyntheticMarketResource(
-        seed=config.seed,
-        cadence_ms=config.data.cadence_ms,
-        depth=config.data.depth,
-        params_json=config.data.synthetic.model_dump_json(),
-    )
+    source = SyntheticMarketResource.for_config(config)
     days = []
     for date in config.data.dates:
         d = config.data

@@ -225,13 +225,7 @@ def test_the_leak_flag_fires_when_a_model_sees_the_future_and_only_then(tiny_con
 
     data = build_dataset(synthetic_days(tiny_config), tiny_config)
     d = tiny_config.data
-    market = SyntheticMarketResource(
-        seed=tiny_config.seed,
-        cadence_ms=d.cadence_ms,
-        depth=d.depth,
-        params_json=d.synthetic.model_dump_json(),
-        symbols=d.symbols,
-    ).market()
+    market = SyntheticMarketResource.for_config(tiny_config).market()
 
     def oracle(i, steps, edges):
         return market.oracle_at(tiny_config.target, data.source.timestamps[steps], data.horizons[i], edges)
