@@ -8,6 +8,7 @@ import pytest
 
 from bmlt_assets.core.config import PlatformConfig, load_config
 from tests.helpers import write_config
+from tests.services import moto_endpoint, postgres, s3  # noqa: F401  (shared service fixtures)
 
 
 @pytest.fixture
