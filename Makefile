@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= configs/default.yaml
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: demo test lint format install ui bench bench-quick clean
+.PHONY: demo test test-slow lint format install ui bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,13 @@ demo: install
 		--tags "$$($(BIN)/bmlt range-tags --config $(CONFIG))" -c configs/run/in_process.yaml
 	@$(BIN)/bmlt summary --config $(CONFIG)
 
+# The quick suite (under 5 minutes on 2 cores); `make test-slow` runs the end-to-end tests marked
+# slow (CLI backfills, services); CI runs both.
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
 
 # ruff (lint + format check, one line length) everywhere; mypy on the core and the resources.
 lint: install

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from bmlt_assets.core.config import PROJECT_ROOT, PlatformConfig
 from bmlt_resources.storage import StorageResource
@@ -24,6 +25,7 @@ def _dagster(args: list[str], config_path: Path, home: Path) -> subprocess.Compl
     )
 
 
+@pytest.mark.slow  # about 2 minutes: three `dagster` CLI runs, each a fresh process tree
 def test_partition_range_in_one_run_and_job_backfill_per_day(
     tmp_path: Path, tiny_config_path: Path, tiny_config: PlatformConfig
 ) -> None:
