@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -64,7 +63,8 @@ def one_epoch(folder: Path, days: int, samples: int) -> dict:
     data = load_dataset(folder, config)
     started = time.perf_counter()
     result = train(config, data)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child would report its parent's peak.
+    peak = _status_bytes("VmHWM")
     return {
         "train_samples": len(data.parts["train"]) if not samples else min(samples, len(data.parts["train"])),
         "epoch_s": result.history[0].seconds,  # the training pass and the validation pass
@@ -73,6 +73,9 @@ def one_epoch(folder: Path, days: int, samples: int) -> dict:
         "base_bytes": int(data.source.base.nbytes),
         "peak_rss_bytes": peak,
         "peak_rss_added_over_base": (peak - started_rss) / data.source.base.nbytes,
+        # Heap versus mapped file pages (the base array's, reclaimable page cache) at the end of the epoch.
+        "anonymous_bytes": _status_bytes("RssAnon"),
+        "file_backed_bytes": _status_bytes("RssFile"),
     }
 
 
@@ -106,7 +109,8 @@ def main() -> None:
             print(
                 f"{r['train_samples']:,} samples: {r['samples_per_s']:.0f} samples/s, peak RSS "
                 f"{r['peak_rss_bytes'] / 1e9:.2f} GB, added {r['peak_rss_added_over_base']:.2f}x the base array "
-                f"({r['base_bytes'] / 1e9:.2f} GB)",
+                f"({r['base_bytes'] / 1e9:.2f} GB); at the end {r['anonymous_bytes'] / 1e9:.2f} GB heap, "
+                f"{r['file_backed_bytes'] / 1e9:.2f} GB mapped file pages",
                 flush=True,
             )
     args.out.write_text(json.dumps({"days": args.days, "build_s": build_s, "runs": runs}, indent=2) + "\n")
