@@ -28,6 +28,7 @@ from bmlt_resources.settings import SettingsResource
 from bmlt_resources.storage import LandingZoneResource, StorageResource
 from bmlt_resources.synthetic import SyntheticMarketResource
 from bmlt_resources.tardis import TardisArchiveResource
+from bmlt_resources.torchrun import LocalTorchrun
 
 INGEST_ASSETS = [orderbook_snapshots, book_tensors, forward_returns]
 TRAINING_ASSETS = [training_dataset, trained_model, evaluation_report]
@@ -95,6 +96,8 @@ def build_resources(config_path: Path) -> dict[str, object]:
             artifact_location=(config.base_dir / "mlartifacts").as_uri(),
             run_name=config.run_name,
         ),
+        # training.launcher torchrun runs here; KubernetesTorchrun runs it in a pod of its own.
+        "torchrun": LocalTorchrun(),
     }
 
 

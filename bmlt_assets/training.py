@@ -1,6 +1,8 @@
 """trained_model: the CNN+LSTM trained on training_dataset, logged and registered in MLflow."""
 
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import dagster as dg
 
@@ -10,15 +12,17 @@ from bmlt_assets.core.config import PlatformConfig
 from bmlt_assets.core.dataset import TrainingData, fold_count, load_dataset
 from bmlt_assets.core.files import atomic_directory, write_json
 from bmlt_assets.core.models import parameter_count
-from bmlt_assets.core.train import EpochRecord, TrainResult, train
+from bmlt_assets.core.train import EpochRecord, TrainResult, epoch_metrics, load_result, train
 from bmlt_assets.core.tuning import TuningResult, study_name, tune, with_params
 from bmlt_assets.core.walk_forward import save_fold_checkpoints, train_earlier_folds
 from bmlt_assets.dataset import training_dataset
 from bmlt_assets.metadata import markdown_table
 from bmlt_assets.provenance import combined_hash, content_hash, flatten, git_commit, package_versions
+from bmlt_assets.training_worker import MLFLOW_RUN_ID, TrainingJob
 from bmlt_resources.mlflow import CHALLENGER, MlflowTrialLogger, RegisteredModel, TrackedMlflow
 from bmlt_resources.settings import SettingsResource
 from bmlt_resources.storage import StorageResource
+from bmlt_resources.torchrun import TorchrunLauncher
 
 
 @dg.asset(
@@ -33,9 +37,11 @@ def trained_model(
     settings: SettingsResource,
     storage: StorageResource,
     mlflow: dg.ResourceParam[TrackedMlflow],
+    torchrun: TorchrunLauncher,
 ) -> dg.MaterializeResult:
     config = settings.get()
-    data = load_dataset(storage.require(storage.dataset, "training_dataset"), config)
+    dataset_dir = storage.require(storage.dataset, "training_dataset")
+    data = load_dataset(dataset_dir, config)
     provenance = _log_inputs(mlflow, config, storage)
     fingerprint = provenance["bmlt.data_fingerprint"]
     log_epochs = _epoch_logger(mlflow, config)
@@ -54,7 +60,15 @@ def trained_model(
     latest = fold_count(config) - 1
     config = configure(latest, data)
     resume_state = storage.root / "training-checkpoint.pt"  # checkpointed every epoch: a killed run resumes
-    result = train(config, data, log_epochs(""), resume_state, data_fingerprint=fingerprint)
+    reported: dict = {}  # what torchrun's rank 0 reported through Pipes
+    if config.training.launcher == "torchrun":
+        handed_back = storage.root / "training-result.pt"
+        job = TrainingJob(
+            config.model_dump_json(), str(dataset_dir), -1, str(handed_back), str(resume_state), fingerprint
+        )
+        result, reported = _train_with_torchrun(context, torchrun, mlflow, job, config, data)
+    else:
+        result = train(config, data, log_epochs(""), resume_state, data_fingerprint=fingerprint)
     if result.resumed_from:
         context.log.warning(f"resumed training from the checkpoint of epoch {result.resumed_from}")
         mlflow.set_tag("bmlt.resumed_from_epoch", str(result.resumed_from))
@@ -81,7 +95,29 @@ def trained_model(
         },
         storage.model / "meta.json",
     )
-    return dg.MaterializeResult(metadata=_metadata(result, temperatures, registered, tunings.get(latest)))
+    return dg.MaterializeResult(metadata=_metadata(result, temperatures, registered, tunings.get(latest)) | reported)
+
+
+def _train_with_torchrun(
+    context: dg.AssetExecutionContext,
+    launcher: TorchrunLauncher,
+    mlflow: TrackedMlflow,
+    job: TrainingJob,
+    config: PlatformConfig,
+    data: TrainingData,
+) -> tuple[TrainResult, dict]:
+    """``job`` trained by torchrun's ranks (bmlt_assets.training_worker): rank 0 logs the epochs
+    into this step's MLflow run and writes the result that is read back here."""
+    t = config.training
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={t.nproc_per_node}"]
+    command += ["-m", "bmlt_assets.training_worker", job.to_json()]
+    env = {"MLFLOW_TRACKING_URI": mlflow.tracking_uri, MLFLOW_RUN_ID: mlflow.active_run().info.run_id}
+    context.log.info(f"training with torchrun: {t.nproc_per_node} rank(s), backend {t.backend}")
+    invocation = launcher.launch(context, command, env, t.backend, t.nproc_per_node)
+    reported = dict(invocation.get_materialize_result().metadata)
+    result = load_result(Path(job.result_path), config, data)
+    Path(job.result_path).unlink()
+    return result, reported
 
 
 def _log_inputs(mlflow: TrackedMlflow, config: PlatformConfig, storage: StorageResource) -> dict[str, str]:
@@ -108,12 +144,7 @@ def _epoch_logger(mlflow: TrackedMlflow, config: PlatformConfig) -> Callable[[st
 
     def for_prefix(prefix: str) -> Callable[[EpochRecord], None]:
         def on_epoch(record: EpochRecord) -> None:
-            metrics = {
-                "train_loss": record.train_loss,
-                "val_log_loss": record.val_log_loss,
-                "samples_per_s": record.samples_per_s,
-            }
-            metrics |= {f"val_accuracy_{h}s": a for h, a in zip(config.labels.horizons_s, record.val_accuracy)}
+            metrics = epoch_metrics(record, config.labels.horizons_s)
             mlflow.log_metrics({f"{prefix}{k}": v for k, v in metrics.items()}, step=record.epoch)
 
         return on_epoch

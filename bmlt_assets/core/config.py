@@ -285,6 +285,27 @@ class TrainingConfig(Section):
     channels_last: bool = True
     seed: int = 0
     progress_bar: bool = True
+    # inprocess: the trained_model step trains itself. torchrun: it launches `torchrun --standalone
+    # --nproc_per_node N` through Dagster Pipes, and the ranks train with DistributedDataParallel
+    # (batch_size stays the global batch; threads, when set, is per rank). gloo runs on CPUs,
+    # nccl on GPUs (one per rank).
+    launcher: Literal["inprocess", "torchrun"] = "inprocess"
+    nproc_per_node: PositiveInt = 1
+    backend: Literal["gloo", "nccl"] = "gloo"
+
+    @model_validator(mode="after")
+    def _launcher_fits(self) -> TrainingConfig:
+        if self.launcher == "inprocess" and (self.nproc_per_node != 1 or self.backend != "gloo"):
+            raise ValueError(
+                "nproc_per_node and backend apply to launcher 'torchrun' only; "
+                "set launcher: torchrun to train with several processes"
+            )
+        if self.batch_size % self.nproc_per_node:
+            raise ValueError(
+                f"batch_size={self.batch_size} is the global batch and must divide evenly among "
+                f"nproc_per_node={self.nproc_per_node} ranks; use a multiple of {self.nproc_per_node}"
+            )
+        return self
 
 
 class SearchDimension(Section):

@@ -1,4 +1,11 @@
-"""The training loop: seeded, class-weighted, early-stopped on the purged validation part."""
+"""The training loop: seeded, class-weighted, early-stopped on the purged validation part.
+
+One loop for one process and for DistributedDataParallel under torchrun (``core.distributed``):
+a ``DistributedSampler`` deals each replica its share of every epoch's shuffled samples (all of
+them when alone), ``training.batch_size`` is the global batch (each of N replicas takes 1/N of
+it), and validation sums are combined over the replicas, so every one takes the same
+early-stopping decision. Only the main replica writes the resumable state, logs and reports.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -17,10 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
 from bmlt_assets.core.config import PlatformConfig
 from bmlt_assets.core.dataset import PART_FIELDS, Part, TrainingData
+from bmlt_assets.core.distributed import ALONE, Replicas
 from bmlt_assets.core.files import atomic_write
 from bmlt_assets.core.models import OrderBookClassifier
 
@@ -50,35 +59,47 @@ def build_model(config: PlatformConfig, data: TrainingData) -> OrderBookClassifi
     return OrderBookClassifier(config.model, levels, assets, len(data.horizons), data.n_classes)
 
 
-def _batches(n: int, size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
-    order = rng.permutation(n) if rng is not None else np.arange(n)
-    return [order[i : i + size] for i in range(0, n, size)]
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # windows, calendar features, classes
 
 
-class WindowBatches(torch.utils.data.Dataset):
-    """Item i is a whole batch, gathered with one vectorized index from the (memory-mapped) base.
+class WindowSamples(torch.utils.data.Dataset):
+    """The samples of a part; a batch is gathered with one vectorized index from the
+    (memory-mapped) base, through ``__getitems__``, which DataLoader calls with a batch's indices.
 
-    The batch composition is decided in the main process from a seeded generator, so DataLoader
-    workers only gather: the result is identical for any number of workers.
+    The sampler runs in the main process, so DataLoader workers only gather: the batches are
+    identical for any number of workers.
     """
 
-    def __init__(self, data: TrainingData, part: Part, batches: list[np.ndarray]):
-        self.data, self.part, self.batches = data, part, batches
+    def __init__(self, data: TrainingData, part: Part):
+        self.data, self.part = data, part
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return len(self.part)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        rows = self.batches[i]
-        windows, calendar = self.data.source.inputs(self.part.steps[rows])
-        return torch.from_numpy(windows), torch.from_numpy(calendar), torch.from_numpy(self.part.classes[rows])
+    def __getitems__(self, rows: list[int]) -> Batch:
+        index = np.asarray(rows)
+        windows, calendar = self.data.source.inputs(self.part.steps[index])
+        return torch.from_numpy(windows), torch.from_numpy(calendar), torch.from_numpy(self.part.classes[index])
+
+    def __getitem__(self, row: int) -> Batch:
+        windows, calendar, classes = self.__getitems__([row])
+        return windows[0], calendar[0], classes[0]
+
+
+def _already_batched(batch: Any) -> Any:  # __getitems__ gathered the batch: nothing to collate
+    return batch
 
 
 def batch_loader(
-    data: TrainingData, part: Part, batches: list[np.ndarray], workers: int
+    data: TrainingData, part: Part, order: Iterable[int], batch_size: int, workers: int
 ) -> torch.utils.data.DataLoader:
+    """Batches of ``part`` in the sample order ``order`` yields (a sampler, or any iterable)."""
     return torch.utils.data.DataLoader(
-        WindowBatches(data, part, batches), batch_size=None, shuffle=False, num_workers=workers
+        WindowSamples(data, part),
+        batch_size=batch_size,
+        sampler=order,
+        num_workers=workers,
+        collate_fn=_already_batched,
     )
 
 
@@ -86,20 +107,26 @@ def batch_loader(
 def predict_logits(model: nn.Module, data: TrainingData, steps: np.ndarray, batch_size: int = 512) -> np.ndarray:
     """(N, H, C) logits for the samples at ``steps`` (model in eval mode)."""
     model.eval()
+    device = next(model.parameters()).device
     out = []
-    for chunk in _batches(len(steps), batch_size, None):
-        windows, times = data.source.inputs(steps[chunk])
-        out.append(model(torch.from_numpy(windows), torch.from_numpy(times)).numpy())
+    for start in range(0, len(steps), batch_size):
+        windows, times = data.source.inputs(steps[start : start + batch_size])
+        logits = model(torch.from_numpy(windows).to(device), torch.from_numpy(times).to(device))
+        out.append(logits.float().cpu().numpy())
     return np.concatenate(out) if out else np.empty((0, len(data.horizons), data.n_classes), np.float32)
 
 
-def mean_log_loss(logits: np.ndarray, classes: np.ndarray) -> float:
-    """Mean over horizons of the multi-class log loss (nats)."""
-    tensor = torch.from_numpy(logits)
-    target = torch.from_numpy(classes)
-    return float(
-        np.mean([nn.functional.cross_entropy(tensor[:, h], target[:, h]).item() for h in range(logits.shape[1])])
-    )
+def validate(model: nn.Module, data: TrainingData, part: Part, replicas: Replicas) -> tuple[float, list[float]]:
+    """Log loss (nats, mean over horizons) and accuracy per horizon on ``part``. Each replica
+    scores its own slice and the sums are combined: every replica gets the same numbers."""
+    rows = np.array_split(np.arange(len(part)), replicas.world_size)[replicas.rank]
+    logits = torch.from_numpy(predict_logits(model, data, part.steps[rows]))
+    classes = torch.from_numpy(part.classes[rows])
+    horizons = range(classes.shape[1])
+    losses = [nn.functional.cross_entropy(logits[:, h], classes[:, h], reduction="sum").item() for h in horizons]
+    correct = [float((logits[:, h].argmax(1) == classes[:, h]).sum()) for h in horizons]
+    *sums, count = replicas.sum([*losses, *correct, float(len(rows))])
+    return float(np.mean(sums[: len(horizons)]) / count), [c / count for c in sums[len(horizons) :]]
 
 
 @dataclass
@@ -139,18 +166,21 @@ def train(
     on_epoch: Callable[[EpochRecord], None] = lambda record: None,
     checkpoint: Path | None = None,
     data_fingerprint: str = "",
+    replicas: Replicas = ALONE,
 ) -> TrainResult:
     """Train with early stopping on validation log loss; the best epoch's weights are returned.
 
-    With ``checkpoint``, the full training state (weights, optimizer, schedule, random streams,
+    With ``checkpoint``, the full training state (weights, optimizer, schedule, random stream,
     early-stopping state) is written there atomically after every epoch, and a run that finds a
     matching checkpoint continues after its epoch: a killed training run, run again, completes
     with the same result as an uninterrupted one. A checkpoint matches only the same
-    ``data_fingerprint`` (content hash of the input partitions) and meaningful config."""
+    ``data_fingerprint`` (content hash of the input partitions) and meaningful config.
+
+    ``replicas``: this process's place among those training the model together (torchrun);
+    ``on_epoch``, the log and the checkpoint happen on the main replica only."""
     t = config.training
-    torch.set_num_threads(t.threads or os.cpu_count() or 1)
+    torch.set_num_threads(t.threads or max(1, (os.cpu_count() or 1) // replicas.world_size))
     seed_everything(t.seed)
-    rng = np.random.default_rng(t.seed)
     model = build_model(config, data)
     if t.channels_last:  # ~1.3x faster convolutions on CPU (docs/benchmarks.md)
         # torch's stubs omit to()'s memory_format keyword, which nn.Module.to accepts at runtime.
@@ -161,13 +191,19 @@ def train(
         keep = np.linspace(0, len(train_part) - 1, t.max_train_samples).astype(np.int64)
         train_part = Part(**{name: getattr(train_part, name)[keep] for name in PART_FIELDS})
     losses = [
-        nn.CrossEntropyLoss(weight=class_weights(train_part.classes[:, h], data.n_classes, t.class_weights))
+        nn.CrossEntropyLoss(weight=class_weights(train_part.classes[:, h], data.n_classes, t.class_weights)).to(
+            replicas.device
+        )
         for h in range(len(data.horizons))
     ]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
-    batches_per_epoch = -(-len(train_part) // t.batch_size)
+    net = replicas.prepare(model)  # what trains: the model itself, or its DDP wrapper
+    sampler: DistributedSampler[int] = DistributedSampler(
+        WindowSamples(data, train_part), num_replicas=replicas.world_size, rank=replicas.rank, seed=t.seed
+    )
+    loader = batch_loader(data, train_part, sampler, t.batch_size // replicas.world_size, t.loader_workers)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
     schedule = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs * batches_per_epoch)
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs * len(loader))
         if t.lr_schedule == "cosine"
         else torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
     )
@@ -176,12 +212,11 @@ def train(
     best_loss, best_state, stale, done, first_epoch = np.inf, None, 0, False, 1
     key = meaning_key(config, data_fingerprint, list(data.shape), train_part.steps[[0, -1]].tolist(), len(train_part))
     if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
+        state = torch.load(checkpoint, weights_only=False, map_location="cpu")
         if state["key"] == key:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             schedule.load_state_dict(state["schedule"])
-            rng.bit_generator.state = state["numpy_rng"]
             torch.set_rng_state(state["torch_rng"])
             best_loss, best_state, stale, done = state["best_loss"], state["best_state"], state["stale"], state["done"]
             result.best_epoch, result.history = state["best_epoch"], [EpochRecord(**r) for r in state["history"]]
@@ -190,16 +225,21 @@ def train(
     for epoch in range(first_epoch, t.epochs + 1):
         if done:
             break
-        model.train()
+        net.train()
+        sampler.set_epoch(epoch)  # the epoch's shuffle: a function of (seed, epoch), so a resumed run repeats it
         started = time.perf_counter()
-        total, seen = 0.0, 0
-        loader = batch_loader(data, train_part, _batches(len(train_part), t.batch_size, rng), t.loader_workers)
-        for windows, calendar, target in tqdm(
-            loader, desc=f"epoch {epoch}/{t.epochs}", disable=not t.progress_bar, mininterval=2.0, leave=False
+        total, seen = 0.0, 0.0
+        for batch in tqdm(
+            loader,
+            desc=f"epoch {epoch}/{t.epochs}",
+            disable=not (t.progress_bar and replicas.is_main),
+            mininterval=2.0,
+            leave=False,
         ):
+            windows, calendar, target = (tensor.to(replicas.device, non_blocking=True) for tensor in batch)
             # bf16 autocast: ~1.5x faster on CPUs with bf16 units (benchmarks/), losses stay fp32.
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=t.precision == "bf16"):
-                logits = model(windows, calendar).float()
+            with torch.autocast(replicas.device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16"):
+                logits = net(windows, calendar).float()
             loss = sum(losses[h](logits[:, h], target[:, h]) for h in range(len(losses))) / len(losses)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -208,10 +248,10 @@ def train(
             total += loss.item() * len(target)
             seen += len(target)
         train_seconds = time.perf_counter() - started
-        val_logits = predict_logits(model, data, val_part.steps)
-        val_loss = mean_log_loss(val_logits, val_part.classes)
-        accuracy = [float((val_logits[:, h].argmax(1) == val_part.classes[:, h]).mean()) for h in range(len(losses))]
-        record = EpochRecord(
+        replicas.sync_buffers(model)
+        val_loss, accuracy = validate(model, data, val_part, replicas)
+        total, seen = replicas.sum([total, seen])
+        record = EpochRecord(  # samples/s of all replicas together
             epoch, total / seen, val_loss, accuracy, time.perf_counter() - started, seen / train_seconds
         )
         result.history.append(record)
@@ -221,6 +261,8 @@ def train(
         else:
             stale += 1
         done = stale >= t.early_stopping_patience
+        if not replicas.is_main:
+            continue
         if checkpoint is not None:
             state = {
                 "key": key,
@@ -228,7 +270,6 @@ def train(
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(),
-                "numpy_rng": rng.bit_generator.state,
                 "torch_rng": torch.get_rng_state(),
                 "best_loss": best_loss,
                 "best_state": best_state,
@@ -251,3 +292,33 @@ def train(
         model.load_state_dict(best_state)
     model.eval()
     return result
+
+
+def epoch_metrics(record: EpochRecord, horizons_s: list[int]) -> dict[str, float]:
+    """An epoch's numbers under their MLflow names, whichever process logs them."""
+    metrics = {
+        "train_loss": record.train_loss,
+        "val_log_loss": record.val_log_loss,
+        "samples_per_s": record.samples_per_s,
+    }
+    return metrics | {f"val_accuracy_{h}s": a for h, a in zip(horizons_s, record.val_accuracy)}
+
+
+def save_result(result: TrainResult, path: Path) -> None:
+    """A training result for another process (torchrun's rank 0 hands it to the Dagster step)."""
+    payload = {
+        "model": {name: tensor.cpu() for name, tensor in result.model.state_dict().items()},
+        "best_epoch": result.best_epoch,
+        "history": [asdict(r) for r in result.history],
+        "resumed_from": result.resumed_from,
+    }
+    atomic_write(path, partial(torch.save, payload))
+
+
+def load_result(path: Path, config: PlatformConfig, data: TrainingData) -> TrainResult:
+    payload = torch.load(path, weights_only=True)
+    model = build_model(config, data)
+    model.load_state_dict(payload["model"])
+    model.eval()
+    history = [EpochRecord(**r) for r in payload["history"]]
+    return TrainResult(model, payload["best_epoch"], history, payload["resumed_from"])

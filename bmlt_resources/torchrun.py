@@ -1,0 +1,93 @@
+"""Where ``trained_model`` runs torchrun (``training.launcher: torchrun``), through Dagster Pipes.
+
+- :class:`LocalTorchrun` (the default): a child process of the step, ``dg.PipesSubprocessClient``.
+  On Kubernetes this is also the simple choice when the step's own pod has the GPUs
+  (``k8s_job_executor`` with the step's resources in its ``dagster-k8s/config`` tag).
+- :class:`KubernetesTorchrun`: a pod of its own, ``dagster_k8s.PipesK8sClient``, for a small step
+  pod that hands training to a GPU node. The swap is the resource, one line in
+  ``build_resources``::
+
+      "torchrun": KubernetesTorchrun(image="registry/bmlt:1.0", data_volume_claim="bmlt-data", gpus=4),
+
+  The pod must see the same data folder as the step (``storage.base_dir`` on a shared volume, at
+  the same path) and receives the MLflow variables through ``env``; credentials for a tracking
+  server belong in ``env_from_secrets``, never in the config.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any
+
+import dagster as dg
+
+from bmlt_assets.core.distributed import Backend, backend_problem
+
+
+class TorchrunLauncher(dg.ConfigurableResource):
+    """Runs a torchrun command line under a Pipes session of the step."""
+
+    @abstractmethod
+    def launch(
+        self, context: dg.AssetExecutionContext, command: list[str], env: dict[str, str], backend: Backend, nproc: int
+    ) -> dg.PipesClientCompletedInvocation:
+        """The completed invocation, whose results the step reports; raises when torchrun failed."""
+
+
+class LocalTorchrun(TorchrunLauncher):
+    def launch(
+        self, context: dg.AssetExecutionContext, command: list[str], env: dict[str, str], backend: Backend, nproc: int
+    ) -> dg.PipesClientCompletedInvocation:
+        # The ranks run here: a backend this machine cannot run fails now, in one line.
+        problem = backend_problem(backend, nproc)
+        if problem:
+            raise RuntimeError(problem)
+        return dg.PipesSubprocessClient().run(context=context, command=command, env=env)
+
+
+class KubernetesTorchrun(TorchrunLauncher):
+    image: str
+    data_volume_claim: str  # a ReadWriteMany claim holding storage.base_dir
+    data_mount_path: str = "/data"  # where storage.base_dir is in both the step's and the training pod
+    namespace: str | None = None  # default: the current context's, or the step pod's
+    gpus: int = 0  # nvidia.com/gpu per pod: one per rank with backend nccl
+    cpu: str = "2"
+    memory: str = "8Gi"
+    env_from_secrets: list[str] = []  # e.g. the secret with MLFLOW_TRACKING_USERNAME/PASSWORD
+    load_incluster_config: bool | None = None  # default: in-cluster when run inside a pod
+
+    def pod_spec(self) -> dict[str, Any]:
+        """The training pod: the data volume, a memory-backed /dev/shm (DataLoader workers and
+        NCCL share memory through it; a container's default is 64 MiB) and the resources."""
+        limits = {"cpu": self.cpu, "memory": self.memory} | ({"nvidia.com/gpu": str(self.gpus)} if self.gpus else {})
+        return {
+            "containers": [
+                {
+                    "resources": {"requests": {"cpu": self.cpu, "memory": self.memory}, "limits": limits},
+                    "volumeMounts": [
+                        {"name": "data", "mountPath": self.data_mount_path},
+                        {"name": "shm", "mountPath": "/dev/shm"},
+                    ],
+                    "envFrom": [{"secretRef": {"name": name}} for name in self.env_from_secrets],
+                }
+            ],
+            "volumes": [
+                {"name": "data", "persistentVolumeClaim": {"claimName": self.data_volume_claim}},
+                {"name": "shm", "emptyDir": {"medium": "Memory"}},
+            ],
+        }
+
+    def launch(
+        self, context: dg.AssetExecutionContext, command: list[str], env: dict[str, str], backend: Backend, nproc: int
+    ) -> dg.PipesClientCompletedInvocation:
+        from dagster_k8s import PipesK8sClient  # the deployment's dependency, imported where it is used
+
+        client = PipesK8sClient(load_incluster_config=self.load_incluster_config)
+        return client.run(
+            context=context,
+            image=self.image,
+            command=command,
+            env=env,
+            namespace=self.namespace,
+            base_pod_spec=self.pod_spec(),
+        )
