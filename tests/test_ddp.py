@@ -106,3 +106,27 @@ def test_nccl_without_a_gpu_says_to_use_gloo() -> None:
     problem = backend_problem("nccl", 2)
     assert problem is not None and "needs CUDA GPUs" in problem and "use backend 'gloo'" in problem
     assert backend_problem("gloo", 2) is None
+
+
+def test_the_kubernetes_training_pod_is_a_valid_pod() -> None:
+    """KubernetesTorchrun's pod, as dagster-k8s's PipesK8sClient builds it, passes the API schema."""
+    import kubernetes
+    import kubernetes_validate
+    from dagster_k8s.pipes import build_pod_body
+
+    from bmlt_resources.torchrun import KubernetesTorchrun
+
+    launcher = KubernetesTorchrun(
+        image="registry.example/bmlt:1.0", data_volume_claim="bmlt-data", gpus=2, env_from_secrets=["bmlt-mlflow"]
+    )
+    command = ["python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "worker", "{}"]
+    pod = build_pod_body("bmlt-train", launcher.image, command, {"MLFLOW_RUN_ID": "0"}, None, launcher.pod_spec())
+    manifest = {"apiVersion": "v1", "kind": "Pod", **kubernetes.client.ApiClient().sanitize_for_serialization(pod)}
+    kubernetes_validate.validate(manifest, "1.30", strict=True)
+    container = manifest["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2" and container["command"] == command
+    assert {"name": "shm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    assert container["envFrom"] == [{"secretRef": {"name": "bmlt-mlflow"}}]
+    container["volumeMount"] = container.pop("volumeMounts")  # a misspelled field is caught
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(manifest, "1.30", strict=True)
