@@ -93,7 +93,7 @@ def build_resources(config_path: Path) -> dict[str, object]:
         "mlflow": MlflowTracking(
             experiment_name=config.mlflow.experiment,
             mlflow_tracking_uri=config.tracking_uri,
-            artifact_location=(config.base_dir / "mlartifacts").as_uri(),
+            artifact_location=config.artifact_location,
             run_name=config.run_name,
         ),
         # training.launcher torchrun runs here; KubernetesTorchrun runs it in a pod of its own.

@@ -149,7 +149,7 @@ def checked_mlflow_tracking(context: dg.InitResourceContext) -> Iterator[Tracked
 class MlflowTracking(ConfigurableLegacyResourceAdapter):
     experiment_name: str
     mlflow_tracking_uri: str
-    artifact_location: str
+    artifact_location: str = ""  # "" for a tracking server: it chooses (see PlatformConfig.artifact_location)
     run_name: str = ""  # default: the Dagster job's name
     extra_tags: dict[str, str] = {}
 

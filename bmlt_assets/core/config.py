@@ -366,7 +366,9 @@ class HpoConfig(Section):
 
 
 class MlflowConfig(Section):
-    tracking_uri: str | None = None  # default: sqlite under storage.base_dir
+    # default: sqlite under storage.base_dir; or a tracking server (http://host:5000). The server's
+    # credentials come only from MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or _TOKEN).
+    tracking_uri: str | None = None
     experiment: str = "bmlt"
     registered_model: str | None = None  # default: "bmlt-<config name>"
     ui_url: str = "http://127.0.0.1:5000"  # where `mlflow ui` serves, for links in Dagster metadata
@@ -508,6 +510,13 @@ class PlatformConfig(Section):
     @property
     def tracking_uri(self) -> str:
         return self.mlflow.tracking_uri or f"sqlite:///{self.base_dir / 'mlflow.db'}"
+
+    @property
+    def artifact_location(self) -> str:
+        """Where a new experiment keeps its artifacts: beside a local store, else "" (a tracking
+        server decides: with ``--artifacts-destination`` it proxies them, and clients need no keys)."""
+        local = self.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in self.tracking_uri
+        return (self.base_dir / "mlartifacts").as_uri() if local else ""
 
     @property
     def run_name(self) -> str:

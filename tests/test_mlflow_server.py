@@ -1,0 +1,84 @@
+"""A remote MLflow: a tracking server on a database with its artifacts proxied into S3 (moto).
+
+Only the server holds S3 keys; the pipeline (the client) has none and still logs the model and
+the report, and loads the model back from the registry by alias.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import mlflow
+import numpy as np
+import pytest
+
+from bmlt_assets.core.config import load_config
+from bmlt_assets.definitions import INGEST_ASSETS, TRAINING_ASSETS, build_resources
+from bmlt_assets.partitions import range_tags
+from bmlt_resources.storage import StorageResource
+from tests.helpers import write_config
+from tests.services import S3, free_port, wait_for_port
+
+
+@pytest.fixture
+def tracking_server(tmp_path: Path, s3: S3, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    port = free_port()
+    server_env = {**os.environ, **s3.environment(), "MLFLOW_S3_ENDPOINT_URL": s3.endpoint_url}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+        + ["--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"]
+        + ["--artifacts-destination", f"s3://{s3.bucket}/mlartifacts"],
+        env=server_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    # The client side (this process) has no S3 credentials at all.
+    for name in (*s3.environment(), "MLFLOW_S3_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    try:
+        wait_for_port(port, server, "mlflow server", timeout_s=120)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        while mlflow.active_run() is not None:  # end it while the server still answers
+            mlflow.end_run()
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.slow  # a server start plus the whole tiny pipeline: about a minute
+def test_a_tracking_server_stores_runs_models_and_reports_in_s3_for_clients_without_keys(
+    tmp_path: Path, s3: S3, tracking_server: str
+) -> None:
+    config_path = write_config(tmp_path, {"mlflow": {"tracking_uri": tracking_server}})
+    config = load_config(config_path)
+    assert config.artifact_location == ""  # the server decides where artifacts go
+    assets = INGEST_ASSETS + TRAINING_ASSETS
+    resources = build_resources(config_path)
+    first, last = config.data.start_date, config.data.end_date
+    ingest = dg.materialize(assets, selection=INGEST_ASSETS, resources=resources, tags=range_tags(first, last))
+    assert ingest.success
+    assert dg.materialize(assets, selection=TRAINING_ASSETS, resources=resources).success
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_server)
+    version = client.get_model_version_by_alias(config.registered_model_name, "challenger")
+    run = client.get_run(version.run_id)
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:/")  # proxied: no S3 URL reaches the client
+    keys = s3.keys("mlartifacts/")
+    assert any(key.endswith("/report/report.md") for key in keys)
+    assert any(key.endswith(".png") and "/report/" in key for key in keys)  # the report's figures
+    assert any(key.endswith("artifacts/checkpoint.pt") or key.endswith("/checkpoint.pt") for key in keys)
+
+    mlflow.set_tracking_uri(tracking_server)
+    model = mlflow.pyfunc.load_model(f"models:/{config.registered_model_name}@challenger")
+    storage = StorageResource(base_dir=str(config.base_dir), config_name=config.name)
+    base, mids, stamps = (np.load(storage.tensors(first) / f"{name}.npy") for name in ("base", "mids", "timestamps"))
+    steps = np.array([4000, 4100])
+    index = steps[:, None] + np.arange(-config.dataset.window_steps + 1, 1)
+    probabilities = model.predict({"book": base[index], "mids": mids[index], "timestamp_ns": stamps[steps]})
+    assert probabilities.shape == (2, len(config.labels.horizons_s), config.labels.n_classes)
+    np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
