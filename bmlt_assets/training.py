@@ -56,19 +56,26 @@ def trained_model(
         tunings[fold] = tune(config, fold_data, study, MlflowTrialLogger(), study_name(config, fingerprint, fold))
         return _log_tuning(context, mlflow, config, tunings[fold], fold)
 
-    earlier = train_earlier_folds(config, storage.dataset, log_epochs, configure)
     latest = fold_count(config) - 1
+
+    def fit(
+        fold: int, fold_config: PlatformConfig, fold_data: TrainingData, resume: Path | None = None
+    ) -> tuple[TrainResult, dict]:
+        """A fold's model, trained here or by torchrun's ranks (training.launcher), and what the
+        ranks reported through Pipes."""
+        prefix = "" if fold == latest else f"fold{fold}_"
+        if fold_config.training.launcher == "inprocess":
+            return train(fold_config, fold_data, log_epochs(prefix), resume, data_fingerprint=fingerprint), {}
+        handed_back = str(storage.root / "training-result.pt")
+        job = TrainingJob(
+            fold_config.model_dump_json(), str(dataset_dir), fold, handed_back, str(resume or ""), fingerprint, prefix
+        )
+        return _train_with_torchrun(context, torchrun, mlflow, job, fold_config, fold_data)
+
+    earlier = train_earlier_folds(config, storage.dataset, configure, lambda k, c, d: fit(k, c, d)[0].model)
     config = configure(latest, data)
     resume_state = storage.root / "training-checkpoint.pt"  # checkpointed every epoch: a killed run resumes
-    reported: dict = {}  # what torchrun's rank 0 reported through Pipes
-    if config.training.launcher == "torchrun":
-        handed_back = storage.root / "training-result.pt"
-        job = TrainingJob(
-            config.model_dump_json(), str(dataset_dir), -1, str(handed_back), str(resume_state), fingerprint
-        )
-        result, reported = _train_with_torchrun(context, torchrun, mlflow, job, config, data)
-    else:
-        result = train(config, data, log_epochs(""), resume_state, data_fingerprint=fingerprint)
+    result, reported = fit(latest, config, data, resume_state)
     if result.resumed_from:
         context.log.warning(f"resumed training from the checkpoint of epoch {result.resumed_from}")
         mlflow.set_tag("bmlt.resumed_from_epoch", str(result.resumed_from))

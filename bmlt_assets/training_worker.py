@@ -43,8 +43,9 @@ class TrainingJob:
     dataset_dir: str
     fold: int  # of the saved dataset; -1 is the latest
     result_path: str  # where rank 0 writes core.train.save_result's file
-    resume_path: str  # rank 0's per-epoch resumable state (core.train's ``checkpoint``)
+    resume_path: str  # rank 0's per-epoch resumable state (core.train's ``checkpoint``); "": none
     data_fingerprint: str
+    metric_prefix: str = ""  # of the MLflow metrics: "fold<k>_" for an earlier walk-forward fold
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -76,8 +77,9 @@ def main(argv: list[str]) -> None:
 
 def _train(job: TrainingJob, config: PlatformConfig, replicas: Replicas, pipes: PipesContext | None) -> None:
     data = load_dataset(Path(job.dataset_dir), config, fold=job.fold)
-    on_epoch = _epoch_reporter(config, pipes) if replicas.is_main else _ignore
-    result = train(config, data, on_epoch, Path(job.resume_path), job.data_fingerprint, replicas)
+    on_epoch = _epoch_reporter(config, job.metric_prefix, pipes) if replicas.is_main else _ignore
+    resume = Path(job.resume_path) if job.resume_path else None
+    result = train(config, data, on_epoch, resume, job.data_fingerprint, replicas)
     digests = replicas.digests(result.model)
     if len(set(digests)) != 1:
         raise RuntimeError(f"the replicas' weights differ after training (SHA-256 per rank: {digests})")
@@ -101,7 +103,7 @@ def _ignore(record: EpochRecord) -> None:
     return None
 
 
-def _epoch_reporter(config: PlatformConfig, pipes: PipesContext | None) -> Callable[[EpochRecord], None]:
+def _epoch_reporter(config: PlatformConfig, prefix: str, pipes: PipesContext | None) -> Callable[[EpochRecord], None]:
     """Rank 0's epoch: metrics into the step's MLflow run, a line into the Dagster step's log."""
     run_id = os.environ.get(MLFLOW_RUN_ID)
     if run_id:
@@ -114,10 +116,11 @@ def _epoch_reporter(config: PlatformConfig, pipes: PipesContext | None) -> Calla
         metrics = epoch_metrics(record, config.labels.horizons_s)
         if run_id:
             now = int(time.time() * 1000)
-            client.log_batch(run_id, metrics=[Metric(k, v, now, record.epoch) for k, v in metrics.items()])
+            entries = [Metric(f"{prefix}{name}", value, now, record.epoch) for name, value in metrics.items()]
+            client.log_batch(run_id, metrics=entries)
         if pipes is not None:
             pipes.log.info(
-                f"epoch {record.epoch}: train loss {record.train_loss:.4f}, val log loss "
+                f"{prefix}epoch {record.epoch}: train loss {record.train_loss:.4f}, val log loss "
                 f"{record.val_log_loss:.4f}, {record.samples_per_s:.0f} samples/s"
             )
 

@@ -88,6 +88,28 @@ def test_torchrun_ranks_train_one_model_that_is_logged_and_registered(tmp_path: 
     np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
 
 
+def test_walk_forward_trains_every_fold_with_torchrun(tmp_path: Path) -> None:
+    split = {"split": "walk_forward", "folds": 2, "val_fraction": 0.15, "test_fraction": 0.2}
+    path = write_config(tmp_path, {"training": TORCHRUN, "dataset": split})
+    config = load_config(path)
+    everything, instance = INGEST_ASSETS + TRAINING_ASSETS + CHECKS, dg.DagsterInstance.ephemeral()
+    tags = range_tags(config.data.start_date, config.data.end_date)
+    assert dg.materialize(
+        everything, selection=INGEST_ASSETS, resources=build_resources(path), instance=instance, tags=tags
+    ).success
+    result = dg.materialize(
+        everything, selection=TRAINING_ASSETS[:2], resources=build_resources(path), instance=instance
+    )
+    assert result.success
+    storage = StorageResource(base_dir=str(config.base_dir), config_name=config.name)
+    assert (storage.model / "fold0" / CHECKPOINT).exists() and (storage.model / CHECKPOINT).exists()
+    run_id = result.asset_materializations_for_node("trained_model")[0].metadata["mlflow_run_id"].value
+    client = mlflow.MlflowClient(tracking_uri=config.tracking_uri)
+    for name in ("fold0_val_log_loss", "val_log_loss"):  # the earlier fold's under its prefix
+        steps = sorted(m.step for m in client.get_metric_history(run_id, name))
+        assert steps == list(range(1, len(steps) + 1)) and steps
+
+
 @pytest.mark.parametrize(
     ("training", "expected"),
     [

@@ -16,10 +16,9 @@ from bmlt_assets.core.dataset import TrainingData, fold_count, load_dataset
 from bmlt_assets.core.evaluation import fold_summary, oracle_for
 from bmlt_assets.core.models import OrderBookClassifier
 from bmlt_assets.core.sources import Oracle
-from bmlt_assets.core.train import EpochRecord, predict_logits, train
+from bmlt_assets.core.train import predict_logits
 
 log = logging.getLogger(__name__)
-EpochLogger = Callable[[EpochRecord], None]
 
 
 @dataclass
@@ -33,18 +32,21 @@ class FoldModel:
 # (fold, its dataset) -> the config that fold trains with: tuning, when enabled, sees only that
 # fold's training and validation parts, which precede its test part (nested walk-forward).
 FoldConfigurer = Callable[[int, TrainingData], PlatformConfig]
+# (fold, its config, its dataset) -> its trained model, with its epochs logged: in this process,
+# or by torchrun's ranks (training.launcher).
+FoldTrainer = Callable[[int, PlatformConfig, TrainingData], OrderBookClassifier]
 
 
 def train_earlier_folds(
-    config: PlatformConfig, dataset_dir: Path, epoch_logger: Callable[[str], EpochLogger], configure: FoldConfigurer
+    config: PlatformConfig, dataset_dir: Path, configure: FoldConfigurer, fit: FoldTrainer
 ) -> list[FoldModel]:
-    """A calibrated model for every fold but the latest; ``epoch_logger(prefix)`` reports epochs."""
+    """A calibrated model for every fold but the latest."""
     folds = []
     for k in range(fold_count(config) - 1):
         fold = load_dataset(dataset_dir, config, fold=k)
         fold_config = configure(k, fold)
         log.info("walk-forward: training the model of fold %s of %s", k + 1, fold_count(config))
-        model = train(fold_config, fold, epoch_logger(f"fold{k}_")).model
+        model = fit(k, fold_config, fold)
         folds.append(FoldModel(fold, model, validation_temperatures(model, fold), fold_config))
     return folds
 
