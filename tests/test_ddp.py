@@ -17,6 +17,7 @@ from bmlt_assets.core.distributed import backend_problem, state_digest
 from bmlt_assets.definitions import CHECKS, INGEST_ASSETS, TRAINING_ASSETS, build_resources
 from bmlt_assets.partitions import range_tags
 from bmlt_resources.storage import StorageResource
+from bmlt_resources.torchrun import LocalTorchrun
 from tests.helpers import write_config
 
 TORCHRUN = {"launcher": "torchrun", "nproc_per_node": 2, "backend": "gloo", "threads": 1}
@@ -128,6 +129,8 @@ def test_nccl_without_a_gpu_says_to_use_gloo() -> None:
     problem = backend_problem("nccl", 2)
     assert problem is not None and "needs CUDA GPUs" in problem and "use backend 'gloo'" in problem
     assert backend_problem("gloo", 2) is None
+    with pytest.raises(RuntimeError, match="needs CUDA GPUs"):  # before any process starts
+        LocalTorchrun().launch(None, ["false"], {}, "nccl", 2)  # type: ignore[arg-type]
 
 
 def test_the_kubernetes_training_pod_is_a_valid_pod() -> None:
