@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from bmlt_assets.core.config import ModelConfig
-from bmlt_assets.core.models import OrderBookClassifier, parameter_count
+from bmlt_assets.core.models import DeepLOBTrunk, OrderBookClassifier, parameter_count
 
 
 def test_single_asset_deeplob_matches_the_published_parameter_count() -> None:
@@ -69,3 +70,24 @@ def test_attention_pooling_is_invariant_to_the_order_of_asset_tokens() -> None:
     pooled, _ = model.pool(query, tokens, tokens)
     shuffled, _ = model.pool(query, tokens[:, [2, 0, 1]], tokens[:, [2, 0, 1]])
     torch.testing.assert_close(pooled, shuffled)
+
+
+def test_fused_inception_inputs_equal_two_separate_branch_convolutions() -> None:
+    # One 1x1 convolution opens both the 3x1 and the 5x1 branch: with per-channel BatchNorm (batch
+    # statistics, training mode) its halves compute what two separate conv-activation-norm stacks do.
+    torch.manual_seed(0)
+    fused = DeepLOBTrunk(in_channels=1, levels=5, conv=4, inception=6).inception_inputs
+    conv, norm = fused[0], fused[2]
+    with torch.no_grad():  # not the identity affine, so that a mixed-up half would show
+        norm.weight.uniform_(0.5, 2.0)
+        norm.bias.normal_()
+    x = torch.randn(8, 4, 7, 1)
+    halves = fused(x).chunk(2, dim=1)
+    for half, rows in zip(halves, (slice(0, 6), slice(6, 12))):
+        separate = nn.Sequential(nn.Conv2d(4, 6, 1), nn.LeakyReLU(0.01), nn.BatchNorm2d(6))
+        with torch.no_grad():
+            separate[0].weight.copy_(conv.weight[rows])
+            separate[0].bias.copy_(conv.bias[rows])
+            separate[2].weight.copy_(norm.weight[rows])
+            separate[2].bias.copy_(norm.bias[rows])
+        torch.testing.assert_close(half, separate(x))

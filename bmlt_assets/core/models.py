@@ -38,12 +38,18 @@ def _conv(
     return [nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding), activation, nn.BatchNorm2d(cout)]
 
 
+def _leaky() -> nn.Module:
+    # In place: the convolution's output is not needed for its backward, so this saves an
+    # allocation and a pass over the largest tensors of the step.
+    return nn.LeakyReLU(0.01, inplace=True)
+
+
 class DeepLOBTrunk(nn.Module):
     """(N, C_in, T, L*4) -> (N, T - 18, 3 * inception_channels)."""
 
     def __init__(self, in_channels: int, levels: int, conv: int, inception: int):
         super().__init__()
-        leaky = lambda: nn.LeakyReLU(0.01)  # noqa: E731
+        leaky = _leaky
         self.blocks = nn.Sequential(
             *_conv(in_channels, conv, (1, 2), leaky(), stride=(1, 2)),
             *_conv(conv, conv, (4, 1), leaky()),
@@ -55,12 +61,11 @@ class DeepLOBTrunk(nn.Module):
             *_conv(conv, conv, (4, 1), leaky()),
             *_conv(conv, conv, (4, 1), leaky()),
         )
-        self.inception_3 = nn.Sequential(
-            *_conv(conv, inception, (1, 1), leaky()), *_conv(inception, inception, (3, 1), leaky(), padding=(1, 0))
-        )
-        self.inception_5 = nn.Sequential(
-            *_conv(conv, inception, (1, 1), leaky()), *_conv(inception, inception, (5, 1), leaky(), padding=(2, 0))
-        )
+        # The 3x1 and 5x1 branches each open with a 1x1 convolution of the same input: one
+        # convolution computes both (BatchNorm is per channel, so it is the same as two).
+        self.inception_inputs = nn.Sequential(*_conv(conv, 2 * inception, (1, 1), leaky()))
+        self.inception_3 = nn.Sequential(*_conv(inception, inception, (3, 1), leaky(), padding=(1, 0)))
+        self.inception_5 = nn.Sequential(*_conv(inception, inception, (5, 1), leaky(), padding=(2, 0)))
         self.inception_pool = nn.Sequential(
             nn.MaxPool2d((3, 1), stride=(1, 1), padding=(1, 0)), *_conv(conv, inception, (1, 1), leaky())
         )
@@ -68,7 +73,8 @@ class DeepLOBTrunk(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(x)
-        x = torch.cat([self.inception_3(x), self.inception_5(x), self.inception_pool(x)], dim=1)
+        to_3, to_5 = self.inception_inputs(x).chunk(2, dim=1)
+        x = torch.cat([self.inception_3(to_3), self.inception_5(to_5), self.inception_pool(x)], dim=1)
         return x.squeeze(-1).transpose(1, 2)  # (N, T', features)
 
 
