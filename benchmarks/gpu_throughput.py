@@ -279,6 +279,13 @@ def _our_scores(model: nn.Module, windows: torch.Tensor, calendar: torch.Tensor)
     return model(windows, calendar)
 
 
+def _cpu_bf16_flags() -> list[str]:
+    """The CPU's bf16 instruction sets (Linux): bf16 autocast pays off only with these."""
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = set(cpuinfo.read_text().split()) if cpuinfo.exists() else set()
+    return sorted(flags & {"avx512_bf16", "amx_bf16", "avx_ne_convert"})
+
+
 def machine(device: torch.device) -> dict:
     info = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -287,6 +294,7 @@ def machine(device: torch.device) -> dict:
         "cpus": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_bf16_units": _cpu_bf16_flags(),
     }
     if device.type == "cuda":  # what "fp32" means there: TF32 tensor cores unless disabled
         info["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
@@ -300,8 +308,8 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "default.yaml")
     parser.add_argument("--batch-size", type=int, help="default: the config's training.batch_size")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--steps", type=int, default=20, help="training steps per round")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=30, help="training steps per round")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds; the figures are medians")
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile (minutes on a CPU)")
     parser.add_argument("--quick", action="store_true", help="2 steps x 2 rounds: checks that it runs")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
