@@ -3,6 +3,9 @@
     python -m benchmarks.gpu_throughput --device cuda [--config configs/default.yaml] [--out FILE]
     python -m benchmarks.gpu_throughput --device cpu --threads 2 --quick
 
+Measured twice: our model as the default config builds it (``default_config``), and at the
+published DeepLOB's own size (``deeplob_size``: 1 asset, 10 levels, T=100, 32/64/64, 3 classes).
+
 Our model is built exactly as training builds it from the config (assets, representation
 levels, ``dataset.window_steps``, model widths, multi-asset strategy, horizons and classes,
 ``training.channels_last`` and ``training.precision``) and fed the (B, T, L, 4, K) windows the
@@ -155,7 +158,7 @@ def comparison(
     return Comparison(ours, references, windows, calendar, torch.randint(0, classes, (batch, horizons)), description)
 
 
-def default_config_comparison(config: PlatformConfig, batch: int | None = None) -> Comparison:
+def default_config_comparison(config: PlatformConfig, batch: int) -> Comparison:
     """Our model exactly as training builds it from ``config``."""
     return comparison(
         config.model,
@@ -164,7 +167,7 @@ def default_config_comparison(config: PlatformConfig, batch: int | None = None) 
         config.dataset.window_steps,
         len(config.labels.horizons_s),
         config.labels.n_classes,
-        batch or config.training.batch_size,
+        batch,
     )
 
 
@@ -311,6 +314,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="training steps per round")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds; the figures are medians")
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile (minutes on a CPU)")
+    parser.add_argument("--strict-fp32", action="store_true", help="CUDA: no TF32 tensor cores in convolutions")
     parser.add_argument("--quick", action="store_true", help="2 steps x 2 rounds: checks that it runs")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
@@ -319,14 +323,19 @@ def main() -> None:
         parser.error(f"--device {args.device}: this torch ({torch.__version__}) sees no CUDA device; use --device cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.strict_fp32:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     steps, rounds = (2, 2) if args.quick else (args.steps, args.rounds)
     config = load_config(args.config)
     extra = ("eager", "bf16_autocast", *(("torch_compile",) if args.compile else ()))
-    setup = default_config_comparison(config, args.batch_size)
+    batch = args.batch_size or config.training.batch_size
     result = {
         "machine": machine(device),
         "config": str(args.config),
-        "default_config": measure(setup, device, config.training, steps, rounds, extra),
+        "default_config": measure(
+            default_config_comparison(config, batch), device, config.training, steps, rounds, extra
+        ),
+        "deeplob_size": measure(deeplob_size_comparison(batch), device, config.training, steps, rounds, extra),
     }
     text = json.dumps(result, indent=2)
     print(text)

@@ -191,7 +191,7 @@ def train_vs_reference(quick: bool) -> dict:
     # torch.compile: full mode only, compiling alone takes minutes on 2 cores.
     extra = ("eager", "bf16_autocast") if quick else ("eager", "bf16_autocast", "torch_compile")
     cpu, training = torch.device("cpu"), config.training
-    default = measure(default_config_comparison(config), cpu, training, steps, rounds, extra)
+    default = measure(default_config_comparison(config, training.batch_size), cpu, training, steps, rounds, extra)
     deeplob_size = measure(deeplob_size_comparison(training.batch_size), cpu, training, steps, rounds, extra)
     return {
         "threads": torch.get_num_threads(),

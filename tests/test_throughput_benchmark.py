@@ -22,7 +22,7 @@ ABSENT_ON_A_GPU_BOX = ["polars", "pyarrow", "pandas", "dagster", "mlflow", "s3fs
 def test_reference_is_the_published_deeplob_and_reads_the_same_samples() -> None:
     assert parameter_count(PlainDeepLOB()) == 143_907  # the authors' notebook, as tests/test_model.py
     config = load_config(ROOT / "configs" / "default.yaml")
-    setup = default_config_comparison(config)
+    setup = default_config_comparison(config, config.training.batch_size)
     reference, image = setup.references["reference"]
     batch, steps, levels, features, assets = setup.windows.shape
     assert (batch, steps, levels, assets) == (
@@ -49,8 +49,11 @@ def test_runs_on_cpu_without_the_platform_frameworks(tmp_path: Path) -> None:
     run = f"{block}; import runpy; runpy.run_module('benchmarks.gpu_throughput', run_name='__main__')"
     argv = ["--device", "cpu", "--threads", "1", "--quick", "--config", str(write_config(tmp_path)), "--out", str(out)]
     subprocess.run([sys.executable, "-c", run, *argv], cwd=ROOT, check=True, capture_output=True, timeout=120)
-    result = json.loads(out.read_text())["default_config"]
-    assert result["shipped"] == {"channels_last": True, "precision": "fp32"}  # the tiny config's training
-    assert set(result["ratio"]) == {"reference_assets_as_channels", "shipped", "eager", "bf16_autocast"}
-    assert all(value > 0 for value in result["samples_per_s"].values())
-    assert len(result["rounds_samples_per_s"]["reference"]) == result["rounds"] == 2
+    result = json.loads(out.read_text())
+    default, deeplob_size = result["default_config"], result["deeplob_size"]
+    assert default["shipped"] == {"channels_last": True, "precision": "fp32"}  # the tiny config's training
+    assert (default["assets"], default["levels"], default["window_steps"]) == (2, 5, 20)
+    assert set(default["ratio"]) == {"reference_assets_as_channels", "shipped", "eager", "bf16_autocast"}
+    assert all(value > 0 for value in default["samples_per_s"].values())
+    assert len(default["rounds_samples_per_s"]["reference"]) == default["rounds"] == 2
+    assert deeplob_size["parameters"] == {"ours": 143_907, "reference": 143_907}
