@@ -22,7 +22,7 @@ demo: install
 	@mkdir -p $(DAGSTER_HOME)
 	$(BIN)/bmlt validate --config $(CONFIG)
 	BMLT_CONFIG=$(CONFIG) $(BIN)/dagster job execute -m bmlt_assets.definitions -j full_pipeline \
-		--tags "$$($(BIN)/bmlt range-tags --config $(CONFIG))" -c configs/run/in_process.yaml
+		--tags "$$($(BIN)/bmlt range-tags --config $(CONFIG))"
 	@$(BIN)/bmlt summary --config $(CONFIG)
 
 # The quick suite (under 5 minutes on 2 cores); `make test-slow` runs the end-to-end tests marked
@@ -55,5 +55,7 @@ ui: install
 	@mkdir -p $(DAGSTER_HOME)
 	BMLT_CONFIG=$(CONFIG) $(BIN)/dagster dev -w workspace.yaml
 
+# Keeps .dagster_home/dagster.yaml, the committed link to deploy/instance/local/dagster.yaml.
 clean:
-	rm -rf data .dagster_home
+	rm -rf data
+	find .dagster_home -mindepth 1 -maxdepth 1 ! -name dagster.yaml -exec rm -rf {} +

@@ -12,11 +12,13 @@ import os
 from pathlib import Path
 
 import dagster as dg
+from dagster._config import process_config  # Dagster's own config validation (no public twin)
 from dagster_mlflow import end_mlflow_on_run_finished
 
-from bmlt_assets.core.config import config_path_from_env
+from bmlt_assets.core.config import ConfigError, DeploymentConfig, StepResources, config_path_from_env
 from bmlt_assets.dataset import training_classes_are_balanced, training_dataset
 from bmlt_assets.evaluation import evaluation_report
+from bmlt_assets.partitions import backfill_policy
 from bmlt_assets.recording import record_job
 from bmlt_assets.returns import forward_returns, labels_never_cross_gaps
 from bmlt_assets.snapshots import orderbook_snapshots, snapshots_are_sound
@@ -42,7 +44,7 @@ def asset_jobs(
         dg.define_asset_job(
             "ingest_job",
             selection=ingest,
-            description="Snapshots -> tensors -> forward returns for one day or a range (single-run backfill).",
+            description="Snapshots -> tensors -> forward returns for one day or a range (deployment.backfill).",
         ),
         dg.define_asset_job(
             "training_job",
@@ -101,6 +103,46 @@ def build_resources(config_path: Path) -> dict[str, object]:
     }
 
 
+def step_k8s_config(resources: StepResources) -> dict[str, object]:
+    """One step pod's container resources, in the shape of dagster-k8s's per-step config: cpu is
+    requested but not capped (a cap only throttles), memory is requested and capped alike (the
+    scheduler's promise is the pod's limit), GPUs are a limit as Kubernetes requires."""
+    quantities = {key: value for key, value in (("cpu", resources.cpu), ("memory", resources.memory)) if value}
+    limits = {"memory": resources.memory} if resources.memory else {}
+    limits |= {"nvidia.com/gpu": str(resources.gpus)} if resources.gpus else {}
+    requirements = {"requests": quantities} if quantities else {}
+    return {"container_config": {"resources": requirements | ({"limits": limits} if limits else {})}}
+
+
+def k8s_executor_config(deployment: DeploymentConfig) -> dict[str, object]:
+    """The k8s_job_executor config of ``deployment``: its ``k8s`` section, ``max_concurrent`` and
+    each step's pod resources. Checked against dagster-k8s's schema: a misspelled key fails here,
+    when the code location loads, not when a run starts."""
+    from dagster_k8s import k8s_job_executor  # the Kubernetes deployment's dependency, imported when chosen
+
+    # Keyed by op name, which is the asset's name also under a key prefix.
+    per_step = {name: step_k8s_config(wanted) for name, wanted in deployment.step_resources.items()}
+    concurrency = {} if deployment.max_concurrent is None else {"max_concurrent": deployment.max_concurrent}
+    config = {**deployment.k8s, **concurrency, "per_step_k8s_config": per_step}
+    checked = process_config(k8s_job_executor.config_schema.config_type, config)
+    if not checked.success:
+        details = "; ".join(error.message for error in checked.errors or [])
+        raise ConfigError(f"deployment.k8s: not a valid k8s_job_executor config: {details}")
+    return config
+
+
+def build_executor(deployment: DeploymentConfig) -> dg.ExecutorDefinition:
+    """The executor of ``deployment.executor``."""
+    if deployment.executor == "in_process":
+        return dg.in_process_executor
+    if deployment.executor == "multiprocess":
+        concurrency = {} if deployment.max_concurrent is None else {"max_concurrent": deployment.max_concurrent}
+        return dg.multiprocess_executor.configured(concurrency, name="multiprocess")
+    from dagster_k8s import k8s_job_executor
+
+    return k8s_job_executor.configured(k8s_executor_config(deployment), name="k8s")
+
+
 def build_definitions(config_path: Path, key_prefix: str | None = None) -> dg.Definitions:
     """The code location of one config. ``key_prefix`` puts its assets under their own keys, so
     that several configs' locations can share one Dagster instance and UI (see locations.py)."""
@@ -111,8 +153,12 @@ def build_definitions(config_path: Path, key_prefix: str | None = None) -> dg.De
         ingest = [asset.with_attributes(asset_key_replacements=renamed) for asset in ingest]
         training = [asset.with_attributes(asset_key_replacements=renamed) for asset in training]
         checks = [check.with_attributes(asset_key_replacements=renamed) for check in checks]
+    deployment = resources["settings"].get().deployment  # type: ignore[attr-defined]
+    policy = backfill_policy(deployment)
+    ingest = [asset.with_attributes(backfill_policy=policy) for asset in ingest]
     live = [record_job] if "binance" in resources else []  # recording needs a Binance source
     return dg.Definitions(
+        executor=build_executor(deployment),
         assets=ingest + training,
         asset_checks=checks,
         jobs=[*asset_jobs(ingest, training), *live],

@@ -6,12 +6,22 @@ import datetime as dt
 
 import dagster as dg
 
+from bmlt_assets.core.config import DeploymentConfig
+
 # Binance spot opened on 2017-07-14: no order-book day can be older.
 DAILY = dg.DailyPartitionsDefinition(start_date="2017-07-14", end_offset=0)
 # forward_returns of day D reads book_tensors of D and D + 1 (labels look ahead by design).
 WITH_NEXT_DAY = dg.TimeWindowPartitionMapping(start_offset=0, end_offset=1)
-# Partitioned assets can be materialized over a date range in one run (--partition-range).
-SINGLE_RUN = dg.BackfillPolicy.single_run()
+
+
+def backfill_policy(deployment: DeploymentConfig) -> dg.BackfillPolicy:
+    """How a backfill of the daily assets is cut into runs (``deployment.backfill``): the whole
+    range in one run, or runs of ``partitions_per_run`` days that the run coordinator starts side
+    by side. Either way one run may span several days (``--partition-range``)."""
+    if deployment.backfill == "multi_run":
+        assert deployment.partitions_per_run is not None  # the config's validator demands it
+        return dg.BackfillPolicy.multi_run(deployment.partitions_per_run)
+    return dg.BackfillPolicy.single_run()
 
 
 def partition_dates(context: dg.AssetExecutionContext) -> list[dt.date]:

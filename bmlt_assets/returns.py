@@ -9,7 +9,7 @@ from bmlt_assets.core.files import atomic_directory, load_arrays, save_arrays, w
 from bmlt_assets.core.labels import forward_log_returns, trailing_volatility
 from bmlt_assets.core.quality import labels_across_gaps
 from bmlt_assets.metadata import partitioned_result
-from bmlt_assets.partitions import DAILY, SINGLE_RUN, WITH_NEXT_DAY, partition_dates
+from bmlt_assets.partitions import DAILY, WITH_NEXT_DAY, partition_dates
 from bmlt_assets.provenance import content_hash
 from bmlt_assets.tensors import book_tensors
 from bmlt_resources.settings import SettingsResource
@@ -18,7 +18,6 @@ from bmlt_resources.storage import StorageResource
 
 @dg.asset(
     partitions_def=DAILY,
-    backfill_policy=SINGLE_RUN,
     deps=[dg.AssetDep(book_tensors, partition_mapping=WITH_NEXT_DAY)],
     group_name="ingest",
     kinds={"numpy"},

@@ -10,7 +10,7 @@ from bmlt_assets.core.files import write_json, write_parquet
 from bmlt_assets.core.quality import snapshot_quality
 from bmlt_assets.core.sources import BookSource
 from bmlt_assets.metadata import partitioned_check, partitioned_result
-from bmlt_assets.partitions import DAILY, SINGLE_RUN, partition_dates
+from bmlt_assets.partitions import DAILY, partition_dates
 from bmlt_assets.provenance import content_hash
 from bmlt_resources.settings import SettingsResource
 from bmlt_resources.storage import StorageResource
@@ -18,7 +18,6 @@ from bmlt_resources.storage import StorageResource
 
 @dg.asset(
     partitions_def=DAILY,
-    backfill_policy=SINGLE_RUN,
     group_name="ingest",
     kinds={"parquet"},
     description="Validated L2 snapshots (all configured symbols) of one UTC day; malformed rows are quarantined.",

@@ -11,7 +11,7 @@ from bmlt_assets.core.plan import memory_plan
 from bmlt_assets.core.quality import tensor_quality
 from bmlt_assets.core.representation import CHANNELS, day_tensors_from_parquet, level_names
 from bmlt_assets.metadata import partitioned_check, partitioned_result
-from bmlt_assets.partitions import DAILY, SINGLE_RUN, partition_dates
+from bmlt_assets.partitions import DAILY, partition_dates
 from bmlt_assets.provenance import content_hash
 from bmlt_assets.snapshots import orderbook_snapshots
 from bmlt_resources.settings import SettingsResource
@@ -22,7 +22,6 @@ TENSOR_ARRAYS = ["base", "mids", "valid", "timestamps"]
 
 @dg.asset(
     partitions_def=DAILY,
-    backfill_policy=SINGLE_RUN,
     deps=[orderbook_snapshots],
     group_name="ingest",
     kinds={"numpy"},

@@ -21,9 +21,7 @@ BIN = Path(sys.executable).parent
 def test_dagster_job_execute_runs_the_full_pipeline(
     tmp_path: Path, tiny_config_path: Path, tiny_config: PlatformConfig
 ) -> None:
-    # In-process execution keeps the test quick; `make demo` uses the default multiprocess executor.
-    run_config = tmp_path / "run.yaml"
-    run_config.write_text("execution:\n  config:\n    in_process: {}\n")
+    # deployment.executor defaults to in_process, as in `make demo`: no run config needed.
     tags = json.dumps(range_tags(tiny_config.data.start_date, tiny_config.data.end_date))
     env = {**os.environ, "BMLT_CONFIG": str(tiny_config_path), "DAGSTER_HOME": str(tmp_path / "dagster_home")}
     (tmp_path / "dagster_home").mkdir()
@@ -38,8 +36,6 @@ def test_dagster_job_execute_runs_the_full_pipeline(
             "full_pipeline",
             "--tags",
             tags,
-            "-c",
-            str(run_config),
         ],
         cwd=PROJECT_ROOT,
         env=env,

@@ -248,15 +248,13 @@ def test_dagster_job_execute_runs_the_pipeline_on_two_archive_days_and_never_sho
 ) -> None:
     config_path = _tardis_config(tmp_path, archive, DAY1, DAY2)
     config = load_config(config_path)
-    run_config = tmp_path / "run.yaml"
-    run_config.write_text("execution:\n  config:\n    in_process: {}\n")
     home = tmp_path / "dagster_home"
     home.mkdir()
     env = {**os.environ, "BMLT_CONFIG": str(config_path), "DAGSTER_HOME": str(home), "TARDIS_API_KEY": SENTINEL_KEY}
     tags = json.dumps(range_tags(DAY1, DAY2))
     command = ["job", "execute", "-m", "bmlt_assets.definitions", "-j", "full_pipeline", "--tags", tags]
     completed = subprocess.run(
-        [str(BIN / "dagster"), *command, "-c", str(run_config)],
+        [str(BIN / "dagster"), *command],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,

@@ -423,6 +423,65 @@ class StorageConfig(Section):
     base_dir: str = "data"
 
 
+# The assets a step resource request may name (one Dagster step each; tests pin them to definitions.py).
+StepName = Literal[
+    "orderbook_snapshots", "book_tensors", "forward_returns", "training_dataset", "trained_model", "evaluation_report"
+]
+
+
+class StepResources(Section):
+    """Kubernetes requests and limits of one step's pod (``k8s`` executor only)."""
+
+    cpu: str | None = None  # a Kubernetes quantity: "4", "500m"
+    memory: str | None = None  # "16Gi"
+    gpus: Annotated[int, Field(ge=0)] = 0  # nvidia.com/gpu, requested as a limit
+
+    @field_validator("cpu", "memory")
+    @classmethod
+    def _quantity(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"\d+(\.\d+)?(m|[KMGTPE]i?)?", value):
+            raise ValueError(f"{value!r} is not a Kubernetes quantity such as '4', '500m' or '16Gi'")
+        return value
+
+
+class DeploymentConfig(Section):
+    """How Dagster runs the assets; the same assets and results whatever is chosen. The defaults
+    are the local ones: in-process steps, a date range in one run."""
+
+    # single_run: a backfill is one run per asset over the whole range. multi_run: runs of at most
+    # partitions_per_run days each, which the run coordinator starts side by side.
+    backfill: Literal["single_run", "multi_run"] = "single_run"
+    partitions_per_run: PositiveInt | None = None
+    # in_process: every step of a run in the run's process. multiprocess: a process per step.
+    # k8s: a Kubernetes Job per step (dagster_k8s.k8s_job_executor).
+    executor: Literal["in_process", "multiprocess", "k8s"] = "in_process"
+    max_concurrent: PositiveInt | None = None  # steps at once within one run (multiprocess, k8s)
+    # Further k8s_job_executor config (job_namespace, env_secrets, step_k8s_config, ...), checked
+    # against dagster-k8s's own schema when the code location loads.
+    k8s: dict[str, Any] = {}
+    step_resources: dict[StepName, StepResources] = {}  # per asset's step pod (k8s)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DeploymentConfig:
+        if self.backfill == "multi_run" and self.partitions_per_run is None:
+            raise ValueError("backfill multi_run needs partitions_per_run (the days one run materializes)")
+        if self.backfill == "single_run" and self.partitions_per_run is not None:
+            raise ValueError("partitions_per_run applies to backfill multi_run only; remove it or set multi_run")
+        if self.executor == "in_process" and self.max_concurrent is not None:
+            raise ValueError(
+                "max_concurrent applies to executor multiprocess or k8s; in_process runs one step at a time"
+            )
+        if self.executor != "k8s" and (self.k8s or self.step_resources):
+            raise ValueError(f"k8s and step_resources apply to executor k8s only (executor is {self.executor!r})")
+        owned = {"max_concurrent", "per_step_k8s_config"} & set(self.k8s)
+        if owned:
+            raise ValueError(
+                f"deployment.k8s may not set {sorted(owned)}: "
+                "use deployment.max_concurrent and deployment.step_resources"
+            )
+        return self
+
+
 class PlatformConfig(Section):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")]
     seed: int = 7
@@ -438,6 +497,7 @@ class PlatformConfig(Section):
     quality: QualityConfig = QualityConfig()
     recording: RecordingConfig = RecordingConfig()
     storage: StorageConfig = StorageConfig()
+    deployment: DeploymentConfig = DeploymentConfig()
 
     @model_validator(mode="after")
     def _cross_section(self) -> PlatformConfig:

@@ -1,0 +1,448 @@
+"""The Dagster deployment: config switches, the instance configs, the Kubernetes manifests and the
+Helm values, and a day-parallel backfill through the daemon on a real PostgreSQL instance.
+
+Helm is not installed here, so the chart is not rendered: the values are checked against the keys
+the chart's schema (1.13.27) defines, and the step Jobs are built with dagster-k8s itself, the way
+its k8s_job_executor builds them, then validated with kubernetes-validate's offline schemas.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import subprocess
+import sys
+import time
+import typing
+from pathlib import Path
+from types import SimpleNamespace
+from urllib.parse import urlsplit
+
+import dagster as dg
+import pytest
+import yaml
+from dagster._config import process_config
+from dagster._core.instance.config import dagster_instance_config
+
+from bmlt_assets.backfill import submit_asset_backfill
+from bmlt_assets.core.config import PROJECT_ROOT, ConfigError, StepName, load_config
+from bmlt_assets.definitions import build_definitions, k8s_executor_config
+from tests.helpers import write_config
+from tests.services import Postgres
+
+DEPLOY = PROJECT_ROOT / "deploy"
+KUBERNETES_VERSION = "1.30"
+BIN = Path(sys.executable).parent
+
+
+def _instance_yaml(kind: str) -> dict:
+    return yaml.safe_load((DEPLOY / "instance" / kind / "dagster.yaml").read_text())
+
+
+def _helm_values() -> dict:
+    return yaml.safe_load((DEPLOY / "helm" / "values.yaml").read_text())
+
+
+# --- config switches --------------------------------------------------------------------------
+
+
+def test_by_default_steps_run_in_process_and_a_range_is_one_run(tiny_config_path: Path) -> None:
+    definitions = build_definitions(tiny_config_path)
+    for name in ("ingest_job", "training_job", "full_pipeline"):
+        assert definitions.resolve_job_def(name).executor_def is dg.in_process_executor
+    graph = definitions.resolve_asset_graph()
+    policies = {key.to_user_string(): graph.get(key).backfill_policy for key in graph.get_all_asset_keys()}
+    single = dg.BackfillPolicy.single_run()
+    assert {name for name, policy in policies.items() if policy == single} == {
+        "orderbook_snapshots",
+        "book_tensors",
+        "forward_returns",
+    }
+
+
+def test_multi_run_and_multiprocess_apply_to_every_partitioned_asset_also_under_a_prefix(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        {
+            "deployment": {
+                "backfill": "multi_run",
+                "partitions_per_run": 2,
+                "executor": "multiprocess",
+                "max_concurrent": 3,
+            }
+        },
+    )
+    definitions = build_definitions(path, key_prefix="tiny")
+    graph = definitions.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        expected = dg.BackfillPolicy.multi_run(2) if node.is_partitioned else None
+        assert node.backfill_policy == expected, key
+    executor = definitions.resolve_job_def("ingest_job").executor_def
+    assert executor.name == "multiprocess"
+    resolved = executor.config_schema.resolve_config({})
+    assert resolved.success and resolved.value["config"]["max_concurrent"] == 3
+
+
+@pytest.mark.parametrize(
+    ("deployment", "message"),
+    [
+        ({"backfill": "multi_run"}, "multi_run needs partitions_per_run"),
+        ({"partitions_per_run": 3}, "applies to backfill multi_run only"),
+        ({"backfill": "multi_run", "partitions_per_run": 0}, "partitions_per_run"),
+        ({"max_concurrent": 2}, "in_process runs one step at a time"),
+        ({"executor": "dask"}, "deployment.executor"),
+        ({"step_resources": {"trained_model": {"gpus": 1}}}, "apply to executor k8s only"),
+        ({"executor": "k8s", "step_resources": {"trained_modle": {"gpus": 1}}}, "trained_modle"),
+        ({"executor": "k8s", "step_resources": {"trained_model": {"memory": "32GB"}}}, "not a Kubernetes quantity"),
+        ({"executor": "k8s", "k8s": {"max_concurrent": 2}}, "use deployment.max_concurrent"),
+        ({"executer": "k8s"}, "executer"),
+    ],
+)
+def test_a_bad_deployment_section_is_refused_with_what_to_do(tmp_path: Path, deployment: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(write_config(tmp_path, {"deployment": deployment}))
+
+
+def test_a_misspelled_k8s_executor_key_fails_when_the_code_location_loads(tmp_path: Path) -> None:
+    good = write_config(tmp_path, {"deployment": {"executor": "k8s", "k8s": {"job_namespace": "bmlt"}}}, "good.yaml")
+    assert build_definitions(good).resolve_job_def("ingest_job").executor_def.name == "k8s"
+    bad = write_config(tmp_path, {"deployment": {"executor": "k8s", "k8s": {"job_namespce": "bmlt"}}}, "bad.yaml")
+    with pytest.raises(ConfigError, match="job_namespce"):
+        build_definitions(bad)
+
+
+def test_step_resources_name_exactly_the_steps(tiny_config_path: Path) -> None:
+    definitions = build_definitions(tiny_config_path, key_prefix="tiny")
+    assert set(typing.get_args(StepName)) == {asset.op.name for asset in definitions.assets}
+
+
+# --- Kubernetes -------------------------------------------------------------------------------
+
+
+# What the chart sets on the K8sRunLauncher in the instance it writes (release "dagster").
+CHART_RUN_LAUNCHER = {
+    "dagster_home": "/opt/dagster/dagster_home",
+    "instance_config_map": "dagster-instance",
+    "postgres_password_secret": "dagster-postgresql-secret",
+}
+
+
+def _step_job_manifest(step: str) -> dict:
+    """The Job the k8s_job_executor creates for ``step`` of deploy/config.yaml, in the code location
+    the Helm values deploy: the location's env, secrets and volumes (includeConfigInLaunchedRuns),
+    then the executor's step config, then the step's own, merged as dagster-k8s merges them."""
+    import kubernetes
+    from dagster_k8s import k8s_job_executor
+    from dagster_k8s.container_context import K8sContainerContext
+    from dagster_k8s.job import UserDefinedDagsterK8sConfig, construct_dagster_k8s_job
+
+    deployment = load_config(DEPLOY / "config.yaml").deployment
+    executor = process_config(k8s_job_executor.config_schema.config_type, k8s_executor_config(deployment))
+    assert executor.success, executor.errors
+    config = executor.value
+    location = _helm_values()["dagster-user-deployments"]["deployments"][0]
+    context = K8sContainerContext(
+        env_vars=[f"{variable['name']}={variable['value']}" for variable in location["env"]],
+        env_secrets=[secret["name"] for secret in location["envSecrets"]],
+        volume_mounts=location["volumeMounts"],
+        volumes=location["volumes"],
+        namespace="bmlt",
+    )
+    context = context.merge(
+        K8sContainerContext(
+            env_secrets=config.get("env_secrets"),
+            volume_mounts=config.get("volume_mounts"),
+            volumes=config.get("volumes"),
+            run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(config.get("step_k8s_config", {})),
+        )
+    ).merge(
+        K8sContainerContext(
+            run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(config["per_step_k8s_config"].get(step, {}))
+        )
+    )
+    image = f"{location['image']['repository']}:{location['image']['tag']}"
+    job = construct_dagster_k8s_job(
+        job_config=context.get_k8s_job_config(image, SimpleNamespace(**CHART_RUN_LAUNCHER, job_image=None)),
+        args=["dagster", "api", "execute_step", "{}"],
+        job_name=f"dagster-step-{step.replace('_', '-')}",
+        pod_name=f"dagster-step-{step.replace('_', '-')}",
+        component="step_worker",
+        user_defined_k8s_config=context.run_k8s_config,
+        labels={"dagster/op": step},
+        env_vars=[{"name": "DAGSTER_RUN_STEP_KEY", "value": step}],
+    )
+    return {"apiVersion": "batch/v1", "kind": "Job", **kubernetes.client.ApiClient().sanitize_for_serialization(job)}
+
+
+@pytest.mark.parametrize("step", typing.get_args(StepName))
+def test_every_rendered_step_job_is_a_valid_kubernetes_job(step: str) -> None:
+    import kubernetes_validate
+
+    manifest = _step_job_manifest(step)
+    kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+    container = manifest["spec"]["template"]["spec"]["containers"][0]
+    wanted = load_config(DEPLOY / "config.yaml").deployment.step_resources[step]
+    assert container["resources"]["requests"] == {"cpu": wanted.cpu, "memory": wanted.memory}
+    assert container["resources"]["limits"].get("nvidia.com/gpu") == (str(wanted.gpus) if wanted.gpus else None)
+    assert "cpu" not in container["resources"]["limits"]  # requested, never throttled
+    secrets = {source["secretRef"]["name"] for source in container["envFrom"] if "secretRef" in source}
+    assert secrets == {"bmlt-binance", "bmlt-tardis", "bmlt-s3"}
+    assert {"name": "BMLT_CONFIG", "value": "/opt/bmlt/deploy/config.yaml"} in container["env"]
+    assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]
+
+
+def test_the_training_step_gets_a_gpu_and_a_misspelled_field_is_rejected() -> None:
+    import kubernetes_validate
+
+    manifest = _step_job_manifest("trained_model")
+    container = manifest["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"] == {"memory": "32Gi", "nvidia.com/gpu": "1"}
+    container["resource"] = container.pop("resources")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+
+
+# --- instance and run launcher configs ---------------------------------------------------------
+
+
+def _check_instance(home: Path) -> None:
+    """dagster.yaml in ``home`` against Dagster's instance schema, and each configurable part
+    against its class's own schema, as DagsterInstance does when it starts."""
+    from dagster._core.run_coordinator import DefaultRunCoordinator, QueuedRunCoordinator
+    from dagster_postgres import DagsterPostgresStorage
+
+    config, _ = dagster_instance_config(str(home))
+    classes = {"QueuedRunCoordinator": QueuedRunCoordinator, "DefaultRunCoordinator": DefaultRunCoordinator}
+    coordinator = config["run_coordinator"]
+    checked = process_config(classes[coordinator["class"]].config_type(), coordinator.get("config") or {})
+    assert checked.success, checked.errors
+    if "postgres" in config.get("storage", {}):
+        checked = process_config(DagsterPostgresStorage.config_type(), config["storage"]["postgres"])
+        assert checked.success, checked.errors
+
+
+def _postgres_environment(url: str) -> dict[str, str]:
+    parts = urlsplit(url)
+    assert parts.scheme == "postgresql+psycopg2"
+    return {
+        "DAGSTER_PG_USERNAME": parts.username or "",
+        "DAGSTER_PG_PASSWORD": parts.password or "",
+        "DAGSTER_PG_HOST": parts.hostname or "",
+        "DAGSTER_PG_PORT": str(parts.port),
+        "DAGSTER_PG_DB": parts.path.lstrip("/"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["local", "postgres"])
+def test_the_instance_configs_pass_dagsters_schema_and_a_misspelled_key_does_not(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in _postgres_environment("postgresql+psycopg2://dagster@db.example:5432/dagster").items():
+        monkeypatch.setenv(name, value)  # the env: sources must resolve
+    home = tmp_path / kind
+    home.mkdir()
+    raw = _instance_yaml(kind)
+    (home / "dagster.yaml").write_text(yaml.safe_dump(raw))
+    _check_instance(home)
+
+    broken = tmp_path / f"{kind}-misspelled"
+    broken.mkdir()
+    misspelled = {**raw, "run_coordinater": raw["run_coordinator"]}
+    (broken / "dagster.yaml").write_text(yaml.safe_dump(misspelled))
+    with pytest.raises(Exception, match="run_coordinater"):
+        dagster_instance_config(str(broken))
+    if kind == "postgres":
+        queued = {**raw["run_coordinator"], "config": {"max_concurent_runs": 2}}
+        (broken / "dagster.yaml").write_text(yaml.safe_dump({**raw, "run_coordinator": queued}))
+        with pytest.raises(AssertionError, match="max_concurent_runs"):
+            _check_instance(broken)
+
+
+def test_make_uses_the_local_instance_config() -> None:
+    assert (PROJECT_ROOT / ".dagster_home" / "dagster.yaml").samefile(DEPLOY / "instance" / "local" / "dagster.yaml")
+
+
+def test_the_charts_run_launcher_and_coordinator_config_pass_dagsters_schema() -> None:
+    """The K8sRunLauncher config the chart writes into the instance from our values (its template
+    maps runK8sConfig.containerConfig to run_k8s_config.container_config, and always sets the
+    fields below), against dagster-k8s's schema; the coordinator matches the Postgres instance's."""
+    from dagster._core.run_coordinator import QueuedRunCoordinator
+    from dagster_k8s import K8sRunLauncher
+
+    values = _helm_values()
+    ours = values["runLauncher"]["config"]["k8sRunLauncher"]
+    launcher = {
+        "load_incluster_config": True,
+        "image_pull_policy": "IfNotPresent",
+        "service_account_name": "dagster",
+        **CHART_RUN_LAUNCHER,
+        "run_k8s_config": {"container_config": ours["runK8sConfig"]["containerConfig"]},
+    }
+    checked = process_config(K8sRunLauncher.config_type(), launcher)
+    assert checked.success, checked.errors
+    misspelled = {**launcher, "run_k8s_confg": launcher.pop("run_k8s_config")}
+    assert not process_config(K8sRunLauncher.config_type(), misspelled).success
+
+    coordinator = values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
+    as_instance = {
+        "max_concurrent_runs": coordinator["maxConcurrentRuns"],
+        "tag_concurrency_limits": coordinator["tagConcurrencyLimits"],
+        "dequeue_interval_seconds": coordinator["dequeueIntervalSeconds"],
+    }
+    assert process_config(QueuedRunCoordinator.config_type(), as_instance).success
+    assert values["global"]["postgresqlSecretName"] == CHART_RUN_LAUNCHER["postgres_password_secret"]
+    assert as_instance == _instance_yaml("postgres")["run_coordinator"]["config"]  # one set of limits
+
+
+# Keys of the Dagster chart's values schema (helm/dagster/schema, 1.13.x) for the parts we set.
+CHART_KEYS = {
+    "top": {
+        "dagster-user-deployments", "runLauncher", "dagsterDaemon", "postgresql",
+        "generatePostgresqlPasswordSecret", "global", "telemetry",
+        "dagsterWebserver", "computeLogManager", "scheduler", "pythonLogs", "ingress", "imagePullSecrets",
+    },
+    "userDeployment": {
+        "name", "image", "dagsterApiGrpcArgs", "codeServerArgs", "includeConfigInLaunchedRuns", "port", "env",
+        "envConfigMaps", "envSecrets", "annotations", "nodeSelector", "affinity", "tolerations",
+        "podSecurityContext", "securityContext", "resources", "livenessProbe", "readinessProbe", "startupProbe",
+        "labels", "volumeMounts", "volumes", "schedulerName",
+    },
+    "k8sRunLauncher": {
+        "image", "imagePullPolicy", "jobNamespace", "loadInclusterConfig", "kubeconfigFile", "envConfigMaps",
+        "envSecrets", "envVars", "volumeMounts", "volumes", "labels", "failPodOnRunFailure", "resources",
+        "schedulerName", "securityContext", "runK8sConfig",
+    },
+    "runK8sConfig": {"containerConfig", "podSpecConfig", "podTemplateSpecMetadata", "jobSpecConfig", "jobMetadata"},
+    "queuedRunCoordinator": {
+        "maxConcurrentRuns", "tagConcurrencyLimits", "dequeueIntervalSeconds", "dequeueNumWorkers", "dequeueUseThreads",
+    },
+    "postgresql": {
+        "image", "enabled", "postgresqlHost", "postgresqlUsername", "postgresqlPassword", "postgresqlDatabase",
+        "postgresqlParams", "postgresqlScheme", "service",
+    },
+}  # fmt: skip
+
+
+def test_the_helm_values_use_only_keys_the_chart_defines_in_its_shapes() -> None:
+    values = _helm_values()
+    assert set(values) <= CHART_KEYS["top"]
+    (location,) = values["dagster-user-deployments"]["deployments"]
+    assert values["dagster-user-deployments"]["enabled"] is True
+    assert set(location) <= CHART_KEYS["userDeployment"]
+    assert location["dagsterApiGrpcArgs"] == ["-m", "bmlt_assets.definitions"]
+    assert location["includeConfigInLaunchedRuns"] == {"enabled": True}
+    assert all(set(secret) == {"name"} for secret in location["envSecrets"])  # names, never values
+    assert all(set(variable) == {"name", "value"} for variable in location["env"])
+    assert not {"name": "BMLT_CONFIG"}.items() - location["env"][0].items()
+    config_in_image = Path(location["env"][0]["value"]).relative_to("/opt/bmlt")
+    assert (PROJECT_ROOT / config_in_image).is_file()
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert "WORKDIR /opt/bmlt" in dockerfile and f"COPY {config_in_image} {config_in_image}" in dockerfile
+    assert "torch==2.13.0" in dockerfile and '"torch==2.13.0"' in (PROJECT_ROOT / "pyproject.toml").read_text()
+
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+    launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
+    assert set(launcher) <= CHART_KEYS["k8sRunLauncher"]
+    assert set(launcher["runK8sConfig"]) <= CHART_KEYS["runK8sConfig"]
+    coordinator = values["dagsterDaemon"]["runCoordinator"]
+    assert coordinator["enabled"] is True and coordinator["type"] == "QueuedRunCoordinator"
+    assert set(coordinator["config"]) == {"queuedRunCoordinator"}
+    assert set(coordinator["config"]["queuedRunCoordinator"]) <= CHART_KEYS["queuedRunCoordinator"]
+    postgresql = values["postgresql"]
+    assert set(postgresql) <= CHART_KEYS["postgresql"] and "postgresqlPassword" not in postgresql
+    assert postgresql["postgresqlScheme"] == "postgresql+psycopg2"
+    assert values["generatePostgresqlPasswordSecret"] is False
+
+    # Every secret the values name is one deploy/README.md creates, and only by name.
+    readme = (DEPLOY / "README.md").read_text()
+    created = set(re.findall(r"kubectl -n bmlt create secret generic ([a-z0-9-]+)", readme))
+    assert {secret["name"] for secret in location["envSecrets"]} | {values["global"]["postgresqlSecretName"]} == created
+
+
+# --- Postgres instance, daemon and a day-parallel backfill ------------------------------------
+
+
+def _launched_at(instance: dg.DagsterInstance, run_id: str) -> float:
+    (launched,) = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_STARTING)
+    return launched.timestamp
+
+
+@pytest.mark.slow
+def test_a_multi_run_backfill_runs_two_days_per_run_two_runs_at_once_on_postgres(
+    tmp_path: Path, postgres: Postgres
+) -> None:
+    """deploy/instance/postgres on a real PostgreSQL: a multi_run(2) backfill of 4 days, submitted
+    as the UI submits one, queued by the QueuedRunCoordinator and launched by `dagster-daemon run`."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((DEPLOY / "instance" / "postgres" / "dagster.yaml").read_text())
+    days = [dt.date(2025, 1, 6) + dt.timedelta(days=offset) for offset in range(4)]
+    config_path = write_config(
+        tmp_path,
+        {
+            "data": {"start_date": days[0].isoformat(), "end_date": days[-1].isoformat()},
+            "deployment": {"backfill": "multi_run", "partitions_per_run": 2},
+        },
+    )
+    env = {
+        **os.environ,
+        **_postgres_environment(postgres.create_database()),
+        "DAGSTER_HOME": str(home),
+        "BMLT_CONFIG": str(config_path),
+    }
+    previous = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)  # this process reads the same instance
+    daemon = None
+    try:
+        instance = dg.DagsterInstance.get()
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+        definitions = build_definitions(config_path)
+        # The day-local assets: their backfill is exactly the 2 runs of 2 days.
+        assets = [dg.AssetKey("orderbook_snapshots"), dg.AssetKey("book_tensors")]
+        backfill_id = submit_asset_backfill(instance, definitions, assets, days)
+        daemon = subprocess.Popen(
+            [str(BIN / "dagster-daemon"), "run", "-m", "bmlt_assets.definitions"],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=(tmp_path / "daemon.log").open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 240
+        filters = dg.RunsFilter(tags={"dagster/backfill": backfill_id})
+        while time.monotonic() < deadline:
+            runs = instance.get_run_records(filters)
+            if len(runs) == 2 and all(record.dagster_run.is_finished for record in runs):
+                break
+            assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()[-4000:]
+            time.sleep(1)
+        else:
+            pytest.fail(f"the backfill's runs did not finish: {(tmp_path / 'daemon.log').read_text()[-4000:]}")
+    finally:
+        if daemon is not None:
+            daemon.terminate()
+            daemon.wait(timeout=60)
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+    assert [record.dagster_run.status for record in runs] == [dg.DagsterRunStatus.SUCCESS] * 2
+    ranges = sorted(
+        (run.tags["dagster/asset_partition_range_start"], run.tags["dagster/asset_partition_range_end"])
+        for run in (record.dagster_run for record in runs)
+    )
+    assert ranges == [(days[0].isoformat(), days[1].isoformat()), (days[2].isoformat(), days[3].isoformat())]
+    assert all(set(record.dagster_run.asset_selection or ()) == set(assets) for record in runs)
+    # Day-parallel: the daemon launched each run before the other ended (in flight together), and
+    # never more than the limit of 2 at once. Launched, not started: on tiny days a run's work
+    # takes less than its worker's start-up, so "started" alone would measure that jitter.
+    spans = [(_launched_at(instance, record.dagster_run.run_id), record.end_time) for record in runs]
+    assert all(end is not None for _, end in spans)
+    assert max(start for start, _ in spans) < min(end for _, end in spans)
+    assert max(sum(start <= moment < end for start, end in spans) for moment, _ in spans) <= 2
+    stored = instance.get_materialized_partitions(dg.AssetKey("book_tensors"))
+    assert stored == {day.isoformat() for day in days}
