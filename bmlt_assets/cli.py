@@ -39,6 +39,40 @@ def range_tags(config: PlatformConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def backfill(config: PlatformConfig, args: argparse.Namespace) -> int:
+    """Queue a backfill of the daily assets over the config's dates for the Dagster daemon.
+
+    The daemon cuts it into runs by deployment.backfill and starts them within the instance's
+    limits ($DAGSTER_HOME/dagster.yaml); it must serve `-m bmlt_assets.definitions` with the same
+    config (BMLT_CONFIG). `dagster job backfill` instead starts one run per day at once."""
+    import datetime as dt
+
+    import dagster as dg
+    from dagster._core.errors import DagsterHomeNotSetError
+
+    from bmlt_assets.backfill import submit_asset_backfill
+    from bmlt_assets.definitions import INGEST_ASSETS, build_definitions
+
+    start, end = args.start or config.data.start_date, args.end or config.data.end_date
+    if end < start:
+        print(f"--to {end} is before --from {start}; give the first day, then the last", file=sys.stderr)
+        return 2
+    try:
+        instance = dg.DagsterInstance.get()
+    except DagsterHomeNotSetError:
+        print("DAGSTER_HOME is not set: point it at the folder of the instance's dagster.yaml", file=sys.stderr)
+        return 2
+    dates = [start + dt.timedelta(days=offset) for offset in range((end - start).days + 1)]
+    keys = [key for asset in INGEST_ASSETS for key in asset.keys]
+    backfill_id = submit_asset_backfill(instance, build_definitions(args.config), keys, dates, title=config.name)
+    per_run = config.deployment.partitions_per_run or len(dates)
+    print(
+        f"backfill {backfill_id}: {len(dates)} day(s) {start}..{end}, {per_run} day(s) per run; "
+        "the daemon (`dagster-daemon run` or `dagster dev`) starts its runs"
+    )
+    return 0
+
+
 def summary(config: PlatformConfig, args: argparse.Namespace) -> int:
     """What the last pipeline run of a config produced: run, model, verdict, headline, paths."""
     from mlflow import MlflowClient
@@ -368,10 +402,17 @@ COMMANDS = {
         'dagster job execute -m bmlt_assets.definitions -j full_pipeline --tags "$(bmlt range-tags)"',
     ),
     "summary": (summary, "bmlt summary --config configs/default.yaml"),
+    "backfill": (backfill, "DAGSTER_HOME=~/dagster bmlt backfill --config configs/binance.yaml --from 2025-01-01"),
     "report": (report, "bmlt report 3f2a9c... --config configs/default.yaml --open"),
     "import": (import_, "bmlt import recording.gz --market spot --levels 20 --config configs/binance.yaml"),
     "record": (record, "bmlt record --config configs/binance.yaml --duration 2h"),
 }
+
+
+def _date(text: str):  # -> dt.date; argparse turns the ValueError into a usage error
+    import datetime as dt
+
+    return dt.date.fromisoformat(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -402,6 +443,10 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.set_defaults(handler=handler)
         subs[name] = sub
+    for flag, field in (("--from", "start"), ("--to", "end")):
+        subs["backfill"].add_argument(
+            flag, dest=field, type=_date, default=None, help=f"YYYY-MM-DD (default: the config's {field}_date)"
+        )
     subs["report"].add_argument("run_id", help="the MLflow run id of an evaluation")
     subs["report"].add_argument(
         "-o", "--out", type=Path, help="where to write the HTML (default: <data>/<config>/reports/report-RUN_ID.html)"

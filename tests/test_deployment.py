@@ -446,3 +446,28 @@ def test_a_multi_run_backfill_runs_two_days_per_run_two_runs_at_once_on_postgres
     assert max(sum(start <= moment < end for start, end in spans) for moment, _ in spans) <= 2
     stored = instance.get_materialized_partitions(dg.AssetKey("book_tensors"))
     assert stored == {day.isoformat() for day in days}
+
+
+def test_bmlt_backfill_queues_exactly_the_days_of_the_daily_assets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bmlt_assets.cli import main
+
+    path = write_config(tmp_path, {"deployment": {"backfill": "multi_run", "partitions_per_run": 1}})
+    assert main(["backfill", "--config", str(path), "--from", "2025-01-06", "--to", "2025-01-07"]) == 0
+    (backfill,) = dg.DagsterInstance.get().get_backfills()
+    assert backfill.backfill_id in capsys.readouterr().out
+    target = {
+        (item.asset_key.to_user_string(), item.partition_key)
+        for item in backfill.asset_backfill_data.target_subset.iterate_asset_partitions()
+    }
+    days = ("2025-01-06", "2025-01-07")
+    assert target == {
+        (name, day) for name in ("orderbook_snapshots", "book_tensors", "forward_returns") for day in days
+    }
+
+    assert main(["backfill", "--config", str(path), "--from", "2025-01-07", "--to", "2025-01-06"]) == 2
+    assert "before --from" in capsys.readouterr().err
+    monkeypatch.delenv("DAGSTER_HOME")
+    assert main(["backfill", "--config", str(path)]) == 2
+    assert "DAGSTER_HOME is not set" in capsys.readouterr().err
