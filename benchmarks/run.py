@@ -187,7 +187,7 @@ def train_vs_reference(quick: bool) -> dict:
     plain DeepLOBs on the same input, batch and threads (benchmarks/gpu_throughput.py, on the CPU)."""
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     config = load_config(ROOT / "configs" / "default.yaml")
-    steps, rounds = (4, 7) if quick else (10, 9)  # many short rounds: a burst of load spoils few
+    steps, rounds = (3, 9) if quick else (3, 25)  # many short rounds: a burst of load spoils few
     # torch.compile: full mode only, compiling alone takes minutes on 2 cores.
     extra = ("eager", "bf16_autocast") if quick else ("eager", "bf16_autocast", "torch_compile")
     cpu, training = torch.device("cpu"), config.training
