@@ -2,7 +2,7 @@
 
 - :class:`LocalTorchrun` (the default): a child process of the step, ``dg.PipesSubprocessClient``.
   On Kubernetes this is also the simple choice when the step's own pod has the GPUs
-  (``k8s_job_executor`` with the step's resources in its ``dagster-k8s/config`` tag).
+  (``deployment.executor: k8s`` with its GPUs in ``deployment.step_resources.trained_model``).
 - :class:`KubernetesTorchrun`: a pod of its own, ``dagster_k8s.PipesK8sClient``, for a small step
   pod that hands training to a GPU node. The swap is the resource, one line in
   ``build_resources``::
