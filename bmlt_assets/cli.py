@@ -393,6 +393,26 @@ def record(config: PlatformConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def tune_worker(config: PlatformConfig, args: argparse.Namespace) -> int:
+    """Run queued trials of a tuning study until none is left (hpo.workers; any machine may join).
+
+    trained_model creates the study, queues its trials and logs this command with the study's
+    name; it also starts hpo.workers of these itself. Started elsewhere against the same
+    database (hpo.storage database, the URL in the variable named by hpo.storage_url_env), a
+    worker shares the queue. It loads the training dataset from storage, needs the config the
+    step ran, and logs each trial as a nested MLflow run of the step's run."""
+    from bmlt_assets.core.files import CorruptPartitionError, MissingPartitionError
+    from bmlt_assets.tuning_worker import run_worker
+
+    try:
+        ran = run_worker(config, args.config, args.study)
+    except (ConfigError, MissingPartitionError, CorruptPartitionError) as error:
+        print(f"cannot tune: {error}", file=sys.stderr)
+        return 2
+    log.info("study %s: this worker ran %s trial(s); none is left in the queue", args.study, ran)
+    return 0
+
+
 # name -> (handler, example lines for --help)
 COMMANDS = {
     "validate": (validate, "bmlt validate --config configs/default.yaml"),
@@ -406,6 +426,7 @@ COMMANDS = {
     "report": (report, "bmlt report 3f2a9c... --config configs/default.yaml --open"),
     "import": (import_, "bmlt import recording.gz --market spot --levels 20 --config configs/binance.yaml"),
     "record": (record, "bmlt record --config configs/binance.yaml --duration 2h"),
+    "tune-worker": (tune_worker, "bmlt tune-worker --config configs/synthetic-hpo.yaml --study NAME_FROM_THE_LOG"),
 }
 
 
@@ -478,6 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_duration,
         default=None,
         help="stop after this long (90, 15m, 2h, 1d); default: until SIGINT/SIGTERM",
+    )
+    subs["tune-worker"].add_argument(
+        "--study", required=True, help="the study's name, as the trained_model step logs it ('HPO study NAME in ...')"
     )
     for name in ("import", "record"):
         subs[name].add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -13,12 +13,13 @@ from bmlt_assets.core.dataset import TrainingData, fold_count, load_dataset
 from bmlt_assets.core.files import atomic_directory, write_json
 from bmlt_assets.core.models import parameter_count
 from bmlt_assets.core.train import EpochRecord, TrainResult, epoch_metrics, load_result, train
-from bmlt_assets.core.tuning import TuningResult, study_name, tune, with_params
+from bmlt_assets.core.tuning import StudyOrigin, TuningResult, study_name, study_storage, tune, with_params
 from bmlt_assets.core.walk_forward import save_fold_checkpoints, train_earlier_folds
 from bmlt_assets.dataset import training_dataset
 from bmlt_assets.metadata import markdown_table
 from bmlt_assets.provenance import combined_hash, content_hash, flatten, git_commit, package_versions
 from bmlt_assets.training_worker import MLFLOW_RUN_ID, TrainingJob
+from bmlt_assets.tuning_worker import hpo_folder, tune_with_workers
 from bmlt_resources.mlflow import CHALLENGER, MlflowTrialLogger, RegisteredModel, TrackedMlflow
 from bmlt_resources.settings import SettingsResource
 from bmlt_resources.storage import StorageResource
@@ -51,9 +52,14 @@ def trained_model(
         """The fold's config; with tuning, its best trial's values, from its own train/val parts."""
         if not config.hpo.enabled:
             return config
-        (storage.root / "hpo").mkdir(parents=True, exist_ok=True)
-        study = f"sqlite:///{storage.root / 'hpo' / 'optuna.db'}"
-        tunings[fold] = tune(config, fold_data, study, MlflowTrialLogger(), study_name(config, fingerprint, fold))
+        name, parent_run_id = study_name(config, fingerprint, fold), mlflow.active_run().info.run_id
+        if config.hpo.workers == 1:
+            trials = MlflowTrialLogger(mlflow.tracking_client, parent_run_id)
+            study = study_storage(config.hpo, hpo_folder(storage))
+            tunings[fold] = tune(config, fold_data, study, trials, name)
+        else:  # worker processes (bmlt tune-worker) load the fold's data themselves
+            origin = StudyOrigin(config.name, fold, fingerprint, parent_run_id)
+            tunings[fold] = tune_with_workers(config, settings.config_path, storage, name, origin, context.log.info)
         return _log_tuning(context, mlflow, config, tunings[fold], fold)
 
     latest = fold_count(config) - 1

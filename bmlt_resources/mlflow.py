@@ -11,6 +11,7 @@ the registry steps of a model's life (register the challenger, find the champion
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +25,11 @@ import mlflow
 from dagster._config.pythonic_config.resource import ConfigurableLegacyResourceAdapter
 from dagster_mlflow.resources import CONFIG_SCHEMA, MlFlow
 from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.pyfunc import PyFuncModel
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from bmlt_assets.core.promotion import Verdict
 from bmlt_assets.scoring import OrderBookPyfunc
@@ -159,21 +162,29 @@ class MlflowTracking(ConfigurableLegacyResourceAdapter):
 
 
 class MlflowTrialLogger:
-    """Each Optuna trial as a nested MLflow run under the Dagster run's MLflow run."""
+    """Each Optuna trial as a nested MLflow run of ``parent_run_id`` (the trained_model step's run).
+    Through the client rather than the fluent API's active run, so that trial workers in other
+    processes (``bmlt tune-worker``) log under the same parent."""
 
-    def __init__(self) -> None:
-        self._run: mlflow.ActiveRun | None = None
+    def __init__(self, client: MlflowClient, parent_run_id: str) -> None:
+        self._client = client
+        self._parent_run_id = parent_run_id
+        self._experiment_id = client.get_run(parent_run_id).info.experiment_id
+        self._run_id = ""
 
     def start(self, number: int, params: dict[str, Any]) -> None:
-        self._run = mlflow.start_run(run_name=f"trial-{number}", nested=True)
-        mlflow.set_tag("optuna.trial", str(number))
-        mlflow.log_params(params)
+        tags = {MLFLOW_PARENT_RUN_ID: self._parent_run_id, "optuna.trial": str(number)}
+        self._run_id = self._client.create_run(self._experiment_id, run_name=f"trial-{number}", tags=tags).info.run_id
+        self._client.log_batch(self._run_id, params=[Param(key, str(value)) for key, value in params.items()])
 
     def epoch(self, record: Any) -> None:
-        mlflow.log_metrics({"train_loss": record.train_loss, "val_log_loss": record.val_log_loss}, step=record.epoch)
+        now = int(time.time() * 1000)
+        metrics = {"train_loss": record.train_loss, "val_log_loss": record.val_log_loss}
+        self._client.log_batch(self._run_id, metrics=[Metric(k, v, now, record.epoch) for k, v in metrics.items()])
 
     def end(self, value: float | None, state: str) -> None:
         if value is not None:
-            mlflow.log_metric("best_val_log_loss", value)
-        mlflow.set_tag("optuna.state", state)
-        mlflow.end_run(status="KILLED" if state == "PRUNED" else "FAILED" if state == "FAILED" else "FINISHED")
+            self._client.log_metric(self._run_id, "best_val_log_loss", value)
+        self._client.set_tag(self._run_id, "optuna.state", state)
+        status = "KILLED" if state == "PRUNED" else "FAILED" if state == "FAILED" else "FINISHED"
+        self._client.set_terminated(self._run_id, status)

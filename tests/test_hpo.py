@@ -10,7 +10,7 @@ import pytest
 
 from bmlt_assets.core.config import ConfigError, load_config
 from bmlt_assets.core.dataset import build_dataset
-from bmlt_assets.core.tuning import study_name, tune, with_params
+from bmlt_assets.core.tuning import study_name, study_storage, tune, with_params
 from bmlt_assets.definitions import INGEST_ASSETS, TRAINING_ASSETS, build_resources
 from bmlt_assets.partitions import range_tags
 from tests.helpers import synthetic_days, write_config
@@ -47,7 +47,7 @@ class RecordingLogger:
 def test_tuning_prunes_resumes_and_picks_the_best(tmp_path: Path) -> None:
     config = load_config(write_config(tmp_path, {"hpo": HPO}))
     data = build_dataset(synthetic_days(config), config)
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    storage = study_storage(config.hpo, tmp_path)
     logger = RecordingLogger()
     name = study_name(config, "data-a", 0)
     result = tune(config, data, storage, logger, name)

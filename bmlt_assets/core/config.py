@@ -344,6 +344,27 @@ class HpoConfig(Section):
     trial_epochs: PositiveInt | None = None  # default: training.epochs
     trial_max_train_samples: PositiveInt | None = None  # a subset per trial makes tuning cheaper
     search_space: dict[str, SearchDimension] = {}
+    # Where the study lives (core/tuning.py): sqlite, a file under <data>/<config>/hpo/ (one
+    # worker); journal, an Optuna journal file there (workers on one machine or a shared file
+    # system); database, a SQLAlchemy URL read from $<storage_url_env> (workers anywhere), e.g.
+    # postgresql+psycopg2://user:password@host:5432/optuna. The URL may hold a password, so it
+    # never goes in the config.
+    storage: Literal["sqlite", "journal", "database"] = "sqlite"
+    storage_url_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = "OPTUNA_STORAGE_URL"
+    # Trial worker processes on one study (`bmlt tune-worker`); 1: the trials run in the step's process.
+    workers: PositiveInt = 1
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_url_in_the_file(cls, raw: Any) -> Any:
+        # Checked on the whole section, so that the error does not repeat the URL (shown for a field).
+        storage = raw.get("storage") if isinstance(raw, dict) else None
+        if isinstance(storage, str) and "://" in storage:
+            raise ValueError(
+                "storage: a database URL does not go in the config (it may hold a password): set storage: "
+                "database and export the URL in the variable named by hpo.storage_url_env (default OPTUNA_STORAGE_URL)"
+            )
+        return raw
 
     @field_validator("search_space")
     @classmethod
@@ -362,6 +383,11 @@ class HpoConfig(Section):
     def _space_when_enabled(self) -> HpoConfig:
         if self.enabled and not self.search_space:
             raise ValueError("hpo.enabled needs a search_space")
+        if self.workers > 1 and self.storage == "sqlite":
+            raise ValueError(
+                f"hpo.workers {self.workers} needs storage journal (one machine or a shared file system) or "
+                "database: parallel writers to one sqlite file fail with 'database is locked'"
+            )
         return self
 
 

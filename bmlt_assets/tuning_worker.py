@@ -1,0 +1,96 @@
+"""Trial workers on one tuning study (``hpo.workers`` > 1):
+
+    bmlt tune-worker --config CONFIG --study NAME
+
+``trained_model`` creates the study and queues its trials (``core.tuning.prepare_study``), starts
+``hpo.workers`` of these processes and waits for them. More can be started on other machines or
+pods against the same database (``hpo.storage: database``): they share the queue, and none runs a
+trial twice. A worker loads the training dataset from storage itself, claims queued trials until
+none is left, and logs each as a nested MLflow run of the step's run (its id is kept in the study).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+from mlflow import MlflowClient
+
+from bmlt_assets.core.config import PlatformConfig
+from bmlt_assets.core.dataset import load_dataset
+from bmlt_assets.core.tuning import (
+    StudyOrigin,
+    TuningResult,
+    describe_storage,
+    join_study,
+    prepare_study,
+    run_queued_trials,
+    study_storage,
+    trial_objective,
+    tuning_result,
+)
+from bmlt_resources.mlflow import MlflowTrialLogger
+from bmlt_resources.storage import StorageResource
+
+
+def hpo_folder(storage: StorageResource) -> Path:
+    """Where a sqlite or journal study lives: ``<data>/<config>/hpo/``."""
+    return storage.root / "hpo"
+
+
+def tune_with_workers(
+    config: PlatformConfig,
+    config_path: str,
+    storage: StorageResource,
+    name: str,
+    origin: StudyOrigin,
+    log: Callable[[str], None],
+) -> TuningResult:
+    """The study created once and its trials queued, then run by ``hpo.workers`` local worker processes."""
+    folder = hpo_folder(storage)
+    study = prepare_study(config, study_storage(config.hpo, folder), name, origin)
+    queued = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+    log(
+        f"HPO study {name} in {describe_storage(config.hpo, folder)}: {queued} queued trial(s) for "
+        f"{config.hpo.workers} worker processes; more may join: bmlt tune-worker --config {config_path} --study {name}"
+    )
+    run_workers(config_path, name, config.hpo.workers)
+    return tuning_result(study, config.hpo)
+
+
+def run_workers(config_path: str, name: str, count: int) -> None:
+    """``count`` ``bmlt tune-worker`` processes, waited for; their output joins this process's
+    (a Dagster step's log). Stopping this process stops them."""
+    command = [sys.executable, "-m", "bmlt_assets.cli", "tune-worker", "--config", config_path, "--study", name]
+    workers = [subprocess.Popen(command) for _ in range(count)]
+    try:
+        codes = [worker.wait() for worker in workers]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.terminate()
+                worker.wait()
+    failed = [code for code in codes if code != 0]
+    if failed:
+        raise RuntimeError(
+            f"{len(failed)} of {count} tune-worker process(es) failed (exit codes {failed}); "
+            "their errors are in this step's log above"
+        )
+
+
+def run_worker(config: PlatformConfig, config_path: Path, name: str) -> int:
+    """Join study ``name`` and run its queued trials until none is left; how many this worker ran."""
+    # The same storage resource as the Dagster step's. Imported here: definitions imports the
+    # training asset, which imports this module.
+    from bmlt_assets.definitions import build_resources
+
+    storage = build_resources(config_path)["storage"]
+    assert isinstance(storage, StorageResource)
+    optuna_storage = study_storage(config.hpo, hpo_folder(storage))
+    study, origin = join_study(config, optuna_storage, name)
+    data = load_dataset(storage.require(storage.dataset, "training_dataset"), config, fold=origin.fold)
+    logger = MlflowTrialLogger(MlflowClient(config.tracking_uri), origin.mlflow_parent_run_id)
+    return run_queued_trials(study, optuna_storage, trial_objective(config, data, logger), config.hpo.timeout_s)
