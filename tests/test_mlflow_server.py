@@ -17,7 +17,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from bmlt_assets.core.config import load_config
+from bmlt_assets.core.config import ConfigError, load_config
 from bmlt_assets.definitions import INGEST_ASSETS, TRAINING_ASSETS, build_resources
 from bmlt_assets.partitions import range_tags
 from bmlt_resources.storage import StorageResource
@@ -82,3 +82,13 @@ def test_a_tracking_server_stores_runs_models_and_reports_in_s3_for_clients_with
     probabilities = model.predict({"book": base[index], "mids": mids[index], "timestamp_ns": stamps[steps]})
     assert probabilities.shape == (2, len(config.labels.horizons_s), config.labels.n_classes)
     np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
+
+
+def test_a_server_uri_is_accepted_and_its_credentials_come_only_from_the_environment(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, {"mlflow": {"tracking_uri": "https://mlflow.example.com"}}))
+    assert config.tracking_uri == "https://mlflow.example.com" and config.artifact_location == ""
+    local = load_config(write_config(tmp_path))
+    assert local.tracking_uri.startswith("sqlite:") and local.artifact_location.startswith("file:")
+    with pytest.raises(ConfigError, match="MLFLOW_TRACKING_PASSWORD") as error:
+        load_config(write_config(tmp_path, {"mlflow": {"tracking_uri": "https://bmlt:hunter2@mlflow.example.com"}}))
+    assert "hunter2" not in str(error.value)

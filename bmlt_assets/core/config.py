@@ -14,6 +14,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -398,6 +399,18 @@ class MlflowConfig(Section):
     experiment: str = "bmlt"
     registered_model: str | None = None  # default: "bmlt-<config name>"
     ui_url: str = "http://127.0.0.1:5000"  # where `mlflow ui` serves, for links in Dagster metadata
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_password_in_the_file(cls, raw: Any) -> Any:
+        # Checked on the whole section, so that the error does not repeat the URI (shown for a field).
+        uri = raw.get("tracking_uri") if isinstance(raw, dict) else None
+        if isinstance(uri, str) and urlsplit(uri).password:
+            raise ValueError(
+                "tracking_uri: credentials do not go in the config: remove them from the URI and export "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (a server), or use a database URI without one"
+            )
+        return raw
 
 
 class EvaluationConfig(Section):
