@@ -99,6 +99,8 @@ def summary(config: PlatformConfig, args: argparse.Namespace) -> int:
         console.print(f"{config.tracking_uri}: cannot read the registry ({error.message})", style="red")
         return 2
     verdict_style = "bold green" if verdict == "promoted" else "bold yellow"
+    served = config.tracking_uri.startswith(("http://", "https://"))  # a tracking server serves its own UI
+    ui = config.mlflow.ui_url if served else f"mlflow ui --backend-store-uri {config.tracking_uri}"
     rows = [
         ("run", f"{run.info.run_name}  {run.info.run_id}", ""),
         ("", link, "dim"),
@@ -106,7 +108,7 @@ def summary(config: PlatformConfig, args: argparse.Namespace) -> int:
         ("verdict", verdict, verdict_style),
         ("report", str(root / "report" / "report.html"), ""),
         ("data", str(root), ""),
-        ("MLflow UI", f"mlflow ui --backend-store-uri {config.tracking_uri}", "dim"),
+        ("MLflow UI", ui, "dim"),
         ("Dagster UI", f"make ui CONFIG={args.config}", "dim"),
     ]
     for label, value, style in rows:

@@ -17,6 +17,7 @@ import mlflow
 import numpy as np
 import pytest
 
+from bmlt_assets import cli
 from bmlt_assets.core.config import ConfigError, load_config
 from bmlt_assets.definitions import INGEST_ASSETS, TRAINING_ASSETS, build_resources
 from bmlt_assets.partitions import range_tags
@@ -52,9 +53,9 @@ def tracking_server(tmp_path: Path, s3: S3, monkeypatch: pytest.MonkeyPatch) -> 
 
 @pytest.mark.slow  # a server start plus the whole tiny pipeline: about a minute
 def test_a_tracking_server_stores_runs_models_and_reports_in_s3_for_clients_without_keys(
-    tmp_path: Path, s3: S3, tracking_server: str
+    tmp_path: Path, s3: S3, tracking_server: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config_path = write_config(tmp_path, {"mlflow": {"tracking_uri": tracking_server}})
+    config_path = write_config(tmp_path, {"mlflow": {"tracking_uri": tracking_server, "ui_url": tracking_server}})
     config = load_config(config_path)
     assert config.artifact_location == ""  # the server decides where artifacts go
     assets = INGEST_ASSETS + TRAINING_ASSETS
@@ -72,6 +73,10 @@ def test_a_tracking_server_stores_runs_models_and_reports_in_s3_for_clients_with
     assert any(key.endswith("/report/report.md") for key in keys)
     assert any(key.endswith(".png") and "/report/" in key for key in keys)  # the report's figures
     assert any(key.endswith("artifacts/checkpoint.pt") or key.endswith("/checkpoint.pt") for key in keys)
+
+    assert cli.main(["summary", "--config", str(config_path)]) == 0  # reads the registry through the server
+    shown = capsys.readouterr().out
+    assert f"MLflow UI  {tracking_server}" in shown and "--backend-store-uri" not in shown
 
     mlflow.set_tracking_uri(tracking_server)
     model = mlflow.pyfunc.load_model(f"models:/{config.registered_model_name}@challenger")
