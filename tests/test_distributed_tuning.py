@@ -155,3 +155,21 @@ def test_trained_model_tunes_with_tune_worker_processes_on_postgres(
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == parents
     assert sorted(r.data.tags["optuna.trial"] for r in children) == ["0", "1", "2"]
     assert {r.data.tags["optuna.state"] for r in children} == {"COMPLETE"}
+
+
+def test_the_kubernetes_tune_workers_job_is_valid_and_runs_our_command() -> None:
+    import kubernetes_validate
+    import yaml
+
+    from bmlt_assets.cli import build_parser
+
+    manifest = yaml.safe_load((Path(__file__).parents[1] / "deploy" / "tune-workers.yaml").read_text())
+    kubernetes_validate.validate(manifest, "1.30", strict=True)
+    container = manifest["spec"]["template"]["spec"]["containers"][0]
+    args = build_parser().parse_args(container["command"][1:])
+    assert (args.command, args.study) == ("tune-worker", "STUDY_NAME")
+    assert "env" not in container  # everything secret comes from Secrets by name
+    assert {s["secretRef"]["name"] for s in container["envFrom"]} >= {"bmlt-optuna", "bmlt-s3"}
+    container["envFrom"][0]["secretRef"]["nmae"] = "typo"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(manifest, "1.30", strict=True)
