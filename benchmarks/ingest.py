@@ -70,7 +70,7 @@ def _config(folder: Path, server) -> Path:
     }
     raw["labels"]["target_symbol"] = "BTC/USDT"
     raw["recording"] = {"cadence_ms": 0, "flush_s": 2.0}
-    raw["storage"] = {"base_dir": str(folder / "data")}
+    raw["storage"] = {"uri": str(folder / "data")}
     path = folder / "record.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path

@@ -82,8 +82,11 @@ def summary(config: PlatformConfig, args: argparse.Namespace) -> int:
 
     colour = colour_enabled(sys.stdout)  # soft_wrap: paths and links stay whole when piped
     console = Console(highlight=False, no_color=not colour, force_terminal=colour, soft_wrap=True)
-    root = config.base_dir / config.name
-    model_meta, metrics = root / "model" / "meta.json", root / "report" / "metrics.json"
+    from bmlt_resources.storage import StorageResource
+
+    storage = StorageResource.for_config(config)
+    root = storage.store
+    model_meta, metrics = storage.model / "meta.json", storage.report / "metrics.json"
     if not model_meta.exists():
         console.print(f"no trained model yet for {config.name} under {root}: run `make demo` or the full_pipeline job")
         return 1
@@ -106,7 +109,7 @@ def summary(config: PlatformConfig, args: argparse.Namespace) -> int:
         ("", link, "dim"),
         ("model", f"models:/{name}/{version}  " + " ".join(f"@{a}" for a in aliases), "bold"),
         ("verdict", verdict, verdict_style),
-        ("report", str(root / "report" / "report.html"), ""),
+        ("report", str(storage.report / "report.html"), ""),
         ("data", str(root), ""),
         ("MLflow UI", ui, "dim"),
         ("Dagster UI", f"make ui CONFIG={args.config}", "dim"),
@@ -196,7 +199,7 @@ def report(config: PlatformConfig, args: argparse.Namespace) -> int:
                 f"  signal capture: accuracy {capture['accuracy_capture']:.3f}, "
                 f"log loss {capture['logloss_capture']:.3f}"
             )
-    target = args.out or config.base_dir / config.name / "reports" / f"report-{args.run_id}.html"
+    target = args.out or config.local_dir / config.name / "reports" / f"report-{args.run_id}.html"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text((folder / "report.html").read_text())
     print(f"\nHTML report: {target.resolve()}")
@@ -282,7 +285,7 @@ def import_(config: PlatformConfig, args: argparse.Namespace) -> int:
     finally:
         progress.close()
     stem = f"import-{args.files[0].name.split('.')[0]}"
-    for target in landing_targets(frame, config.base_dir, args.market, stem):
+    for target in landing_targets(frame, config.local_dir, args.market, stem):
         held = landing_depth(target) if target.exists() else None
         if held is not None and held != args.levels and not args.force:
             print(
@@ -291,7 +294,7 @@ def import_(config: PlatformConfig, args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-    written = write_landing_days(frame, config.base_dir, args.market, stem)
+    written = write_landing_days(frame, config.local_dir, args.market, stem)
     result = imported.as_dict() | {
         "files": [str(f) for f in args.files],
         "written": [str(w) for w in written],
@@ -302,7 +305,7 @@ def import_(config: PlatformConfig, args: argparse.Namespace) -> int:
     for damage in imported.damaged:  # after the write: the books before the damage are kept
         kept = (
             f"the {damage['books']} books rebuilt before the damage were written to "
-            f"{landing_root(config.base_dir, args.market)}"
+            f"{landing_root(config.local_dir, args.market)}"
             if damage["books"]
             else "no book was rebuilt before the damage, so nothing was written from it"
         )

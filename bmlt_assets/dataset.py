@@ -5,7 +5,7 @@ import numpy as np
 
 from bmlt_assets.core.config import PlatformConfig
 from bmlt_assets.core.dataset import TrainingData, build_folds, fold_count, load_dataset, save_dataset
-from bmlt_assets.core.files import atomic_directory, directory_bytes, load_arrays, write_json
+from bmlt_assets.core.files import directory_bytes, load_arrays, write_json
 from bmlt_assets.core.splits import PARTS
 from bmlt_assets.metadata import markdown_table
 from bmlt_assets.returns import forward_returns
@@ -42,7 +42,7 @@ def training_dataset(
         days.append(tensors | returns)
     folds = build_folds(days, config)
     data = folds[-1]
-    with atomic_directory(storage.dataset) as staging:
+    with storage.commit(storage.dataset) as staging:
         save_dataset(folds, staging)
         write_json(
             {"config": config.model_dump(mode="json"), "shape": list(data.shape), "folds": len(folds)},

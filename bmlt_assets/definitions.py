@@ -73,12 +73,12 @@ def build_resources(config_path: Path) -> dict[str, object]:
             data_type=data.tardis.data_type,
             market=data.market,
             depth=data.depth,
-            download_dir=str(config.base_dir / data.tardis.download_dir),
+            download_dir=str(config.local_dir / data.tardis.download_dir),
             endpoint=data.tardis.endpoint,
             keep_every_ms=config.recording_cadence_ms,
         )
     else:
-        book_source = LandingZoneResource(base_dir=str(config.base_dir), market=data.market, depth=data.depth)
+        book_source = LandingZoneResource(local_dir=str(config.local_dir), market=data.market, depth=data.depth)
     resources: dict[str, object] = {}
     if data.source == "binance":
         # Credentials only from the environment, and only when set: public market data needs none.
@@ -90,7 +90,7 @@ def build_resources(config_path: Path) -> dict[str, object]:
         resources["binance"] = BinanceResource.for_config(data, **credentials)
     return resources | {
         "settings": settings,
-        "storage": StorageResource(base_dir=str(config.base_dir), config_name=config.name),
+        "storage": StorageResource.for_config(config),
         "book_source": book_source,
         "mlflow": MlflowTracking(
             experiment_name=config.mlflow.experiment,

@@ -11,7 +11,7 @@ from bmlt_assets.core.checkpoint import CHECKPOINT, load_checkpoint
 from bmlt_assets.core.config import PlatformConfig
 from bmlt_assets.core.dataset import TrainingData, fold_count, load_dataset
 from bmlt_assets.core.evaluation import evaluate, flat_metrics, oracle_for
-from bmlt_assets.core.files import atomic_directory, write_json
+from bmlt_assets.core.files import write_json
 from bmlt_assets.core.promotion import Verdict, gate, incomparability
 from bmlt_assets.core.report import write_report
 from bmlt_assets.core.sources import BookSource
@@ -40,7 +40,8 @@ def evaluation_report(
     book_source: dg.ResourceParam[BookSource],
 ) -> dg.MaterializeResult:
     config = settings.get()
-    data = load_dataset(storage.require(storage.dataset, "training_dataset"), config)
+    dataset_dir = storage.require(storage.dataset, "training_dataset")
+    data = load_dataset(dataset_dir, config)
     model_dir = storage.require(storage.model, "trained_model")
     model, _, spec = load_checkpoint(model_dir / CHECKPOINT)
     model_meta = json.loads((model_dir / "meta.json").read_text())
@@ -59,10 +60,10 @@ def evaluation_report(
         labels=config.labels,
     )
     horizons = config.labels.horizons_s
-    walk_forward = evaluate_folds(config, storage.dataset, model_dir, oracle) if fold_count(config) > 1 else []
+    walk_forward = evaluate_folds(config, dataset_dir, model_dir, oracle) if fold_count(config) > 1 else []
     verdict = gate(report, champion_exists, champion is not None, config.evaluation.promotion_max_ece, champion_note)
     front_matter = _front_matter(settings, mlflow, model_meta, verdict, champion_note)
-    with atomic_directory(storage.report) as staging:
+    with storage.commit(storage.report) as staging:
         embedded, _ = write_report(
             staging,
             report,
@@ -72,7 +73,7 @@ def evaluation_report(
             front_matter,
         )
         write_json({"horizons_s": horizons, "report": report, "walk_forward": walk_forward}, staging / "metrics.json")
-    mlflow.log_artifacts(str(storage.report), "report")
+    mlflow.log_artifacts(str(storage.require(storage.report, "evaluation_report")), "report")
     mlflow.log_metrics(flat_metrics(report, horizons, walk_forward))
     mlflow.set_tag("bmlt.model_run_id", model_meta.get("mlflow_run_id", ""))
     for entry, horizon in zip(report, horizons):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-from pathlib import Path
 from typing import Any
 
 from bmlt_assets.core.config import PROJECT_ROOT
+from bmlt_assets.core.files import StoredPath, read_meta
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -22,13 +22,20 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def content_hash(path: Path) -> str:
-    """sha256 over the names and bytes of a file or of every file in a folder (sorted)."""
+def content_hash(path: StoredPath) -> str:
+    """The content hash a folder partition's meta.json recorded at its commit (nothing else is
+    read), or the sha256 of a file's bytes."""
+    if path.suffix == "":
+        recorded = read_meta(path).get("content_hash")
+        if recorded is not None:
+            return recorded
+        files = sorted(p for p in path.rglob("*") if p.is_file())  # written before commits recorded it
+    else:
+        files = [path]
     digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for file in files:
         digest.update(file.name.encode())
-        with open(file, "rb") as handle:
+        with file.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()

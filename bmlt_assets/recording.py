@@ -23,7 +23,7 @@ def build_recorder(
     status_every_s: float | None = None,
 ) -> Recorder:
     data, recording = config.data, config.recording
-    writer = LandingWriter(landing_root(config.base_dir, data.market), data.depth, recording.rotate_s)
+    writer = LandingWriter(landing_root(config.local_dir, data.market), data.depth, recording.rotate_s)
     return Recorder(
         binance.stream_exchange(),
         data.symbols,

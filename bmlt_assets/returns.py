@@ -5,7 +5,7 @@ import datetime as dt
 import dagster as dg
 import numpy as np
 
-from bmlt_assets.core.files import atomic_directory, load_arrays, save_arrays, write_json
+from bmlt_assets.core.files import load_arrays, save_arrays, write_json
 from bmlt_assets.core.labels import forward_log_returns, trailing_volatility
 from bmlt_assets.core.quality import labels_across_gaps
 from bmlt_assets.metadata import partitioned_result
@@ -33,9 +33,12 @@ def forward_returns(
         today = load_arrays(storage.require(storage.tensors(date), "book_tensors", date), ["mids", "valid"])
         mids, valid = today["mids"], today["valid"]
         # dagster#26935: a missing next day is not an error; those horizons stay NaN until it exists.
-        next_day = storage.tensors(date + dt.timedelta(days=1))
-        if (next_day / "meta.json").exists():
-            tomorrow = load_arrays(next_day, ["mids", "valid"], mmap=True)
+        following = date + dt.timedelta(days=1)
+        next_day_used = storage.committed(storage.tensors(following))
+        if next_day_used:
+            tomorrow = load_arrays(
+                storage.require(storage.tensors(following), "book_tensors", following), ["mids", "valid"], mmap=True
+            )
             mids = np.concatenate([mids, tomorrow["mids"][: max(horizons)]])
             valid = np.concatenate([valid, tomorrow["valid"][: max(horizons)]])
         else:
@@ -45,14 +48,14 @@ def forward_returns(
             "returns": forward_log_returns(mids, valid, horizons, steps),
             "volatility": trailing_volatility(today["mids"], today["valid"], config.vol_lookback_steps),
         }
-        with atomic_directory(storage.returns(date)) as staging:
+        with storage.commit(storage.returns(date)) as staging:
             save_arrays(staging, arrays)
             write_json(
                 {
                     "date": date.isoformat(),
                     "horizons_s": config.labels.horizons_s,
                     "symbols": config.data.symbols,
-                    "next_day_used": (next_day / "meta.json").exists(),
+                    "next_day_used": next_day_used,
                 },
                 staging / "meta.json",
             )

@@ -6,7 +6,7 @@ import dagster as dg
 import polars as pl
 
 from bmlt_assets.core.book import validate_snapshots
-from bmlt_assets.core.files import write_json, write_parquet
+from bmlt_assets.core.files import read_parquet, write_json, write_parquet
 from bmlt_assets.core.quality import snapshot_quality
 from bmlt_assets.core.sources import BookSource
 from bmlt_assets.metadata import partitioned_check, partitioned_result
@@ -86,12 +86,10 @@ def snapshots_are_sound(
     days, failures = {}, []
     for key in context.partition_keys:
         date = dt.date.fromisoformat(key)
-        clean = pl.read_parquet(storage.require(storage.snapshots(date), "orderbook_snapshots", date))
+        clean = read_parquet(storage.require(storage.snapshots(date), "orderbook_snapshots", date))
         quarantine = storage.quarantine(date)
         quarantined = (
-            pl.read_parquet(quarantine)
-            if quarantine.exists()
-            else clean.clear().with_columns(pl.lit("").alias("reason"))
+            read_parquet(quarantine) if quarantine.exists() else clean.clear().with_columns(pl.lit("").alias("reason"))
         )
         measured = snapshot_quality(
             clean, quarantined, config.data.steps_per_day, config.data.cadence_ms, config.data.symbols, config.quality

@@ -6,7 +6,7 @@ import json
 import dagster as dg
 import numpy as np
 
-from bmlt_assets.core.files import atomic_directory, directory_bytes, load_arrays, save_arrays, write_json
+from bmlt_assets.core.files import directory_bytes, load_arrays, readable, save_arrays, write_json
 from bmlt_assets.core.plan import memory_plan
 from bmlt_assets.core.quality import tensor_quality
 from bmlt_assets.core.representation import CHANNELS, day_tensors_from_parquet, level_names
@@ -38,9 +38,10 @@ def book_tensors(
         _refuse_failed_snapshots(storage, date)
         gaps_file = storage.snapshot_gaps(date)  # written with the partition (absent for older ones)
         gaps = json.loads(gaps_file.read_text()) if gaps_file.exists() else []
-        arrays = day_tensors_from_parquet(
-            source, date, data.symbols, data.cadence_ms, data.staleness_ms, config.representation, gaps
-        )
+        with readable(source) as snapshots:
+            arrays = day_tensors_from_parquet(
+                snapshots, date, data.symbols, data.cadence_ms, data.staleness_ms, config.representation, gaps
+            )
         meta = {
             "date": date.isoformat(),
             "shape": list(arrays["base"].shape),
@@ -52,7 +53,7 @@ def book_tensors(
             "representation": config.representation.model_dump(),
         }
         target = storage.tensors(date)
-        with atomic_directory(target) as staging:
+        with storage.commit(target) as staging:
             save_arrays(staging, arrays)
             write_json(meta, staging / "meta.json")
         valid = arrays["valid"]

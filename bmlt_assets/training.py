@@ -10,7 +10,7 @@ from bmlt_assets.core.calibration import validation_temperatures
 from bmlt_assets.core.checkpoint import CHECKPOINT, input_example, model_spec, save_checkpoint
 from bmlt_assets.core.config import PlatformConfig
 from bmlt_assets.core.dataset import TrainingData, fold_count, load_dataset
-from bmlt_assets.core.files import atomic_directory, write_json
+from bmlt_assets.core.files import write_json
 from bmlt_assets.core.models import parameter_count
 from bmlt_assets.core.train import EpochRecord, TrainResult, epoch_metrics, load_result, train
 from bmlt_assets.core.tuning import StudyOrigin, TuningResult, study_name, study_storage, tune, with_params
@@ -78,7 +78,7 @@ def trained_model(
         )
         return _train_with_torchrun(context, torchrun, mlflow, job, fold_config, fold_data)
 
-    earlier = train_earlier_folds(config, storage.dataset, configure, lambda k, c, d: fit(k, c, d)[0].model)
+    earlier = train_earlier_folds(config, dataset_dir, configure, lambda k, c, d: fit(k, c, d)[0].model)
     config = configure(latest, data)
     resume_state = storage.root / "training-checkpoint.pt"  # checkpointed every epoch: a killed run resumes
     result, reported = fit(latest, config, data, resume_state)
@@ -89,25 +89,25 @@ def trained_model(
     temperatures = validation_temperatures(result.model, data)
     mlflow.log_metrics({f"temperature_{h}s": t for h, t in zip(config.labels.horizons_s, temperatures)})
     spec = model_spec(config, data, temperatures)
-    with atomic_directory(storage.model) as staging:
+    tags = {**provenance, "dagster_run_id": context.run.run_id}
+    # Registered before the commit, so that a committed model folder always names its registry entry.
+    with storage.commit(storage.model) as staging:
         save_checkpoint(staging / CHECKPOINT, result.model, data.source.normalizer, spec)
         save_fold_checkpoints(staging, earlier)
-        write_json({"spec": spec, "best_epoch": result.best_epoch}, staging / "meta.json")
+        registered = mlflow.register_challenger(
+            config.registered_model_name, staging / CHECKPOINT, input_example(data), tags, _description(config)
+        )
+        write_json(
+            {
+                "spec": spec,
+                "best_epoch": result.best_epoch,
+                "mlflow_run_id": registered.run_id,
+                "model_uri": registered.model_uri,
+                "registered_version": registered.version,
+            },
+            staging / "meta.json",
+        )
     resume_state.unlink(missing_ok=True)  # the model is safely stored: the next run starts afresh
-    tags = {**provenance, "dagster_run_id": context.run.run_id}
-    registered = mlflow.register_challenger(
-        config.registered_model_name, storage.model / CHECKPOINT, input_example(data), tags, _description(config)
-    )
-    write_json(
-        {
-            "spec": spec,
-            "best_epoch": result.best_epoch,
-            "mlflow_run_id": registered.run_id,
-            "model_uri": registered.model_uri,
-            "registered_version": registered.version,
-        },
-        storage.model / "meta.json",
-    )
     return dg.MaterializeResult(metadata=_metadata(result, temperatures, registered, tunings.get(latest)) | reported)
 
 

@@ -1,6 +1,6 @@
-"""Where assets live on disk.
+"""Where assets live: a local folder or an object store (``storage.uri``).
 
-Layout under ``<base_dir>/<config name>/``:
+Layout under ``<storage.uri>/<config name>/``:
 
     snapshots/date=YYYY-MM-DD.parquet        orderbook_snapshots (zstd Parquet)
     quarantine/date=YYYY-MM-DD.parquet       malformed snapshots with their reason
@@ -12,72 +12,124 @@ Layout under ``<base_dir>/<config name>/``:
     model/                                   trained_model checkpoint
     report/                                  evaluation_report
 
-Real data arrives in ``<base_dir>/landing/<market>/date=YYYY-MM-DD/*.parquet`` (shared by all
-configs), in the snapshot schema of ``bmlt_assets.core.book``.
-
-Writes go through the atomic helpers of ``bmlt_assets.core.files``.
+Folders are committed whole with their meta.json last (``commit``); a folder without one is absent.
+What must stay on a local disk (``PlatformConfig.local_dir``) is under ``root``. Real data arrives
+in ``<local_dir>/landing/<market>/date=YYYY-MM-DD/*.parquet`` (shared by all configs), in the
+snapshot schema of ``bmlt_assets.core.book``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 
 from bmlt_assets.core.book import trim_depth
-from bmlt_assets.core.files import CorruptPartitionError, MissingPartitionError, integrity_problem, landing_root
+from bmlt_assets.core.config import PlatformConfig
+from bmlt_assets.core.files import (
+    META,
+    CorruptPartitionError,
+    MissingPartitionError,
+    StoredPath,
+    atomic_directory,
+    integrity_problem,
+    is_remote,
+    landing_root,
+    stage,
+    storage_root,
+)
 
 
 class StorageResource(dg.ConfigurableResource):
-    """Paths of every asset for one config; local folders (object stores via a later issue)."""
+    """Paths of every asset of one config, local or remote, and the local folder beside them."""
 
-    base_dir: str
+    uri: str  # storage.uri: a local folder or s3://bucket/prefix
+    endpoint_url: str | None = None
+    local_dir: str  # PlatformConfig.local_dir: the uri itself when local, else storage.cache_dir
     config_name: str
+
+    @classmethod
+    def for_config(cls, config: PlatformConfig) -> StorageResource:
+        s = config.storage
+        return cls(uri=s.uri, endpoint_url=s.endpoint_url, local_dir=str(config.local_dir), config_name=config.name)
+
+    @property
+    def store(self) -> StoredPath:
+        """This config's partitions (a ``UPath`` when remote)."""
+        return storage_root(self.uri, self.endpoint_url) / self.config_name
 
     @property
     def root(self) -> Path:
-        return Path(self.base_dir) / self.config_name
-
-    def snapshots(self, date: dt.date) -> Path:
-        return self.root / "snapshots" / f"date={date.isoformat()}.parquet"
-
-    def quarantine(self, date: dt.date) -> Path:
-        return self.root / "quarantine" / f"date={date.isoformat()}.parquet"
-
-    def snapshot_gaps(self, date: dt.date) -> Path:
-        return self.root / "snapshot_gaps" / f"date={date.isoformat()}.json"
-
-    def snapshot_check(self, date: dt.date) -> Path:
-        return self.root / "snapshot_checks" / f"date={date.isoformat()}.json"
-
-    def tensors(self, date: dt.date) -> Path:
-        return self.root / "tensors" / f"date={date.isoformat()}"
-
-    def returns(self, date: dt.date) -> Path:
-        return self.root / "returns" / f"date={date.isoformat()}"
+        """This config's local folder (resume checkpoints, tuning studies); the store's when it is local."""
+        return Path(self.local_dir) / self.config_name
 
     @property
-    def dataset(self) -> Path:
-        return self.root / "dataset"
+    def staged(self) -> Path:
+        """Verified local copies of remote partitions, one folder per content hash."""
+        return Path(self.local_dir) / "staged"
+
+    def snapshots(self, date: dt.date) -> StoredPath:
+        return self.store / "snapshots" / f"date={date.isoformat()}.parquet"
+
+    def quarantine(self, date: dt.date) -> StoredPath:
+        return self.store / "quarantine" / f"date={date.isoformat()}.parquet"
+
+    def snapshot_gaps(self, date: dt.date) -> StoredPath:
+        return self.store / "snapshot_gaps" / f"date={date.isoformat()}.json"
+
+    def snapshot_check(self, date: dt.date) -> StoredPath:
+        return self.store / "snapshot_checks" / f"date={date.isoformat()}.json"
+
+    def tensors(self, date: dt.date) -> StoredPath:
+        return self.store / "tensors" / f"date={date.isoformat()}"
+
+    def returns(self, date: dt.date) -> StoredPath:
+        return self.store / "returns" / f"date={date.isoformat()}"
 
     @property
-    def model(self) -> Path:
-        return self.root / "model"
+    def dataset(self) -> StoredPath:
+        return self.store / "dataset"
 
     @property
-    def report(self) -> Path:
-        return self.root / "report"
+    def model(self) -> StoredPath:
+        return self.store / "model"
 
-    def require(self, path: Path, asset: str, date: dt.date | None = None) -> Path:
-        """``path`` if it was fully written and is readable, else an error naming what to materialize."""
-        marker = path / "meta.json" if path.suffix == "" else path
-        if marker.exists():
-            problem = integrity_problem(path)
-            if problem is None:
-                return path
+    @property
+    def report(self) -> StoredPath:
+        return self.store / "report"
+
+    def commit(self, path: StoredPath) -> AbstractContextManager[Path]:
+        """A local folder to fill; on success it becomes the partition ``path`` (core.files.atomic_directory)."""
+        if not is_remote(path):
+            return atomic_directory(path)
+        Path(self.local_dir).mkdir(parents=True, exist_ok=True)  # a remote partition is assembled here
+        return atomic_directory(path, scratch=Path(self.local_dir))
+
+    def committed(self, path: StoredPath) -> bool:
+        """Whether a folder partition has its meta.json (is visible to readers), or a file exists."""
+        return (path / META if path.suffix == "" else path).exists()
+
+    def require(self, path: StoredPath, asset: str, date: dt.date | None = None) -> StoredPath:
+        """``path`` if it was fully written and is readable, else an error naming what to materialize.
+
+        A folder partition comes back as a local folder (a remote one staged, for memory maps); a
+        file as it is."""
+        problem = None
+        if self.committed(path):
+            try:
+                readable = stage(path, self.staged) if is_remote(path) and path.suffix == "" else path
+            except FileNotFoundError:  # its meta.json went away: being re-committed
+                problem = None
+            except CorruptPartitionError as error:
+                problem = str(error)
+            else:
+                problem = integrity_problem(readable)
+                if problem is None:
+                    return readable
         if date is None:
             hint = f"dagster asset materialize -m bmlt_assets.definitions --select {asset}"
         else:
@@ -85,7 +137,7 @@ class StorageResource(dg.ConfigurableResource):
                 f"dagster asset materialize -m bmlt_assets.definitions --select {asset} --partition {date.isoformat()}"
             )
         where = f" for {date.isoformat()}" if date else ""
-        if marker.exists():
+        if problem is not None:
             raise CorruptPartitionError(f"{asset}{where} at {path} is corrupt ({problem}); re-materialize it: {hint}")
         raise MissingPartitionError(f"{asset}{where} is missing at {path}; materialize it first: {hint}")
 
@@ -94,12 +146,12 @@ class LandingZoneResource(dg.ConfigurableResource):
     """Real snapshots recorded or imported into the landing zone (see ``bmlt record``/``import``);
     a :class:`~bmlt_assets.core.sources.BookSource` without an oracle."""
 
-    base_dir: str
+    local_dir: str  # PlatformConfig.local_dir
     market: str
     depth: int
 
     def snapshots(self, date: dt.date, symbols: list[str]) -> pl.DataFrame:
-        folder = landing_root(self.base_dir, self.market) / f"date={date.isoformat()}"
+        folder = landing_root(self.local_dir, self.market) / f"date={date.isoformat()}"
         files = sorted(folder.glob("*.parquet"))  # unfinished writes are '.<name>.tmp-*': never matched
         if not files:
             raise MissingPartitionError(
@@ -111,7 +163,7 @@ class LandingZoneResource(dg.ConfigurableResource):
 
     def gaps(self, date: dt.date, symbols: list[str]) -> list[dict]:
         """Intervals the recorder lost (``*.gaps.json`` beside its files; see core/recorder.py)."""
-        folder = landing_root(self.base_dir, self.market) / f"date={date.isoformat()}"
+        folder = landing_root(self.local_dir, self.market) / f"date={date.isoformat()}"
         found = [gap for path in sorted(folder.glob("*.gaps.json")) for gap in json.loads(path.read_text())]
         return [gap for gap in found if gap["symbol"] in symbols]
 

@@ -9,9 +9,10 @@
 
       "torchrun": KubernetesTorchrun(image="registry/bmlt:1.0", data_volume_claim="bmlt-data", gpus=4),
 
-  The pod must see the same data folder as the step (``storage.base_dir`` on a shared volume, at
-  the same path) and receives the MLflow variables through ``env``; credentials for a tracking
-  server belong in ``env_from_secrets``, never in the config.
+  The pod must see the same data folder as the step (``PlatformConfig.local_dir``, where the
+  dataset is staged and results handed back, on a shared volume at the same path) and receives the
+  MLflow variables through ``env``; credentials for a tracking server belong in ``env_from_secrets``,
+  never in the config.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ class LocalTorchrun(TorchrunLauncher):
 
 class KubernetesTorchrun(TorchrunLauncher):
     image: str
-    data_volume_claim: str  # a ReadWriteMany claim holding storage.base_dir
-    data_mount_path: str = "/data"  # where storage.base_dir is in both the step's and the training pod
+    data_volume_claim: str  # a ReadWriteMany claim holding PlatformConfig.local_dir
+    data_mount_path: str = "/data"  # where local_dir is in both the step's and the training pod
     namespace: str | None = None  # default: the current context's, or the step pod's
     gpus: int = 0  # nvidia.com/gpu per pod: one per rank with backend nccl
     cpu: str = "2"

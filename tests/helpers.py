@@ -27,7 +27,7 @@ TINY = TESTS / "configs" / "tiny.yaml"
 def write_config(folder: Path, overrides: dict | None = None, name: str = "config.yaml") -> Path:
     """The tiny config with storage under ``folder`` and optional section overrides."""
     raw = yaml.safe_load(TINY.read_text())
-    raw["storage"] = {"base_dir": str(folder / "data")}
+    raw["storage"] = {"uri": str(folder / "data")}
     for section, values in (overrides or {}).items():
         if isinstance(values, dict):
             raw.setdefault(section, {}).update(values)

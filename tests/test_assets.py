@@ -83,7 +83,7 @@ def _materialize(config_path: Path, selection, **kwargs) -> dg.ExecuteInProcessR
 
 
 def test_ingest_one_partition_then_a_range(tiny_config_path: Path, tiny_config: PlatformConfig) -> None:
-    storage = StorageResource(base_dir=str(tiny_config.base_dir), config_name=tiny_config.name)
+    storage = StorageResource.for_config(tiny_config)
     first, second = tiny_config.data.dates
     result = _materialize(tiny_config_path, INGEST_ASSETS[:2], partition_key=first.isoformat())
     assert result.success
@@ -137,11 +137,7 @@ def test_training_assets_log_register_and_report(tiny_config_path: Path, tiny_co
     assert version.tags["bmlt.data_fingerprint"] == run.data.tags["bmlt.data_fingerprint"]
 
     # The promotion gate's verdict agrees with the report it was drawn from, and with the alias.
-    report = json.loads(
-        (
-            StorageResource(base_dir=str(tiny_config.base_dir), config_name=tiny_config.name).report / "metrics.json"
-        ).read_text()
-    )["report"]
+    report = json.loads((StorageResource.for_config(tiny_config).report / "metrics.json").read_text())["report"]
     # Costs a trader recognizes: Binance spot's taker fee by default, and the P&L at 0, 1x and 2x it.
     assert report[0]["costs"]["fee_bps_per_side"] == 10.0
     assert [level["fee_bps_per_side"] for level in report[0]["pnl_by_fee"]] == [0.0, 10.0, 20.0]
@@ -166,9 +162,7 @@ def test_training_assets_log_register_and_report(tiny_config_path: Path, tiny_co
     assert ("Promoted to @champion" in described) == promoted
     assert all(reason in described for reason in verdict["reasons"])
     # The report opens with what was evaluated and the same verdict, each horizon named in seconds.
-    front = (
-        StorageResource(base_dir=str(tiny_config.base_dir), config_name=tiny_config.name).report / "report.md"
-    ).read_text(encoding="utf-8")
+    front = (StorageResource.for_config(tiny_config).report / "report.md").read_text(encoding="utf-8")
     front = front[: front.index("## Headline")]
     assert f"| version | {version.version} |" in front and "@challenger" in front
     assert f"| MLflow run | [{run.info.run_id}](" in front and f"| data range | {first} to {last} " in front
@@ -179,7 +173,7 @@ def test_training_assets_log_register_and_report(tiny_config_path: Path, tiny_co
     model = mlflow.pyfunc.load_model(f"models:/{tiny_config.registered_model_name}@challenger")
     spec = model.metadata.get_input_schema().inputs
     assert [s.name for s in spec] == ["book", "mids", "timestamp_ns"]
-    storage = StorageResource(base_dir=str(tiny_config.base_dir), config_name=tiny_config.name)
+    storage = StorageResource.for_config(tiny_config)
     base = np.load(storage.tensors(first) / "base.npy")
     mids = np.load(storage.tensors(first) / "mids.npy")
     stamps = np.load(storage.tensors(first) / "timestamps.npy")

@@ -32,7 +32,7 @@ def test_partition_range_in_one_run_and_job_backfill_per_day(
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(PROJECT_ROOT / ".dagster_home" / "dagster.yaml", home / "dagster.yaml")
-    storage = StorageResource(base_dir=str(tiny_config.base_dir), config_name=tiny_config.name)
+    storage = StorageResource.for_config(tiny_config)
 
     single_run = _dagster(
         [

@@ -192,7 +192,7 @@ def test_a_truncated_gzip_keeps_the_books_before_the_damage_and_says_so(tmp_path
     assert summary["damaged"] == [
         {"file": str(path), "lines": lines, "books": books, "reason": "gzip stream ended early"}
     ]
-    landing = load_config(files["config"]).base_dir / "landing" / "spot"
+    landing = load_config(files["config"]).local_dir / "landing" / "spot"
     assert _message(result) == (
         f"{path} is truncated after {lines} lines (gzip stream ended early); the {books} books rebuilt before "
         f"the damage were written to {landing}: re-download or re-record it for the rest"

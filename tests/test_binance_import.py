@@ -99,7 +99,7 @@ def _binance_config(tmp_path: Path) -> Path:
         labels={"horizons_s": [5, 10], "vol_lookback_s": 30},
         dataset={"window_steps": 20, "sample_stride": 1, "norm_fit_samples": 128},
         quality={"min_coverage": 0.0, "min_valid_fraction": 0.0, "min_class_share": 0.0},
-        storage={"base_dir": str(tmp_path / "data")},
+        storage={"uri": str(tmp_path / "data")},
     )
     raw["representation"] = {
         "kind": "hybrid",
@@ -140,7 +140,7 @@ def test_the_pipeline_runs_on_imported_real_data_and_never_leaks_the_api_secret(
     ).success
     result = dg.materialize(everything, selection=TRAINING_ASSETS, resources=build_resources(path), instance=instance)
     assert result.success
-    storage = StorageResource(base_dir=str(config.base_dir), config_name=config.name)
+    storage = StorageResource.for_config(config)
     snapshots = pl.read_parquet(storage.snapshots(config.data.start_date))
     assert snapshots.height == summary["snapshots"]  # every imported book is sound
     valid = np.load(storage.tensors(config.data.start_date) / "valid.npy")
@@ -158,7 +158,7 @@ def test_the_pipeline_runs_on_imported_real_data_and_never_leaks_the_api_secret(
     client = mlflow.MlflowClient(tracking_uri=config.tracking_uri)
     for run in client.search_runs([client.get_experiment_by_name(config.mlflow.experiment).experiment_id]):
         assert SENTINEL not in json.dumps(run.data.params) + json.dumps(run.data.tags)
-    for file in Path(config.base_dir).rglob("*"):
+    for file in Path(config.local_dir).rglob("*"):
         if file.is_file():
             assert SENTINEL.encode() not in file.read_bytes(), file
 

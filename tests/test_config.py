@@ -79,6 +79,6 @@ def test_a_relative_storage_path_is_relative_to_the_config_file(tmp_path: Path, 
     raw = path.read_text().replace(str(elsewhere / "data"), "data")
     path.write_text(raw)
     monkeypatch.chdir(tmp_path)  # neither the working directory nor the checkout
-    assert load_config(path).base_dir == elsewhere / "data"
-    path.write_text(raw.replace("base_dir: data", "base_dir: ../common-data"))
-    assert load_config(path).base_dir == tmp_path / "common-data"
+    assert load_config(path).local_dir == elsewhere / "data"
+    path.write_text(raw.replace("uri: data", "uri: ../common-data"))
+    assert load_config(path).local_dir == tmp_path / "common-data"

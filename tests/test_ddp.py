@@ -54,7 +54,7 @@ def test_torchrun_ranks_train_one_model_that_is_logged_and_registered(tmp_path: 
     digests = metadata["ddp_rank_weight_digests"].value
     assert len(digests) == 2 and digests[0] == digests[1]
     # ...which are the registered model's (the step reads back what rank 0 wrote).
-    storage = StorageResource(base_dir=str(config.base_dir), config_name=config.name)
+    storage = StorageResource.for_config(config)
     model, _, _ = load_checkpoint(storage.model / CHECKPOINT)
     assert state_digest(model) == digests[0]
 
@@ -102,7 +102,7 @@ def test_walk_forward_trains_every_fold_with_torchrun(tmp_path: Path) -> None:
         everything, selection=TRAINING_ASSETS[:2], resources=build_resources(path), instance=instance
     )
     assert result.success
-    storage = StorageResource(base_dir=str(config.base_dir), config_name=config.name)
+    storage = StorageResource.for_config(config)
     assert (storage.model / "fold0" / CHECKPOINT).exists() and (storage.model / CHECKPOINT).exists()
     run_id = result.asset_materializations_for_node("trained_model")[0].metadata["mlflow_run_id"].value
     client = mlflow.MlflowClient(tracking_uri=config.tracking_uri)

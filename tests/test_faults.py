@@ -48,7 +48,7 @@ def test_a_full_disk_during_a_write_keeps_the_old_file_and_leaves_no_debris(tmp_
 def test_a_truncated_partition_is_reported_and_rebuilt_by_rematerializing(
     tiny_config_path: Path, tiny_config: PlatformConfig
 ) -> None:
-    storage = StorageResource(base_dir=str(tiny_config.base_dir), config_name=tiny_config.name)
+    storage = StorageResource.for_config(tiny_config)
     instance = dg.DagsterInstance.ephemeral()
     day = "2025-01-06"
 
@@ -99,7 +99,7 @@ def test_an_unreachable_mlflow_fails_before_training_starts(tmp_path: Path) -> N
         result.all_events
     )
     assert "MLflow tracking store 'http://127.0.0.1:9' is unreachable" in errors
-    assert not StorageResource(base_dir=str(config.base_dir), config_name=config.name).model.exists()
+    assert not StorageResource.for_config(config).model.exists()
 
 
 class Killed(RuntimeError):

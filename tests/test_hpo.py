@@ -75,7 +75,7 @@ def test_a_study_is_never_resumed_on_other_data_or_another_meaning(tmp_path: Pat
     assert study_name(config.model_copy(update={"labels": horizons}), "data-a", 0) != name
     seed = config.hpo.model_copy(update={"sampler_seed": 1})
     assert study_name(config.model_copy(update={"hpo": seed}), "data-a", 0) != name
-    storage = config.storage.model_copy(update={"base_dir": str(tmp_path / "elsewhere")})
+    storage = config.storage.model_copy(update={"uri": str(tmp_path / "elsewhere")})
     assert study_name(config.model_copy(update={"storage": storage}), "data-a", 0) == name  # where, not what
 
 

@@ -46,7 +46,7 @@ def test_dagster_job_execute_runs_the_full_pipeline(
     assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
     assert "RUN_SUCCESS" in completed.stdout + completed.stderr
 
-    storage = StorageResource(base_dir=str(tiny_config.base_dir), config_name=tiny_config.name)
+    storage = StorageResource.for_config(tiny_config)
     for date in tiny_config.data.dates:
         assert (storage.tensors(date) / "meta.json").exists() and (storage.returns(date) / "meta.json").exists()
     report = json.loads((storage.report / "metrics.json").read_text())

@@ -80,7 +80,7 @@ def test_a_tracking_server_stores_runs_models_and_reports_in_s3_for_clients_with
 
     mlflow.set_tracking_uri(tracking_server)
     model = mlflow.pyfunc.load_model(f"models:/{config.registered_model_name}@challenger")
-    storage = StorageResource(base_dir=str(config.base_dir), config_name=config.name)
+    storage = StorageResource.for_config(config)
     base, mids, stamps = (np.load(storage.tensors(first) / f"{name}.npy") for name in ("base", "mids", "timestamps"))
     steps = np.array([4000, 4100])
     index = steps[:, None] + np.arange(-config.dataset.window_steps + 1, 1)

@@ -50,7 +50,7 @@ def _record(config_path: Path, date: dt.date, crossed_share: float) -> None:
                 ask_qty=books["ask_qty"],
             )
         )
-    write_parquet(pl.concat(frames), config.base_dir / "landing" / "spot" / f"date={date}" / "recording.parquet")
+    write_parquet(pl.concat(frames), config.local_dir / "landing" / "spot" / f"date={date}" / "recording.parquet")
 
 
 def _run(config_path: Path, instance: dg.DagsterInstance, date: dt.date) -> dg.ExecuteInProcessResult:
@@ -71,7 +71,7 @@ def _check(result: dg.ExecuteInProcessResult, name: str) -> dg.AssetCheckEvaluat
 def test_a_partly_bad_day_is_cleaned_and_a_mostly_bad_day_blocks_downstream(tmp_path: Path) -> None:
     path = _landing_config(tmp_path)
     config = load_config(path)
-    storage = StorageResource(base_dir=str(config.base_dir), config_name=config.name)
+    storage = StorageResource.for_config(config)
     _record(path, DAYS[0], crossed_share=0.01)
     _record(path, DAYS[1], crossed_share=0.30)
     instance = dg.DagsterInstance.ephemeral()
@@ -97,7 +97,7 @@ def test_a_partly_bad_day_is_cleaned_and_a_mostly_bad_day_blocks_downstream(tmp_
 def test_a_backfill_with_one_bad_day_and_its_rerun_after_the_fix(tmp_path: Path) -> None:
     path = _landing_config(tmp_path)
     config = load_config(path)
-    storage = StorageResource(base_dir=str(config.base_dir), config_name=config.name)
+    storage = StorageResource.for_config(config)
     for date in DAYS:
         _record(path, date, crossed_share=0.30 if date == DAYS[1] else 0.0)
     instance = dg.DagsterInstance.ephemeral()
@@ -133,7 +133,7 @@ def test_a_label_filled_across_a_gap_is_caught() -> None:
 def test_a_later_run_of_book_tensors_alone_refuses_a_day_whose_snapshots_failed(tmp_path: Path) -> None:
     path = _landing_config(tmp_path)
     config = load_config(path)
-    storage = StorageResource(base_dir=str(config.base_dir), config_name=config.name)
+    storage = StorageResource.for_config(config)
     _record(path, DAYS[1], crossed_share=0.30)
     instance = dg.DagsterInstance.ephemeral()
     assert not _check(_run(path, instance, DAYS[1]), "snapshots_are_sound").passed
@@ -158,9 +158,9 @@ def test_grid_steps_inside_a_recorded_gap_are_invalid_whatever_the_staleness(tmp
         tmp_path, {"data": {"source": "binance", "end_date": "2025-01-08", "max_staleness_ms": 3_600_000}}
     )
     config = load_config(path)
-    storage = StorageResource(base_dir=str(config.base_dir), config_name=config.name)
+    storage = StorageResource.for_config(config)
     _record(path, DAYS[0], crossed_share=0.0)
-    day = config.base_dir / "landing" / "spot" / f"date={DAYS[0]}"
+    day = config.local_dir / "landing" / "spot" / f"date={DAYS[0]}"
     start = int(dt.datetime(2025, 1, 6, tzinfo=dt.UTC).timestamp()) * 10**9
     books = pl.read_parquet(day / "recording.parquet")
     btc, lo, hi = pl.col("symbol") == "BTC/USDT", start + 3600 * 10**9, start + 4200 * 10**9

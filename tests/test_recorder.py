@@ -122,7 +122,7 @@ def test_disconnects_and_a_sequence_gap_resync_and_are_recorded(tmp_path: Path) 
     assert set(books["update_id"]) >= {gap.resumed_update_id for gap in stats.gaps}  # each gap ends at a recorded book
     assert_books_match(books, server.truth)  # no corrupted book before, between or after the gaps
     # The intervals are saved beside the files, where orderbook_snapshots reports them from.
-    landing = LandingZoneResource(base_dir=str(tmp_path), market="spot", depth=DEPTH)
+    landing = LandingZoneResource(local_dir=str(tmp_path), market="spot", depth=DEPTH)
     days = sorted(
         dt.date.fromisoformat(folder.name.removeprefix("date=")) for folder in landing_root(tmp_path, "spot").iterdir()
     )
@@ -321,7 +321,7 @@ def test_record_job_runs_the_recorder_in_dagster(tmp_path: Path, threaded_server
         [orderbook_snapshots], partition_key="2024-08-09", resources=build_resources(_binance_config(tmp_path, server))
     )
     assert ingested.success
-    storage = StorageResource(base_dir=str(tmp_path / "data"), config_name="tiny")
+    storage = StorageResource(uri=str(tmp_path / "data"), local_dir=str(tmp_path / "data"), config_name="tiny")
     consolidated = pl.read_parquet(storage.snapshots(dt.date(2024, 8, 9)))
     assert consolidated.sort("receive_ts").equals(books)
 

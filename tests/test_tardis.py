@@ -266,10 +266,10 @@ def test_dagster_job_execute_runs_the_pipeline_on_two_archive_days_and_never_sho
     assert "RUN_SUCCESS" in output
     assert {auth for _, auth in archive.requests} == {f"Bearer {SENTINEL_KEY}"}  # the key was used...
     assert SENTINEL_KEY not in output  # ...and shows nowhere: not in the output, the event log or any file
-    for path in [*home.rglob("*"), *config.base_dir.rglob("*")]:
+    for path in [*home.rglob("*"), *config.local_dir.rglob("*")]:
         if path.is_file():
             assert SENTINEL_KEY.encode() not in path.read_bytes(), path
-    storage = StorageResource(base_dir=str(config.base_dir), config_name=config.name)
+    storage = StorageResource.for_config(config)
     for day in (DAY1, DAY2):
         assert pl.read_parquet(storage.snapshots(day)).height > 300
         assert (storage.returns(day) / "meta.json").exists()

@@ -58,7 +58,7 @@ def test_walk_forward_trains_a_model_per_fold_and_reports_over_time(tmp_path: Pa
     ).success
     result = dg.materialize(assets, selection=TRAINING_ASSETS, resources=build_resources(path), instance=instance)
     assert result.success
-    storage = StorageResource(base_dir=str(config.base_dir), config_name=config.name)
+    storage = StorageResource.for_config(config)
     assert (storage.model / "fold0" / "checkpoint.pt").exists() and (storage.model / "checkpoint.pt").exists()
     saved = json.loads((storage.report / "metrics.json").read_text())
     folds = saved["walk_forward"]
@@ -112,7 +112,7 @@ def test_walk_forward_tuning_is_nested(tmp_path: Path, monkeypatch: pytest.Monke
     for fold in seen:
         assert fold["last_tuned"] < fold["test_first"]  # tuned on its own past only
     assert seen[0]["last_tuned"] < seen[1]["test_first"]
-    storage = StorageResource(base_dir=str(config.base_dir), config_name=config.name)
+    storage = StorageResource.for_config(config)
     for k, fold in enumerate(seen):  # each fold's model is built with its own fold's best values
         checkpoint = storage.model / ("checkpoint.pt" if k == 1 else "fold0/checkpoint.pt")
         assert load_checkpoint(checkpoint)[2]["model"]["lstm_hidden"] == fold["best"]

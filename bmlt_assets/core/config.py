@@ -72,7 +72,7 @@ class TardisConfig(Section):
 
     exchange: Literal["binance", "binance-futures"] | None = None  # default: that of data.market
     data_type: Literal["incremental_book_L2", "book_snapshot_25"] = "incremental_book_L2"
-    download_dir: str = "tardis"  # cache of downloaded files; relative to storage.base_dir
+    download_dir: str = "tardis"  # cache of downloaded files; relative to PlatformConfig.local_dir
     endpoint: str = "https://datasets.tardis.dev/v1"  # another one for a mirror or the tests' loopback server
 
 
@@ -393,7 +393,7 @@ class HpoConfig(Section):
 
 
 class MlflowConfig(Section):
-    # default: sqlite under storage.base_dir; or a tracking server (http://host:5000). The server's
+    # default: sqlite under PlatformConfig.local_dir; or a tracking server (http://host:5000). The server's
     # credentials come only from MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or _TOKEN).
     tracking_uri: str | None = None
     experiment: str = "bmlt"
@@ -458,8 +458,34 @@ class RecordingConfig(Section):
 
 
 class StorageConfig(Section):
-    # A relative path is relative to the config file's folder (load_config makes it absolute).
-    base_dir: str = "data"
+    """Where assets live. Relative local paths are relative to the config file's folder (load_config
+    makes them absolute). Object-store credentials come only from the environment (AWS_* variables,
+    read by botocore), never from here."""
+
+    uri: str = "data"  # a local folder, or s3://bucket/prefix
+    endpoint_url: str | None = None  # an S3-compatible server's URL (MinIO, moto, ...); None: AWS
+    # Local disk for a remote uri: staged copies of memory-mapped partitions (staged/<content hash>/),
+    # and what must stay local (see PlatformConfig.local_dir).
+    cache_dir: str = "cache"
+
+    @field_validator("uri")
+    @classmethod
+    def _supported_uri(cls, value: str) -> str:
+        if "://" in value and not value.startswith("s3://"):
+            raise ValueError("must be a local folder or s3://bucket/prefix (no other object store is supported)")
+        if value.startswith("s3://") and not value.removeprefix("s3://").strip("/"):
+            raise ValueError("names no bucket: write s3://bucket/prefix")
+        return value.rstrip("/") if value.startswith("s3://") else value
+
+    @model_validator(mode="after")
+    def _endpoint_for_s3(self) -> StorageConfig:
+        if self.endpoint_url is not None and not self.is_remote:
+            raise ValueError(f"endpoint_url is for an s3:// uri, and uri is the local folder {self.uri}")
+        return self
+
+    @property
+    def is_remote(self) -> bool:
+        return self.uri.startswith("s3://")
 
 
 # The assets a step resource request may name (one Dagster step each; tests pin them to definitions.py).
@@ -603,19 +629,23 @@ class PlatformConfig(Section):
         return self.data.cadence_ms if self.recording.cadence_ms is None else self.recording.cadence_ms
 
     @property
-    def base_dir(self) -> Path:
-        return Path(self.storage.base_dir)
+    def local_dir(self) -> Path:
+        """Where what must stay on a local disk lives: the default MLflow and Optuna sqlite files,
+        the training resume checkpoint, the tardis download cache and the landing zone of
+        ``bmlt record``/``import``. That is storage.uri itself when it is local, else storage.cache_dir
+        (so with a remote uri, point the MLflow and Optuna stores at servers to share them)."""
+        return Path(self.storage.cache_dir if self.storage.is_remote else self.storage.uri)
 
     @property
     def tracking_uri(self) -> str:
-        return self.mlflow.tracking_uri or f"sqlite:///{self.base_dir / 'mlflow.db'}"
+        return self.mlflow.tracking_uri or f"sqlite:///{self.local_dir / 'mlflow.db'}"
 
     @property
     def artifact_location(self) -> str:
         """Where a new experiment keeps its artifacts: beside a local store, else "" (a tracking
         server decides: with ``--artifacts-destination`` it proxies them, and clients need no keys)."""
         local = self.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in self.tracking_uri
-        return (self.base_dir / "mlartifacts").as_uri() if local else ""
+        return (self.local_dir / "mlartifacts").as_uri() if local else ""
 
     @property
     def run_name(self) -> str:
@@ -650,7 +680,7 @@ def format_validation_error(path: Path, error: ValidationError) -> str:
 
 
 def parse_config(raw: Any, source: str = "<config>", folder: Path | None = None) -> PlatformConfig:
-    """Validate a parsed config; a relative ``storage.base_dir`` is taken relative to ``folder``
+    """Validate a parsed config; a relative local ``storage.uri`` or ``cache_dir`` is taken relative to ``folder``
     (the config file's), else to the working directory."""
     if raw is None:
         raise ConfigError(f"{source}: the config is empty; start from a shipped one such as configs/default.yaml")
@@ -661,10 +691,17 @@ def parse_config(raw: Any, source: str = "<config>", folder: Path | None = None)
         )
     storage = raw.get("storage") or {}
     if isinstance(storage, dict):  # anything else fails validation below, with its field path
-        base_dir = Path(str(storage.get("base_dir", StorageConfig().base_dir)))
-        if not base_dir.is_absolute():
-            absolute = os.path.normpath((folder or Path.cwd()) / base_dir)
-            raw = {**raw, "storage": {**storage, "base_dir": absolute}}
+        if "base_dir" in storage:
+            raise ConfigError(
+                f"{source}: storage.base_dir was renamed storage.uri (a local folder or s3://bucket/prefix); "
+                f"write `uri: {storage['base_dir']}`"
+            )
+        resolved = {}
+        for key in ("uri", "cache_dir"):
+            where = str(storage.get(key, StorageConfig.model_fields[key].default))
+            if "://" not in where and not Path(where).is_absolute():
+                resolved[key] = os.path.normpath((folder or Path.cwd()) / where)
+        raw = {**raw, "storage": {**storage, **resolved}}
     try:
         return PlatformConfig.model_validate(raw)
     except ValidationError as error:
