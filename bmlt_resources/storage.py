@@ -104,10 +104,7 @@ class StorageResource(dg.ConfigurableResource):
 
     def commit(self, path: StoredPath) -> AbstractContextManager[Path]:
         """A local folder to fill; on success it becomes the partition ``path`` (core.files.atomic_directory)."""
-        if not is_remote(path):
-            return atomic_directory(path)
-        Path(self.local_dir).mkdir(parents=True, exist_ok=True)  # a remote partition is assembled here
-        return atomic_directory(path, scratch=Path(self.local_dir))
+        return atomic_directory(path, staged=self.staged)
 
     def committed(self, path: StoredPath) -> bool:
         """Whether a folder partition has its meta.json (is visible to readers), or a file exists."""

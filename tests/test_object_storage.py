@@ -14,6 +14,7 @@ import mlflow
 import numpy as np
 import pytest
 
+from bmlt_assets.core import files
 from bmlt_assets.core.config import ConfigError, PlatformConfig, load_config
 from bmlt_assets.core.files import (
     CorruptPartitionError,
@@ -127,6 +128,11 @@ def _storage(tmp_path: Path, s3: S3 | None = None) -> StorageResource:
     return StorageResource.for_config(config)
 
 
+def _elsewhere(storage: StorageResource, local_dir: Path) -> StorageResource:
+    """The same store seen from another machine: its own local disk, nothing staged yet."""
+    return StorageResource(**{**storage.model_dump(), "local_dir": str(local_dir)})
+
+
 def _commit(storage: StorageResource, version: int, size: int = 1000) -> None:
     with storage.commit(storage.tensors(DAY)) as staging:
         save_arrays(staging, {"base": np.full(size, version, dtype=np.float32), "mids": np.full(size, version)})
@@ -170,11 +176,13 @@ def test_a_reader_sees_an_overwritten_object_s_new_content(tmp_path: Path, s3: S
     """Stale-cache regression: staged copies are keyed by content hash, and single files are
     read from the store every time, so an overwrite is never answered with old bytes."""
     storage = _storage(tmp_path, s3)
+    reader = _elsewhere(storage, tmp_path / "reader")
     _commit(storage, 1)
-    assert _read(storage)[0] == 1
+    assert _read(reader)[0] == 1 and _read(storage)[0] == 1
     _commit(storage, 2)  # the same keys, new bytes
-    version, arrays = _read(storage)
-    assert version == 2 and (arrays["base"] == 2).all()
+    for where in (reader, storage):  # staged by download, and kept by the writer
+        version, arrays = _read(where)
+        assert version == 2 and (arrays["base"] == 2).all() and (arrays["mids"] == 2).all()
 
     check = storage.snapshot_check(DAY)
     write_json({"passed": True}, check)
@@ -186,9 +194,8 @@ def test_a_reader_sees_an_overwritten_object_s_new_content(tmp_path: Path, s3: S
     # A file replaced behind its meta.json's back is refused by a reader that has not staged it yet.
     base_key = f"runs/tiny/tensors/date={DAY}/base.npy"
     s3.client().put_object(Bucket=s3.bucket, Key=base_key, Body=b"\x93NUMPY not what meta.json recorded")
-    cold = StorageResource(**{**storage.model_dump(), "local_dir": str(tmp_path / "another-machine")})
     with pytest.raises(CorruptPartitionError, match="base.npy: its bytes differ from the sha256"):
-        _read(cold)
+        _read(_elsewhere(storage, tmp_path / "another-reader"))
 
 
 def test_snapshots_round_trip_through_s3(tmp_path: Path, s3: S3) -> None:
@@ -202,14 +209,18 @@ def test_snapshots_round_trip_through_s3(tmp_path: Path, s3: S3) -> None:
     assert json.loads(storage.snapshot_check(DAY).read_text())["passed"] is True
 
 
-def test_the_local_commit_never_leaves_the_partition_missing_or_half_written(tmp_path: Path) -> None:
+def test_the_local_commit_never_leaves_the_partition_missing_or_half_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 50 ms is still thousands of times longer than a reader's path walk through the old symlink.
+    monkeypatch.setattr(files, "SUPERSEDED_GRACE_S", 0.05)
     storage = _storage(tmp_path)
     target = storage.tensors(DAY)
     target.mkdir(parents=True)  # a real folder, as older runs left them
     (target / "meta.json").write_text('{"version": 0}')
     np.save(target / "base.npy", np.zeros(1000, dtype=np.float32))
     np.save(target / "mids.npy", np.zeros(1000))
-    commits, reads, problems = 40, [], []
+    commits, reads, problems = 30, [], []
     done = threading.Event()
 
     def poll() -> None:
@@ -222,7 +233,7 @@ def test_the_local_commit_never_leaves_the_partition_missing_or_half_written(tmp
                         problems.append(f"{name} half-written: {np.unique(array)}")
                 reads.append(version)
             except Exception as error:  # missing or unreadable: exactly what must never happen
-                problems.append(repr(error))
+                problems.append(f"{error!r}: {getattr(error, 'filename', '')}")
 
     reader = threading.Thread(target=poll)
     reader.start()

@@ -11,7 +11,8 @@ local path is a ``pathlib.Path``; a remote one is a ``UPath`` that is not (``is_
   - Local: the files go into a fresh version folder beside the partition (``.<name>.v-<id>``);
     files, meta.json and folders are fsynced; then a symlink ``<name>`` -> that version replaces
     the old one with one ``os.replace`` and the parent folder is fsynced. Every open of
-    ``<name>/<file>`` finds a complete version, old or new, never none; the old version is deleted.
+    ``<name>/<file>`` finds a complete version, old or new, never none; the old version is deleted
+    after a grace of SUPERSEDED_GRACE_S for readers that resolved the symlink just before the swap.
   - Remote: meta.json is deleted first (the partition is absent from then on), the files are put,
     meta.json is put last. A writer killed on the way leaves no partition.
 - ``stage`` gives memory-mapped readers a local copy of a remote partition in
@@ -22,12 +23,14 @@ local path is a ``pathlib.Path``; a remote one is a ``UPath`` that is not (``is_
 
 from __future__ import annotations
 
-import glob
+import ctypes
+import errno
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -186,17 +189,24 @@ def write_json(payload: Any, path: P) -> P:
 
 
 @contextmanager
-def atomic_directory(path: StoredPath, scratch: Path | None = None) -> Iterator[Path]:
+def atomic_directory(path: StoredPath, staged: Path | None = None) -> Iterator[Path]:
     """Yield an empty local folder to fill (a ``meta.json`` of the writer's own fields included);
     on success it is committed as ``path``, its meta.json last, with every file's sha256 and size
     and the content hash added (see the module doc). On failure ``path`` is left as it was.
-    ``scratch``: where a remote partition is assembled (default: the system's temporary folder)."""
+
+    A remote partition is assembled in ``staged`` (default: the system's temporary folder) and,
+    once committed, stays there as its staged copy (``stage``), so that readers on this machine
+    do not download what it just uploaded."""
     if is_remote(path):
-        folder = Path(tempfile.mkdtemp(prefix=".commit-", dir=scratch))
+        if staged is not None:
+            staged.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=".commit-", dir=staged))
         try:
             yield folder
             _seal(folder, durable=False)
             _publish(folder, path)
+            if staged is not None:
+                _keep_as(folder, staged / read_meta(folder)["content_hash"])
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         return
@@ -243,19 +253,52 @@ def _sha256(file: Path, fsync: bool = False) -> str:
     return digest.hexdigest()
 
 
+# A reader that read the old symlink just before the swap walks into the old version's folder a
+# moment later: that folder is deleted only after this long.
+SUPERSEDED_GRACE_S = 1.0
+
+
 def _swap_in(version: Path, path: Path) -> None:
-    """Point the symlink ``path`` at ``version`` atomically, then delete the versions it replaced."""
+    """Point the symlink ``path`` at ``version`` atomically, then delete the version it replaced.
+
+    Versions left by a writer killed before its swap are never pointed to; they are hidden
+    (``.<name>.v-*``) and safe to delete by hand. They are not deleted here, as they may belong to a
+    commit still in progress."""
     parent = path.parent
-    if path.exists() and not path.is_symlink():
-        # A real folder written by an older bmlt: moved aside into the version names (a one-time gap).
-        os.replace(path, parent / f".{path.name}.v-legacy-{uuid.uuid4().hex[:8]}")
     link = parent / f".{path.name}.link-{uuid.uuid4().hex[:8]}"
     os.symlink(version.name, link)
-    os.replace(link, path)
+    replaced = None
+    if path.is_symlink():
+        replaced = parent / os.readlink(path)
+        os.replace(link, path)
+    elif path.exists():  # a real folder written by an older bmlt
+        replaced = parent / f".{path.name}.v-legacy-{uuid.uuid4().hex[:8]}"
+        if _exchange(link, path):
+            os.replace(link, replaced)  # the old folder, now under the link's name
+        else:  # no atomic exchange on this system: moved aside first, a one-time gap
+            os.replace(path, replaced)
+            os.replace(link, path)
+    else:
+        os.replace(link, path)
     _fsync_directory(parent)
-    for old in parent.glob(f".{glob.escape(path.name)}.v-*"):
-        if old != version:
-            shutil.rmtree(old, ignore_errors=True)
+    if replaced is not None and replaced != version:
+        time.sleep(SUPERSEDED_GRACE_S)
+        shutil.rmtree(replaced, ignore_errors=True)
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two names atomically (Linux renameat2 with RENAME_EXCHANGE); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_cwd, rename_exchange = -100, 2
+    if renameat2(at_cwd, os.fsencode(first), at_cwd, os.fsencode(second), rename_exchange) == 0:
+        return True
+    if ctypes.get_errno() in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), str(second))
 
 
 def _publish(folder: Path, path: UPath) -> None:
@@ -294,14 +337,19 @@ def stage(path: UPath, staged: Path) -> Path:
                     f"{name}: its bytes differ from the sha256 {META} recorded (overwritten while read, or damaged)"
                 )
         (temporary / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
-        try:
-            os.rename(temporary, folder)
-        except OSError:
-            if not folder.is_dir():  # else another reader staged the same content first
-                raise
+        _keep_as(temporary, folder)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
     return folder
+
+
+def _keep_as(temporary: Path, folder: Path) -> None:
+    """Rename a complete staged copy into place, unless the same content got there first."""
+    try:
+        os.rename(temporary, folder)
+    except OSError:
+        if not folder.is_dir():
+            raise
 
 
 def save_arrays(directory: Path, arrays: dict[str, np.ndarray]) -> None:
