@@ -7,7 +7,7 @@ import subprocess
 from typing import Any
 
 from bmlt_assets.core.config import PROJECT_ROOT
-from bmlt_assets.core.files import StoredPath, read_meta
+from bmlt_assets.core.files import StoredPath, read_meta, readable
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -35,7 +35,7 @@ def content_hash(path: StoredPath) -> str:
     digest = hashlib.sha256()
     for file in files:
         digest.update(file.name.encode())
-        with file.open("rb") as handle:
+        with readable(file) as local, open(local, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()

@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 import polars as pl
@@ -232,7 +231,7 @@ def day_tensors_from_frame(
 
 
 def day_tensors_from_parquet(
-    path: Path | IO[bytes],  # a local file, or an open one (core.files.readable)
+    path: Path,
     date: dt.date,
     symbols: list[str],
     cadence_ms: int,
