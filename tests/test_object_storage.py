@@ -167,9 +167,12 @@ def test_a_writer_killed_before_its_meta_json_leaves_no_partition(
     assert not storage.committed(storage.tensors(DAY))
     with pytest.raises(MissingPartitionError, match="book_tensors for 2025-01-06 is missing"):
         _read(storage)  # version 1 is staged locally, and still not served
+    prefix = f"runs/tiny/tensors/date={DAY}/"
+    s3.client().put_object(Bucket=s3.bucket, Key=f"{prefix}debris.npy", Body=b"of some other writer")
     _commit(storage, 3)
-    version, arrays = _read(storage)
+    version, arrays = _read(_elsewhere(storage, tmp_path / "reader"))
     assert version == 3 and (arrays["base"] == 3).all() and (arrays["mids"] == 3).all()
+    assert s3.keys(prefix) == [f"{prefix}{name}" for name in ("base.npy", "meta.json", "mids.npy")]  # debris gone
 
 
 def test_a_reader_sees_an_overwritten_object_s_new_content(tmp_path: Path, s3: S3) -> None:

@@ -311,7 +311,8 @@ def _publish(folder: Path, path: UPath) -> None:
     with suppress(FileNotFoundError):
         fs.rm_file(f"{prefix}/{META}")  # the partition is absent from here until the new meta.json
     files = sorted(read_meta(folder)["files"])
-    stale = [key for key in fs.find(prefix) if key.removeprefix(f"{prefix}/") not in files]
+    inside = [key for key in fs.find(prefix) if key.startswith(f"{prefix}/")]
+    stale = [key for key in inside if key.removeprefix(f"{prefix}/") not in files]
     if stale:
         fs.rm(stale)
     fs.put([str(folder / name) for name in files], [f"{prefix}/{name}" for name in files])
