@@ -20,14 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import polars as pl
-
+from benchmarks.seeds import build_data
 from benchmarks.tensor_build import _status_bytes
 from bmlt_assets.core.config import PlatformConfig, load_config
-from bmlt_assets.core.dataset import build_folds, load_dataset, save_dataset
-from bmlt_assets.core.labels import forward_log_returns, trailing_volatility
-from bmlt_assets.core.representation import day_tensors_from_frame
-from bmlt_assets.core.synthetic import SyntheticMarket
+from bmlt_assets.core.dataset import load_dataset
 from bmlt_assets.core.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,21 +35,6 @@ def month_config(days: int, samples: int) -> PlatformConfig:
     raw["data"]["end_date"] = (start + dt.timedelta(days=days - 1)).isoformat()
     raw["training"] |= {"epochs": 1, "threads": 2, "progress_bar": False, "max_train_samples": samples or None}
     return PlatformConfig.model_validate(raw)
-
-
-def build(config: PlatformConfig, folder: Path) -> None:
-    d = config.data
-    market = SyntheticMarket(d.synthetic, config.seed, d.cadence_ms, d.depth)
-    days = []
-    for date in d.dates:
-        frame = pl.concat([market.simulate(date, symbol) for symbol in d.symbols])
-        arrays = day_tensors_from_frame(frame, date, d.symbols, d.cadence_ms, d.staleness_ms, config.representation)
-        arrays["returns"] = forward_log_returns(
-            arrays["mids"], arrays["valid"], config.horizon_steps, len(arrays["mids"])
-        )
-        arrays["volatility"] = trailing_volatility(arrays["mids"], arrays["valid"], config.vol_lookback_steps)
-        days.append(arrays)
-    save_dataset(build_folds(days, config), folder)
 
 
 def one_epoch(folder: Path, days: int, samples: int) -> dict:
@@ -91,7 +72,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        build(month_config(args.days, 0), Path(tmp))
+        build_data(month_config(args.days, 0), Path(tmp))
         build_s = time.perf_counter() - started
         print(f"{args.days} days built in {build_s:.0f} s", flush=True)
         runs = []
