@@ -31,11 +31,14 @@ def training_dataset(
     config = settings.get()
     days = []
     for date in config.data.dates:
-        tensors = load_arrays(
-            storage.require(storage.tensors(date), "book_tensors", date),
-            ["base", "mids", "valid", "timestamps"],
-            mmap=True,
-        )
+        tensors_dir = storage.require(storage.tensors(date), "book_tensors", date)
+        if not (tensors_dir / "quotes.npy").exists():
+            raise dg.Failure(
+                f"book_tensors for {date.isoformat()} predates the stored best quotes (quotes.npy) that costs and "
+                "the order-book baseline read; re-materialize it: dagster asset materialize -m "
+                f"bmlt_assets.definitions --select book_tensors --partition {date.isoformat()}"
+            )
+        tensors = load_arrays(tensors_dir, ["base", "mids", "quotes", "valid", "timestamps"], mmap=True)
         returns = load_arrays(
             storage.require(storage.returns(date), "forward_returns", date), ["returns", "volatility"]
         )

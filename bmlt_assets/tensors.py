@@ -9,7 +9,7 @@ import numpy as np
 from bmlt_assets.core.files import directory_bytes, load_arrays, readable, save_arrays, write_json
 from bmlt_assets.core.plan import memory_plan
 from bmlt_assets.core.quality import tensor_quality
-from bmlt_assets.core.representation import CHANNELS, day_tensors_from_parquet, level_names
+from bmlt_assets.core.representation import CHANNELS, QUOTE_FIELDS, day_tensors_from_parquet, level_names
 from bmlt_assets.metadata import partitioned_check, partitioned_result
 from bmlt_assets.partitions import DAILY, partition_dates
 from bmlt_assets.provenance import content_hash
@@ -48,6 +48,7 @@ def book_tensors(
             "axes": ["step", "level", "channel", "symbol"],
             "symbols": data.symbols,
             "channels": list(CHANNELS),
+            "quote_fields": list(QUOTE_FIELDS),  # quotes.npy (step, field, symbol): the raw best bid and ask
             "levels": level_names(config.representation),
             "cadence_ms": data.cadence_ms,
             "representation": config.representation.model_dump(),

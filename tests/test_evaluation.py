@@ -3,18 +3,32 @@
 from __future__ import annotations
 
 import html.parser
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 
 from bmlt_assets.core.backtest import SECONDS_PER_YEAR, run_backtest
+from bmlt_assets.core.book import book_arrays
 from bmlt_assets.core.calibration import expected_calibration_error, fit_temperature
-from bmlt_assets.core.evaluation import direction_classes
-from bmlt_assets.core.metrics import classification_metrics, persistence_probabilities
+from bmlt_assets.core.config import PlatformConfig, load_config
+from bmlt_assets.core.dataset import TrainingData, build_dataset
+from bmlt_assets.core.evaluation import direction_classes, evaluate
+from bmlt_assets.core.labels import classify
+from bmlt_assets.core.metrics import (
+    classification_metrics,
+    logistic_baseline,
+    order_book_features,
+    persistence_probabilities,
+)
 from bmlt_assets.core.report import write_report
+from bmlt_assets.core.representation import day_grid_ns
 from bmlt_assets.core.uncertainty import mean_interval
 from bmlt_resources.binance import with_market_fee
+from bmlt_resources.synthetic import SyntheticMarketResource
+from tests.helpers import synthetic_days, write_config
 
 
 def test_a_perfectly_calibrated_predictor_has_ece_near_zero() -> None:
@@ -257,3 +271,163 @@ def test_the_default_fee_is_the_markets_taker_fee(tiny_config) -> None:
     assert with_market_fee(configured, "spot").fee_bps == 2.5
     with pytest.raises(ValueError, match="fee_bps is unresolved"):
         evaluate(build_dataset(synthetic_days(tiny_config), tiny_config), None, [], None, tiny_config.evaluation, 1.0)
+
+
+# Baselines and costs under every representation, normalization and edges option (issue 12).
+REPRESENTATIONS = [(kind, rolling_s) for kind in ("full", "aggregated", "hybrid") for rolling_s in (None, 300)]
+EDGES = {
+    "fixed_pct": {"fixed_pct_edges": [-0.05, -0.02, 0.0, 0.02, 0.05]},
+    "volatility_scaled": {},
+    "quantile": {"quantile_classes": 6},
+}
+Built = tuple[PlatformConfig, TrainingData, list[dict[str, np.ndarray]]]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Built]:
+    """The tiny config's dataset under the given options (built once per module and options)."""
+    cache: dict[tuple, Built] = {}
+
+    def build(kind: str = "hybrid", rolling_s: int | None = None, edges: str = "volatility_scaled") -> Built:
+        if (kind, rolling_s, edges) not in cache:
+            overrides = {
+                "representation": {"kind": kind, "rolling_normalization_s": rolling_s},
+                "labels": {"edges": edges, **EDGES[edges]},
+            }
+            config = load_config(write_config(tmp_path_factory.mktemp("options"), overrides))
+            days = synthetic_days(config)
+            cache[kind, rolling_s, edges] = (config, build_dataset(days, config), days)
+        return cache[kind, rolling_s, edges]
+
+    return build
+
+
+@pytest.fixture(scope="module")
+def raw_books(built: Callable[..., Built]) -> dict[str, np.ndarray]:
+    """Per joined grid step (S, K), straight from the synthetic snapshots, without the tensors'
+    code: the best bid and ask price and quantity, and each side's total quantity."""
+    config = built()[0]
+    source, d = SyntheticMarketResource.for_config(config), config.data
+    days = []
+    for date in d.dates:
+        snapshots, grid = source.snapshots(date, d.symbols), day_grid_ns(date, d.cadence_ms)
+        columns = []
+        for symbol in d.symbols:
+            rows = snapshots.filter(pl.col("symbol") == symbol).sort("receive_ts")
+            used = np.maximum(np.searchsorted(rows["receive_ts"].to_numpy(), grid, side="right") - 1, 0)
+            books = book_arrays(rows)
+            columns.append(
+                {
+                    "bid_px": books["bid_px"][used, 0],
+                    "ask_px": books["ask_px"][used, 0],
+                    "bid_qty": books["bid_qty"][used, 0],
+                    "ask_qty": books["ask_qty"][used, 0],
+                    "book_bid_qty": books["bid_qty"][used].sum(axis=1),
+                    "book_ask_qty": books["ask_qty"][used].sum(axis=1),
+                }
+            )
+        days.append({name: np.stack([column[name] for column in columns], axis=1) for name in columns[0]})
+    return {name: np.concatenate([day[name] for day in days]) for name in days[0]}
+
+
+def _evaluate(config: PlatformConfig, data: TrainingData, logits: np.ndarray) -> list[dict]:
+    costs = config.evaluation.model_copy(update={"fee_bps": 1.0})
+    return evaluate(data, logits, [1.0] * len(data.horizons), None, costs, config.data.cadence_ms / 1000)
+
+
+def _book_features(raw: dict[str, np.ndarray], steps: np.ndarray) -> np.ndarray:
+    """The order-book baseline's features computed by hand from the raw book (per symbol):
+    queue imbalance, best-level order flow, whole-book imbalance, spread, micro-price offset, log depth."""
+    bid, ask, bid_qty, ask_qty = (raw[name] for name in ("bid_px", "ask_px", "bid_qty", "ask_qty"))
+    mid, before = (bid + ask) / 2, np.maximum(steps - 1, 0)
+    depth = bid_qty + ask_qty
+    micro_price = (ask * bid_qty + bid * ask_qty) / depth
+    book_bid, book_ask = raw["book_bid_qty"], raw["book_ask_qty"]
+    flow = (bid_qty[steps] - bid_qty[before]) - (ask_qty[steps] - ask_qty[before])
+    return np.concatenate(
+        [
+            ((bid_qty - ask_qty) / depth)[steps],
+            flow / depth[steps],
+            ((book_bid - book_ask) / (book_bid + book_ask))[steps],
+            ((ask - bid) / mid * 1e4)[steps],
+            ((micro_price - mid) / mid * 1e4)[steps],
+            np.log1p(depth)[steps],
+        ],
+        axis=1,
+    )
+
+
+@pytest.mark.parametrize(("kind", "rolling_s"), REPRESENTATIONS)
+def test_costs_pay_the_best_quote_spread_under_every_representation(
+    built: Callable[..., Built], raw_books: dict[str, np.ndarray], kind: str, rolling_s: int | None
+) -> None:
+    config, data, _ = built(kind, rolling_s)
+    test, target = data.parts["test"], config.data.symbols.index(config.target)
+    mid = (raw_books["bid_px"] + raw_books["ask_px"]) / 2
+    spread_bps = ((raw_books["ask_px"] - raw_books["bid_px"]) / mid * 1e4)[:, target]
+    knows_the_class = 5.0 * np.eye(data.n_classes)[test.classes]  # trades at every free sample
+    for entry in _evaluate(config, data, knows_the_class):
+        assert entry["costs"]["median_spread_bps"] == pytest.approx(np.median(spread_bps[test.steps]), rel=1e-9)
+        entered = np.asarray(entry["equity"]["model"]["steps"])
+        assert len(entered) > 20
+        # Each trade pays the fee on entry and exit plus the quoted spread at entry (half on each side).
+        expected = np.sum(2 * 1.0 + spread_bps[entered])
+        assert entry["pnl"]["model"]["costs_bps"] == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize(("kind", "rolling_s"), REPRESENTATIONS)
+def test_the_order_book_baseline_sees_the_books_features_under_every_representation(
+    built: Callable[..., Built], raw_books: dict[str, np.ndarray], kind: str, rolling_s: int | None
+) -> None:
+    config, data, _ = built(kind, rolling_s)
+    train, test = data.parts["train"], data.parts["test"]
+    expected_train, expected_test = _book_features(raw_books, train.steps), _book_features(raw_books, test.steps)
+    np.testing.assert_allclose(order_book_features(data.quotes, test.steps), expected_test, rtol=1e-9, atol=1e-9)
+    report = _evaluate(config, data, np.zeros((len(test), len(data.horizons), data.n_classes)))
+    for i, entry in enumerate(report):
+        expected = logistic_baseline(
+            expected_train, train.classes[:, i], expected_test, data.n_classes, config.evaluation.logistic_max_iter
+        )
+        expected_log_loss = classification_metrics(test.classes[:, i], expected)["log_loss"]
+        assert entry["metrics"]["logistic_obi"]["log_loss"] == pytest.approx(expected_log_loss, abs=1e-6)
+        assert expected_log_loss < entry["metrics"]["prior"]["log_loss"] - 0.01  # the features carry the signal
+
+
+@pytest.mark.parametrize("edges", list(EDGES))
+def test_regime_terciles_are_finite_and_cover_the_test_part_under_every_edges_option(
+    built: Callable[..., Built], edges: str
+) -> None:
+    config, data, _ = built(edges=edges)
+    test = data.parts["test"]
+    for entry in _evaluate(config, data, np.zeros((len(test), len(data.horizons), data.n_classes))):
+        regimes = entry["regimes"]
+        assert sum(regime["samples"] for regime in regimes.values()) == len(test)
+        for regime in regimes.values():
+            assert regime["samples"] > 0
+            assert np.isfinite(regime["accuracy"]) and np.isfinite(regime["log_loss"])
+
+
+def test_every_edges_option_sees_the_same_samples_and_persistence_knows_each_past_label(
+    built: Callable[..., Built],
+) -> None:
+    reference = built()[1]
+    for edges in EDGES:
+        config, data, days = built(edges=edges)
+        target = config.data.symbols.index(config.target)
+        returns = np.concatenate([day["returns"] for day in days])[:, :, target]
+        volatility = np.concatenate([day["volatility"] for day in days])[:, target]
+        for name, part in data.parts.items():
+            np.testing.assert_array_equal(part.steps, reference.parts[name].steps)
+            assert np.isfinite(part.volatility).all()
+            for i, horizon in enumerate(data.horizons):
+                # The label that ended at t is known at t wherever its return is; only volatility-scaled
+                # edges also need the volatility at t - h to classify it.
+                before = part.steps - horizon
+                known = (before >= 0) & np.isfinite(returns[np.maximum(before, 0), i])
+                if edges == "volatility_scaled":
+                    known &= np.isfinite(volatility[np.maximum(before, 0)])
+                np.testing.assert_array_equal(part.previous[:, i] >= 0, known)
+                if edges != "volatility_scaled":  # constant edges: the past label is classified like any label
+                    np.testing.assert_array_equal(
+                        part.previous[known, i], classify(returns[before[known], i], part.edges[known, i])
+                    )

@@ -59,7 +59,7 @@ BASELINE = _tensors(SNAPSHOTS)
 def test_changing_data_after_t_leaves_tensors_and_features_at_t_unchanged(step: int, seed: int) -> None:
     cutoff = int(BASELINE["timestamps"][step])
     perturbed = _tensors(_perturb_after(SNAPSHOTS, cutoff, seed))
-    for name in ("base", "mids", "valid"):
+    for name in ("base", "mids", "quotes", "valid"):
         np.testing.assert_array_equal(perturbed[name][: step + 1], BASELINE[name][: step + 1])
     # The data after t did change, so the check above is not vacuous.
     assert not np.array_equal(perturbed["base"][step + 1 :], BASELINE["base"][step + 1 :])

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bmlt_assets.core.book import book_arrays
 from bmlt_assets.core.config import RepresentationConfig, SyntheticConfig
-from bmlt_assets.core.representation import CHANNELS, align_to_grid, bucket_edges_bps, represent_books
+from bmlt_assets.core.files import write_parquet
+from bmlt_assets.core.representation import (
+    CHANNELS,
+    QUOTE_FIELDS,
+    align_to_grid,
+    bucket_edges_bps,
+    day_tensors_from_frame,
+    day_tensors_from_parquet,
+    quoted_spread_bps,
+    represent_books,
+)
 from bmlt_assets.core.synthetic import SyntheticMarket
 
 BOOKS = book_arrays(
@@ -66,3 +77,34 @@ def test_alignment_uses_only_snapshots_received_by_the_grid_time() -> None:
     row, fresh = align_to_grid(received, grid, staleness_ns=300)
     np.testing.assert_array_equal(row, [-1, 0, 1, 2, 2, 3])
     np.testing.assert_array_equal(fresh, [False, True, True, True, False, True])
+
+
+@pytest.mark.parametrize("rolling_s", [None, 300])
+def test_best_quotes_are_stored_raw_whatever_the_representation(tmp_path: Path, rolling_s: int | None) -> None:
+    """Level 0 of ``aggregated`` is a bucket and rolling normalization turns quantities into z-scores:
+    the stored quotes still hold the raw best bid and ask, the same from memory and from Parquet."""
+    day, cadence_ms = dt.date(2025, 1, 6), 10_000
+    snapshots = SyntheticMarket(SyntheticConfig(), seed=5, cadence_ms=cadence_ms, depth=20).simulate(day, "SOL/USDT")
+    config = RepresentationConfig(kind="aggregated", bucket_count=3, rolling_normalization_s=rolling_s)
+    args = (day, ["SOL/USDT"], cadence_ms, cadence_ms, config)
+    in_memory = day_tensors_from_frame(snapshots, *args)
+    stored = day_tensors_from_parquet(write_parquet(snapshots, tmp_path / "snapshots.parquet"), *args)
+    np.testing.assert_array_equal(stored["quotes"], in_memory["quotes"])
+
+    valid = in_memory["valid"][:, 0]
+    quotes = dict(zip(QUOTE_FIELDS, in_memory["quotes"][:, :, 0].T))
+    assert np.isnan(in_memory["quotes"][~valid]).all() and valid.sum() > 1000
+    books = book_arrays(snapshots.sort("receive_ts"))
+    used = np.searchsorted(snapshots.sort("receive_ts")["receive_ts"].to_numpy(), in_memory["timestamps"], "right") - 1
+    used = used[valid]
+    bid, ask = books["bid_px"][used, 0], books["ask_px"][used, 0]
+    mid = (bid + ask) / 2
+    np.testing.assert_allclose(quoted_spread_bps(in_memory["quotes"][valid, :, 0]), (ask - bid) / mid * 1e4, rtol=1e-12)
+    np.testing.assert_allclose(quotes["bid_distance_bps"][valid], (bid - mid) / mid * 1e4, rtol=1e-12)
+    np.testing.assert_array_equal(quotes["bid_qty"][valid], books["bid_qty"][used, 0])
+    np.testing.assert_array_equal(quotes["ask_qty"][valid], books["ask_qty"][used, 0])
+    np.testing.assert_allclose(quotes["book_ask_qty"][valid], books["ask_qty"][used].sum(axis=1), rtol=1e-12)
+    # What the representation's level 0 shows instead: a bucket, not the best quote.
+    assert not np.allclose(
+        in_memory["base"][valid, 0, 2, 0] - in_memory["base"][valid, 0, 0, 0], (ask - bid) / mid * 1e4
+    )

@@ -86,5 +86,8 @@ def test_memory_plan_matches_the_arrays(tiny_config: PlatformConfig) -> None:
     day = synthetic_days(tiny_config)[0]
     assert plan["base_tensor_bytes_per_day"] == day["base"].nbytes
     assert plan["dataset_base_bytes"] == day["base"].nbytes * len(tiny_config.data.dates)
+    assert plan["companion_bytes_per_day"] == sum(
+        day[name].nbytes for name in ("mids", "quotes", "valid", "timestamps")
+    )
     window = tiny_config.dataset.window_steps
     assert plan["batch_bytes"] == tiny_config.training.batch_size * window * day["base"][0].nbytes

@@ -20,7 +20,7 @@ from bmlt_assets.core.splits import PARTS, Split, chronological_split, eligible_
 from bmlt_assets.core.windows import Normalizer, WindowSource
 
 log = logging.getLogger(__name__)
-GRID_ARRAYS = ["base", "mids", "timestamps"]
+GRID_ARRAYS = ["base", "mids", "quotes", "timestamps"]
 PART_FIELDS = ["steps", "classes", "edges", "returns", "previous", "volatility"]
 
 
@@ -40,6 +40,7 @@ class Part:
 @dataclass
 class TrainingData:
     source: WindowSource
+    quotes: np.ndarray  # (S, len(QUOTE_FIELDS), K) raw best quotes: costs and the order-book baseline read these
     parts: dict[str, Part]
     n_classes: int
     horizons: list[int]  # steps
@@ -61,14 +62,14 @@ def build_folds(days: list[dict[str, np.ndarray]], config: PlatformConfig) -> li
     each has its own parts, class edges and normalizer, fitted on its own training part."""
     joined = {
         name: np.concatenate([day[name] for day in days])
-        for name in ("base", "mids", "valid", "timestamps", "returns", "volatility")
+        for name in ("base", "mids", "quotes", "valid", "timestamps", "returns", "volatility")
     }
     target = config.data.symbols.index(config.target)
     returns = joined["returns"][:, :, target]
     volatility = joined["volatility"][:, target]
-    label_ok = np.isfinite(returns).all(axis=1)
-    if config.labels.edges == "volatility_scaled":
-        label_ok &= np.isfinite(volatility) & (volatility > 0)
+    # Every sample needs its trailing volatility, whatever the edges: the evaluation's regimes
+    # are its terciles, and every edges option then sees the same samples.
+    label_ok = np.isfinite(returns).all(axis=1) & np.isfinite(volatility) & (volatility > 0)
     d, window, horizon = config.dataset, config.dataset.window_steps, max(config.horizon_steps)
     steps = eligible_steps(np.asarray(joined["valid"].all(axis=1)), window, label_ok, d.sample_stride)
     fractions = (d.train_fraction, d.val_fraction, d.test_fraction)
@@ -110,12 +111,14 @@ def _fold(
             parts_edges[name][:, i] = edges[bounds[j] : bounds[j + 1]]
         # The label that ended at t (return over (t - h, t]) is known at t: persistence's input.
         before = all_steps - h
-        known = (before >= 0) & np.isfinite(returns[before, i]) & np.isfinite(volatility[before])
-        before_edges = (
-            np.asarray(config.labels.volatility_edges)[None, :] * (volatility[before] * np.sqrt(h))[:, None]
-            if config.labels.edges == "volatility_scaled"
-            else edges
-        )
+        known = (before >= 0) & np.isfinite(returns[before, i])
+        if config.labels.edges == "volatility_scaled":
+            known &= np.isfinite(volatility[before])
+            before_edges = (
+                np.asarray(config.labels.volatility_edges)[None, :] * (volatility[before] * np.sqrt(h))[:, None]
+            )
+        else:
+            before_edges = edges
         previous[known, i] = classify(returns[before, i], before_edges)[known]
 
     parts = {}
@@ -131,13 +134,15 @@ def _fold(
         joined["base"], joined["mids"], split.train, window, config.dataset.norm_fit_samples, config.seed
     )
     source = WindowSource(joined["base"], joined["mids"], joined["timestamps"], window, normalizer)
-    return TrainingData(source, parts, config.labels.n_classes, horizons, config.data.symbols, config.target)
+    return TrainingData(
+        source, joined["quotes"], parts, config.labels.n_classes, horizons, config.data.symbols, config.target
+    )
 
 
 def save_dataset(folds: list[TrainingData], directory: Path) -> None:
     """The grid arrays once, then each fold's normalizer and parts under a ``fold<k>_`` prefix."""
     grid = folds[-1].source
-    arrays = {"base": grid.base, "mids": grid.mids, "timestamps": grid.timestamps}
+    arrays = {"base": grid.base, "mids": grid.mids, "quotes": folds[-1].quotes, "timestamps": grid.timestamps}
     for k, data in enumerate(folds):
         arrays |= {f"fold{k}_norm_mean": data.source.normalizer.mean, f"fold{k}_norm_std": data.source.normalizer.std}
         for name, part in data.parts.items():
@@ -148,6 +153,11 @@ def save_dataset(folds: list[TrainingData], directory: Path) -> None:
 def load_dataset(directory: Path, config: PlatformConfig, fold: int = -1) -> TrainingData:
     """Open one fold of a saved dataset (default: the latest); the base array is memory-mapped."""
     k = range(fold_count(config))[fold]
+    if not (directory / "quotes.npy").exists():
+        raise FileNotFoundError(
+            f"the dataset at {directory} predates the stored best quotes (quotes.npy); re-materialize book_tensors "
+            "and training_dataset"
+        )
     grid = load_arrays(directory, GRID_ARRAYS, mmap=True)
     norm = load_arrays(directory, [f"fold{k}_norm_mean", f"fold{k}_norm_std"])
     parts = {name: Part(**{f: np.load(directory / f"fold{k}_{name}_{f}.npy") for f in PART_FIELDS}) for name in PARTS}
@@ -159,5 +169,5 @@ def load_dataset(directory: Path, config: PlatformConfig, fold: int = -1) -> Tra
         Normalizer(norm[f"fold{k}_norm_mean"], norm[f"fold{k}_norm_std"]),
     )
     return TrainingData(
-        source, parts, config.labels.n_classes, config.horizon_steps, config.data.symbols, config.target
+        source, grid["quotes"], parts, config.labels.n_classes, config.horizon_steps, config.data.symbols, config.target
     )

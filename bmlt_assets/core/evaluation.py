@@ -27,6 +27,7 @@ from bmlt_assets.core.metrics import (
     prior_probabilities,
     signal_capture,
 )
+from bmlt_assets.core.representation import quoted_spread_bps
 from bmlt_assets.core.sources import Oracle
 from bmlt_assets.core.uncertainty import mean_interval
 
@@ -102,11 +103,12 @@ def evaluate(
         raise ValueError("evaluation.fee_bps is unresolved: resolve it to the market's fee first (with_market_fee)")
     fee_bps = config.fee_bps
     train, test = data.parts["train"], data.parts["test"]
-    train_features = order_book_features(data.source.base, train.steps)
-    test_features = order_book_features(data.source.base, test.steps)
+    # Costs and the order-book baseline read the raw best quotes, never the base array: its level 0
+    # is a bucket under ``aggregated`` and its quantities are z-scores under rolling normalization.
+    train_features = order_book_features(data.quotes, train.steps)
+    test_features = order_book_features(data.quotes, test.steps)
     target = data.symbols.index(data.target)
-    book = np.asarray(data.source.base[test.steps][:, 0, :, target], dtype=np.float64)
-    spread_bps = book[:, 2] - book[:, 0]
+    spread_bps = quoted_spread_bps(np.asarray(data.quotes[test.steps][:, :, target], dtype=np.float64))
     costs = {
         "fee_bps_per_side": fee_bps,
         "half_spread_per_side": True,  # half the quoted spread at entry, paid on entry and on exit

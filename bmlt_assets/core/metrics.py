@@ -16,6 +16,8 @@ from sklearn.metrics import (
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from bmlt_assets.core.representation import quoted_spread_bps
+
 
 def classification_metrics(classes: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
     n_classes = probabilities.shape[1]
@@ -56,23 +58,22 @@ def persistence_probabilities(
     return np.where((test_previous >= 0)[:, None], transition[np.maximum(test_previous, 0)], prior)
 
 
-def order_book_features(base: np.ndarray, steps: np.ndarray) -> np.ndarray:
-    """Per asset, from steps t and t - 1 only: best-level (queue) imbalance, whole-book imbalance,
+def order_book_features(quotes: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """Per asset, from the raw best quotes (``representation.QUOTE_FIELDS``) at steps t and t - 1
+    only, so the same under every representation and normalization: best-level (queue) imbalance,
     order-flow imbalance of the best level (change in bid minus change in ask queue, scaled by
-    depth), spread (bps), micro-price offset from mid (bps) and log best-level depth. (N, 6K)."""
-    book = np.asarray(base[steps], dtype=np.float64)  # (N, L, 4, K)
-    before = np.asarray(base[np.maximum(steps - 1, 0)], dtype=np.float64)
-    bid_qty, ask_qty = np.expm1(book[:, :, 1]), np.expm1(book[:, :, 3])
-    best_bid, best_ask = bid_qty[:, 0], ask_qty[:, 0]
-    bid_distance, ask_distance = book[:, 0, 0], book[:, 0, 2]
-    # An empty first level is possible (an aggregated bucket with no quote): never divide by 0.
+    depth; 0 where t - 1 is unknown), whole-book imbalance, spread (bps), micro-price offset from
+    mid (bps) and log best-level depth. ``quotes`` (S, 6, K) -> (N, 6K)."""
+    now = np.asarray(quotes[steps], dtype=np.float64)  # (N, 6, K)
+    before = np.asarray(quotes[np.maximum(steps - 1, 0)], dtype=np.float64)
+    bid_distance, ask_distance, best_bid, best_ask, book_bid, book_ask = now.transpose(1, 0, 2)
     depth = np.maximum(best_bid + best_ask, 1e-12)
-    flow = (best_bid - np.expm1(before[:, 0, 1])) - (best_ask - np.expm1(before[:, 0, 3]))
+    flow = np.nan_to_num((best_bid - before[:, 2]) - (best_ask - before[:, 3]))
     features = [
         (best_bid - best_ask) / depth,
         flow / depth,
-        (bid_qty.sum(1) - ask_qty.sum(1)) / np.maximum(bid_qty.sum(1) + ask_qty.sum(1), 1e-12),
-        ask_distance - bid_distance,
+        (book_bid - book_ask) / np.maximum(book_bid + book_ask, 1e-12),
+        quoted_spread_bps(now),
         (ask_distance * best_bid + bid_distance * best_ask) / depth,
         np.log1p(depth),
     ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bmlt_assets.core.config import PlatformConfig
+from bmlt_assets.core.representation import QUOTE_FIELDS
 
 FLOAT32, FLOAT64, INT64 = 4, 8, 8
 
@@ -26,7 +27,8 @@ def memory_plan(config: PlatformConfig) -> dict[str, int]:
     return {
         "raw_snapshot_bytes_per_day": steps * symbols * raw_row,
         "base_tensor_bytes_per_day": steps * base_step,
-        "companion_bytes_per_day": steps * (symbols * (FLOAT64 + 1) + INT64),  # mids, validity, timestamps
+        # mids, best quotes, validity, timestamps
+        "companion_bytes_per_day": steps * (symbols * ((1 + len(QUOTE_FIELDS)) * FLOAT64 + 1) + INT64),
         "dense_window_bytes_per_day": samples_per_day * window_bytes,  # what copying windows would cost
         "batch_bytes": config.training.batch_size * window_bytes,
         "train_samples_per_epoch": train_samples,

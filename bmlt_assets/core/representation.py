@@ -15,6 +15,12 @@ trailing mean and std, fitted on past data only, so that slow changes in market 
 shift the model's inputs.
 
 Prices stay monotone across levels (an empty bucket never sits inside a shallower one).
+
+Beside the levels, every day stores each step's best quotes (``quotes``, fields ``QUOTE_FIELDS``)
+straight from the raw book: under ``aggregated`` level 0 is a price bucket and under rolling
+normalization the quantities are z-scores, so what needs the true best bid and ask (the spread
+paid in the backtest, the order-book baseline's features) reads them from here, the same under
+every representation and normalization.
 """
 
 from __future__ import annotations
@@ -33,6 +39,9 @@ from bmlt_assets.core.config import RepresentationConfig
 
 BOOK_BATCH_ROWS = 8192
 CHANNELS = ("bid_distance_bps", "bid_log1p_qty", "ask_distance_bps", "ask_log1p_qty")
+# Per step and symbol, from the raw book: the best bid and ask as signed distances from the mid in
+# bps (bid negative), their quantities, and each side's total quantity over the recorded depth.
+QUOTE_FIELDS = ("bid_distance_bps", "ask_distance_bps", "bid_qty", "ask_qty", "book_bid_qty", "book_ask_qty")
 
 
 def align_to_grid(receive_ns: np.ndarray, grid_ns: np.ndarray, staleness_ns: int) -> tuple[np.ndarray, np.ndarray]:
@@ -92,6 +101,27 @@ def represent_books(
     (bid_d, bid_q), (ask_d, ask_q) = sides
     levels = np.stack([-bid_d, bid_q, ask_d, ask_q], axis=-1).astype(np.float32)
     return levels, mid
+
+
+def best_quotes(bid_px: np.ndarray, bid_qty: np.ndarray, ask_px: np.ndarray, ask_qty: np.ndarray) -> np.ndarray:
+    """(rows, depth) raw books -> (rows, len(QUOTE_FIELDS)) float64 best quotes and book totals."""
+    mid = (bid_px[:, 0] + ask_px[:, 0]) / 2
+    return np.stack(
+        [
+            (bid_px[:, 0] - mid) / mid * 1e4,
+            (ask_px[:, 0] - mid) / mid * 1e4,
+            bid_qty[:, 0],
+            ask_qty[:, 0],
+            bid_qty.sum(axis=1),
+            ask_qty.sum(axis=1),
+        ],
+        axis=1,
+    )
+
+
+def quoted_spread_bps(quotes: np.ndarray) -> np.ndarray:
+    """Best ask minus best bid in bps of the mid, from ``quotes`` laid out as ``QUOTE_FIELDS`` on axis 1."""
+    return quotes[:, 1] - quotes[:, 0]
 
 
 def level_names(config: RepresentationConfig) -> list[str]:
@@ -166,12 +196,13 @@ def day_tensors(
     ``orderbook_snapshots`` stores them). Only these small index columns are held whole; the level columns arrive in
     ``batches`` and only the rows some grid step uses are represented, so peak memory stays
     near the output size. Steps inside a recorded ``gaps`` interval are invalid (see ``outside_gaps``).
-    Returns ``base`` (S, L, 4, K) float32, ``mids`` (S, K) float64 (NaN
-    where not valid), ``valid`` (S, K) bool and ``timestamps`` (S,) int64 ns of the grid.
+    Returns ``base`` (S, L, 4, K) float32, ``mids`` (S, K) float64, ``quotes`` (S, len(QUOTE_FIELDS), K)
+    float64 (both NaN where not valid), ``valid`` (S, K) bool and ``timestamps`` (S,) int64 ns of the grid.
     """
     grid = day_grid_ns(date, cadence_ms)
     base = np.zeros((len(grid), config.levels, 4, len(symbols)), dtype=np.float32)
     mids = np.full((len(grid), len(symbols)), np.nan)
+    quotes = np.full((len(grid), len(QUOTE_FIELDS), len(symbols)), np.nan)
     valid = np.zeros((len(grid), len(symbols)), dtype=bool)
     # (grid step, symbol, source row) for every fresh step, sorted by source row.
     pair_blocks: list[np.ndarray] = []
@@ -198,10 +229,12 @@ def day_tensors(
             levels, mid = represent_books(bid_px, bid_qty, ask_px, ask_qty, config)
             base[step, :, :, symbol_index] = levels[position]
             mids[step, symbol_index] = mid[position]
+            quotes[step, :, symbol_index] = best_quotes(bid_px, bid_qty, ask_px, ask_qty)[position]
     if config.rolling_normalization_s:
         base, valid = rolling_standardize(base, valid, max(2, config.rolling_normalization_s * 1000 // cadence_ms))
         mids = np.where(valid, mids, np.nan)
-    return {"base": base, "mids": mids, "valid": valid, "timestamps": grid}
+        quotes = np.where(valid[:, None, :], quotes, np.nan)
+    return {"base": base, "mids": mids, "quotes": quotes, "valid": valid, "timestamps": grid}
 
 
 def day_tensors_from_frame(
