@@ -28,7 +28,7 @@ def memory_plan(config: PlatformConfig) -> dict[str, int]:
         "raw_snapshot_bytes_per_day": steps * symbols * raw_row,
         "base_tensor_bytes_per_day": steps * base_step,
         # mids, best quotes, validity, timestamps
-        "companion_bytes_per_day": steps * (symbols * ((1 + len(QUOTE_FIELDS)) * FLOAT64 + 1) + INT64),
+        "companion_bytes_per_day": steps * (symbols * (FLOAT64 + len(QUOTE_FIELDS) * FLOAT32 + 1) + INT64),
         "dense_window_bytes_per_day": samples_per_day * window_bytes,  # what copying windows would cost
         "batch_bytes": config.training.batch_size * window_bytes,
         "train_samples_per_epoch": train_samples,
