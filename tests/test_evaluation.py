@@ -14,7 +14,7 @@ from bmlt_assets.core.backtest import SECONDS_PER_YEAR, run_backtest
 from bmlt_assets.core.book import book_arrays
 from bmlt_assets.core.calibration import expected_calibration_error, fit_temperature
 from bmlt_assets.core.config import PlatformConfig, load_config
-from bmlt_assets.core.dataset import TrainingData, build_dataset
+from bmlt_assets.core.dataset import TrainingData, build_dataset, load_dataset, save_dataset
 from bmlt_assets.core.evaluation import direction_classes, evaluate
 from bmlt_assets.core.labels import classify
 from bmlt_assets.core.metrics import (
@@ -431,3 +431,14 @@ def test_every_edges_option_sees_the_same_samples_and_persistence_knows_each_pas
                     np.testing.assert_array_equal(
                         part.previous[known, i], classify(returns[before[known], i], part.edges[known, i])
                     )
+
+
+def test_a_dataset_saved_before_the_best_quotes_names_what_to_rematerialize(
+    built: Callable[..., Built], tmp_path: Path
+) -> None:
+    config, data, _ = built()
+    save_dataset([data], tmp_path)
+    np.testing.assert_array_equal(load_dataset(tmp_path, config).quotes, data.quotes)
+    (tmp_path / "quotes.npy").unlink()
+    with pytest.raises(FileNotFoundError, match="re-materialize book_tensors and training_dataset"):
+        load_dataset(tmp_path, config)
