@@ -17,8 +17,6 @@ from bmlt_assets.snapshots import orderbook_snapshots
 from bmlt_resources.settings import SettingsResource
 from bmlt_resources.storage import StorageResource
 
-TENSOR_ARRAYS = ["base", "mids", "valid", "timestamps"]
-
 
 @dg.asset(
     partitions_def=DAILY,
