@@ -120,7 +120,7 @@ def test_rematerializing_a_partition_on_s3_is_idempotent(tmp_path: Path, s3: S3)
     assert sorted(first) == sorted(second) and first == second
     assert first_versions == second_versions
     meta = json.loads(first[f"runs/tiny/tensors/date={DAY}/meta.json"])
-    assert sorted(meta["files"]) == ["base.npy", "mids.npy", "timestamps.npy", "valid.npy"]
+    assert sorted(meta["files"]) == ["base.npy", "mids.npy", "quotes.npy", "timestamps.npy", "valid.npy"]
 
 
 def _storage(tmp_path: Path, s3: S3 | None = None) -> StorageResource:
