@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bmlt_assets.core.calibration import Calibration
 from bmlt_assets.core.config import PlatformConfig, load_config
 from bmlt_assets.core.dataset import build_dataset
 from bmlt_assets.core.evaluation import evaluate
@@ -53,7 +54,8 @@ def run(config: PlatformConfig, snapshots: dict) -> dict:
 
     logits = predict_logits(result.model, data, data.parts["test"].steps)
     costs = with_market_fee(config.evaluation, d.market)
-    report = evaluate(data, logits, [1.0] * len(data.horizons), oracle, costs, d.cadence_ms / 1000)
+    uncalibrated = [Calibration.identity(data.n_classes)] * len(data.horizons)
+    report = evaluate(data, logits, uncalibrated, oracle, costs, d.cadence_ms / 1000)
     return {
         "seconds_per_epoch": float(np.mean([r.seconds for r in result.history])),
         "epochs": len(result.history),

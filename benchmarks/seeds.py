@@ -22,7 +22,7 @@ from statistics import mean, stdev
 import polars as pl
 import yaml
 
-from bmlt_assets.core.calibration import validation_temperatures
+from bmlt_assets.core.calibration import validation_calibration
 from bmlt_assets.core.config import PlatformConfig, load_config
 from bmlt_assets.core.dataset import build_folds, load_dataset, save_dataset
 from bmlt_assets.core.evaluation import evaluate, oracle_for
@@ -74,11 +74,11 @@ def one_seed(config_json: str, folder: str, seed: int, threads: int) -> dict:
     started = time.perf_counter()
     result = train(config, data)
     train_s = time.perf_counter() - started
-    temperatures = validation_temperatures(result.model, data)
+    calibration = validation_calibration(result.model, data)
     test_logits = predict_logits(result.model, data, data.parts["test"].steps)
     oracle = oracle_for(market(config), config.target, data)
     report = evaluate(
-        data, test_logits, temperatures, oracle, config.evaluation, config.data.cadence_ms / 1000, labels=config.labels
+        data, test_logits, calibration, oracle, config.evaluation, config.data.cadence_ms / 1000, labels=config.labels
     )
     verdict = gate(report, False, False, config.evaluation.promotion_max_ece, "no champion (a fresh registry)")
     return {

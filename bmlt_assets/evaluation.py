@@ -7,7 +7,7 @@ from typing import Any
 import dagster as dg
 import numpy as np
 
-from bmlt_assets.core.checkpoint import CHECKPOINT, load_checkpoint
+from bmlt_assets.core.checkpoint import CHECKPOINT, load_checkpoint, spec_calibration
 from bmlt_assets.core.config import PlatformConfig
 from bmlt_assets.core.dataset import TrainingData, fold_count, load_dataset
 from bmlt_assets.core.evaluation import evaluate, flat_metrics, oracle_for
@@ -52,7 +52,7 @@ def evaluation_report(
     report = evaluate(
         data,
         test_logits,
-        spec["temperatures"],
+        spec_calibration(spec),
         oracle_for(oracle, config.target, data),
         with_market_fee(config.evaluation, config.data.market),
         config.data.cadence_ms / 1000,

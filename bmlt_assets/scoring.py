@@ -6,9 +6,9 @@ Input (a dict of arrays, the same layout as ``book_tensors``):
 * ``mids``: (B, T, K) float64 mid prices of the same steps;
 * ``timestamp_ns``: (B,) int64 time of each window's last step.
 
-Output: (B, horizons, classes) float32 class probabilities, calibrated by the per-head
-temperatures fitted on the validation part. Normalization statistics fitted on the training part
-and the temperatures travel inside the checkpoint, so scoring needs nothing else.
+Output: (B, horizons, classes) float32 class probabilities, calibrated by each head's temperature
+and class bias fitted on the validation part. Normalization statistics fitted on the training part
+and the calibration travel inside the checkpoint, so scoring needs nothing else.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from mlflow.pyfunc import PyFuncModel, PythonModel, PythonModelContext
 
-from bmlt_assets.core.checkpoint import load_checkpoint
+from bmlt_assets.core.checkpoint import load_checkpoint, spec_calibration
 from bmlt_assets.core.windows import calendar, with_mid_path
 
 
@@ -38,8 +38,8 @@ class OrderBookPyfunc(PythonModel):
         times = calendar(np.asarray(model_input["timestamp_ns"], dtype=np.int64))
         with torch.no_grad():
             logits = self.model(torch.from_numpy(windows), torch.from_numpy(times))
-        temperatures = torch.tensor(self.spec.get("temperatures", [1.0] * logits.shape[1]), dtype=logits.dtype)
-        return torch.softmax(logits / temperatures[None, :, None], dim=-1).numpy()
+        heads = zip(spec_calibration(self.spec), logits.numpy().transpose(1, 0, 2))
+        return np.stack([calibration.probabilities(head) for calibration, head in heads], axis=1).astype(np.float32)
 
 
 def score_steps(

@@ -2,11 +2,12 @@
 
 import sys
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import dagster as dg
 
-from bmlt_assets.core.calibration import validation_temperatures
+from bmlt_assets.core.calibration import Calibration, validation_calibration
 from bmlt_assets.core.checkpoint import CHECKPOINT, input_example, model_spec, save_checkpoint
 from bmlt_assets.core.config import PlatformConfig
 from bmlt_assets.core.dataset import TrainingData, fold_count, load_dataset
@@ -85,10 +86,10 @@ def trained_model(
     if result.resumed_from:
         context.log.warning(f"resumed training from the checkpoint of epoch {result.resumed_from}")
         mlflow.set_tag("bmlt.resumed_from_epoch", str(result.resumed_from))
-    # Temperature scaling on the purged validation part; the logged model applies it.
-    temperatures = validation_temperatures(result.model, data)
-    mlflow.log_metrics({f"temperature_{h}s": t for h, t in zip(config.labels.horizons_s, temperatures)})
-    spec = model_spec(config, data, temperatures)
+    # Temperature and class bias fitted on the purged validation part; the logged model applies them.
+    calibration = validation_calibration(result.model, data)
+    mlflow.log_metrics({f"temperature_{h}s": c.temperature for h, c in zip(config.labels.horizons_s, calibration)})
+    spec = model_spec(config, data, calibration)
     tags = {**provenance, "dagster_run_id": context.run.run_id}
     # Registered before the commit, so that a committed model folder always names its registry entry.
     with storage.commit(storage.model) as staging:
@@ -108,7 +109,7 @@ def trained_model(
             staging / "meta.json",
         )
     resume_state.unlink(missing_ok=True)  # the model is safely stored: the next run starts afresh
-    return dg.MaterializeResult(metadata=_metadata(result, temperatures, registered, tunings.get(latest)) | reported)
+    return dg.MaterializeResult(metadata=_metadata(result, calibration, registered, tunings.get(latest)) | reported)
 
 
 def _train_with_torchrun(
@@ -188,7 +189,7 @@ def _log_tuning(
 
 
 def _metadata(
-    result: TrainResult, temperatures: list[float], registered: RegisteredModel, tuning: TuningResult | None
+    result: TrainResult, calibration: list[Calibration], registered: RegisteredModel, tuning: TuningResult | None
 ) -> dict:
     history = [
         {"epoch": r.epoch, "train_loss": r.train_loss, "val_log_loss": r.val_log_loss, "samples_per_s": r.samples_per_s}
@@ -197,7 +198,7 @@ def _metadata(
     metadata = {
         "parameters": parameter_count(result.model),
         "best_epoch": result.best_epoch,
-        "temperatures": dg.MetadataValue.json(temperatures),
+        "calibration": dg.MetadataValue.json([asdict(head) for head in calibration]),
         "best_val_log_loss": float(min(r.val_log_loss for r in result.history)),
         "mlflow_run_id": registered.run_id,
         "registered_model": f"{registered.name} v{registered.version} @{CHALLENGER}",

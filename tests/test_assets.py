@@ -11,8 +11,11 @@ import mlflow
 import numpy as np
 import polars as pl
 import pytest
+import torch
 
+from bmlt_assets.core.checkpoint import CHECKPOINT, load_checkpoint, spec_calibration
 from bmlt_assets.core.config import PROJECT_ROOT, PlatformConfig
+from bmlt_assets.core.windows import calendar, with_mid_path
 from bmlt_assets.definitions import CHECKS, INGEST_ASSETS, TRAINING_ASSETS, build_definitions, build_resources
 from bmlt_assets.partitions import range_tags
 from bmlt_resources.settings import SettingsResource
@@ -182,6 +185,15 @@ def test_training_assets_log_register_and_report(tiny_config_path: Path, tiny_co
     probabilities = model.predict({"book": base[index], "mids": mids[index], "timestamp_ns": stamps[steps]})
     assert probabilities.shape == (2, 2, tiny_config.labels.n_classes)
     np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
+    # The logged model applies each head's validation-fitted temperature and class bias.
+    network, normalizer, checkpoint_spec = load_checkpoint(storage.model / CHECKPOINT)
+    calibration = spec_calibration(checkpoint_spec)
+    assert all(np.ptp(head.bias) > 0 for head in calibration)
+    windows = normalizer.apply(with_mid_path(base[index].copy(), mids[index]))
+    with torch.no_grad():
+        logits = network(torch.from_numpy(windows), torch.from_numpy(calendar(stamps[steps]))).numpy()
+    for h, head in enumerate(calibration):
+        np.testing.assert_allclose(probabilities[:, h], head.probabilities(logits[:, h]), atol=1e-5)
 
 
 def test_an_invalid_config_fails_the_run_with_the_field_path(tmp_path: Path, tiny_config_path: Path) -> None:

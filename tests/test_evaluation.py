@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from scipy.special import softmax
 
 from bmlt_assets.core.backtest import SECONDS_PER_YEAR, run_backtest
 from bmlt_assets.core.book import book_arrays
-from bmlt_assets.core.calibration import expected_calibration_error, fit_temperature
+from bmlt_assets.core.calibration import Calibration, expected_calibration_error, fit_calibration
+from bmlt_assets.core.checkpoint import spec_calibration
 from bmlt_assets.core.config import PlatformConfig, load_config
 from bmlt_assets.core.dataset import TrainingData, build_dataset, load_dataset, save_dataset
 from bmlt_assets.core.evaluation import direction_classes, evaluate
@@ -40,6 +42,13 @@ def test_a_perfectly_calibrated_predictor_has_ece_near_zero() -> None:
     assert expected_calibration_error(overconfident, classes) > 0.1
 
 
+def test_a_checkpoint_from_before_the_class_bias_keeps_its_temperatures() -> None:
+    legacy = spec_calibration({"temperatures": [1.5, 0.8], "n_classes": 3})
+    assert legacy == [Calibration(1.5, (0.0, 0.0, 0.0)), Calibration(0.8, (0.0, 0.0, 0.0))]
+    logits = np.array([[1.0, 2.0, 0.5]])
+    np.testing.assert_allclose(legacy[0].probabilities(logits), softmax(logits / 1.5, axis=1))
+
+
 def test_constant_predictor_brier_matches_the_closed_form() -> None:
     rng = np.random.default_rng(1)
     classes = rng.integers(0, 3, 5000)
@@ -51,11 +60,18 @@ def test_constant_predictor_brier_matches_the_closed_form() -> None:
     assert got == pytest.approx(expected, rel=1e-9)
 
 
-def test_temperature_scaling_recovers_a_known_temperature() -> None:
+def test_calibration_recovers_a_known_temperature_and_class_bias() -> None:
+    """Logits scaled by 2.5 and shifted per class (as a class-weighted loss shifts them) are
+    mapped back to the true probabilities."""
     rng = np.random.default_rng(2)
     true_logits = rng.normal(0, 2, (40_000, 5))
     classes = np.array([rng.choice(5, p=np.exp(z) / np.exp(z).sum()) for z in true_logits])
-    assert fit_temperature(true_logits * 2.5, classes) == pytest.approx(2.5, rel=0.05)
+    shift = np.array([0.8, -0.3, 0.0, -0.2, -0.3])  # sums to 0, like the fitted bias
+    calibration = fit_calibration((true_logits - shift) * 2.5, classes)
+    assert calibration.temperature == pytest.approx(2.5, rel=0.05)
+    np.testing.assert_allclose(calibration.bias, shift, atol=0.05)
+    recovered = calibration.probabilities((true_logits - shift) * 2.5)
+    np.testing.assert_allclose(recovered, np.exp(true_logits) / np.exp(true_logits).sum(1, keepdims=True), atol=0.02)
 
 
 def _path() -> tuple[np.ndarray, np.ndarray]:
@@ -189,6 +205,7 @@ def _fake_report(leak: bool) -> list[dict]:
             "log_loss_differences": {"model_minus_prior": ci, "model_minus_oracle": ci},
             "calibration": {
                 "temperature": 1.2,
+                "bias": [0.0, 0.1, -0.1],
                 "bins": "15 equal-width top-label confidence bins",
                 "before": {"ece": 0.1, "log_loss": 2.0},
                 "after": {"ece": 0.05, "log_loss": 1.9},
@@ -250,8 +267,9 @@ def test_the_leak_flag_fires_when_a_model_sees_the_future_and_only_then(tiny_con
     )
     future = 5.0 * np.eye(data.n_classes)[test.classes]  # a "model" that knows the realized class
     costs = with_market_fee(tiny_config.evaluation, d.market)
-    honest = evaluate(data, oracle_logits, [1.0, 1.0], oracle, costs, d.cadence_ms / 1000)
-    leaky = evaluate(data, future, [1.0, 1.0], oracle, costs, d.cadence_ms / 1000)
+    uncalibrated = [Calibration.identity(data.n_classes)] * 2
+    honest = evaluate(data, oracle_logits, uncalibrated, oracle, costs, d.cadence_ms / 1000)
+    leaky = evaluate(data, future, uncalibrated, oracle, costs, d.cadence_ms / 1000)
     assert not any(entry["leak_suspected"] for entry in honest)
     assert all(entry["leak_suspected"] for entry in leaky)
     assert all(entry["capture"]["accuracy_capture"] > 1 for entry in leaky)
@@ -332,7 +350,8 @@ def raw_books(built: Callable[..., Built]) -> dict[str, np.ndarray]:
 
 def _evaluate(config: PlatformConfig, data: TrainingData, logits: np.ndarray) -> list[dict]:
     costs = config.evaluation.model_copy(update={"fee_bps": 1.0})
-    return evaluate(data, logits, [1.0] * len(data.horizons), None, costs, config.data.cadence_ms / 1000)
+    uncalibrated = [Calibration.identity(data.n_classes)] * len(data.horizons)
+    return evaluate(data, logits, uncalibrated, None, costs, config.data.cadence_ms / 1000)
 
 
 def _book_features(raw: dict[str, np.ndarray], steps: np.ndarray) -> np.ndarray:

@@ -83,6 +83,7 @@ def synthetic_report(
             },
             "calibration": {
                 "temperature": 1.3,
+                "bias": [0.1, -0.05, -0.05],
                 "bins": "15 equal-width top-label confidence bins",
                 "before": {"ece": ece_before, "log_loss": 1.95},
                 "after": {"ece": ece_after, "log_loss": 1.9},
@@ -150,7 +151,7 @@ def test_a_tie_a_worse_calibration_and_a_short_window_each_raise_a_warning() -> 
     ]
     worse = _warnings(markdown(synthetic_report(vs_logistic=BETTER, ece_before=0.021, ece_after=0.0344), [30], "t"))
     assert worse == [
-        "> **WARNING** 30 s: temperature scaling made calibration worse on the test part: top-label ECE rose from "
+        "> **WARNING** 30 s: the validation-fitted calibration made it worse on the test part: top-label ECE rose from "
         "0.0210 (uncalibrated) to 0.0344 (calibrated); lower is better."
     ]
     short = _warnings(markdown(synthetic_report(vs_logistic=BETTER, days=2.5), [30], "t"))

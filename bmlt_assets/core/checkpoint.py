@@ -6,12 +6,14 @@ raw windows on its own; ``bmlt_assets.scoring`` wraps it as the MLflow pyfunc.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from bmlt_assets.core.calibration import Calibration
 from bmlt_assets.core.config import ModelConfig, PlatformConfig
 from bmlt_assets.core.dataset import TrainingData
 from bmlt_assets.core.models import OrderBookClassifier
@@ -20,7 +22,7 @@ from bmlt_assets.core.windows import Normalizer
 CHECKPOINT = "checkpoint.pt"
 
 
-def model_spec(config: PlatformConfig, data: TrainingData, temperatures: list[float]) -> dict[str, Any]:
+def model_spec(config: PlatformConfig, data: TrainingData, calibration: list[Calibration]) -> dict[str, Any]:
     return {
         "model": config.model.model_dump(mode="json"),
         "levels": data.shape[1],
@@ -33,8 +35,15 @@ def model_spec(config: PlatformConfig, data: TrainingData, temperatures: list[fl
         "edges": config.labels.edges,
         "representation": config.representation.model_dump(mode="json"),
         "fitted_ns": fitted_period_ns(data),
-        "temperatures": temperatures,
+        "calibration": [asdict(head) for head in calibration],
     }
+
+
+def spec_calibration(spec: dict[str, Any]) -> list[Calibration]:
+    """The heads' calibration; a checkpoint written before the class bias holds temperatures only."""
+    if "calibration" not in spec:
+        return [Calibration(t, (0.0,) * spec["n_classes"]) for t in spec["temperatures"]]
+    return [Calibration(head["temperature"], tuple(head["bias"])) for head in spec["calibration"]]
 
 
 def fitted_period_ns(data: TrainingData) -> list[int]:

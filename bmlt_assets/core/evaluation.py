@@ -15,7 +15,7 @@ import numpy as np
 from scipy.special import softmax
 
 from bmlt_assets.core.backtest import direction_masses, run_backtest
-from bmlt_assets.core.calibration import expected_calibration_error, reliability_curves
+from bmlt_assets.core.calibration import Calibration, expected_calibration_error, reliability_curves
 from bmlt_assets.core.config import EvaluationConfig, LabelsConfig
 from bmlt_assets.core.dataset import TrainingData
 from bmlt_assets.core.metrics import (
@@ -90,7 +90,7 @@ def per_sample_log_loss(probabilities: np.ndarray, classes: np.ndarray) -> np.nd
 def evaluate(
     data: TrainingData,
     test_logits: np.ndarray,
-    temperatures: list[float],
+    calibration: list[Calibration],
     oracle: OracleProbabilities | None,
     config: EvaluationConfig,
     cadence_s: float,
@@ -123,7 +123,7 @@ def evaluate(
         y, realized = test.classes[:, i], test.returns[:, i]
         raw = softmax(test_logits[:, i].astype(np.float64), axis=1)
         predictors = {
-            "model": softmax(test_logits[:, i].astype(np.float64) / temperatures[i], axis=1),
+            "model": calibration[i].probabilities(test_logits[:, i]),
             "prior": prior_probabilities(train.classes[:, i], data.n_classes, len(y)),
             "persistence": persistence_probabilities(
                 train.previous[:, i], train.classes[:, i], test.previous[:, i], data.n_classes
@@ -186,7 +186,8 @@ def evaluate(
             "intervals": intervals,
             "log_loss_differences": differences,
             "calibration": {
-                "temperature": temperatures[i],
+                "temperature": calibration[i].temperature,
+                "bias": list(calibration[i].bias),
                 "bins": f"{config.ece_bins} equal-width top-label confidence bins",
                 "before": {
                     "ece": expected_calibration_error(raw, y, config.ece_bins),
@@ -229,7 +230,7 @@ def evaluate(
 
 
 def fold_summary(
-    data: TrainingData, test_logits: np.ndarray, temperatures: list[float], oracle: OracleProbabilities | None
+    data: TrainingData, test_logits: np.ndarray, calibration: list[Calibration], oracle: OracleProbabilities | None
 ) -> dict[str | int, Any]:
     """Headline test metrics of one walk-forward fold: the model against the class prior (and
     the oracle's capture on the synthetic market), with the fold's test period."""
@@ -241,7 +242,7 @@ def fold_summary(
     }
     for i in range(len(data.horizons)):
         y = test.classes[:, i]
-        model = classification_metrics(y, softmax(test_logits[:, i].astype(np.float64) / temperatures[i], axis=1))
+        model = classification_metrics(y, calibration[i].probabilities(test_logits[:, i]))
         prior = classification_metrics(y, prior_probabilities(train.classes[:, i], data.n_classes, len(y)))
         row[i] = {"model": model, "prior": prior}
         if oracle is not None:

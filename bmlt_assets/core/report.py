@@ -188,7 +188,7 @@ def report_warnings(report: list[dict[str, Any]], horizons_s: list[int]) -> list
         cal = entry["calibration"]
         if cal["after"]["ece"] > cal["before"]["ece"]:
             lines.append(
-                f"{_h(horizon)}: temperature scaling made calibration worse on the test part: top-label ECE rose "
+                f"{_h(horizon)}: the validation-fitted calibration made it worse on the test part: top-label ECE rose "
                 f"from {cal['before']['ece']:.4f} (uncalibrated) to {cal['after']['ece']:.4f} (calibrated); "
                 "lower is better."
             )
@@ -399,7 +399,8 @@ def _detail_lines(entry: dict[str, Any], horizon: int) -> list[str]:
         ]
     cal = entry["calibration"]
     lines += [
-        f"Calibration: temperature {cal['temperature']:.3f} fitted on validation. On the test part, top-label ECE "
+        f"Calibration: temperature {cal['temperature']:.3f} and a class bias from {min(cal['bias']):+.3f} to "
+        f"{max(cal['bias']):+.3f} (softmax(logits / T + b)), fitted on validation. On the test part, top-label ECE "
         f"({cal['bins']}) {cal['before']['ece']:.4f} before, {cal['after']['ece']:.4f} after; log loss "
         f"{cal['before']['log_loss']:.4f} nats before, {cal['after']['log_loss']:.4f} nats after (lower is better).",
         "",

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bmlt_assets.core.calibration import validation_temperatures
-from bmlt_assets.core.checkpoint import CHECKPOINT, load_checkpoint, model_spec, save_checkpoint
+from bmlt_assets.core.calibration import Calibration, validation_calibration
+from bmlt_assets.core.checkpoint import CHECKPOINT, load_checkpoint, model_spec, save_checkpoint, spec_calibration
 from bmlt_assets.core.config import PlatformConfig
 from bmlt_assets.core.dataset import TrainingData, fold_count, load_dataset
 from bmlt_assets.core.evaluation import fold_summary, oracle_for
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 class FoldModel:
     data: TrainingData
     model: OrderBookClassifier
-    temperatures: list[float]
+    calibration: list[Calibration]
     config: PlatformConfig  # as tuned for this fold
 
 
@@ -47,7 +47,7 @@ def train_earlier_folds(
         fold_config = configure(k, fold)
         log.info("walk-forward: training the model of fold %s of %s", k + 1, fold_count(config))
         model = fit(k, fold_config, fold)
-        folds.append(FoldModel(fold, model, validation_temperatures(model, fold), fold_config))
+        folds.append(FoldModel(fold, model, validation_calibration(model, fold), fold_config))
     return folds
 
 
@@ -59,7 +59,7 @@ def save_fold_checkpoints(model_dir: Path, folds: list[FoldModel]) -> None:
     for k, fold in enumerate(folds):
         path = fold_checkpoint(model_dir, k, len(folds) + 1)
         path.parent.mkdir()
-        spec = model_spec(fold.config, fold.data, fold.temperatures)
+        spec = model_spec(fold.config, fold.data, fold.calibration)
         save_checkpoint(path, fold.model, fold.data.source.normalizer, spec)
 
 
@@ -73,7 +73,7 @@ def evaluate_folds(
         fold = load_dataset(dataset_dir, config, fold=k)
         model, _, spec = load_checkpoint(fold_checkpoint(model_dir, k, n_folds))
         logits = predict_logits(model, fold, fold.parts["test"].steps)
-        summary = fold_summary(fold, logits, spec["temperatures"], oracle_for(oracle, config.target, fold))
+        summary = fold_summary(fold, logits, spec_calibration(spec), oracle_for(oracle, config.target, fold))
         horizons = [summary[i] for i in range(len(fold.horizons))]  # per-horizon metrics sit under int keys
         headline = {key: value for key, value in summary.items() if isinstance(key, str)}
         rows.append({"fold": k, **headline, "horizons": horizons})
