@@ -13,7 +13,12 @@ from scipy.special import softmax
 
 from bmlt_assets.core.backtest import SECONDS_PER_YEAR, run_backtest
 from bmlt_assets.core.book import book_arrays
-from bmlt_assets.core.calibration import Calibration, expected_calibration_error, fit_calibration
+from bmlt_assets.core.calibration import (
+    Calibration,
+    expected_calibration_error,
+    fit_calibration,
+    validation_calibration,
+)
 from bmlt_assets.core.checkpoint import spec_calibration
 from bmlt_assets.core.config import PlatformConfig, load_config
 from bmlt_assets.core.dataset import TrainingData, build_dataset, load_dataset, save_dataset
@@ -27,6 +32,7 @@ from bmlt_assets.core.metrics import (
 )
 from bmlt_assets.core.report import write_report
 from bmlt_assets.core.representation import day_grid_ns
+from bmlt_assets.core.train import build_model
 from bmlt_assets.core.uncertainty import mean_interval
 from bmlt_resources.binance import with_market_fee
 from bmlt_resources.synthetic import SyntheticMarketResource
@@ -47,6 +53,17 @@ def test_a_checkpoint_from_before_the_class_bias_keeps_its_temperatures() -> Non
     assert legacy == [Calibration(1.5, (0.0, 0.0, 0.0)), Calibration(0.8, (0.0, 0.0, 0.0))]
     logits = np.array([[1.0, 2.0, 0.5]])
     np.testing.assert_allclose(legacy[0].probabilities(logits), softmax(logits / 1.5, axis=1))
+
+
+def test_the_calibration_is_fitted_on_the_validation_part_only(tiny_config: PlatformConfig) -> None:
+    data = build_dataset(synthetic_days(tiny_config), tiny_config)
+    model = build_model(tiny_config, data).eval()  # untrained: any fixed logits will do
+    fitted = validation_calibration(model, data)
+    data.parts["test"].classes[:] = 0  # every test label rewritten: nothing changes
+    data.parts["train"].classes[:] = 0
+    assert validation_calibration(model, data) == fitted
+    data.parts["val"].classes[:] = 0  # the validation labels are what it is fitted on
+    assert validation_calibration(model, data)[0].bias[0] > fitted[0].bias[0] + 1
 
 
 def test_constant_predictor_brier_matches_the_closed_form() -> None:
