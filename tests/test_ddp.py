@@ -30,6 +30,7 @@ LEARNABLE = {
 }
 
 
+@pytest.mark.slow  # torchrun starts 2 ranks that each import torch and the project: about 20 s
 def test_torchrun_ranks_train_one_model_that_is_logged_and_registered(tmp_path: Path) -> None:
     path = write_config(tmp_path, LEARNABLE)
     config = load_config(path)
@@ -89,6 +90,7 @@ def test_torchrun_ranks_train_one_model_that_is_logged_and_registered(tmp_path: 
     np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow  # one torchrun launch per fold: about 25 s
 def test_walk_forward_trains_every_fold_with_torchrun(tmp_path: Path) -> None:
     split = {"split": "walk_forward", "folds": 2, "val_fraction": 0.15, "test_fraction": 0.2}
     path = write_config(tmp_path, {"training": TORCHRUN, "dataset": split})

@@ -59,6 +59,7 @@ def _run_pipeline(config_path: Path, config: PlatformConfig) -> list[dg.ExecuteI
     return runs
 
 
+@pytest.mark.slow  # the whole tiny pipeline twice, on S3 and on local disk: about 25 s
 def test_the_pipeline_on_s3_reports_what_the_local_run_reports(
     tmp_path: Path, s3: S3, monkeypatch: pytest.MonkeyPatch
 ) -> None:

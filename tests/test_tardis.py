@@ -243,6 +243,7 @@ def test_config_ties_the_exchange_to_the_market_and_ships_a_history_config(tmp_p
     assert "2024-10-01, 2024-11-01, 2024-12-01" in shown.stdout
 
 
+@pytest.mark.slow  # a `dagster job execute` process tree over the whole pipeline: about 30 s
 def test_dagster_job_execute_runs_the_pipeline_on_two_archive_days_and_never_shows_the_key(
     tmp_path: Path, archive: ArchiveServer
 ) -> None:
