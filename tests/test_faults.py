@@ -106,12 +106,12 @@ class Killed(RuntimeError):
     pass
 
 
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])  # the weight average resumes too
 def test_a_killed_training_run_resumes_and_matches_an_uninterrupted_one(
-    tmp_path: Path, tiny_config: PlatformConfig
+    tmp_path: Path, tiny_config: PlatformConfig, ema_decay: float
 ) -> None:
-    config = tiny_config.model_copy(
-        update={"training": tiny_config.training.model_copy(update={"epochs": 4, "early_stopping_patience": 4})}
-    )
+    training = {"epochs": 4, "early_stopping_patience": 4, "ema_decay": ema_decay}
+    config = tiny_config.model_copy(update={"training": tiny_config.training.model_copy(update=training)})
     data = build_dataset(synthetic_days(config), config)
     uninterrupted = train(config, data)
 

@@ -278,6 +278,9 @@ class TrainingConfig(Section):
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     early_stopping_patience: PositiveInt = 2
+    # An exponential moving average of the weights (decay per optimizer step; 0 = off) is what is
+    # validated, early-stopped and kept: it smooths the last steps' noise out of the model.
+    ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.0
     class_weights: Literal["balanced", "sqrt_inverse", "none"] = "sqrt_inverse"
     max_train_samples: PositiveInt | None = None
     threads: PositiveInt | None = None

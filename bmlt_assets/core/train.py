@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
@@ -197,6 +198,11 @@ def train(
         for h in range(len(data.horizons))
     ]
     net = replicas.prepare(model)  # what trains: the model itself, or its DDP wrapper
+    # What is validated and kept: the model, or the moving average of its weights (and BatchNorm statistics).
+    averaged = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True) if t.ema_decay else None
+    )
+    kept = averaged.module if averaged is not None else model
     sampler: DistributedSampler[int] = DistributedSampler(
         WindowSamples(data, train_part), num_replicas=replicas.world_size, rank=replicas.rank, seed=t.seed
     )
@@ -215,6 +221,8 @@ def train(
         state = torch.load(checkpoint, weights_only=False, map_location="cpu")
         if state["key"] == key:
             model.load_state_dict(state["model"])
+            if averaged is not None:
+                averaged.load_state_dict(state["averaged"])
             optimizer.load_state_dict(state["optimizer"])
             schedule.load_state_dict(state["schedule"])
             torch.set_rng_state(state["torch_rng"])
@@ -245,11 +253,15 @@ def train(
             loss.backward()
             optimizer.step()
             schedule.step()
+            if averaged is not None:
+                averaged.update_parameters(model)
             total += loss.item() * len(target)
             seen += len(target)
         train_seconds = time.perf_counter() - started
         replicas.sync_buffers(model)
-        val_loss, accuracy = validate(model, data, val_part, replicas)
+        if averaged is not None:
+            replicas.sync_buffers(averaged.module)
+        val_loss, accuracy = validate(kept, data, val_part, replicas)
         total, seen = replicas.sum([total, seen])
         record = EpochRecord(  # samples/s of all replicas together
             epoch, total / seen, val_loss, accuracy, time.perf_counter() - started, seen / train_seconds
@@ -257,7 +269,7 @@ def train(
         result.history.append(record)
         if val_loss < best_loss - 1e-5:
             best_loss, stale, result.best_epoch = val_loss, 0, epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in kept.state_dict().items()}
         else:
             stale += 1
         done = stale >= t.early_stopping_patience
@@ -268,6 +280,7 @@ def train(
                 "key": key,
                 "epoch": epoch,
                 "model": model.state_dict(),
+                "averaged": averaged.state_dict() if averaged is not None else None,
                 "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(),
                 "torch_rng": torch.get_rng_state(),
