@@ -121,6 +121,18 @@ def test_split_is_purged_by_window_horizon_and_embargo(window: int, horizon: int
     assert split.test.min() == test_start
 
 
+def test_the_stride_thins_training_and_validation_but_keeps_every_test_step() -> None:
+    window, horizon = 5, 3
+    split = chronological_split(np.arange(window - 1, 1000), (0.7, 0.15, 0.15), window, horizon, 0)
+    thinned = split.thinned(4)
+    assert (thinned.train % 4 == 0).all() and (thinned.val % 4 == 0).all()
+    assert len(thinned.train) == pytest.approx(len(split.train) / 4, abs=1)
+    np.testing.assert_array_equal(thinned.test, split.test)
+    # Thinning only removes samples: every boundary stays purged.
+    assert thinned.train.max() + window + horizon < thinned.val.min()
+    assert thinned.val.max() + window + horizon < thinned.test.min()
+
+
 def test_eligible_steps_need_a_fully_valid_window_and_labels() -> None:
     valid = np.ones(30, dtype=bool)
     valid[10] = False

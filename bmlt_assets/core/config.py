@@ -230,7 +230,7 @@ class DatasetConfig(Section):
     test_fraction: Fraction = 0.15
     embargo_s: Annotated[int, Field(ge=0)] = 0
     window_steps: PositiveInt = 40
-    sample_stride: PositiveInt = 1
+    sample_stride: PositiveInt = 1  # training and validation samples every N steps; test keeps every step
     norm_fit_samples: PositiveInt = 4096
 
     @model_validator(mode="after")

@@ -71,7 +71,7 @@ def build_folds(days: list[dict[str, np.ndarray]], config: PlatformConfig) -> li
     # are its terciles, and every edges option then sees the same samples.
     label_ok = np.isfinite(returns).all(axis=1) & np.isfinite(volatility) & (volatility > 0)
     d, window, horizon = config.dataset, config.dataset.window_steps, max(config.horizon_steps)
-    steps = eligible_steps(np.asarray(joined["valid"].all(axis=1)), window, label_ok, d.sample_stride)
+    steps = eligible_steps(np.asarray(joined["valid"].all(axis=1)), window, label_ok)
     fractions = (d.train_fraction, d.val_fraction, d.test_fraction)
     if d.split == "walk_forward":
         splits = walk_forward_splits(
@@ -79,7 +79,7 @@ def build_folds(days: list[dict[str, np.ndarray]], config: PlatformConfig) -> li
         )
     else:
         splits = [chronological_split(steps, fractions, window, horizon, config.embargo_steps)]
-    folds = [_fold(joined, returns, volatility, split, config) for split in splits]
+    folds = [_fold(joined, returns, volatility, split.thinned(d.sample_stride), config) for split in splits]
     for k, fold in enumerate(folds):
         sizes = ", ".join(f"{name} {len(part):,}" for name, part in fold.parts.items())
         log.info("fold %s of %s: %s samples over %s steps", k + 1, len(folds), sizes, len(joined["timestamps"]))

@@ -19,8 +19,8 @@ def memory_plan(config: PlatformConfig) -> dict[str, int]:
     days = len(data.dates)
     raw_row = 4 * data.depth * FLOAT64 + 3 * INT64 + 12  # four level arrays, times, update id, symbol
     base_step = levels * 4 * symbols * FLOAT32
-    samples_per_day = steps // d.sample_stride
-    train_samples = int(days * samples_per_day * d.train_fraction)
+    samples_per_day = steps  # the test part keeps every step; the training part every sample_stride-th
+    train_samples = int(days * samples_per_day * d.train_fraction) // d.sample_stride
     if config.training.max_train_samples:
         train_samples = min(train_samples, config.training.max_train_samples)
     window_bytes = window * base_step

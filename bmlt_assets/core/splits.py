@@ -25,14 +25,19 @@ class Split:
     def parts(self) -> dict[str, np.ndarray]:
         return {"train": self.train, "val": self.val, "test": self.test}
 
+    def thinned(self, stride: int) -> Split:
+        """Training and validation on every ``stride``-th step (neighbouring windows overlap almost
+        entirely, so they add training time, not information); the test part keeps every step, so
+        that the reported figures use all the data there is."""
+        return Split(self.train[self.train % stride == 0], self.val[self.val % stride == 0], self.test, self.boundaries)
 
-def eligible_steps(valid: np.ndarray, window: int, label_ok: np.ndarray, stride: int = 1) -> np.ndarray:
-    """Steps whose whole window is valid and whose labels exist, on a ``stride`` grid."""
+
+def eligible_steps(valid: np.ndarray, window: int, label_ok: np.ndarray) -> np.ndarray:
+    """Steps whose whole window is valid and whose labels exist."""
     invalid_before = np.concatenate([[0], np.cumsum(~valid)])
     steps = np.arange(window - 1, len(valid))
     window_clean = invalid_before[steps + 1] == invalid_before[steps + 1 - window]
-    steps = steps[window_clean & label_ok[steps]]
-    return steps[steps % stride == 0]
+    return steps[window_clean & label_ok[steps]]
 
 
 def purge_limit(next_first_step: int, window: int, horizon: int, embargo: int) -> int:
