@@ -86,6 +86,7 @@ def one_seed(config_json: str, folder: str, seed: int, threads: int) -> dict:
         "train_s": train_s,
         "best_epoch": result.best_epoch,
         "samples_per_s": [round(r.samples_per_s) for r in result.history],
+        "val_log_loss": [round(r.val_log_loss, 4) for r in result.history],
         "promoted": verdict.promote,
         "reasons": verdict.reasons,
         "horizons": {
