@@ -12,6 +12,7 @@ import dagster as dg
 import mlflow
 import numpy as np
 import polars as pl
+import pytest
 import yaml
 
 from bmlt_assets.core.binance_sync import BookBuilder, read_recording
@@ -117,6 +118,7 @@ def _binance_config(tmp_path: Path) -> Path:
 SENTINEL = "sentinel-secret-7f3a9c"
 
 
+@pytest.mark.slow  # the whole pipeline on the imported recording: about 12 s
 def test_the_pipeline_runs_on_imported_real_data_and_never_leaks_the_api_secret(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("BINANCE_API_KEY", "sentinel-key-0b2d")
     monkeypatch.setenv("BINANCE_API_SECRET", SENTINEL)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from benchmarks.gpu_throughput import PlainDeepLOB, default_config_comparison
@@ -43,6 +44,7 @@ def test_reference_is_the_published_deeplob_and_reads_the_same_samples() -> None
     }
 
 
+@pytest.mark.slow  # a benchmark run in a bare interpreter: about 12 s
 def test_runs_on_cpu_without_the_platform_frameworks(tmp_path: Path) -> None:
     out = tmp_path / "throughput.json"
     block = f"import sys; sys.modules.update(dict.fromkeys({ABSENT_ON_A_GPU_BOX!r}))"

@@ -73,6 +73,7 @@ def test_walk_forward_trains_a_model_per_fold_and_reports_over_time(tmp_path: Pa
     assert "## Walk-forward: performance over time" in markdown and "| mean |" in markdown
 
 
+@pytest.mark.slow  # a study and a model per fold: about 12 s
 def test_walk_forward_tuning_is_nested(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each fold's hyper-parameters come only from data before that fold's test part."""
     import bmlt_assets.training
