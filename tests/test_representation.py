@@ -19,6 +19,7 @@ from bmlt_assets.core.representation import (
     day_tensors_from_frame,
     day_tensors_from_parquet,
     quoted_spread_bps,
+    read_ahead,
     represent_books,
 )
 from bmlt_assets.core.synthetic import SyntheticMarket
@@ -108,3 +109,25 @@ def test_best_quotes_are_stored_raw_whatever_the_representation(tmp_path: Path, 
     assert not np.allclose(
         in_memory["base"][valid, 0, 2, 0] - in_memory["base"][valid, 0, 0, 0], (ask - bid) / mid * 1e4
     )
+
+
+def test_read_ahead_yields_every_item_in_order_and_passes_errors_on() -> None:
+    produced: list[int] = []
+
+    def items():
+        for i in range(5):
+            produced.append(i)
+            yield i
+
+    consumed = []
+    for item in read_ahead(items()):
+        assert len(produced) - len(consumed) <= 2  # this item and at most the next one
+        consumed.append(item)
+    assert consumed == [0, 1, 2, 3, 4]
+
+    def broken():
+        yield 1
+        raise OSError("truncated file")
+
+    with pytest.raises(OSError, match="truncated file"):
+        list(read_ahead(broken()))
