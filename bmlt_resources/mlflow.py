@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,14 @@ __all__ = ["MlflowTracking", "MlflowTrialLogger", "RegisteredModel", "TrackedMlf
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
+
+
+# What the logged pyfunc needs to load and score: its code is this package's (bmlt_assets.scoring),
+# whose own dependencies bring the rest. Declared, not inferred: MLflow infers requirements by
+# importing the model in a subprocess, about 7 s per logged model (it found bmlt, cloudpickle,
+# numpy and scipy, plus some of bmlt's own dependencies).
+MODEL_PACKAGES = ("bmlt", "mlflow", "cloudpickle", "numpy", "scipy", "torch")
+MODEL_REQUIREMENTS = [f"{dist}=={version(dist)}" for dist in MODEL_PACKAGES]
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,7 @@ class TrackedMlflow(MlFlow):
             signature=infer_signature(example, OrderBookPyfunc().load(checkpoint).predict(None, example)),
             input_example=example,
             registered_model_name=name,
+            pip_requirements=MODEL_REQUIREMENTS,
         )
         version = str(info.registered_model_version)
         self.tracking_client.update_registered_model(name, description=description)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from importlib import metadata as package_metadata
 from pathlib import Path
 
 import dagster as dg
@@ -174,6 +175,11 @@ def test_training_assets_log_register_and_report(tiny_config_path: Path, tiny_co
 
     mlflow.set_tracking_uri(tiny_config.tracking_uri)
     model = mlflow.pyfunc.load_model(f"models:/{tiny_config.registered_model_name}@challenger")
+    # The logged requirements are declared (not inferred by importing the model in a subprocess).
+    model_uri = f"models:/{tiny_config.registered_model_name}@challenger"
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(model_uri)).read_text().split()
+    for package in ("torch", "bmlt"):
+        assert f"{package}=={package_metadata.version(package)}" in requirements
     spec = model.metadata.get_input_schema().inputs
     assert [s.name for s in spec] == ["book", "mids", "timestamp_ns"]
     storage = StorageResource.for_config(tiny_config)
