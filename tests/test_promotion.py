@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from bmlt_assets.core.promotion import gate, incomparability, promotion_verdict
 
 BETTER = {"mean": -0.05, "low": -0.08, "high": -0.02}
@@ -98,6 +100,7 @@ def test_the_champion_is_compared_only_like_for_like_and_never_on_its_own_traini
     assert not refused.promote and refused.reasons == ["champion v3 is not comparable (other edges)"]
 
 
+@pytest.mark.slow  # the tiny pipeline trained and evaluated twice: about 16 s
 def test_an_identical_challenger_does_not_replace_the_champion(tmp_path) -> None:
     """Training is reproducible, so a re-run yields the same model: it cannot beat the champion."""
     import json

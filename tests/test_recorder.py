@@ -104,6 +104,7 @@ def test_every_recorded_book_equals_the_independent_rebuild(tmp_path: Path) -> N
     assert not list(tmp_path.rglob("*.gaps.json"))
 
 
+@pytest.mark.slow  # waits out real reconnect back-offs: about 12 s
 def test_disconnects_and_a_sequence_gap_resync_and_are_recorded(tmp_path: Path) -> None:
     skipped, disconnects = 500, (1500, 2500)
     server = ReplayServer(real_recording(), levels=DEPTH, rate=500, skip=(skipped,), disconnect_after=disconnects)
