@@ -2,7 +2,11 @@
 
     python -m benchmarks.oracle_edge [--config configs/default.yaml] [--date 2025-01-07]
 
-The readings-only filter is the same market with every mid return hidden from the filter.
+The readings-only filter is the same market with every mid return hidden from the filter. Also:
+how much of the edge hangs on knowing the class edges' trailing volatility exactly, which a model
+with a shorter window cannot see: the same oracle scoring the edges it would draw from the
+regime's nominal volatility (scaled to the trailing one's median), a bound on what a model that
+reads the regime but not the trailing volatility loses.
 """
 
 import argparse
@@ -13,7 +17,7 @@ import numpy as np
 
 from bmlt_assets.core.config import load_config
 from bmlt_assets.core.labels import class_edges, classify, forward_log_returns, trailing_volatility
-from bmlt_assets.core.synthetic import LEADER, SyntheticMarket
+from bmlt_assets.core.synthetic import LEADER, VOL_MULTIPLIER, SyntheticMarket
 from bmlt_assets.core.uncertainty import mean_interval
 
 
@@ -45,12 +49,20 @@ def main() -> None:
         old = -np.log(readings_only.oracle_probabilities(day, target, steps, h, edges)[rows, classes])
         prior = np.bincount(classes, minlength=edges.shape[1] + 1) / len(classes)
         prior_loss = -np.log(prior[classes]).mean()
+        latent = full.latent(day, target)
+        kappa = d.synthetic.signal_strength
+        nominal = latent.sigma * np.sqrt(VOL_MULTIPLIER[latent.regime[steps]] ** 2 + kappa**2)
+        nominal *= np.median(volatility[steps] / nominal)
+        nominal_edges = np.asarray(config.labels.volatility_edges)[None, :] * (nominal * np.sqrt(h))[:, None]
+        guessed = -np.log(full.oracle_probabilities(day, target, steps, h, nominal_edges)[rows, classes])
         gain = mean_interval(new - old, h)
         edge_new, edge_old = prior_loss - new.mean(), prior_loss - old.mean()
         print(
             f"{horizon_s:>5} s {target}: edge over the prior {edge_new:.4f} nats "
             f"(readings only {edge_old:.4f}, ratio {edge_new / edge_old:.3f}); "
-            f"per sample new - old {gain['mean']:.4f} (95% CI {gain['low']:.4f} .. {gain['high']:.4f})"
+            f"per sample new - old {gain['mean']:.4f} (95% CI {gain['low']:.4f} .. {gain['high']:.4f}); "
+            f"with edges from the regime's nominal volatility {prior_loss - guessed.mean():.4f} "
+            f"({(prior_loss - guessed.mean()) / edge_new:.3f} of the edge)"
         )
 
 
