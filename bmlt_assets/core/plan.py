@@ -19,8 +19,8 @@ def memory_plan(config: PlatformConfig) -> dict[str, int]:
     days = len(data.dates)
     raw_row = 4 * data.depth * FLOAT64 + 3 * INT64 + 12  # four level arrays, times, update id, symbol
     base_step = levels * 4 * symbols * FLOAT32
-    samples_per_day = steps  # the test part keeps every step; the training part every sample_stride-th
-    train_samples = int(days * samples_per_day * d.train_fraction) // d.sample_stride
+    # A sample per step (the test part keeps every one); training takes every sample_stride-th.
+    train_samples = int(days * steps * d.train_fraction) // d.sample_stride
     if config.training.max_train_samples:
         train_samples = min(train_samples, config.training.max_train_samples)
     window_bytes = window * base_step
@@ -29,7 +29,7 @@ def memory_plan(config: PlatformConfig) -> dict[str, int]:
         "base_tensor_bytes_per_day": steps * base_step,
         # mids, best quotes, validity, timestamps
         "companion_bytes_per_day": steps * (symbols * (FLOAT64 + len(QUOTE_FIELDS) * FLOAT32 + 1) + INT64),
-        "dense_window_bytes_per_day": samples_per_day * window_bytes,  # what copying windows would cost
+        "dense_window_bytes_per_day": steps * window_bytes,  # what copying windows would cost
         "batch_bytes": config.training.batch_size * window_bytes,
         "train_samples_per_epoch": train_samples,
         "batches_per_epoch": -(-train_samples // config.training.batch_size),
