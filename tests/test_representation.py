@@ -124,6 +124,7 @@ def test_read_ahead_yields_every_item_in_order_and_passes_errors_on() -> None:
         assert len(produced) - len(consumed) <= 2  # this item and at most the next one
         consumed.append(item)
     assert consumed == [0, 1, 2, 3, 4]
+    assert list(read_ahead(iter([None, 0, None]))) == [None, 0, None]
 
     def broken():
         yield 1
