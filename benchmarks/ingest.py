@@ -27,7 +27,7 @@ from pathlib import Path
 import polars as pl
 import yaml
 
-from bmlt_assets.core.binance_sync import BookBuilder, read_recording
+from bmlt_assets.core.sources.binance.sync import BookBuilder, read_recording
 from tests.helpers import TINY, real_recording
 from tests.replay_server import ThreadedReplayServer
 

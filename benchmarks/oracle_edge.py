@@ -17,7 +17,7 @@ import numpy as np
 
 from bmlt_assets.core.config import load_config
 from bmlt_assets.core.labels import class_edges, classify, forward_log_returns, trailing_volatility
-from bmlt_assets.core.synthetic import LEADER, VOL_MULTIPLIER, SyntheticMarket
+from bmlt_assets.core.sources.synthetic import LEADER, VOL_MULTIPLIER, SyntheticMarket
 from bmlt_assets.core.uncertainty import mean_interval
 
 

@@ -44,7 +44,7 @@ from bmlt_assets.core.dataset import build_dataset, load_dataset, save_dataset
 from bmlt_assets.core.files import write_parquet
 from bmlt_assets.core.labels import forward_log_returns, trailing_volatility
 from bmlt_assets.core.representation import day_tensors_from_frame, day_tensors_from_parquet
-from bmlt_assets.core.synthetic import SyntheticMarket
+from bmlt_assets.core.sources.synthetic import SyntheticMarket
 from bmlt_assets.core.train import build_model
 
 ROOT = Path(__file__).resolve().parent.parent

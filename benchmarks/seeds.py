@@ -29,7 +29,7 @@ from bmlt_assets.core.evaluation import evaluate, oracle_for
 from bmlt_assets.core.labels import forward_log_returns, trailing_volatility
 from bmlt_assets.core.promotion import gate
 from bmlt_assets.core.representation import day_tensors_from_frame
-from bmlt_assets.core.synthetic import SyntheticMarket
+from bmlt_assets.core.sources.synthetic import SyntheticMarket
 from bmlt_assets.core.train import predict_logits, train
 
 ROOT = Path(__file__).resolve().parent.parent

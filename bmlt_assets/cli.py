@@ -48,7 +48,7 @@ def backfill(config: PlatformConfig, args: argparse.Namespace) -> int:
     import datetime as dt
 
     import dagster as dg
-    from dagster._core.errors import DagsterHomeNotSetError
+    from dagster._core.sources.binance.errors import DagsterHomeNotSetError
 
     from bmlt_assets.backfill import submit_asset_backfill
     from bmlt_assets.definitions import INGEST_ASSETS, build_definitions
@@ -137,7 +137,7 @@ def plan(config: PlatformConfig, args: argparse.Namespace) -> int:
     import os
 
     from bmlt_assets.core.plan import DEFAULT_OUTCOMES, horizon_plan, human_bytes, memory_plan
-    from bmlt_assets.core.tardis import API_KEY_VARIABLE, is_free_day
+    from bmlt_assets.core.sources.tardis import API_KEY_VARIABLE, is_free_day
 
     d = config.data
     print(
@@ -251,8 +251,9 @@ def import_(config: PlatformConfig, args: argparse.Namespace) -> int:
     --market and --levels default to the config's data.market and data.depth. A landing file of
     another depth is not overwritten without --force. A recording whose gzip stream is damaged
     keeps the books rebuilt before the damage (they are written) and exits 2 with what happened."""
-    from bmlt_assets.core.binance_sync import RecordingError, import_recordings
     from bmlt_assets.core.files import landing_depth, landing_root, landing_targets, write_landing_days
+    from bmlt_assets.core.sources.binance.sync import RecordingError
+    from bmlt_assets.core.sources.importer import import_recordings
 
     args.market = args.market or config.data.market
     args.levels = config.data.depth if args.levels is None else args.levels
@@ -350,8 +351,8 @@ def record(config: PlatformConfig, args: argparse.Namespace) -> int:
     import asyncio
     import signal
 
-    from bmlt_assets.core.errors import BinanceBanned
-    from bmlt_assets.core.recorder import RecorderError
+    from bmlt_assets.core.sources.binance.errors import BinanceBanned
+    from bmlt_assets.core.sources.binance.recorder import RecorderError
     from bmlt_assets.recording import build_recorder
     from bmlt_resources.binance import BinanceResource
 

@@ -1,6 +1,6 @@
 """record_job: the live recorder as a Dagster job, for users who launch everything from the UI.
 
-The same recorder as ``bmlt record`` (``bmlt_assets.core.recorder``), for ``duration_s`` seconds.
+The same recorder as ``bmlt record`` (``bmlt_assets.core.sources.binance.recorder``), for ``duration_s`` seconds.
 Terminating the run from the UI interrupts it; the recorder flushes what it holds on the way out.
 """
 
@@ -11,7 +11,7 @@ import dagster as dg
 
 from bmlt_assets.core.config import PlatformConfig
 from bmlt_assets.core.files import landing_root
-from bmlt_assets.core.recorder import LandingWriter, Recorder, RecorderStats
+from bmlt_assets.core.sources.binance.recorder import LandingWriter, Recorder, RecorderStats
 from bmlt_resources.binance import BinanceResource
 from bmlt_resources.settings import SettingsResource
 

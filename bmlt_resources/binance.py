@@ -9,7 +9,7 @@
 * an unknown symbol (``ccxt.BadSymbol``) is a config error that names the symbol.
 
 The live path is ccxt.pro's ``watch_order_book`` (``stream_exchange``), which keeps each local
-book in sync by Binance's rules; the recorder (``bmlt_assets.core.recorder``) drives it.
+book in sync by Binance's rules; the recorder (``bmlt_assets.core.sources.binance.recorder``) drives it.
 
 Public market data needs no key. Credentials, when a deployment needs them, come only from the
 environment (``dg.EnvVar("BINANCE_API_KEY")`` / ``BINANCE_API_SECRET``) and are never logged.
@@ -28,7 +28,7 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from bmlt_assets.core.config import EvaluationConfig
-from bmlt_assets.core.errors import BinanceBanned
+from bmlt_assets.core.sources.binance.errors import BinanceBanned
 
 DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000, 5000)
 

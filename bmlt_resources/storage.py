@@ -159,7 +159,7 @@ class LandingZoneResource(dg.ConfigurableResource):
         return trim_depth(frame.filter(pl.col("symbol").is_in(symbols)), self.depth)
 
     def gaps(self, date: dt.date, symbols: list[str]) -> list[dict]:
-        """Intervals the recorder lost (``*.gaps.json`` beside its files; see core/recorder.py)."""
+        """Intervals the recorder lost (``*.gaps.json`` beside its files; see core/sources/binance/recorder.py)."""
         folder = landing_root(self.local_dir, self.market) / f"date={date.isoformat()}"
         found = [gap for path in sorted(folder.glob("*.gaps.json")) for gap in json.loads(path.read_text())]
         return [gap for gap in found if gap["symbol"] in symbols]

@@ -1,4 +1,4 @@
-"""The embedded synthetic market as a book source (the model itself: ``bmlt_assets.core.synthetic``)."""
+"""The embedded synthetic market as a book source (the model itself: ``bmlt_assets.core.sources.synthetic``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import dagster as dg
 import polars as pl
 
 from bmlt_assets.core.config import PlatformConfig, SyntheticConfig
-from bmlt_assets.core.synthetic import SyntheticMarket
+from bmlt_assets.core.sources.synthetic import SyntheticMarket
 
 
 class SyntheticMarketResource(dg.ConfigurableResource):

@@ -20,7 +20,7 @@ import polars as pl
 from tardis_dev import download_datasets
 
 from bmlt_assets.core.book import snapshot_schema
-from bmlt_assets.core.tardis import (
+from bmlt_assets.core.sources.tardis import (
     API_KEY_VARIABLE,
     DEFAULT_ENDPOINT,
     DownloadState,

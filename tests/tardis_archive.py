@@ -19,8 +19,9 @@ from pathlib import Path
 
 import polars as pl
 
-from bmlt_assets.core.binance_sync import import_recordings, read_recording
-from bmlt_assets.core.tardis import dataset_path
+from bmlt_assets.core.sources.binance.sync import read_recording
+from bmlt_assets.core.sources.importer import import_recordings
+from bmlt_assets.core.sources.tardis import dataset_path
 
 DAY_NS = 86_400 * 10**9
 DAY_US = 86_400 * 10**6

@@ -19,8 +19,9 @@ import polars as pl
 import pytest
 import yaml
 
-from bmlt_assets.core.binance_sync import PROGRESS_EVERY_LINES, import_recordings
 from bmlt_assets.core.config import PROJECT_ROOT, ConfigError, load_config
+from bmlt_assets.core.sources.binance.sync import PROGRESS_EVERY_LINES
+from bmlt_assets.core.sources.importer import import_recordings
 from tests.helpers import TINY, real_recording, write_config
 
 BIN = Path(sys.executable).parent

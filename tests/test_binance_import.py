@@ -15,8 +15,8 @@ import polars as pl
 import pytest
 import yaml
 
-from bmlt_assets.core.binance_sync import BookBuilder, read_recording
 from bmlt_assets.core.config import PROJECT_ROOT, load_config
+from bmlt_assets.core.sources.binance.sync import BookBuilder, read_recording
 from bmlt_assets.definitions import CHECKS, INGEST_ASSETS, TRAINING_ASSETS, build_resources
 from bmlt_assets.partitions import range_tags
 from bmlt_resources.storage import StorageResource
@@ -318,7 +318,8 @@ def _as_other_symbol(lines: list[str], shift: int, delay_ns: int) -> list[str]:
 
 
 def test_multi_symbol_and_multi_file_imports_keep_every_symbol(tmp_path: Path) -> None:
-    from bmlt_assets.core.binance_sync import RecordingError, import_recordings
+    from bmlt_assets.core.sources.binance.sync import RecordingError
+    from bmlt_assets.core.sources.importer import import_recordings
 
     with gzip.open(real_recording(), "rt") as recording:
         btc = recording.read().splitlines()

@@ -9,7 +9,7 @@ import json
 import pytest
 import requests
 
-from bmlt_assets.core.errors import BinanceBanned
+from bmlt_assets.core.sources.binance.errors import BinanceBanned
 from bmlt_resources.binance import BinanceResource
 from tests.helpers import real_recording
 

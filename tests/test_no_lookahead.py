@@ -18,8 +18,8 @@ from bmlt_assets.core.config import RepresentationConfig, SyntheticConfig
 from bmlt_assets.core.files import write_parquet
 from bmlt_assets.core.labels import forward_log_returns, trailing_volatility
 from bmlt_assets.core.representation import day_tensors_from_parquet
+from bmlt_assets.core.sources.synthetic import SyntheticMarket
 from bmlt_assets.core.splits import chronological_split, eligible_steps, purge_limit
-from bmlt_assets.core.synthetic import SyntheticMarket
 from bmlt_assets.core.windows import Normalizer, gather_windows
 
 DAY = dt.date(2025, 1, 6)

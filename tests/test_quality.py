@@ -13,7 +13,7 @@ import polars as pl
 from bmlt_assets.core.book import book_arrays, snapshot_frame
 from bmlt_assets.core.config import SyntheticConfig, load_config
 from bmlt_assets.core.files import write_parquet
-from bmlt_assets.core.synthetic import SyntheticMarket
+from bmlt_assets.core.sources.synthetic import SyntheticMarket
 from bmlt_assets.definitions import CHECKS, INGEST_ASSETS, TRAINING_ASSETS, build_resources
 from bmlt_resources.storage import StorageResource
 from tests.helpers import write_config

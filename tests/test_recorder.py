@@ -27,9 +27,9 @@ from bmlt_assets.cli import main as bmlt
 from bmlt_assets.cli import parse_duration
 from bmlt_assets.core.book import snapshot_schema
 from bmlt_assets.core.config import ConfigError, load_config
-from bmlt_assets.core.errors import BinanceBanned
 from bmlt_assets.core.files import landing_root
-from bmlt_assets.core.recorder import BookRow, CadenceSampler, LandingWriter, Recorder
+from bmlt_assets.core.sources.binance.errors import BinanceBanned
+from bmlt_assets.core.sources.binance.recorder import BookRow, CadenceSampler, LandingWriter, Recorder
 from bmlt_assets.definitions import build_definitions, build_resources
 from bmlt_assets.snapshots import orderbook_snapshots
 from bmlt_resources.binance import BinanceResource
@@ -177,7 +177,7 @@ def test_a_failed_write_keeps_its_rows_for_the_next_flush(tmp_path: Path, monkey
     def disk_full(frame: pl.DataFrame, path: Path) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr("bmlt_assets.core.recorder.write_parquet", disk_full)
+    monkeypatch.setattr("bmlt_assets.core.sources.binance.recorder.write_parquet", disk_full)
     with pytest.raises(OSError, match="disk full"):
         writer.flush(now_ns=int(21e9))
     monkeypatch.undo()

@@ -22,7 +22,7 @@ from bmlt_assets.core.representation import (
     read_ahead,
     represent_books,
 )
-from bmlt_assets.core.synthetic import SyntheticMarket
+from bmlt_assets.core.sources.synthetic import SyntheticMarket
 
 BOOKS = book_arrays(
     SyntheticMarket(SyntheticConfig(), seed=5, cadence_ms=10_000, depth=20).simulate(dt.date(2025, 1, 6), "SOL/USDT")

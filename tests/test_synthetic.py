@@ -17,7 +17,7 @@ from bmlt_assets.core.config import LabelsConfig, SyntheticConfig
 from bmlt_assets.core.evaluation import LEAK_TOLERANCE
 from bmlt_assets.core.labels import class_edges, classify, forward_log_returns, trailing_volatility
 from bmlt_assets.core.representation import align_to_grid, day_grid_ns
-from bmlt_assets.core.synthetic import SyntheticMarket
+from bmlt_assets.core.sources.synthetic import SyntheticMarket
 from bmlt_assets.core.uncertainty import mean_interval
 from bmlt_resources.synthetic import SyntheticMarketResource
 

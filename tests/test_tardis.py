@@ -17,10 +17,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from bmlt_assets.core.binance_sync import import_recordings
 from bmlt_assets.core.config import PROJECT_ROOT, ConfigError, load_config
 from bmlt_assets.core.plan import horizon_plan
-from bmlt_assets.core.tardis import (
+from bmlt_assets.core.sources.importer import import_recordings
+from bmlt_assets.core.sources.tardis import (
     TardisError,
     incremental_books,
     inspect_download,

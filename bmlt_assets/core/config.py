@@ -41,7 +41,7 @@ class Section(BaseModel):
 
 
 class SyntheticConfig(Section):
-    """Knobs of the embedded synthetic market (generative model in bmlt_assets/core/synthetic.py)."""
+    """Knobs of the embedded synthetic market (generative model in bmlt_assets/core/sources/synthetic.py)."""
 
     signal_strength: Annotated[float, Field(ge=0)] = 0.4
     signal_half_life_s: PositiveFloat = 30.0

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import json
+import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,8 +29,15 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from bmlt_assets.core.binance_sync import BookBuilder, ImportSummary, tardis_book_snapshots, unified_symbol
-from bmlt_assets.core.book import snapshot_schema
+from bmlt_assets.core.book import snapshot_frame, snapshot_schema
+from bmlt_assets.core.sources.binance.sync import (
+    TARDIS_HEADER,
+    BookBuilder,
+    ImportSummary,
+    RecordingError,
+    first_line,
+    unified_symbol,
+)
 
 DEFAULT_ENDPOINT = "https://datasets.tardis.dev/v1"
 API_KEY_VARIABLE = "TARDIS_API_KEY"
@@ -246,3 +254,58 @@ def snapshot25_books(path: Path, symbol: str, levels: int, every_ms: int = 0) ->
     """Books from a ``book_snapshot_25`` file, named by the configured ``symbol``."""
     frame = tardis_book_snapshots(path, levels).with_columns(pl.lit(symbol).alias("symbol"))
     return last_per_interval(frame, every_ms)
+
+
+def tardis_book_snapshots(path: Path, levels: int) -> pl.DataFrame:
+    """A tardis.dev ``book_snapshot_25`` CSV (gzip or plain) in the landing schema.
+
+    Columns: ``exchange, symbol, timestamp, local_timestamp`` (microseconds), then
+    ``asks[i].price, asks[i].amount, bids[i].price, bids[i].amount`` for i < 25. Tardis carries no
+    exchange update id, so ``update_id`` is the row's position within its symbol (monotone, as
+    the snapshot validation requires).
+    """
+    if not 1 <= levels <= 25:
+        raise ValueError(f"--levels {levels}: book_snapshot_25 holds at most 25 levels per side")
+    header = first_line(path, f"a tardis book_snapshot_25 CSV (header {TARDIS_HEADER},...)")
+    if re.match(r"\d+ [{\[]", header):
+        raise RecordingError(
+            f"{path} is not a tardis book_snapshot_25 CSV (its lines are '<receive ns> <JSON>', a Binance "
+            "WebSocket recording): use --format binance-ws"
+        )
+    columns = header.split(",")
+    missing = [
+        c
+        for c in ("symbol", "timestamp", "local_timestamp", f"asks[{levels - 1}].price", f"bids[{levels - 1}].amount")
+        if c not in columns
+    ]
+    if missing:
+        raise RecordingError(
+            f"{path}: not a tardis book_snapshot_25 CSV, or fewer than {levels} levels (its header lacks {missing}): "
+            f"pass a file whose header starts {TARDIS_HEADER!r}, or lower --levels"
+        )
+    try:
+        raw = pl.read_csv(path)
+    except (pl.exceptions.PolarsError, OSError, EOFError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RecordingError(f"{path}: not a readable CSV ({reason}): re-download it") from None
+    frames = []
+    for (symbol,), rows in (
+        raw.sort("local_timestamp").partition_by("symbol", as_dict=True, maintain_order=True).items()
+    ):
+
+        def side(name: str, field: str, rows: pl.DataFrame = rows) -> np.ndarray:
+            return rows.select([f"{name}[{i}].{field}" for i in range(levels)]).to_numpy().astype(np.float64)
+
+        frames.append(
+            snapshot_frame(
+                exchange_ns=rows["timestamp"].to_numpy() * 1000,
+                receive_ns=rows["local_timestamp"].to_numpy() * 1000,
+                symbol=unified_symbol(symbol.upper().replace("-", "")),
+                update_id=np.arange(rows.height),
+                bid_px=side("bids", "price"),
+                bid_qty=side("bids", "amount"),
+                ask_px=side("asks", "price"),
+                ask_qty=side("asks", "amount"),
+            )
+        )
+    return pl.concat(frames)

@@ -35,8 +35,8 @@ import numpy as np
 import polars as pl
 
 from bmlt_assets.core.book import snapshot_schema
-from bmlt_assets.core.errors import BinanceBanned
 from bmlt_assets.core.files import atomic_write, write_parquet
+from bmlt_assets.core.sources.binance.errors import BinanceBanned
 
 NS = 1_000_000_000
 

@@ -27,12 +27,11 @@ import gzip
 import io
 import json
 import logging
-import re
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -352,137 +351,3 @@ class BookBuilder:
                 )
             )
         return pl.concat(frames) if frames else pl.DataFrame()
-
-
-def tardis_book_snapshots(path: Path, levels: int) -> pl.DataFrame:
-    """A tardis.dev ``book_snapshot_25`` CSV (gzip or plain) in the landing schema.
-
-    Columns: ``exchange, symbol, timestamp, local_timestamp`` (microseconds), then
-    ``asks[i].price, asks[i].amount, bids[i].price, bids[i].amount`` for i < 25. Tardis carries no
-    exchange update id, so ``update_id`` is the row's position within its symbol (monotone, as
-    the snapshot validation requires).
-    """
-    if not 1 <= levels <= 25:
-        raise ValueError(f"--levels {levels}: book_snapshot_25 holds at most 25 levels per side")
-    header = first_line(path, f"a tardis book_snapshot_25 CSV (header {TARDIS_HEADER},...)")
-    if re.match(r"\d+ [{\[]", header):
-        raise RecordingError(
-            f"{path} is not a tardis book_snapshot_25 CSV (its lines are '<receive ns> <JSON>', a Binance "
-            "WebSocket recording): use --format binance-ws"
-        )
-    columns = header.split(",")
-    missing = [
-        c
-        for c in ("symbol", "timestamp", "local_timestamp", f"asks[{levels - 1}].price", f"bids[{levels - 1}].amount")
-        if c not in columns
-    ]
-    if missing:
-        raise RecordingError(
-            f"{path}: not a tardis book_snapshot_25 CSV, or fewer than {levels} levels (its header lacks {missing}): "
-            f"pass a file whose header starts {TARDIS_HEADER!r}, or lower --levels"
-        )
-    try:
-        raw = pl.read_csv(path)
-    except (pl.exceptions.PolarsError, OSError, EOFError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise RecordingError(f"{path}: not a readable CSV ({reason}): re-download it") from None
-    frames = []
-    for (symbol,), rows in (
-        raw.sort("local_timestamp").partition_by("symbol", as_dict=True, maintain_order=True).items()
-    ):
-
-        def side(name: str, field: str, rows: pl.DataFrame = rows) -> np.ndarray:
-            return rows.select([f"{name}[{i}].{field}" for i in range(levels)]).to_numpy().astype(np.float64)
-
-        frames.append(
-            snapshot_frame(
-                exchange_ns=rows["timestamp"].to_numpy() * 1000,
-                receive_ns=rows["local_timestamp"].to_numpy() * 1000,
-                symbol=unified_symbol(symbol.upper().replace("-", "")),
-                update_id=np.arange(rows.height),
-                bid_px=side("bids", "price"),
-                bid_qty=side("bids", "amount"),
-                ask_px=side("asks", "price"),
-                ask_qty=side("asks", "amount"),
-            )
-        )
-    return pl.concat(frames)
-
-
-IMPORT_FORMATS = ("binance-ws", "tardis-book-snapshot")
-
-
-def _replay(builder: BookBuilder, path: Path, progress: Progress | None) -> None:
-    """Feed one recording; what it holds that the builder cannot use becomes a RecordingError
-    naming the file (and the line)."""
-    books_before, line = builder.summary.snapshots, 0
-
-    def counted() -> Iterator[tuple[int, dict[str, Any]]]:
-        nonlocal line
-        for message in read_recording(path, progress):
-            line += 1
-            yield message
-
-    try:
-        builder.feed(counted())
-    except TruncatedRecording as error:
-        books = builder.summary.snapshots - books_before
-        damage = {"file": str(path), "lines": error.lines, "books": books, "reason": error.reason}
-        builder.summary.damaged.append(damage)
-        log.debug("%s; keeping the %s books rebuilt before the damage", error, books)
-    except MarketMismatch as error:
-        raise RecordingError(f"{path} {error}") from None
-    except AmbiguousSnapshot as error:
-        raise RecordingError(f"{path}:{line}: {error}") from None
-    except RecordingError:
-        raise
-    except (KeyError, TypeError, AttributeError, ValueError) as error:
-        detail = f"no {error}" if isinstance(error, KeyError) else str(error)
-        raise RecordingError(
-            f"{path}:{line}: not a Binance depth update or REST depth snapshot ({detail}): pass a recording of "
-            "combined depth streams (<symbol>@depth) and REST snapshots"
-        ) from None
-
-
-def import_recordings(
-    files: list[Path], fmt: str, market: str, levels: int, progress: Progress | None = None
-) -> tuple[pl.DataFrame, ImportSummary]:
-    """Snapshots of ``levels`` levels from recordings in ``fmt``, and what the import saw.
-
-    Raises RecordingError for a file that cannot be imported as asked, or for recordings that give
-    no book at all; a damaged end is listed in the summary's ``damaged`` instead."""
-    if fmt not in IMPORT_FORMATS:
-        raise ValueError(f"unknown format {fmt!r}: choose one of {', '.join(IMPORT_FORMATS)}")
-    if fmt == "binance-ws":
-        builder = BookBuilder(market, levels)
-        for path in files:
-            log.info("replaying %s", path)
-            _replay(builder, path, progress)
-        if not builder.summary.snapshots and not builder.summary.damaged:
-            names = ", ".join(str(path) for path in files)
-            if not builder.rest_snapshots:
-                raise RecordingError(
-                    f"{names}: no REST depth snapshot ('lastUpdateId' line), so no book can be rebuilt from the "
-                    "depth updates: pass a recording that holds one (bmlt record writes them)"
-                )
-            raise RecordingError(
-                f"{names}: no book reached {levels} levels per side (the deepest had {builder.deepest}): "
-                f"lower --levels to {builder.deepest} or less"
-            )
-        log.info(
-            "rebuilt %s books from %s depth updates, %s gap(s)",
-            builder.summary.snapshots,
-            builder.summary.updates_applied,
-            len(builder.summary.gaps),
-        )
-        return builder.frame(), builder.summary
-    frame = pl.concat([tardis_book_snapshots(path, levels) for path in files])
-    crossed = int((frame["bid_px"].arr.first() >= frame["ask_px"].arr.first()).sum())
-    summary = ImportSummary(
-        snapshots=frame.height,
-        crossed=crossed,
-        # receive_ts is Int64 (snapshot schema): its min/max are ints, or None for no rows.
-        first_receive_ns=cast("int | None", frame["receive_ts"].min()),
-        last_receive_ns=cast("int | None", frame["receive_ts"].max()),
-    )
-    return frame, summary

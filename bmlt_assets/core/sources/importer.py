@@ -1,0 +1,106 @@
+"""``bmlt import``: recordings in either accepted format rebuilt into landing-schema books.
+
+``binance-ws`` files (raw WebSocket depth streams and REST snapshots) go through Binance's sync
+rules (``binance.sync``); tardis.dev ``book_snapshot_25`` CSVs already hold books (``tardis``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import polars as pl
+
+from bmlt_assets.core.sources.binance.sync import (
+    AmbiguousSnapshot,
+    BookBuilder,
+    ImportSummary,
+    MarketMismatch,
+    Progress,
+    RecordingError,
+    TruncatedRecording,
+    read_recording,
+)
+from bmlt_assets.core.sources.tardis import tardis_book_snapshots
+
+log = logging.getLogger(__name__)
+
+IMPORT_FORMATS = ("binance-ws", "tardis-book-snapshot")
+
+
+def _replay(builder: BookBuilder, path: Path, progress: Progress | None) -> None:
+    """Feed one recording; what it holds that the builder cannot use becomes a RecordingError
+    naming the file (and the line)."""
+    books_before, line = builder.summary.snapshots, 0
+
+    def counted() -> Iterator[tuple[int, dict[str, Any]]]:
+        nonlocal line
+        for message in read_recording(path, progress):
+            line += 1
+            yield message
+
+    try:
+        builder.feed(counted())
+    except TruncatedRecording as error:
+        books = builder.summary.snapshots - books_before
+        damage = {"file": str(path), "lines": error.lines, "books": books, "reason": error.reason}
+        builder.summary.damaged.append(damage)
+        log.debug("%s; keeping the %s books rebuilt before the damage", error, books)
+    except MarketMismatch as error:
+        raise RecordingError(f"{path} {error}") from None
+    except AmbiguousSnapshot as error:
+        raise RecordingError(f"{path}:{line}: {error}") from None
+    except RecordingError:
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError) as error:
+        detail = f"no {error}" if isinstance(error, KeyError) else str(error)
+        raise RecordingError(
+            f"{path}:{line}: not a Binance depth update or REST depth snapshot ({detail}): pass a recording of "
+            "combined depth streams (<symbol>@depth) and REST snapshots"
+        ) from None
+
+
+def import_recordings(
+    files: list[Path], fmt: str, market: str, levels: int, progress: Progress | None = None
+) -> tuple[pl.DataFrame, ImportSummary]:
+    """Snapshots of ``levels`` levels from recordings in ``fmt``, and what the import saw.
+
+    Raises RecordingError for a file that cannot be imported as asked, or for recordings that give
+    no book at all; a damaged end is listed in the summary's ``damaged`` instead."""
+    if fmt not in IMPORT_FORMATS:
+        raise ValueError(f"unknown format {fmt!r}: choose one of {', '.join(IMPORT_FORMATS)}")
+    if fmt == "binance-ws":
+        builder = BookBuilder(market, levels)
+        for path in files:
+            log.info("replaying %s", path)
+            _replay(builder, path, progress)
+        if not builder.summary.snapshots and not builder.summary.damaged:
+            names = ", ".join(str(path) for path in files)
+            if not builder.rest_snapshots:
+                raise RecordingError(
+                    f"{names}: no REST depth snapshot ('lastUpdateId' line), so no book can be rebuilt from the "
+                    "depth updates: pass a recording that holds one (bmlt record writes them)"
+                )
+            raise RecordingError(
+                f"{names}: no book reached {levels} levels per side (the deepest had {builder.deepest}): "
+                f"lower --levels to {builder.deepest} or less"
+            )
+        log.info(
+            "rebuilt %s books from %s depth updates, %s gap(s)",
+            builder.summary.snapshots,
+            builder.summary.updates_applied,
+            len(builder.summary.gaps),
+        )
+        return builder.frame(), builder.summary
+    frame = pl.concat([tardis_book_snapshots(path, levels) for path in files])
+    crossed = int((frame["bid_px"].arr.first() >= frame["ask_px"].arr.first()).sum())
+    summary = ImportSummary(
+        snapshots=frame.height,
+        crossed=crossed,
+        # receive_ts is Int64 (snapshot schema): its min/max are ints, or None for no rows.
+        first_receive_ns=cast("int | None", frame["receive_ts"].min()),
+        last_receive_ns=cast("int | None", frame["receive_ts"].max()),
+    )
+    return frame, summary
