@@ -11,6 +11,11 @@ import numpy as np
 
 from bmlt_assets.core.config import LabelsConfig
 
+# Two books with the same mid but another spread can give (bid + ask) / 2 values a bit apart
+# (0.0001 is not exact in binary): a log return this small is no move, never a coin flip between
+# the classes either side of a zero edge. A real tick is at least 1e-9 of its price.
+NO_MOVE = 1e-12
+
 
 def forward_log_returns(mids: np.ndarray, valid: np.ndarray, horizons: list[int], steps: int) -> np.ndarray:
     """(steps, H, K) forward log returns for the first ``steps`` rows of ``mids``.
@@ -31,7 +36,8 @@ def forward_log_returns(mids: np.ndarray, valid: np.ndarray, horizons: list[int]
     now = np.arange(steps)
     for i, h in enumerate(horizons):
         clean = padded_valid[now] & (invalid_so_far[now + h] == invalid_so_far[now])
-        out[:, i] = np.where(clean, log_mid[now + h] - log_mid[now], np.nan)
+        move = log_mid[now + h] - log_mid[now]
+        out[:, i] = np.where(clean, np.where(np.abs(move) < NO_MOVE, 0.0, move), np.nan)
     return out
 
 
