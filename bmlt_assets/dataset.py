@@ -6,6 +6,7 @@ import numpy as np
 from bmlt_assets.core.config import PlatformConfig
 from bmlt_assets.core.dataset import TrainingData, build_folds, fold_count, load_dataset, save_dataset
 from bmlt_assets.core.files import directory_bytes, load_arrays, write_json
+from bmlt_assets.core.representation import QUOTE_LEVELS, has_current_quotes
 from bmlt_assets.core.splits import PARTS
 from bmlt_assets.metadata import markdown_table
 from bmlt_assets.returns import forward_returns
@@ -32,10 +33,11 @@ def training_dataset(
     days = []
     for date in config.data.dates:
         tensors_dir = storage.require(storage.tensors(date), "book_tensors", date)
-        if not (tensors_dir / "quotes.npy").exists():
+        if not has_current_quotes(tensors_dir):
             raise dg.Failure(
-                f"book_tensors for {date.isoformat()} predates the stored best quotes (quotes.npy) that costs and "
-                "the order-book baseline read; re-materialize it: dagster asset materialize -m "
+                f"book_tensors for {date.isoformat()} predates the stored quotes of the top {QUOTE_LEVELS} levels "
+                "(quotes.npy) that costs and the order-book baselines read; re-materialize it: dagster asset "
+                "materialize -m "
                 f"bmlt_assets.definitions --select book_tensors --partition {date.isoformat()}"
             )
         tensors = load_arrays(tensors_dir, ["base", "mids", "quotes", "valid", "timestamps"], mmap=True)

@@ -22,7 +22,7 @@ from bmlt_assets.core.calibration import (
 from bmlt_assets.core.checkpoint import spec_calibration
 from bmlt_assets.core.config import PlatformConfig, load_config
 from bmlt_assets.core.dataset import TrainingData, build_dataset, load_dataset, save_dataset
-from bmlt_assets.core.evaluation import direction_classes, evaluate
+from bmlt_assets.core.evaluation import direction_classes, evaluate, fold_summary
 from bmlt_assets.core.labels import classify
 from bmlt_assets.core.metrics import (
     classification_metrics,
@@ -89,6 +89,35 @@ def test_calibration_recovers_a_known_temperature_and_class_bias() -> None:
     np.testing.assert_allclose(calibration.bias, shift, atol=0.05)
     recovered = calibration.probabilities((true_logits - shift) * 2.5)
     np.testing.assert_allclose(recovered, np.exp(true_logits) / np.exp(true_logits).sum(1, keepdims=True), atol=0.02)
+
+
+def _drawn(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    probabilities = softmax(logits, axis=1)
+    return (rng.random(len(logits))[:, None] > probabilities.cumsum(axis=1)).sum(axis=1)
+
+
+def test_a_class_bias_within_its_own_noise_is_shrunk_to_zero_and_a_real_one_is_kept() -> None:
+    """800 independent outcomes, each label seen by 4 overlapping samples (as a 30 s label is by
+    neighbouring steps): the maximum-likelihood bias of well-calibrated logits is pure noise, and
+    its prior, scaled by the independent outcomes, takes it back to 0; a real shift is kept."""
+    rng = np.random.default_rng(5)
+    outcomes, overlap = 800, 4
+    true_logits = rng.normal(0, 1.0, (outcomes, 8))
+    classes = np.repeat(_drawn(true_logits, rng), overlap)
+    logits = np.repeat(true_logits, overlap, axis=0)
+    maximum_likelihood = fit_calibration(logits, classes, outcomes=10**9)  # every sample independent: no shrinkage
+    assert np.abs(maximum_likelihood.bias).max() > 0.1  # noise the next window does not repeat
+    shrunk = fit_calibration(logits, classes, outcomes=outcomes)
+    assert np.abs(shrunk.bias).max() < min(0.03, np.abs(maximum_likelihood.bias).max() / 4)
+    assert shrunk.temperature == pytest.approx(shrunk.temperature_alone, abs=0.01)
+    assert shrunk.temperature_alone == pytest.approx(1.0, abs=0.1)
+    assert shrunk.without_bias() == Calibration(shrunk.temperature_alone, (0.0,) * 8)
+
+    shift = np.array([0.6, -0.3, 0.0, 0.1, -0.2, 0.0, 0.1, -0.3])  # what class weights leave: real
+    shifted = np.repeat(_drawn(true_logits + shift, rng), overlap)
+    kept = fit_calibration(logits, shifted, outcomes=outcomes)
+    assert kept.bias_prior_sd > 0.1
+    np.testing.assert_allclose(kept.bias, shift, atol=0.15)
 
 
 def _path() -> tuple[np.ndarray, np.ndarray]:
@@ -290,6 +319,10 @@ def test_the_leak_flag_fires_when_a_model_sees_the_future_and_only_then(tiny_con
     assert not any(entry["leak_suspected"] for entry in honest)
     assert all(entry["leak_suspected"] for entry in leaky)
     assert all(entry["capture"]["accuracy_capture"] > 1 for entry in leaky)
+    # The same check on a walk-forward fold's summary (every fold's model is checked, not only the latest).
+    for logits, leak in ((oracle_logits, False), (future, True)):
+        summary = fold_summary(data, logits, uncalibrated, oracle)
+        assert [summary[i]["leak_suspected"] for i in range(len(data.horizons))] == [leak] * len(data.horizons)
 
 
 def test_the_default_fee_is_the_markets_taker_fee(tiny_config) -> None:
@@ -475,6 +508,9 @@ def test_a_dataset_saved_before_the_best_quotes_names_what_to_rematerialize(
     config, data, _ = built()
     save_dataset([data], tmp_path)
     np.testing.assert_array_equal(load_dataset(tmp_path, config).quotes, data.quotes)
+    np.save(tmp_path / "quotes.npy", data.quotes[:, :6])  # the best level only, as stored before the deeper levels
+    with pytest.raises(FileNotFoundError, match="re-materialize book_tensors and training_dataset"):
+        load_dataset(tmp_path, config)
     (tmp_path / "quotes.npy").unlink()
     with pytest.raises(FileNotFoundError, match="re-materialize book_tensors and training_dataset"):
         load_dataset(tmp_path, config)

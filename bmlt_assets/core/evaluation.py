@@ -245,15 +245,18 @@ def fold_summary(
         "test_last_ns": int(data.source.timestamps[test.steps[-1]]),
         "samples": len(test),
     }
-    for i in range(len(data.horizons)):
+    for i, horizon in enumerate(data.horizons):
         y = test.classes[:, i]
-        model = classification_metrics(y, calibration[i].probabilities(test_logits[:, i]))
+        probabilities = calibration[i].probabilities(test_logits[:, i])
+        model = classification_metrics(y, probabilities)
         prior = classification_metrics(y, prior_probabilities(train.classes[:, i], data.n_classes, len(y)))
         row[i] = {"model": model, "prior": prior}
         if oracle is not None:
-            row[i]["capture"] = signal_capture(
-                model, prior, classification_metrics(y, oracle(i, test.steps, test.edges[:, i]))
-            )
+            best = oracle(i, test.steps, test.edges[:, i])
+            row[i]["capture"] = signal_capture(model, prior, classification_metrics(y, best))
+            # Every fold's model is checked for a leak, not only the registered one's.
+            beyond = mean_interval(per_sample_log_loss(probabilities, y) - per_sample_log_loss(best, y), horizon)
+            row[i]["leak_suspected"] = beyond["high"] < -LEAK_TOLERANCE
     return row
 
 

@@ -8,6 +8,7 @@ With no champion yet, beating the baselines (and the ECE bar) is enough.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,11 +51,12 @@ def promotion_verdict(
     )
 
 
-BASELINES = ("prior", "persistence", "logistic_obi")
+BASELINES = ("prior", "persistence", "logistic_obi", "gbm")
 # Spec fields a champion must share with the challenger to be compared like for like: the same
-# target, horizons, classes (count and kind of edges), inputs (symbols, levels, representation)
-# and cadence. Older specs without a field are never comparable.
-COMPARABLE_SPEC = ("target", "symbols", "horizons_s", "n_classes", "edges", "levels", "representation", "cadence_ms")
+# target, horizons, classes (their count, and ``labels``: the kind of edges, their values, the
+# volatility lookback, quantile edges as fitted), inputs (symbols, levels, representation) and
+# cadence. Older specs without a field are never comparable.
+COMPARABLE_SPEC = ("target", "symbols", "horizons_s", "n_classes", "labels", "levels", "representation", "cadence_ms")
 
 
 def incomparability(
@@ -65,6 +67,11 @@ def incomparability(
     Its window may be shorter (the challenger's test windows hold it), and it must never have
     been fitted on any of the test window: that would flatter it."""
     differing = [k for k in COMPARABLE_SPEC if champion_spec.get(k) != challenger_spec.get(k)]
+    if "labels" in differing:  # name what differs: another class is another question
+        theirs, ours = champion_spec.get("labels") or {}, challenger_spec.get("labels") or {}
+        keys = sorted(set(theirs) | set(ours), key=lambda k: (k != "edges", k))
+        detail = [k for k in keys if theirs.get(k) != ours.get(k)] or ["labels"]
+        differing[differing.index("labels")] = f"classes ({', '.join(detail)})"
     if differing:
         return f"other {', '.join(differing)}"
     if champion_spec["window_steps"] > challenger_spec["window_steps"]:
@@ -76,15 +83,27 @@ def incomparability(
 
 
 def gate(
-    report: list[dict[str, Any]], champion_exists: bool, champion_compared: bool, max_ece: float, note: str
+    report: list[dict[str, Any]],
+    champion_exists: bool,
+    champion_compared: bool,
+    max_ece: float,
+    note: str,
+    walk_forward: Sequence[dict[str, Any]] = (),
 ) -> Verdict:
     """Every horizon must pass; a champion that could not be compared is never replaced, and a
-    probable look-ahead leak is never promoted, whatever its numbers. Reasons name each horizon in
-    seconds (``horizon_s``), as the report does."""
+    probable look-ahead leak, on the test part or in any walk-forward fold, is never promoted,
+    whatever its numbers. Reasons name each horizon in seconds (``horizon_s``), as the report does."""
     leaks = [
         f"{entry['horizon_s']:g} s: probable look-ahead leak (beats the Bayes-optimal oracle)"
         for entry in report
         if entry.get("leak_suspected")
+    ]
+    leaks += [
+        f"{entry['horizon_s']:g} s: probable look-ahead leak in walk-forward fold {fold['fold']} (its model beats "
+        "the Bayes-optimal oracle on its test block)"
+        for fold in walk_forward[:-1]  # the latest fold's test block is the report's test part
+        for entry, horizon in zip(report, fold["horizons"])
+        if horizon.get("leak_suspected")
     ]
     if champion_exists and not champion_compared:
         return Verdict(False, [*leaks, note], {})

@@ -30,3 +30,22 @@ def mean_interval(
     bootstrap = StationaryBootstrap(block, series, seed=np.random.default_rng(seed))  # type: ignore[arg-type]
     low, high = bootstrap.conf_int(np.mean, reps=REPS, method="percentile", size=level)[:, 0]
     return {"mean": float(series.mean()), "low": float(low), "high": float(high), "block_length": block}
+
+
+def ratio_interval(
+    numerator: np.ndarray, denominator: np.ndarray, minimum_block: float = 1.0, level: float = 0.95, seed: int = 0
+) -> dict[str, float]:
+    """``mean(numerator) / mean(denominator)`` of paired per-sample series (a capture ratio) with a
+    percentile CI from the stationary bootstrap resampling both series together."""
+    numerator, denominator = np.asarray(numerator, np.float64), np.asarray(denominator, np.float64)
+    block = block_length(numerator, minimum_block)
+    bootstrap = StationaryBootstrap(block, numerator, denominator, seed=np.random.default_rng(seed))  # type: ignore[arg-type]
+    low, high = bootstrap.conf_int(
+        lambda top, bottom: np.array([top.mean() / bottom.mean()]), reps=REPS, method="percentile", size=level
+    )[:, 0]
+    return {
+        "mean": float(numerator.mean() / denominator.mean()),
+        "low": float(low),
+        "high": float(high),
+        "block_length": block,
+    }

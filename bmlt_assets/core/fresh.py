@@ -1,0 +1,180 @@
+"""Evaluation on fresh days: whole sessions after the configured range, which nothing was fitted on.
+
+The purged test part is one window at the end of the range, so its figures describe that window
+(its regimes, its realized drift) as much as the model. A simulated market generates the days after
+the range at no cost: the model, its calibration and the baselines fitted on the range are scored
+on each of them with the test part's own functions, per day and pooled, with block-bootstrap
+intervals, the volatility regimes each day covered and its count of independent outcomes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from bmlt_assets.core.calibration import Calibration, independent_outcomes
+from bmlt_assets.core.config import PlatformConfig
+from bmlt_assets.core.dataset import Part, TrainingData
+from bmlt_assets.core.gradient_boosting import GradientBoosted, sample_features
+from bmlt_assets.core.labels import class_edges, classify, forward_log_returns, trailing_volatility
+from bmlt_assets.core.metrics import prior_probabilities
+from bmlt_assets.core.representation import day_tensors_from_frame
+from bmlt_assets.core.splits import eligible_steps
+from bmlt_assets.core.uncertainty import mean_interval, ratio_interval
+from bmlt_assets.core.windows import WindowSource
+
+REGIMES = ("low", "mid", "high")
+# (horizon index, steps, edges (N, C-1)) -> (N, C) the oracle's probabilities, as evaluation.oracle_for gives
+OracleProbabilities = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
+FRESH = "fresh"  # the one part of a fresh day's data: every eligible step
+
+
+def fresh_dates(config: PlatformConfig) -> list[dt.date]:
+    """The ``evaluation.fresh_days`` days right after the configured range."""
+    return [config.data.end_date + dt.timedelta(days=i) for i in range(1, config.fresh_day_count + 1)]
+
+
+def day_arrays(snapshots: pl.DataFrame, date: dt.date, config: PlatformConfig) -> dict[str, np.ndarray]:
+    """One day's ``book_tensors`` and ``forward_returns`` arrays from its snapshots, in memory.
+    A simulated day is a session of its own (nothing is published in its first minute), so no
+    label needs the next day."""
+    d = config.data
+    arrays = day_tensors_from_frame(snapshots, date, d.symbols, d.cadence_ms, d.staleness_ms, config.representation)
+    arrays["returns"] = forward_log_returns(arrays["mids"], arrays["valid"], config.horizon_steps, len(arrays["mids"]))
+    arrays["volatility"] = trailing_volatility(arrays["mids"], arrays["valid"], config.vol_lookback_steps)
+    return arrays
+
+
+def fresh_day_data(arrays: dict[str, np.ndarray], config: PlatformConfig, fitted: TrainingData) -> TrainingData:
+    """Every eligible step of a fresh day as the part ``fresh``, labelled with the training part's
+    class edges (quantile edges as fitted there) and read through its normalizer."""
+    target = config.data.symbols.index(config.target)
+    returns, volatility = arrays["returns"][:, :, target], arrays["volatility"][:, target]
+    label_ok = np.isfinite(returns).all(axis=1) & np.isfinite(volatility) & (volatility > 0)
+    steps = eligible_steps(np.asarray(arrays["valid"].all(axis=1)), config.dataset.window_steps, label_ok)
+    horizons, n = config.horizon_steps, len(steps)
+    edges = np.empty((n, len(horizons), config.labels.n_classes - 1))
+    for i, horizon in enumerate(horizons):
+        if config.labels.edges == "quantile":  # fitted on the training part: never refitted on the day
+            edges[:, i] = fitted.parts["train"].edges[0, i]
+        else:
+            edges[:, i] = class_edges(config.labels, returns[steps, i], volatility[steps], horizon, np.zeros(n, bool))
+    classes = np.stack([classify(returns[steps, i], edges[:, i]) for i in range(len(horizons))], axis=1)
+    part = Part(steps, classes, edges, returns[steps], np.full(classes.shape, -1), volatility[steps])
+    source = WindowSource(
+        arrays["base"], arrays["mids"], arrays["timestamps"], config.dataset.window_steps, fitted.source.normalizer
+    )
+    return TrainingData(
+        source, arrays["quotes"], {FRESH: part}, fitted.n_classes, horizons, config.data.symbols, config.target
+    )
+
+
+@dataclass(frozen=True)
+class FreshScores:
+    """One horizon on one fresh day (``day``: its date) or on all of them (``day``: "pooled")."""
+
+    day: str
+    samples: int
+    independent_outcomes: int  # non-overlapping horizon-long stretches
+    regimes: dict[str, float]  # share of the samples in each trailing-volatility regime (training terciles)
+    log_loss: dict[str, float]  # per predictor (nats)
+    accuracy: dict[str, float]  # per predictor (share)
+    logloss_capture: dict[str, float]  # mean and 95% CI: (prior - model) / (prior - oracle) log loss
+    accuracy_capture: dict[str, float]  # mean and 95% CI: (model - prior) / (oracle - prior) accuracy
+    differences: dict[str, dict[str, float]]  # log loss, model minus each other predictor: mean and CI
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def fresh_scores(
+    day: str,
+    horizon: int,
+    classes: np.ndarray,
+    probabilities: dict[str, np.ndarray],
+    regime: np.ndarray,
+    outcomes: int,
+) -> FreshScores:
+    """Scores of ``probabilities`` (``model``, ``prior`` and ``oracle`` at least) for ``classes``;
+    intervals from the stationary block bootstrap, blocks at least the horizon long."""
+    rows = np.arange(len(classes))
+    losses = {name: -np.log(np.clip(p[rows, classes], 1e-12, 1.0)) for name, p in probabilities.items()}
+    hits = {name: (p.argmax(axis=1) == classes).astype(np.float64) for name, p in probabilities.items()}
+    return FreshScores(
+        day=day,
+        samples=len(classes),
+        independent_outcomes=outcomes,
+        regimes={label: float(np.mean(regime == r)) for r, label in enumerate(REGIMES)},
+        log_loss={name: float(loss.mean()) for name, loss in losses.items()},
+        accuracy={name: float(hit.mean()) for name, hit in hits.items()},
+        logloss_capture=ratio_interval(
+            losses["prior"] - losses["model"], losses["prior"] - losses["oracle"], minimum_block=horizon
+        ),
+        accuracy_capture=ratio_interval(
+            hits["model"] - hits["prior"], hits["oracle"] - hits["prior"], minimum_block=horizon
+        ),
+        differences={
+            name: mean_interval(losses["model"] - loss, horizon) for name, loss in losses.items() if name != "model"
+        },
+    )
+
+
+def pooled(day_inputs: list[tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, int]], horizon: int) -> FreshScores:
+    """All days as one sample: ``day_inputs`` holds each day's classes, probabilities, regimes and
+    independent outcomes (a block of the bootstrap may join two days' ends: the days are
+    independent sessions, so that only blurs one block in thousands)."""
+    names = day_inputs[0][1].keys()
+    return fresh_scores(
+        "pooled",
+        horizon,
+        np.concatenate([classes for classes, _, _, _ in day_inputs]),
+        {name: np.concatenate([p[name] for _, p, _, _ in day_inputs]) for name in names},
+        np.concatenate([regime for _, _, regime, _ in day_inputs]),
+        sum(outcomes for _, _, _, outcomes in day_inputs),
+    )
+
+
+def score_fresh_days(
+    fitted: TrainingData,
+    days: list[tuple[str, TrainingData]],
+    day_logits: list[np.ndarray],
+    calibration: list[Calibration],
+    baselines: list[GradientBoosted] | None,
+    oracles: list[OracleProbabilities],
+) -> list[list[FreshScores]]:
+    """Per horizon: each fresh day's scores, then the pooled ones. ``day_logits``: the model's
+    (N, H, C) logits of each day's samples; ``oracles``: each day's oracle. Scored: the model as
+    shipped, the model with its temperature alone (the calibration's comparator), the class prior,
+    the gradient-boosted baseline and the oracle; the regimes are the training part's terciles."""
+    train = fitted.parts["train"]
+    thresholds = np.quantile(train.volatility, [1 / 3, 2 / 3])
+    scores: list[list[FreshScores]] = [[] for _ in fitted.horizons]
+    inputs: list[list[tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, int]]] = [[] for _ in fitted.horizons]
+    for (label, data), logits, oracle in zip(days, day_logits, oracles):
+        part = data.parts[FRESH]
+        regime = np.searchsorted(thresholds, part.volatility)
+        features = sample_features(data, part.steps) if baselines else None
+        for i, horizon in enumerate(fitted.horizons):
+            classes = part.classes[:, i]
+            probabilities = {
+                "model": calibration[i].probabilities(logits[:, i]),
+                "prior": prior_probabilities(train.classes[:, i], fitted.n_classes, len(classes)),
+                "oracle": oracle(i, part.steps, part.edges[:, i]),
+            }
+            alone = calibration[i].without_bias()
+            if alone is not None:
+                probabilities["temperature_alone"] = alone.probabilities(logits[:, i])
+            if baselines is not None and features is not None:
+                probabilities["gbm"] = baselines[i].probabilities(features)
+            outcomes = independent_outcomes(part.steps, horizon)
+            scores[i].append(fresh_scores(label, horizon, classes, probabilities, regime, outcomes))
+            inputs[i].append((classes, probabilities, regime, outcomes))
+    return [
+        [*day_scores, pooled(day_inputs, horizon)]
+        for day_scores, day_inputs, horizon in zip(scores, inputs, fitted.horizons)
+    ]
