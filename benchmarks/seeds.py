@@ -1,24 +1,33 @@
-"""Quality across training seeds on one config: capture, the gate's verdict and P&L per seed.
+"""Quality across markets and training seeds on one config: capture on the test part and on fresh days.
 
-    python -m benchmarks.seeds [--config configs/default.yaml] [--seeds 0 1 2] [--parallel 3] [--threads 2]
+    python -m benchmarks.seeds [--config configs/default.yaml] [--markets 7 8 9] [--seeds 0]
+                               [--fresh-days 3] [--parallel 1] [--threads 2]
 
-The data is built once (the synthetic market of the config, as the ingest assets build it); each
-seed then trains, calibrates and is evaluated exactly as ``trained_model`` and
-``evaluation_report`` do, with the same core functions, but without Dagster or MLflow, so that
-several seeds can run side by side. Prints and writes (``--out``) per-seed figures and the mean
-and sample standard deviation of each capture over seeds.
+A *market* is the synthetic market of a seed (``seed``: another market means other books, other
+regimes and another test window); a training seed only changes the model's initialization and
+batch order. For every market the data of the config is built once (as the ingest assets build
+it); every (market, training seed) then trains, calibrates and is evaluated exactly as
+``trained_model`` and ``evaluation_report`` do, with the same core functions, but without Dagster
+or MLflow, so that several runs can go side by side: on the purged test part, and on
+``--fresh-days`` whole days after the range that nothing was fitted on. Prints and writes
+(``--out``) every run's figures and, per horizon, the mean and sample standard deviation of each
+capture over runs x fresh days, the model against the gradient-boosted baseline per market, and
+the shipped calibration against the temperature alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 from statistics import mean, stdev
 
+import numpy as np
 import polars as pl
 import yaml
 
@@ -26,9 +35,9 @@ from bmlt_assets.core.calibration import validation_calibration
 from bmlt_assets.core.config import PlatformConfig, load_config
 from bmlt_assets.core.dataset import build_folds, load_dataset, save_dataset
 from bmlt_assets.core.evaluation import evaluate, oracle_for
-from bmlt_assets.core.labels import forward_log_returns, trailing_volatility
+from bmlt_assets.core.fresh import FRESH, day_arrays, fresh_day_data, score_fresh_days
+from bmlt_assets.core.gradient_boosting import fit_gradient_boosting
 from bmlt_assets.core.promotion import gate
-from bmlt_assets.core.representation import day_tensors_from_frame
 from bmlt_assets.core.sources.synthetic import SyntheticMarket
 from bmlt_assets.core.train import predict_logits, train
 
@@ -41,19 +50,14 @@ def market(config: PlatformConfig) -> SyntheticMarket:
     return SyntheticMarket(d.synthetic, config.seed, d.cadence_ms, d.depth, tuple(d.symbols))
 
 
+def simulated_day(config: PlatformConfig, date: dt.date) -> dict[str, np.ndarray]:
+    source = market(config)
+    return day_arrays(pl.concat([source.simulate(date, symbol) for symbol in config.data.symbols]), date, config)
+
+
 def build_data(config: PlatformConfig, folder: Path) -> None:
     """book_tensors + forward_returns of every day, then training_dataset, into ``folder``."""
-    d, source = config.data, market(config)
-    days = []
-    for date in d.dates:
-        frame = pl.concat([source.simulate(date, symbol) for symbol in d.symbols])
-        arrays = day_tensors_from_frame(frame, date, d.symbols, d.cadence_ms, d.staleness_ms, config.representation)
-        arrays["returns"] = forward_log_returns(
-            arrays["mids"], arrays["valid"], config.horizon_steps, len(arrays["mids"])
-        )
-        arrays["volatility"] = trailing_volatility(arrays["mids"], arrays["valid"], config.vol_lookback_steps)
-        days.append(arrays)
-    save_dataset(build_folds(days, config), folder)
+    save_dataset(build_folds([simulated_day(config, date) for date in config.data.dates], config), folder)
 
 
 def fee_resolved(config: PlatformConfig) -> PlatformConfig:
@@ -66,7 +70,7 @@ def fee_resolved(config: PlatformConfig) -> PlatformConfig:
     return config.model_copy(update={"evaluation": evaluation})
 
 
-def one_seed(config_json: str, folder: str, seed: int, threads: int) -> dict:
+def one_run(config_json: str, folder: str, seed: int, threads: int, fresh_days: int) -> dict:
     raw = json.loads(config_json)
     raw["training"] |= {"seed": seed, "threads": threads, "progress_bar": False}
     config = PlatformConfig.model_validate(raw)
@@ -75,53 +79,101 @@ def one_seed(config_json: str, folder: str, seed: int, threads: int) -> dict:
     result = train(config, data)
     train_s = time.perf_counter() - started
     calibration = validation_calibration(result.model, data)
+    baselines = fit_gradient_boosting(data, seed, threads)
     test_logits = predict_logits(result.model, data, data.parts["test"].steps)
-    oracle = oracle_for(market(config), config.target, data)
+    source = market(config)
     report = evaluate(
-        data, test_logits, calibration, oracle, config.evaluation, config.data.cadence_ms / 1000, labels=config.labels
+        data,
+        test_logits,
+        calibration,
+        oracle_for(source, config.target, data),
+        config.evaluation,
+        config.data.cadence_ms / 1000,
+        labels=config.labels,
+        baselines=baselines,
     )
     verdict = gate(report, False, False, config.evaluation.promotion_max_ece, "no champion (a fresh registry)")
+    days = []
+    for k in range(1, fresh_days + 1):
+        date = config.data.end_date + dt.timedelta(days=k)
+        days.append((date.isoformat(), fresh_day_data(simulated_day(config, date), config, data)))
+    logits = [predict_logits(result.model, day, day.parts[FRESH].steps) for _, day in days]
+    oracles = [oracle_for(source, config.target, day) for _, day in days]
+    fresh = score_fresh_days(data, days, logits, calibration, baselines, oracles)  # type: ignore[arg-type]
     return {
+        "market": config.seed,
         "seed": seed,
         "train_s": train_s,
         "best_epoch": result.best_epoch,
-        "samples_per_s": [round(r.samples_per_s) for r in result.history],
         "val_log_loss": [round(r.val_log_loss, 4) for r in result.history],
+        "calibration": [asdict(c) for c in calibration],
         "promoted": verdict.promote,
         "reasons": verdict.reasons,
         "horizons": {
             f"{entry['horizon_s']:g}s": {
                 "capture": entry["capture"],
-                "model_minus_logistic_obi": entry["log_loss_differences"]["model_minus_logistic_obi"],
-                "model_minus_oracle": entry["log_loss_differences"]["model_minus_oracle"],
+                "model_minus": {
+                    name: entry["log_loss_differences"][f"model_minus_{name}"]
+                    for name in ("logistic_obi", "gbm", "oracle")
+                },
+                "gbm_capture": entry["capture_by_predictor"]["gbm"],
                 "leak_suspected": entry["leak_suspected"],
                 "pnl_by_fee": entry["pnl_by_fee"],
+                "fresh": [scores.to_json() for scores in fresh[i]],
             }
-            for entry in report
+            for i, entry in enumerate(report)
         },
     }
 
 
 def summary(runs: list[dict]) -> dict:
+    """Per horizon: capture on the test part and on every fresh day, mean +/- sd over runs (x days),
+    and per market the pooled fresh-day comparisons that the targets read."""
+
+    def spread(values: list[float]) -> dict[str, float]:
+        return {"mean": mean(values), "sd": stdev(values) if len(values) > 1 else 0.0, "min": min(values)}
+
     out: dict = {}
     for horizon in runs[0]["horizons"]:
-        for name in runs[0]["horizons"][horizon]["capture"]:
-            values = [run["horizons"][horizon]["capture"][name] for run in runs]
-            out[f"{horizon} {name}"] = {
-                "mean": mean(values),
-                "sd": stdev(values) if len(values) > 1 else 0.0,
-                "min": min(values),
-            }
+        test = [run["horizons"][horizon] for run in runs]
+        days = [day for h in test for day in h["fresh"] if day["day"] != "pooled"]
+        pooled = {(run["market"], run["seed"]): run["horizons"][horizon]["fresh"][-1] for run in runs}
+        out[horizon] = {
+            "test logloss_capture": spread([h["capture"]["logloss_capture"] for h in test]),
+            "test accuracy_capture": spread([h["capture"]["accuracy_capture"] for h in test]),
+            "fresh logloss_capture": spread([day["logloss_capture"]["mean"] for day in days]),
+            "fresh accuracy_capture": spread([day["accuracy_capture"]["mean"] for day in days]),
+            "fresh days": len(days),
+            "per run (market, seed), fresh days pooled": {
+                f"{market}/{seed}": {
+                    "logloss_capture": day["logloss_capture"],
+                    "accuracy_capture": day["accuracy_capture"],
+                    "model_minus_gbm": day["differences"]["gbm"],
+                    "model_minus_temperature_alone": day["differences"].get("temperature_alone"),
+                    "model_minus_oracle": day["differences"]["oracle"],
+                    "gbm_logloss_capture": _capture(day, "gbm"),
+                }
+                for (market, seed), day in pooled.items()
+            },
+        }
     out["promoted"] = f"{sum(run['promoted'] for run in runs)} of {len(runs)}"
     return out
+
+
+def _capture(day: dict, name: str) -> float:
+    """A predictor's log-loss capture on a fresh day (0 = class prior, 1 = oracle)."""
+    losses = day["log_loss"]
+    return (losses["prior"] - losses[name]) / (losses["prior"] - losses["oracle"])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "default.yaml")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--parallel", type=int, default=1, help="seeds trained side by side")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads per seed")
+    parser.add_argument("--markets", type=int, nargs="+", default=None, help="market seeds (default: the config's)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds")
+    parser.add_argument("--fresh-days", type=int, default=3)
+    parser.add_argument("--parallel", type=int, default=1, help="runs side by side")
+    parser.add_argument("--threads", type=int, default=2, help="torch and OpenMP threads per run")
     parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=YAML", help="config overrides")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "seeds.json")
     args = parser.parse_args()
@@ -130,33 +182,37 @@ def main() -> None:
         path, value = override.split("=", 1)
         section, field = path.split(".", 1)
         raw[section][field] = yaml.safe_load(value)
-    config = fee_resolved(PlatformConfig.model_validate(raw))
-    with tempfile.TemporaryDirectory() as folder:
-        started = time.perf_counter()
-        build_data(config, Path(folder))
-        print(f"data built in {time.perf_counter() - started:.0f} s")
-        with ProcessPoolExecutor(args.parallel) as pool:
-            jobs = [pool.submit(one_seed, config.model_dump_json(), folder, seed, args.threads) for seed in args.seeds]
-            runs = [job.result() for job in jobs]
+    base = fee_resolved(PlatformConfig.model_validate(raw))
+    configs = [base.model_copy(update={"seed": m}) for m in (args.markets or [base.seed])]
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as root, ProcessPoolExecutor(args.parallel) as pool:
+        jobs = []
+        for config in configs:
+            folder = Path(root) / f"market{config.seed}"
+            build_data(config, folder)
+            for seed in args.seeds:
+                jobs.append(
+                    pool.submit(one_run, config.model_dump_json(), str(folder), seed, args.threads, args.fresh_days)
+                )
+        runs = [job.result() for job in jobs]
     results = {
         "config": str(args.config),
         "overrides": args.set,
-        "fee_bps": config.evaluation.fee_bps,
+        "fee_bps": base.evaluation.fee_bps,
+        "wall_s": time.perf_counter() - started,
         "runs": runs,
         "summary": summary(runs),
     }
     args.out.write_text(json.dumps(results, indent=2, default=float) + "\n")
     for run in runs:
-        captures = "; ".join(
-            f"{h}: acc {c['accuracy_capture']:.3f} ll {c['logloss_capture']:.3f}, vs logistic [{d['low']:.4f}, "
-            f"{d['high']:.4f}]"
+        line = "; ".join(
+            f"{h}: test ll {v['capture']['logloss_capture']:.3f}, fresh ll "
+            + " ".join(f"{day['logloss_capture']['mean']:.3f}" for day in v["fresh"])
             for h, v in run["horizons"].items()
-            for c, d in [(v["capture"], v["model_minus_logistic_obi"])]
         )
         verdict = "promoted" if run["promoted"] else "NOT promoted"
-        print(f"seed {run['seed']}: {captures}; {verdict} ({run['train_s']:.0f} s)")
-    for name, s in results["summary"].items():
-        print(f"{name}: {s}")
+        print(f"market {run['market']} seed {run['seed']}: {line}; {verdict} ({run['train_s']:.0f} s)")
+    print(json.dumps(results["summary"], indent=2, default=float))
     print(f"wrote {args.out}")
 
 
