@@ -51,9 +51,11 @@ bench: install
 bench-quick: install
 	$(BIN)/python -m benchmarks.run --quick --out benchmarks/results-quick.json
 
+# Every shipped config side by side (workspace.yaml); CONFIG, when it is none of them, beside them.
 ui: install
 	@mkdir -p $(DAGSTER_HOME)
-	BMLT_CONFIG=$(CONFIG) $(BIN)/dagster dev -w workspace.yaml
+	BMLT_CONFIG=$(CONFIG) $(BIN)/dagster dev -w workspace.yaml \
+		$(if $(filter $(abspath $(CONFIG)),$(abspath $(wildcard configs/*.yaml))),,-w deploy/workspace-config.yaml)
 
 # Keeps .dagster_home/dagster.yaml, the committed link to deploy/instance/local/dagster.yaml.
 clean:

@@ -15,6 +15,7 @@ import dagster as dg
 from dagster._config import process_config  # Dagster's own config validation (no public twin)
 from dagster_mlflow import end_mlflow_on_run_finished
 
+from bmlt_assets.boundary import code_location_errors, refuse_unwritable
 from bmlt_assets.core.config import ConfigError, DeploymentConfig, StepResources, config_path_from_env
 from bmlt_assets.dataset import training_classes_are_balanced, training_dataset
 from bmlt_assets.evaluation import evaluation_report
@@ -143,17 +144,20 @@ def build_executor(deployment: DeploymentConfig) -> dg.ExecutorDefinition:
     return k8s_job_executor.configured(k8s_executor_config(deployment), name="k8s")
 
 
-def build_definitions(config_path: Path, key_prefix: str | None = None) -> dg.Definitions:
-    """The code location of one config. ``key_prefix`` puts its assets under their own keys, so
-    that several configs' locations can share one Dagster instance and UI (see locations.py)."""
+def build_definitions(config_path: Path) -> dg.Definitions:
+    """The code location of one config. Its assets live under the config's name
+    (``synthetic-default/orderbook_snapshots``), as its data does (``<storage>/synthetic-default/``):
+    the same keys whether the config is served alone (``-m bmlt_assets.definitions``: the scripts,
+    ``bmlt backfill``) or beside the other configs (workspace.yaml: the UI), so every command and the UI
+    share one instance's materializations, and several configs share it without a key clash."""
     resources = build_resources(config_path)
-    ingest, training, checks = INGEST_ASSETS, TRAINING_ASSETS, CHECKS
-    if key_prefix:
-        renamed = {key: key.with_prefix(key_prefix) for asset in ingest + training for key in asset.keys}
-        ingest = [asset.with_attributes(asset_key_replacements=renamed) for asset in ingest]
-        training = [asset.with_attributes(asset_key_replacements=renamed) for asset in training]
-        checks = [check.with_attributes(asset_key_replacements=renamed) for check in checks]
-    deployment = resources["settings"].get().deployment  # type: ignore[attr-defined]
+    config = resources["settings"].get()  # type: ignore[attr-defined]
+    refuse_unwritable(config)
+    renamed = {key: key.with_prefix(config.name) for asset in INGEST_ASSETS + TRAINING_ASSETS for key in asset.keys}
+    ingest = [asset.with_attributes(asset_key_replacements=renamed) for asset in INGEST_ASSETS]
+    training = [asset.with_attributes(asset_key_replacements=renamed) for asset in TRAINING_ASSETS]
+    checks = [check.with_attributes(asset_key_replacements=renamed) for check in CHECKS]
+    deployment = config.deployment
     policy = backfill_policy(deployment)
     ingest = [asset.with_attributes(backfill_policy=policy) for asset in ingest]
     live = [record_job] if "binance" in resources else []  # recording needs a Binance source
@@ -169,4 +173,5 @@ def build_definitions(config_path: Path, key_prefix: str | None = None) -> dg.De
 @dg.definitions
 def defs() -> dg.Definitions:
     """The code location of $BMLT_CONFIG (default configs/default.yaml), built when Dagster loads it."""
-    return build_definitions(config_path_from_env())
+    with code_location_errors():
+        return build_definitions(config_path_from_env())

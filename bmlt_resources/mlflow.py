@@ -127,6 +127,8 @@ def tracking_reachable(uri: str) -> None:
     try:
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as error:
+        if not uri.startswith(("http://", "https://")):
+            raise  # a local store that fails is damaged, not unreachable: bmlt_assets.boundary says so
         raise ConnectionError(
             f"MLflow tracking store {uri!r} is unreachable ({type(error).__name__}): start it, or point "
             "mlflow.tracking_uri in the config at a reachable server"
