@@ -79,9 +79,9 @@ def _setting_for_path(path: str, settings: list[Setting]) -> Setting | None:
         folder = Path(setting.value.removeprefix("sqlite:///")).resolve()
         if setting.value.startswith("sqlite:"):
             folder = folder.parent
-        if target == folder or folder in target.parents:
-            if best is None or len(str(folder)) > len(best[1]):
-                best = (setting, str(folder))
+        inside = target == folder or folder in target.parents
+        if inside and (best is None or len(str(folder)) > len(best[1])):
+            best = (setting, str(folder))
     return best[0] if best else None
 
 
@@ -98,7 +98,10 @@ def _os_error(error: OSError, settings: list[Setting]) -> str:
     if error.errno == errno.EROFS:
         return f"{name}: the file system is read-only{chosen}: {other}"
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"{name}: no space left on the device{chosen}: free some space, or {other} (bmlt plan shows what a config needs)"
+        return (
+            f"{name}: no space left on the device{chosen}: free some space, or {other} "
+            "(bmlt plan shows what a config needs)"
+        )
     if isinstance(error, IsADirectoryError):
         return f"{name}: is a folder, where a file belongs: name a file (e.g. {Path(name) / 'file'})"
     if isinstance(error, NotADirectoryError):
@@ -147,7 +150,9 @@ def _database_error(error: BaseException, settings: list[Setting]) -> str:
             "aside (Dagster starts new ones) or restore it"
         )
     if any(module.startswith("optuna") for module in modules):
-        return f"the tuning study's database cannot be read ({detail}): move it aside (the study restarts) or restore it"
+        return (
+            f"the tuning study's database cannot be read ({detail}): move it aside (the study restarts) or restore it"
+        )
     return f"a database cannot be read ({detail})"
 
 

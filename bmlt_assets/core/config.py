@@ -40,7 +40,7 @@ class ConfigError(ValueError):
 
 def last_complete_day() -> dt.date:
     """The newest day with a partition: a day's partition exists once the day is over (UTC)."""
-    return dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)
+    return dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
 
 
 def day_out_of_range(day: dt.date, name: str) -> str | None:
@@ -53,8 +53,7 @@ def day_out_of_range(day: dt.date, name: str) -> str | None:
     last = last_complete_day()
     if day > last:
         return (
-            f"{name} {day} is not over yet (UTC): a day's partition exists once the day is over; "
-            f"use {last} or earlier"
+            f"{name} {day} is not over yet (UTC): a day's partition exists once the day is over; use {last} or earlier"
         )
     return None
 
@@ -753,7 +752,8 @@ def parse_config(raw: Any, source: str = "<config>", folder: Path | None = None)
             )
         resolved = {}
         for key in ("uri", "cache_dir"):
-            where = expanded_location(source, f"storage.{key}", storage.get(key, StorageConfig.model_fields[key].default))
+            written = storage.get(key, StorageConfig.model_fields[key].default)
+            where = expanded_location(source, f"storage.{key}", written)
             if "://" not in where and not Path(where).is_absolute():
                 where = os.path.normpath((folder or Path.cwd()) / where)
             resolved[key] = where
