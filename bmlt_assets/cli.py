@@ -11,6 +11,8 @@ import argparse
 import json
 import logging
 import math
+import os
+import shutil
 import sys
 from importlib.metadata import version
 from pathlib import Path
@@ -138,11 +140,26 @@ def summary(config: PlatformConfig, args: argparse.Namespace) -> int:
     return 0
 
 
-def plan(config: PlatformConfig, args: argparse.Namespace) -> int:
-    """Bytes per day, per batch and per epoch of a config, before running it."""
-    import os
+def _machine_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system that tells
+        return None
 
-    from bmlt_assets.core.plan import DEFAULT_OUTCOMES, horizon_plan, human_bytes, memory_plan
+
+def _free_disk(config: PlatformConfig) -> int | None:
+    """Free bytes where the config's local storage goes (its nearest existing folder); None when remote."""
+    if config.storage.is_remote:
+        return None
+    folder = config.local_dir
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def plan(config: PlatformConfig, args: argparse.Namespace) -> int:
+    """Bytes per day, per batch and per epoch of a config, and where it cannot run or learn, before running it."""
+    from bmlt_assets.core.plan import DEFAULT_OUTCOMES, horizon_plan, human_bytes, memory_plan, plan_warnings
     from bmlt_assets.core.sources.tardis import API_KEY_VARIABLE, is_free_day
 
     d = config.data
@@ -166,6 +183,8 @@ def plan(config: PlatformConfig, args: argparse.Namespace) -> int:
                 f"  warning: {row['days_in_range']} day(s) are too short for the {row['horizon_s']}s horizon: "
                 f"{row['days_needed']} days give {outcomes:,} independent outcomes"
             )
+    for warning in plan_warnings(config, _machine_memory(), _free_disk(config)):
+        print(f"warning: {warning}")
     if d.source == "tardis" and not os.environ.get(API_KEY_VARIABLE):
         free = [day.isoformat() for day in d.dates if is_free_day(day)]
         print(

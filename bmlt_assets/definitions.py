@@ -16,7 +16,13 @@ from dagster._config import process_config  # Dagster's own config validation (n
 from dagster_mlflow import end_mlflow_on_run_finished
 
 from bmlt_assets.boundary import code_location_errors, refuse_unwritable
-from bmlt_assets.core.config import ConfigError, DeploymentConfig, StepResources, config_path_from_env
+from bmlt_assets.core.config import (
+    ConfigError,
+    DeploymentConfig,
+    PlatformConfig,
+    StepResources,
+    config_path_from_env,
+)
 from bmlt_assets.dataset import training_classes_are_balanced, training_dataset
 from bmlt_assets.evaluation import evaluation_report
 from bmlt_assets.partitions import backfill_policy
@@ -62,6 +68,18 @@ def asset_jobs(
     ]
 
 
+def run_description(config: PlatformConfig, config_path: Path) -> str:
+    """The MLflow run page's description: what is trained on what, and from which config."""
+    data, labels = config.data, config.labels
+    horizons = ", ".join(f"{h} s" for h in labels.horizons_s)
+    return (
+        f"**{config.name}**: {config.model.architecture} ({config.model.multi_asset}) predicting {config.target} "
+        f"over {labels.n_classes} {labels.edges} classes at {horizons}, from {data.source} {data.market} books of "
+        f"{', '.join(data.symbols)}, {data.start_date}..{data.end_date}.\n\n"
+        f"Config `{Path(config_path).resolve()}` (content hash {config.content_hash}); its resolved copy is config/resolved.yaml."
+    )
+
+
 def build_resources(config_path: Path) -> dict[str, object]:
     settings = SettingsResource.from_file(config_path)  # the only parse of the config file
     config = settings.get()
@@ -98,6 +116,7 @@ def build_resources(config_path: Path) -> dict[str, object]:
             mlflow_tracking_uri=config.tracking_uri,
             artifact_location=config.artifact_location,
             run_name=config.run_name,
+            description=run_description(config, config_path),
         ),
         # training.launcher torchrun runs here; KubernetesTorchrun runs it in a pod of its own.
         "torchrun": LocalTorchrun(),

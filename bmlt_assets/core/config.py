@@ -13,11 +13,12 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_origin
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "configs" / "default.yaml"
@@ -356,10 +357,43 @@ class SearchDimension(Section):
                 raise ValueError("a categorical dimension needs choices")
         elif self.low is None or self.high is None or self.high <= self.low:
             raise ValueError(f"an {self.type} dimension needs low < high")
+        elif self.log and self.low <= 0:
+            raise ValueError(f"a log-scale dimension needs low > 0 (low is {self.low:g})")
+        elif self.log and self.step is not None:
+            raise ValueError("a log-scale dimension takes no step (Optuna samples it continuously)")
         return self
+
+    def values_to_check(self) -> list[Any]:
+        """Values the dimension can take that show whether a field accepts them: every choice, or
+        the bounds (and for a float a value between them, which an integer field refuses)."""
+        if self.type == "categorical":
+            return list(self.choices or [])
+        assert self.low is not None and self.high is not None  # _complete
+        if self.type == "int":
+            return [int(self.low), int(self.high)]
+        return [self.low, self.high, self.low + (self.high - self.low) / 3]
 
 
 TUNABLE_SECTIONS = ("model", "training")
+
+
+def _check_dimension(path: str, dimension: SearchDimension, field: FieldInfo) -> None:
+    """Every value a search dimension can take must be valid for its field (type, choices, range),
+    so that a bad choice fails here, not in a trial after the data was ingested."""
+    annotation = field.annotation
+    adapter: TypeAdapter[Any] = TypeAdapter(Annotated[(annotation, *field.metadata)] if field.metadata else annotation)
+    for value in dimension.values_to_check():
+        try:
+            adapter.validate_python(value)
+        except ValidationError as error:
+            why = "; ".join(item["msg"] for item in error.errors())
+            kind = "choice" if dimension.type == "categorical" else f"{dimension.type} value"
+            hint = ""
+            if dimension.type != "categorical" and (get_origin(annotation) is Literal or annotation is bool):
+                hint = ": tune it as type: categorical"
+            elif dimension.type == "float" and annotation is int:
+                hint = ": it takes whole numbers, tune it as type: int"
+            raise ValueError(f"{path!r}: {kind} {value!r} is not a valid {path} ({why}){hint}") from None
 
 
 class HpoConfig(Section):
@@ -407,6 +441,7 @@ class HpoConfig(Section):
             model = models[section]
             if name not in model.model_fields:
                 raise ValueError(f"{path!r}: {section} has no field {name!r}")
+            _check_dimension(path, space[path], model.model_fields[name])
         return space
 
     @model_validator(mode="after")
