@@ -190,7 +190,7 @@ def explain(error: BaseException, config: PlatformConfig | None = None) -> tuple
     )
 
 
-def report(error: BaseException, config: PlatformConfig | None, debug: bool) -> int:
+def report_failure(error: BaseException, config: PlatformConfig | None, debug: bool) -> int:
     """Print ``error`` as one line on stderr (after its traceback when ``debug``); the exit status."""
     if debug:
         traceback.print_exception(error, file=sys.stderr)

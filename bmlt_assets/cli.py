@@ -17,6 +17,7 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
+from bmlt_assets.boundary import refuse_unwritable, report_failure
 from bmlt_assets.core.config import ConfigError, PlatformConfig, config_path_from_env, day_out_of_range, load_config
 from bmlt_assets.core.logs import colour_enabled, setup_logging
 
@@ -303,6 +304,7 @@ def import_(config: PlatformConfig, args: argparse.Namespace) -> int:
     from bmlt_assets.core.sources.binance.sync import RecordingError
     from bmlt_assets.core.sources.importer import import_recordings
 
+    refuse_unwritable(config)  # before reading what may be gigabytes
     args.market = args.market or config.data.market
     args.levels = config.data.depth if args.levels is None else args.levels
     if args.levels < 1:
@@ -427,6 +429,7 @@ def record(config: PlatformConfig, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    refuse_unwritable(config)
     interactive = sys.stderr.isatty()
 
     def show(line: str) -> None:  # one self-overwriting line on a terminal, plain lines in a log
@@ -593,9 +596,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
         return args.handler(config, args)
     except (Exception, KeyboardInterrupt) as error:
-        from bmlt_assets.boundary import report
-
-        return report(error, config, debug=args.log_level == "DEBUG")
+        return report_failure(error, config, debug=args.log_level == "DEBUG")
 
 
 if __name__ == "__main__":

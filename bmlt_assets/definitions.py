@@ -76,7 +76,8 @@ def run_description(config: PlatformConfig, config_path: Path) -> str:
         f"**{config.name}**: {config.model.architecture} ({config.model.multi_asset}) predicting {config.target} "
         f"over {labels.n_classes} {labels.edges} classes at {horizons}, from {data.source} {data.market} books of "
         f"{', '.join(data.symbols)}, {data.start_date}..{data.end_date}.\n\n"
-        f"Config `{Path(config_path).resolve()}` (content hash {config.content_hash}); its resolved copy is config/resolved.yaml."
+        f"Config `{Path(config_path).resolve()}` (content hash {config.content_hash}); "
+        "its resolved copy is config/resolved.yaml."
     )
 
 
