@@ -17,11 +17,11 @@ import os
 import sys
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from bmlt_assets.core.config import ConfigError, PlatformConfig
+from bmlt_assets.core.config import ConfigError, PlatformConfig, load_config
 
 BAD_INPUT = 2  # the exit status of an input or environment the user can fix
 UNEXPECTED = 1  # a bug: the line says how to see the traceback
@@ -43,6 +43,8 @@ def settings_of(config: PlatformConfig | None) -> list[Setting]:
         found += [Setting("storage.uri", storage.uri)]
         if storage.is_remote:
             found += [Setting("storage.cache_dir", str(config.local_dir))]
+        if storage.endpoint_url:
+            found += [Setting("storage.endpoint_url", storage.endpoint_url)]
         found += [Setting("mlflow.tracking_uri", config.tracking_uri)]
     return found
 
@@ -91,9 +93,13 @@ def _os_error(error: OSError, settings: list[Setting]) -> str:
     chosen = f" ({setting.name} is {setting.value})" if setting else ""
     other = f"point {setting.name} at another folder" if setting else "choose another path"
     if error.errno in (errno.EACCES, errno.EPERM):
+        held = Path(name)
+        while not held.exists() and held != held.parent:  # what could not be created: its folder decides
+            held = held.parent
+        access = "it" if str(held) == name.rstrip("/") else str(held)
         return (
-            f"{name}: permission denied{chosen}: give this user access to it "
-            f"(ls -ld {name}; chown or chmod), or {other}"
+            f"{name}: permission denied{chosen}: give this user access to {access} "
+            f"(ls -ld {held}; chown or chmod), or {other}"
         )
     if error.errno == errno.EROFS:
         return f"{name}: the file system is read-only{chosen}: {other}"
@@ -121,9 +127,9 @@ def _storage_error(error: BaseException, settings: list[Setting]) -> str:
             "(or AWS_PROFILE); they never go in the config"
         )
     if "botocore.exceptions.EndpointConnectionError" in classes or "botocore.exceptions.ConnectTimeoutError" in classes:
-        endpoint = getattr(error, "kwargs", {}).get("endpoint_url", "")
+        endpoint = next((s.value for s in settings if s.name == "storage.endpoint_url"), "the endpoint")
         return (
-            f"storage.uri {uri}: nothing answers at {endpoint or 'the endpoint'}: start the object store, or fix "
+            f"storage.uri {uri}: nothing answers at {endpoint}: start the object store, or fix "
             "storage.endpoint_url in the config"
         )
     code = getattr(error, "response", {}).get("Error", {}).get("Code", "")
@@ -200,9 +206,10 @@ def report_failure(error: BaseException, config: PlatformConfig | None, debug: b
 
 
 @contextmanager
-def code_location_errors() -> Iterator[None]:
-    """Loading a code location: what :func:`explain` knows becomes one line from Dagster's CLI
-    (exit 2) and the location's load error in the UI; anything else keeps its traceback."""
+def code_location_errors(config_path: Path | None = None) -> Iterator[None]:
+    """Loading a code location (of ``config_path``): what :func:`explain` knows becomes one line
+    from Dagster's CLI (exit 2) and the location's load error in the UI; anything else keeps its
+    traceback."""
     from bmlt_resources.settings import CodeLocationConfigError, CodeLocationError
 
     try:
@@ -212,7 +219,11 @@ def code_location_errors() -> Iterator[None]:
     except ConfigError as error:
         raise CodeLocationConfigError(str(error)) from None
     except Exception as error:
-        line, status = explain(error)
+        config = None
+        if config_path is not None:
+            with suppress(ConfigError):
+                config = load_config(config_path)  # to name the settings in the message
+        line, status = explain(error, config)
         if status != BAD_INPUT:
             raise
         raise CodeLocationError(line) from None
@@ -224,5 +235,7 @@ def refuse_unwritable(config: PlatformConfig) -> None:
     folder = config.local_dir
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
     if not os.access(folder, os.W_OK | os.X_OK):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(folder))

@@ -194,4 +194,6 @@ def build_definitions(config_path: Path) -> dg.Definitions:
 def defs() -> dg.Definitions:
     """The code location of $BMLT_CONFIG (default configs/default.yaml), built when Dagster loads it."""
     with code_location_errors():
-        return build_definitions(config_path_from_env())
+        path = config_path_from_env()
+    with code_location_errors(path):
+        return build_definitions(path)

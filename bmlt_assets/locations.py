@@ -22,7 +22,7 @@ SHIPPED = ("default.yaml", "synthetic-hpo.yaml", "binance.yaml", "binance-histor
 
 
 def _location(path: Path) -> dg.Definitions:
-    with code_location_errors():
+    with code_location_errors(path):
         return build_definitions(path)
 
 
@@ -52,6 +52,7 @@ def config_from_env() -> dg.Definitions:
     so it must be another file, with a name of its own."""
     with code_location_errors():
         path = config_path_from_env()
+    with code_location_errors(path):
         if path.resolve() in {(CONFIGS / file).resolve() for file in SHIPPED}:
             raise CodeLocationConfigError(
                 f"BMLT_CONFIG={path} is a shipped config, which workspace.yaml serves already: "
