@@ -63,10 +63,11 @@ def backfill(config: PlatformConfig, args: argparse.Namespace) -> int:
 
     import dagster as dg  # after the checks: importing Dagster takes seconds
 
+    instance = dg.DagsterInstance.get()  # before loading the definitions: a bad DAGSTER_HOME fails fast
+
     from bmlt_assets.backfill import submit_asset_backfill
     from bmlt_assets.definitions import build_definitions
 
-    instance = dg.DagsterInstance.get()
     dates = [start + dt.timedelta(days=offset) for offset in range((end - start).days + 1)]
     definitions = build_definitions(args.config)
     graph = definitions.resolve_asset_graph()
@@ -89,8 +90,8 @@ def summary(config: PlatformConfig, args: argparse.Namespace) -> int:
 
     colour = colour_enabled(sys.stdout)  # soft_wrap: paths and links stay whole when piped
     console = Console(highlight=False, no_color=not colour, force_terminal=colour, soft_wrap=True)
-    from bmlt_resources.mlflow import tracking_reachable
     from bmlt_resources.storage import StorageResource
+    from bmlt_resources.tracking_probe import tracking_reachable
 
     storage = StorageResource.for_config(config)
     root = storage.store
@@ -204,7 +205,7 @@ def report(config: PlatformConfig, args: argparse.Namespace) -> int:
     from mlflow.exceptions import MlflowException
 
     from bmlt_assets.core.files import atomic_write
-    from bmlt_resources.mlflow import tracking_reachable
+    from bmlt_resources.tracking_probe import tracking_reachable
 
     tracking_reachable(config.tracking_uri)  # seconds, not minutes of retries, when it is down
     client = MlflowClient(tracking_uri=config.tracking_uri)

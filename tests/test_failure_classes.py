@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from bmlt_assets.core.config import PROJECT_ROOT, load_config
 from tests.helpers import TINY, real_recording, write_config
@@ -220,6 +221,7 @@ def test_debug_keeps_the_traceback(tmp_path: Path) -> None:
     assert result.stderr.rstrip().splitlines()[-1].startswith(f"DAGSTER_HOME {missing} is not a folder")
 
 
+@pytest.mark.slow  # two `dagster job execute` processes; test_bad_inputs keeps a quick one for a bad config
 def test_the_code_location_explains_by_class_too(tmp_path: Path) -> None:
     """`dagster` loading a location meets the same classes: one line, exit 2."""
     home = tmp_path / "dagster_home"
