@@ -66,13 +66,12 @@ def backfill(config: PlatformConfig, args: argparse.Namespace) -> int:
     instance = dg.DagsterInstance.get()  # before loading the definitions: a bad DAGSTER_HOME fails fast
 
     from bmlt_assets.backfill import submit_asset_backfill
-    from bmlt_assets.definitions import build_definitions
+    from bmlt_assets.definitions import build_definitions, daily_asset_keys
 
     dates = [start + dt.timedelta(days=offset) for offset in range((end - start).days + 1)]
     definitions = build_definitions(args.config)
-    graph = definitions.resolve_asset_graph()
-    daily = [key for key in graph.get_all_asset_keys() if graph.get(key).is_partitioned]
-    backfill_id = submit_asset_backfill(instance, definitions, daily, dates, title=config.name)
+    keys = daily_asset_keys(definitions)
+    backfill_id = submit_asset_backfill(instance, definitions, keys, dates, title=config.name)
     per_run = config.deployment.partitions_per_run or len(dates)
     print(
         f"backfill {backfill_id}: {len(dates)} day(s) {start}..{end}, {per_run} day(s) per run; "

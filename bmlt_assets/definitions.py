@@ -190,6 +190,12 @@ def build_definitions(config_path: Path) -> dg.Definitions:
     )
 
 
+def daily_asset_keys(definitions: dg.Definitions) -> list[dg.AssetKey]:
+    """The keys of a location's daily (partitioned) assets, under its config's name."""
+    graph = definitions.resolve_asset_graph()
+    return sorted((key for key in graph.get_all_asset_keys() if graph.get(key).is_partitioned), key=str)
+
+
 @dg.definitions
 def defs() -> dg.Definitions:
     """The code location of $BMLT_CONFIG (default configs/default.yaml), built when Dagster loads it."""
