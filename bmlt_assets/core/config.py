@@ -460,6 +460,19 @@ class RecordingConfig(Section):
         return self
 
 
+class VersionsConfig(Section):
+    """When the partition versions a commit supersedes are deleted (docs/design.md §9.5)."""
+
+    # A superseded version stays readable this long. On a shared volume (NFS) it must exceed the
+    # clients' attribute caching (acregmax, 60 s by default) with room to spare: readers resolve
+    # the pointer once and must still find the version they resolved.
+    grace_s: Annotated[float, Field(ge=120)] = 900.0
+    orphan_age_s: Annotated[float, Field(ge=3600)] = 86_400.0  # a killed writer's version, never pointed to
+    # Local/NFS readers lease the version they map, refreshed every lease_ttl_s / 4; a version is
+    # never deleted under a live lease (a deleted, mapped file faults with ESTALE or SIGBUS on NFS).
+    lease_ttl_s: Annotated[float, Field(ge=60)] = 300.0
+
+
 class StorageConfig(Section):
     """Where assets live. Relative local paths are relative to the config file's folder (load_config
     makes them absolute). Object-store credentials come only from the environment (AWS_* variables,
@@ -470,6 +483,11 @@ class StorageConfig(Section):
     # Local disk for a remote uri: staged copies of memory-mapped partitions (staged/<content hash>/),
     # and what must stay local (see PlatformConfig.local_dir).
     cache_dir: str = "cache"
+    # Bound of the staged copies (least recently used evicted first); below the pod's ephemeral-storage.
+    cache_max_gb: PositiveFloat = 50.0
+    # meta.json is written with If-Match / If-None-Match (AWS S3, MinIO); false only for a server that rejects them.
+    conditional_writes: bool = True
+    versions: VersionsConfig = VersionsConfig()
 
     @field_validator("uri")
     @classmethod
