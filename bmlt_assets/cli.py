@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 
 def validate(config: PlatformConfig, args: argparse.Namespace) -> int:
     """Check a config; exit 0 if valid, 2 with one readable message per problem if not."""
+    problem = config.shared_state_problem()
+    if problem:
+        print(f"invalid config: {args.config}: {problem}", file=sys.stderr)
+        return 2
     print(
         f"{args.config}: valid ({config.name}: {config.data.source}, {len(config.data.symbols)} symbols, "
         f"{config.data.start_date}..{config.data.end_date}, target {config.target}, "

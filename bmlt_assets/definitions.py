@@ -104,14 +104,34 @@ def build_resources(config_path: Path) -> dict[str, object]:
 
 
 def step_k8s_config(resources: StepResources) -> dict[str, object]:
-    """One step pod's container resources, in the shape of dagster-k8s's per-step config: cpu is
-    requested but not capped (a cap only throttles), memory is requested and capped alike (the
-    scheduler's promise is the pod's limit), GPUs are a limit as Kubernetes requires."""
-    quantities = {key: value for key, value in (("cpu", resources.cpu), ("memory", resources.memory)) if value}
-    limits = {"memory": resources.memory} if resources.memory else {}
+    """One step pod's config, in the shape of dagster-k8s's per-step config: cpu is requested but
+    not capped (a cap only throttles), memory and ephemeral storage are requested and capped alike
+    (the scheduler's promise is the pod's limit), GPUs are a limit as Kubernetes requires; the
+    step's image, node selector, tolerations and affinity when given (dagster-k8s takes the
+    Kubernetes camelCase names)."""
+    requests = {
+        key: value
+        for key, value in (
+            ("cpu", resources.cpu),
+            ("memory", resources.memory),
+            ("ephemeral-storage", resources.ephemeral_storage),
+        )
+        if value
+    }
+    limits = {key: value for key, value in requests.items() if key != "cpu"}
     limits |= {"nvidia.com/gpu": str(resources.gpus)} if resources.gpus else {}
-    requirements = {"requests": quantities} if quantities else {}
-    return {"container_config": {"resources": requirements | ({"limits": limits} if limits else {})}}
+    container: dict[str, object] = {
+        "resources": ({"requests": requests} if requests else {}) | ({"limits": limits} if limits else {})
+    }
+    if resources.image:
+        container["image"] = resources.image
+    placement = {
+        "nodeSelector": resources.node_selector,
+        "tolerations": [toleration.model_dump(exclude_none=True) for toleration in resources.tolerations],
+        "affinity": resources.affinity,
+    }
+    pod_spec = {key: value for key, value in placement.items() if value}
+    return {"container_config": container} | ({"pod_spec_config": pod_spec} if pod_spec else {})
 
 
 def k8s_executor_config(deployment: DeploymentConfig) -> dict[str, object]:
@@ -147,6 +167,9 @@ def build_definitions(config_path: Path, key_prefix: str | None = None) -> dg.De
     """The code location of one config. ``key_prefix`` puts its assets under their own keys, so
     that several configs' locations can share one Dagster instance and UI (see locations.py)."""
     resources = build_resources(config_path)
+    problem = resources["settings"].get().shared_state_problem()  # type: ignore[attr-defined]
+    if problem:
+        raise ConfigError(f"{config_path}: {problem}")
     ingest, training, checks = INGEST_ASSETS, TRAINING_ASSETS, CHECKS
     if key_prefix:
         renamed = {key: key.with_prefix(key_prefix) for asset in ingest + training for key in asset.keys}

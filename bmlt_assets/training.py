@@ -28,6 +28,7 @@ from bmlt_resources.torchrun import TorchrunLauncher
 
 
 @dg.asset(
+    pool="trained_model",  # one writer at a time across runs (docs/design.md §9.5)
     deps=[training_dataset],
     group_name="training",
     kinds={"pytorch", "mlflow"},
@@ -83,6 +84,11 @@ def trained_model(
     config = configure(latest, data)
     resume_state = storage.root / "training-checkpoint.pt"  # checkpointed every epoch: a killed run resumes
     result, reported = fit(latest, config, data, resume_state)
+    mlflow.set_tags(
+        {"bmlt.device": result.device, "bmlt.precision": result.fast_path.precision}
+        | {"bmlt.channels_last": str(result.fast_path.channels_last)}
+    )
+    mlflow.log_metric("train_samples_per_s", result.samples_per_s)
     if result.resumed_from:
         context.log.warning(f"resumed training from the checkpoint of epoch {result.resumed_from}")
         mlflow.set_tag("bmlt.resumed_from_epoch", str(result.resumed_from))
@@ -203,6 +209,11 @@ def _metadata(
         "mlflow_run_id": registered.run_id,
         "registered_model": f"{registered.name} v{registered.version} @{CHALLENGER}",
         "history": dg.MetadataValue.md(markdown_table(history)),
+        "device": result.device,
+        "precision": result.fast_path.precision,
+        "channels_last": result.fast_path.channels_last,
+        "train_samples_per_s": round(result.samples_per_s, 1),
+        "fast_path_samples_per_s": dg.MetadataValue.json(result.fast_path.measured or "not measured (CPU defaults)"),
     }
     if tuning is not None:
         metadata |= {

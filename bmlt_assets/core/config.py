@@ -285,8 +285,14 @@ class TrainingConfig(Section):
     max_train_samples: PositiveInt | None = None
     threads: PositiveInt | None = None
     loader_workers: Annotated[int, Field(ge=0)] = 0
-    precision: Literal["fp32", "bf16"] = "fp32"
-    channels_last: bool = True
+    # Where in-process training, tuning trials, evaluation and walk-forward run: auto picks the first
+    # CUDA GPU when torch sees one, else the CPU; cuda:N names one. torchrun ranks use their own GPU
+    # (backend nccl) or the CPU (gloo).
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
+    # auto: fp32 and channels-last on CPUs (docs/benchmarks.md); on a GPU each candidate is timed on
+    # real batches before training and the fastest is kept (logged, and in the run's metadata).
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    channels_last: bool | Literal["auto"] = "auto"
     seed: int = 0
     progress_bar: bool = True
     # inprocess: the trained_model step trains itself. torchrun: it launches `torchrun --standalone
@@ -296,14 +302,27 @@ class TrainingConfig(Section):
     launcher: Literal["inprocess", "torchrun"] = "inprocess"
     nproc_per_node: PositiveInt = 1
     backend: Literal["gloo", "nccl"] = "gloo"
+    # More than one node: torchrun's c10d rendezvous on node 0 (port rdzv_port) instead of
+    # --standalone; the nodes are pods of the kubernetes torchrun launcher (deployment.torchrun).
+    nnodes: PositiveInt = 1
+    rdzv_port: Annotated[int, Field(ge=1024, le=65535)] = 29400
 
     @model_validator(mode="after")
     def _launcher_fits(self) -> TrainingConfig:
-        if self.launcher == "inprocess" and (self.nproc_per_node != 1 or self.backend != "gloo"):
+        if self.launcher == "inprocess" and (self.nproc_per_node != 1 or self.backend != "gloo" or self.nnodes != 1):
             raise ValueError(
-                "nproc_per_node and backend apply to launcher 'torchrun' only; "
+                "nproc_per_node, nnodes and backend apply to launcher 'torchrun' only; "
                 "set launcher: torchrun to train with several processes"
             )
+        if self.launcher == "torchrun" and self.device.startswith("cuda:"):
+            raise ValueError(
+                f"device {self.device!r}: torchrun ranks each take the GPU of their local rank; "
+                "write device: cuda (with backend nccl) or auto"
+            )
+        if self.launcher == "torchrun" and self.backend == "gloo" and self.device == "cuda":
+            raise ValueError("device 'cuda' under torchrun needs backend nccl (gloo ranks train on CPUs)")
+        if self.launcher == "torchrun" and self.backend == "nccl" and self.device == "cpu":
+            raise ValueError("backend nccl trains on GPUs: write device auto or cuda, or use backend gloo on CPUs")
         if self.batch_size % self.nproc_per_node:
             raise ValueError(
                 f"batch_size={self.batch_size} is the global batch and must divide evenly among "
@@ -515,18 +534,57 @@ StepName = Literal[
 ]
 
 
+QUANTITY = r"\d+(\.\d+)?(m|[KMGTPE]i?)?"
+QUANTITY_FACTORS = {"": 1, "m": 1e-3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
+QUANTITY_FACTORS |= {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+
+
+def quantity_value(quantity: str) -> float:
+    """A Kubernetes quantity ("16Gi", "500m") as a number (bytes, or cores)."""
+    number, unit = re.fullmatch(r"(\d+(?:\.\d+)?)([a-zA-Z]*)", quantity).groups()  # type: ignore[union-attr]
+    return float(number) * QUANTITY_FACTORS[unit]
+
+
+class Toleration(Section):
+    """A Kubernetes toleration (camelCase as in a pod spec), e.g. of a GPU node pool's taint."""
+
+    key: str | None = None
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    tolerationSeconds: Annotated[int, Field(ge=0)] | None = None  # the Kubernetes field name
+
+
 class StepResources(Section):
-    """Kubernetes requests and limits of one step's pod (``k8s`` executor only)."""
+    """One step's pod (``k8s`` executor only): requests and limits, where it may be scheduled, and
+    its image. Only the steps named get any of it: the GPU step alone goes to GPU nodes."""
 
     cpu: str | None = None  # a Kubernetes quantity: "4", "500m"
     memory: str | None = None  # "16Gi"
     gpus: Annotated[int, Field(ge=0)] = 0  # nvidia.com/gpu, requested as a limit
+    # Local disk of the pod (staged copies, temporary files), requested and capped; an S3 store's
+    # staged copies (storage.cache_max_gb) must fit in it.
+    ephemeral_storage: str | None = None  # "40Gi"
+    image: str | None = None  # this step's image (e.g. the CUDA build for trained_model); default the location's
+    node_selector: dict[str, str] = {}  # e.g. {nvidia.com/gpu.present: "true"}
+    tolerations: list[Toleration] = []
+    affinity: dict[str, Any] = {}  # a Kubernetes Affinity (nodeAffinity, podAntiAffinity, ...), camelCase
 
-    @field_validator("cpu", "memory")
+    @field_validator("cpu", "memory", "ephemeral_storage")
     @classmethod
     def _quantity(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"\d+(\.\d+)?(m|[KMGTPE]i?)?", value):
+        if value is not None and not re.fullmatch(QUANTITY, value):
             raise ValueError(f"{value!r} is not a Kubernetes quantity such as '4', '500m' or '16Gi'")
+        return value
+
+    @field_validator("affinity")
+    @classmethod
+    def _affinity_kinds(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(value) - {"nodeAffinity", "podAffinity", "podAntiAffinity"}
+        if unknown:
+            raise ValueError(
+                f"unknown affinity kind(s) {sorted(unknown)}: use nodeAffinity, podAffinity, podAntiAffinity"
+            )
         return value
 
 
@@ -620,6 +678,15 @@ class PlatformConfig(Section):
                 f"{purge_steps} steps at each boundary, more than a whole validation or test part "
                 f"(about {int(smallest_part)} steps): shorten them or add days"
             )
+        if self.storage.is_remote:
+            for step, wanted in self.deployment.step_resources.items():
+                room = quantity_value(wanted.ephemeral_storage) if wanted.ephemeral_storage else None
+                if room is not None and self.storage.cache_max_gb * 1e9 > room:
+                    raise ValueError(
+                        f"storage.cache_max_gb ({self.storage.cache_max_gb:g} GB of staged copies) does not fit in "
+                        f"deployment.step_resources.{step}.ephemeral_storage ({wanted.ephemeral_storage}): "
+                        "lower the cache or raise the request"
+                    )
         window_s = self.dataset.window_steps * cadence_s
         if window_s + max(self.labels.horizons_s) >= 86_400 * len(self.data.dates):
             raise ValueError(
@@ -677,6 +744,28 @@ class PlatformConfig(Section):
     @property
     def registered_model_name(self) -> str:
         return self.mlflow.registered_model or f"bmlt-{self.name}"
+
+    def shared_state_problem(self) -> str | None:
+        """Why this config would split its ML state between machines, or None: with a k8s executor
+        or an s3:// store, steps run on several machines (each with its own local_dir), so MLflow
+        and Optuna must be servers every step reaches, not SQLite files on one machine's disk."""
+        spread = [f"deployment.executor {self.deployment.executor}"] if self.deployment.executor == "k8s" else []
+        spread += [f"storage.uri {self.storage.uri}"] if self.storage.is_remote else []
+        if not spread:
+            return None
+        local = []
+        if self.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in self.tracking_uri:
+            shown = self.mlflow.tracking_uri or f"unset, so {self.tracking_uri}"
+            local.append(f"mlflow.tracking_uri ({shown})")
+        if self.hpo.enabled and self.hpo.storage != "database":
+            local.append(f"hpo.storage ({self.hpo.storage})")
+        if not local:
+            return None
+        return (
+            f"{' and '.join(spread)} run steps on several machines, but {' and '.join(local)} keep state on one "
+            "machine's disk, so runs, models and trials would split per pod: set mlflow.tracking_uri to a tracking "
+            "server (http://mlflow:5000, deploy/mlflow.yaml) and hpo.storage: database ($OPTUNA_STORAGE_URL)"
+        )
 
 
 def format_validation_error(path: Path, error: ValidationError) -> str:

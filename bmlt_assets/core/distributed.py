@@ -74,7 +74,38 @@ class Replicas:
         return [str(digest) for digest in gathered]
 
 
-ALONE = Replicas()  # one process training alone: no collective at all
+ALONE = Replicas()  # one process training alone on the CPU: no collective at all
+
+
+class DeviceError(RuntimeError):
+    """training.device names a device this machine does not have."""
+
+
+def resolve_device(setting: str) -> torch.device:
+    """``training.device`` on this machine: ``auto`` is the first CUDA GPU torch sees, else the
+    CPU; ``cuda`` and ``cuda:N`` must exist (a config that asks for a GPU never trains on CPU
+    silently)."""
+    if setting == "cpu":
+        return torch.device("cpu")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if setting == "auto":
+        return torch.device("cuda", 0) if count else torch.device("cpu")
+    index = int(setting.split(":", 1)[1]) if ":" in setting else 0
+    if not count:
+        raise DeviceError(
+            f"training.device {setting!r}, but torch {torch.__version__} sees no CUDA GPU on this machine "
+            f"(CUDA {torch.version.cuda or 'not built in'}); use device auto or cpu, or run on a GPU node"
+        )
+    if index >= count:
+        raise DeviceError(
+            f"training.device {setting!r}, but this machine has {count} GPU(s) (cuda:0 to cuda:{count - 1})"
+        )
+    return torch.device("cuda", index)
+
+
+def alone_on(setting: str) -> Replicas:
+    """One process training alone on ``training.device``."""
+    return Replicas(device=resolve_device(setting))
 
 
 def state_digest(model: nn.Module) -> str:
