@@ -30,7 +30,7 @@ from bmlt_resources.settings import SettingsResource
 from bmlt_resources.storage import LandingZoneResource, StorageResource
 from bmlt_resources.synthetic import SyntheticMarketResource
 from bmlt_resources.tardis import TardisArchiveResource
-from bmlt_resources.torchrun import LocalTorchrun
+from bmlt_resources.torchrun import torchrun_launcher
 
 INGEST_ASSETS = [orderbook_snapshots, book_tensors, forward_returns]
 TRAINING_ASSETS = [training_dataset, trained_model, evaluation_report]
@@ -98,8 +98,8 @@ def build_resources(config_path: Path) -> dict[str, object]:
             artifact_location=config.artifact_location,
             run_name=config.run_name,
         ),
-        # training.launcher torchrun runs here; KubernetesTorchrun runs it in a pod of its own.
-        "torchrun": LocalTorchrun(),
+        # training.launcher torchrun: here, or in pods of its own (deployment.torchrun).
+        "torchrun": torchrun_launcher(config),
     }
 
 

@@ -1,6 +1,5 @@
 """trained_model: the CNN+LSTM trained on training_dataset, logged and registered in MLflow."""
 
-import sys
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -55,7 +54,7 @@ def trained_model(
         if not config.hpo.enabled:
             return config
         name, parent_run_id = study_name(config, fingerprint, fold), mlflow.active_run().info.run_id
-        if config.hpo.workers == 1:
+        if config.hpo.workers == 1 and config.hpo.launcher == "local":
             trials = MlflowTrialLogger(mlflow.tracking_client, parent_run_id)
             study = study_storage(config.hpo, hpo_folder(storage))
             tunings[fold] = tune(config, fold_data, study, trials, name)
@@ -129,11 +128,9 @@ def _train_with_torchrun(
     """``job`` trained by torchrun's ranks (bmlt_assets.training_worker): rank 0 logs the epochs
     into this step's MLflow run and writes the result that is read back here."""
     t = config.training
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={t.nproc_per_node}"]
-    command += ["-m", "bmlt_assets.training_worker", job.to_json()]
     env = {"MLFLOW_TRACKING_URI": mlflow.tracking_uri, MLFLOW_RUN_ID: mlflow.active_run().info.run_id}
-    context.log.info(f"training with torchrun: {t.nproc_per_node} rank(s), backend {t.backend}")
-    invocation = launcher.launch(context, command, env, t.backend, t.nproc_per_node)
+    context.log.info(f"training with torchrun: {t.nnodes} node(s) of {t.nproc_per_node} rank(s), backend {t.backend}")
+    invocation = launcher.launch(context, ["-m", "bmlt_assets.training_worker", job.to_json()], env, t)
     reported = dict(invocation.get_materialize_result().metadata)
     result = load_result(Path(job.result_path), config, data)
     Path(job.result_path).unlink()

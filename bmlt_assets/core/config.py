@@ -376,6 +376,9 @@ class HpoConfig(Section):
     storage_url_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = "OPTUNA_STORAGE_URL"
     # Trial worker processes on one study (`bmlt tune-worker`); 1: the trials run in the step's process.
     workers: PositiveInt = 1
+    # local: hpo.workers processes beside the step; kubernetes: a Job of hpo.workers pods
+    # (deployment.tune_worker_pods) that the step launches with the study's name and waits for.
+    launcher: Literal["local", "kubernetes"] = "local"
 
     @model_validator(mode="before")
     @classmethod
@@ -588,6 +591,30 @@ class StepResources(Section):
         return value
 
 
+class LaunchedPods(Section):
+    """Pods a step launches itself through the Kubernetes API (torchrun nodes, tuning workers).
+    They get the step's environment from the secrets named here, never from the config."""
+
+    image: str | None = None  # default: $BMLT_IMAGE, the step pod's own image (set by the Helm values)
+    namespace: str | None = None  # default: the step pod's namespace
+    cpu: str = "4"
+    memory: str = "16Gi"
+    gpus: Annotated[int, Field(ge=0)] = 0  # per pod; torchrun nodes need one per rank with backend nccl
+    env_from_secrets: list[str] = []  # e.g. bmlt-s3, bmlt-optuna, bmlt-mlflow
+    data_volume_claim: str | None = None  # a ReadWriteMany claim holding local storage; none for s3:// storage
+    data_mount_path: str = "/data"
+    node_selector: dict[str, str] = {}
+    tolerations: list[Toleration] = []
+    service_account: str | None = None  # one allowed to create pods, jobs and services (the chart's)
+
+    @field_validator("cpu", "memory")
+    @classmethod
+    def _quantity(cls, value: str) -> str:
+        if not re.fullmatch(QUANTITY, value):
+            raise ValueError(f"{value!r} is not a Kubernetes quantity such as '4', '500m' or '16Gi'")
+        return value
+
+
 class DeploymentConfig(Section):
     """How Dagster runs the assets; the same assets and results whatever is chosen. The defaults
     are the local ones: in-process steps, a date range in one run."""
@@ -604,6 +631,11 @@ class DeploymentConfig(Section):
     # against dagster-k8s's own schema when the code location loads.
     k8s: dict[str, Any] = {}
     step_resources: dict[StepName, StepResources] = {}  # per asset's step pod (k8s)
+    # Where training.launcher torchrun runs its ranks: local (child processes of the step) or
+    # kubernetes (pods of their own, one per training.nnodes, launched by the step).
+    torchrun: Literal["local", "kubernetes"] = "local"
+    torchrun_pods: LaunchedPods = LaunchedPods(gpus=1, cpu="8", memory="32Gi")
+    tune_worker_pods: LaunchedPods = LaunchedPods()  # hpo.launcher kubernetes
 
     @model_validator(mode="after")
     def _consistent(self) -> DeploymentConfig:
@@ -678,6 +710,13 @@ class PlatformConfig(Section):
                 f"{purge_steps} steps at each boundary, more than a whole validation or test part "
                 f"(about {int(smallest_part)} steps): shorten them or add days"
             )
+        if self.training.nnodes > 1 and self.deployment.torchrun != "kubernetes":
+            raise ValueError(
+                f"training.nnodes={self.training.nnodes} needs deployment.torchrun: kubernetes (a pod per node); "
+                "local torchrun runs on the step's machine only"
+            )
+        if self.hpo.launcher == "kubernetes" and self.hpo.storage != "database":
+            raise ValueError("hpo.launcher kubernetes runs trials in other pods: they need hpo.storage database")
         if self.storage.is_remote:
             for step, wanted in self.deployment.step_resources.items():
                 room = quantity_value(wanted.ephemeral_storage) if wanted.ephemeral_storage else None

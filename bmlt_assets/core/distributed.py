@@ -24,6 +24,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from bmlt_assets.core.config import TrainingConfig
+
 Backend = Literal["gloo", "nccl"]
 
 
@@ -132,6 +134,26 @@ def backend_problem(backend: Backend, nproc_per_node: int) -> str | None:
             f"has {torch.cuda.device_count()}; lower nproc_per_node"
         )
     return None
+
+
+def torchrun_args(
+    training: TrainingConfig, endpoint: str | None = None, run_id: str = "bmlt", is_host: bool = True
+) -> list[str]:
+    """torchrun's options for ``training``: ``--standalone`` on one node; with ``nnodes`` > 1 the
+    c10d rendezvous at ``endpoint`` (host:port), hosted by the node started with ``is_host``."""
+    per_node = f"--nproc_per_node={training.nproc_per_node}"
+    if training.nnodes == 1:
+        return ["--standalone", per_node]
+    if endpoint is None:
+        raise ValueError("a multi-node torchrun needs the rendezvous endpoint (host:port of node 0)")
+    return [
+        f"--nnodes={training.nnodes}",
+        per_node,
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={endpoint}",
+        f"--rdzv-id={run_id}",
+        f"--rdzv-conf=is_host={'true' if is_host else 'false'}",
+    ]
 
 
 def join(backend: Backend) -> Replicas:
