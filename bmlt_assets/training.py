@@ -17,7 +17,7 @@ from bmlt_assets.core.tuning import StudyOrigin, TuningResult, study_name, study
 from bmlt_assets.core.walk_forward import save_fold_checkpoints, train_earlier_folds
 from bmlt_assets.dataset import training_dataset
 from bmlt_assets.metadata import markdown_table
-from bmlt_assets.provenance import combined_hash, content_hash, flatten, git_commit, package_versions
+from bmlt_assets.provenance import combined_hash, content_hash, flatten, git_commit, image, package_versions
 from bmlt_assets.training_worker import MLFLOW_RUN_ID, TrainingJob
 from bmlt_assets.tuning_worker import hpo_folder, tune_with_workers
 from bmlt_resources.mlflow import CHALLENGER, MlflowTrialLogger, RegisteredModel, TrackedMlflow
@@ -147,7 +147,7 @@ def _log_inputs(mlflow: TrackedMlflow, config: PlatformConfig, storage: StorageR
         "bmlt.partition_range": f"{config.data.start_date}..{config.data.end_date}",
         "bmlt.data_fingerprint": combined_hash(fingerprints),
         "bmlt.git_commit": git_commit(),
-    }
+    } | ({"bmlt.image": image()} if image() else {})
     mlflow.set_tags(provenance)
     mlflow.log_params(flatten(config.model_dump(mode="json")))
     mlflow.log_dict(config.model_dump(mode="json"), "config/resolved.yaml")

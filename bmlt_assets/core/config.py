@@ -801,8 +801,8 @@ class PlatformConfig(Section):
         if not local:
             return None
         return (
-            f"{' and '.join(spread)} run steps on several machines, but {' and '.join(local)} keep state on one "
-            "machine's disk, so runs, models and trials would split per pod: set mlflow.tracking_uri to a tracking "
+            f"steps run on several machines ({', '.join(spread)}), but {' and '.join(local)} would keep state on "
+            "one machine's disk, so runs, models and trials split per pod: set mlflow.tracking_uri to a tracking "
             "server (http://mlflow:5000, deploy/mlflow.yaml) and hpo.storage: database ($OPTUNA_STORAGE_URL)"
         )
 
