@@ -607,3 +607,47 @@ def test_bmlt_backfill_queues_exactly_the_days_of_the_daily_assets(
     monkeypatch.delenv("DAGSTER_HOME")
     assert main(["backfill", "--config", str(path)]) == 2
     assert "DAGSTER_HOME is not set" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # a dagster-webserver process on loopback: about 40 s
+def test_bmlt_backfill_goes_through_the_webserver_from_a_machine_without_an_instance(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bmlt_assets.cli import main
+    from tests.services import free_port, wait_for_port
+
+    home = tmp_path / "home"
+    home.mkdir()
+    path = write_config(tmp_path, {"deployment": {"backfill": "multi_run", "partitions_per_run": 1}})
+    port = free_port()
+    env = {**os.environ, "DAGSTER_HOME": str(home), "BMLT_CONFIG": str(path)}
+    webserver = subprocess.Popen(
+        [str(BIN / "dagster-webserver"), "-m", "bmlt_assets.definitions", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, webserver, "dagster-webserver", timeout_s=120)
+        monkeypatch.delenv("DAGSTER_HOME")  # this "machine" has no instance config at all
+        argv = ["backfill", "--config", str(path), "--from", "2025-01-06", "--to", "2025-01-07"]
+        code = main([*argv, "--webserver", f"http://127.0.0.1:{port}"])
+        captured = capsys.readouterr()
+        assert code == 0, captured.err
+        bad = main([*argv, "--webserver", f"http://127.0.0.1:{free_port()}"])
+        assert bad == 2 and "did not answer" in capsys.readouterr().err
+    finally:
+        webserver.terminate()
+        webserver.wait(timeout=60)
+    (backfill,) = dg.DagsterInstance.from_config(str(home)).get_backfills()
+    assert backfill.backfill_id in captured.out
+    target = {
+        (item.asset_key.to_user_string(), item.partition_key)
+        for item in backfill.asset_backfill_data.target_subset.iterate_asset_partitions()
+    }
+    assert target == {
+        (name, day)
+        for name in ("orderbook_snapshots", "book_tensors", "forward_returns")
+        for day in ("2025-01-06", "2025-01-07")
+    }
