@@ -271,7 +271,7 @@ def import_(config: PlatformConfig, args: argparse.Namespace) -> int:
     --market and --levels default to the config's data.market and data.depth. A landing file of
     another depth is not overwritten without --force. A recording whose gzip stream is damaged
     keeps the books rebuilt before the damage (they are written) and exits 2 with what happened."""
-    from bmlt_assets.core.files import landing_depth, landing_root, landing_targets, write_landing_days
+    from bmlt_assets.core.files import landing_base, landing_depth, landing_root, landing_targets, write_landing_days
     from bmlt_assets.core.sources.binance.sync import RecordingError
     from bmlt_assets.core.sources.importer import import_recordings
 
@@ -306,7 +306,7 @@ def import_(config: PlatformConfig, args: argparse.Namespace) -> int:
     finally:
         progress.close()
     stem = f"import-{args.files[0].name.split('.')[0]}"
-    for target in landing_targets(frame, config.local_dir, args.market, stem):
+    for target in landing_targets(frame, landing_base(config), args.market, stem):
         held = landing_depth(target) if target.exists() else None
         if held is not None and held != args.levels and not args.force:
             print(
@@ -315,7 +315,7 @@ def import_(config: PlatformConfig, args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-    written = write_landing_days(frame, config.local_dir, args.market, stem)
+    written = write_landing_days(frame, landing_base(config), args.market, stem)
     result = imported.as_dict() | {
         "files": [str(f) for f in args.files],
         "written": [str(w) for w in written],
@@ -326,7 +326,7 @@ def import_(config: PlatformConfig, args: argparse.Namespace) -> int:
     for damage in imported.damaged:  # after the write: the books before the damage are kept
         kept = (
             f"the {damage['books']} books rebuilt before the damage were written to "
-            f"{landing_root(config.local_dir, args.market)}"
+            f"{landing_root(landing_base(config), args.market)}"
             if damage["books"]
             else "no book was rebuilt before the damage, so nothing was written from it"
         )

@@ -16,6 +16,7 @@ from dagster._config import process_config  # Dagster's own config validation (n
 from dagster_mlflow import end_mlflow_on_run_finished
 
 from bmlt_assets.core.config import ConfigError, DeploymentConfig, StepResources, config_path_from_env
+from bmlt_assets.core.files import landing_base
 from bmlt_assets.dataset import training_classes_are_balanced, training_dataset
 from bmlt_assets.evaluation import evaluation_report
 from bmlt_assets.partitions import backfill_policy
@@ -74,11 +75,18 @@ def build_resources(config_path: Path) -> dict[str, object]:
             market=data.market,
             depth=data.depth,
             download_dir=str(config.local_dir / data.tardis.download_dir),
+            mirror=f"{config.storage.uri}/{data.tardis.download_dir}" if config.storage.is_remote else None,
+            mirror_endpoint_url=config.storage.endpoint_url,
             endpoint=data.tardis.endpoint,
             keep_every_ms=config.recording_cadence_ms,
         )
     else:
-        book_source = LandingZoneResource(local_dir=str(config.local_dir), market=data.market, depth=data.depth)
+        book_source = LandingZoneResource(
+            base=str(landing_base(config)),
+            endpoint_url=config.storage.endpoint_url,
+            market=data.market,
+            depth=data.depth,
+        )
     resources: dict[str, object] = {}
     if data.source == "binance":
         # Credentials only from the environment, and only when set: public market data needs none.

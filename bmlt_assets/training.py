@@ -1,8 +1,7 @@
 """trained_model: the CNN+LSTM trained on training_dataset, logged and registered in MLflow."""
 
 from collections.abc import Callable
-from dataclasses import asdict
-from pathlib import Path
+from dataclasses import asdict, replace
 
 import dagster as dg
 
@@ -10,7 +9,7 @@ from bmlt_assets.core.calibration import Calibration, validation_calibration
 from bmlt_assets.core.checkpoint import CHECKPOINT, input_example, model_spec, save_checkpoint
 from bmlt_assets.core.config import PlatformConfig
 from bmlt_assets.core.dataset import TrainingData, fold_count, load_dataset
-from bmlt_assets.core.files import write_json
+from bmlt_assets.core.files import StoredPath, is_remote, storage_root, write_json
 from bmlt_assets.core.models import parameter_count
 from bmlt_assets.core.train import EpochRecord, TrainResult, epoch_metrics, load_result, train
 from bmlt_assets.core.tuning import StudyOrigin, TuningResult, study_name, study_storage, tune, with_params
@@ -66,22 +65,27 @@ def trained_model(
     latest = fold_count(config) - 1
 
     def fit(
-        fold: int, fold_config: PlatformConfig, fold_data: TrainingData, resume: Path | None = None
+        fold: int, fold_config: PlatformConfig, fold_data: TrainingData, resume: StoredPath | None = None
     ) -> tuple[TrainResult, dict]:
         """A fold's model, trained here or by torchrun's ranks (training.launcher), and what the
         ranks reported through Pipes."""
         prefix = "" if fold == latest else f"fold{fold}_"
         if fold_config.training.launcher == "inprocess":
             return train(fold_config, fold_data, log_epochs(prefix), resume, data_fingerprint=fingerprint), {}
-        handed_back = str(storage.root / "training-result.pt")
+        # With s3:// storage the ranks (maybe pods on other nodes) read the dataset from the store.
+        dataset = storage.dataset if is_remote(storage.dataset) else dataset_dir
+        handed_back = str(storage.store / "training-result.pt")
         job = TrainingJob(
-            fold_config.model_dump_json(), str(dataset_dir), fold, handed_back, str(resume or ""), fingerprint, prefix
+            fold_config.model_dump_json(), str(dataset), fold, handed_back, str(resume or ""), fingerprint, prefix
         )
+        job = replace(job, storage_endpoint=storage.endpoint_url, cache_dir=storage.local_dir)
         return _train_with_torchrun(context, torchrun, mlflow, job, fold_config, fold_data)
 
     earlier = train_earlier_folds(config, dataset_dir, configure, lambda k, c, d: fit(k, c, d)[0].model)
     config = configure(latest, data)
-    resume_state = storage.root / "training-checkpoint.pt"  # checkpointed every epoch: a killed run resumes
+    # Checkpointed every epoch where the partitions are (the object store with s3://): a killed or
+    # preempted run resumes, on any machine.
+    resume_state = storage.store / "training-checkpoint.pt"
     result, reported = fit(latest, config, data, resume_state)
     mlflow.set_tags(
         {"bmlt.device": result.device, "bmlt.precision": result.fast_path.precision}
@@ -132,8 +136,9 @@ def _train_with_torchrun(
     context.log.info(f"training with torchrun: {t.nnodes} node(s) of {t.nproc_per_node} rank(s), backend {t.backend}")
     invocation = launcher.launch(context, ["-m", "bmlt_assets.training_worker", job.to_json()], env, t)
     reported = dict(invocation.get_materialize_result().metadata)
-    result = load_result(Path(job.result_path), config, data)
-    Path(job.result_path).unlink()
+    handed_back = storage_root(job.result_path, job.storage_endpoint)
+    result = load_result(handed_back, config, data)
+    handed_back.unlink()
     return result, reported
 
 

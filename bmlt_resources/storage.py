@@ -41,6 +41,7 @@ from bmlt_assets.core.files import (
     integrity_problem,
     is_remote,
     landing_root,
+    read_parquet,
     resolve_version,
     stage,
     storage_root,
@@ -173,25 +174,30 @@ class LandingZoneResource(dg.ConfigurableResource):
     """Real snapshots recorded or imported into the landing zone (see ``bmlt record``/``import``);
     a :class:`~bmlt_assets.core.sources.BookSource` without an oracle."""
 
-    local_dir: str  # PlatformConfig.local_dir
+    base: str  # core.files.landing_base: PlatformConfig.local_dir, or storage.uri when it is s3://
+    endpoint_url: str | None = None
     market: str
     depth: int
 
+    def _day(self, date: dt.date) -> StoredPath:
+        return landing_root(storage_root(self.base, self.endpoint_url), self.market) / f"date={date.isoformat()}"
+
     def snapshots(self, date: dt.date, symbols: list[str]) -> pl.DataFrame:
-        folder = landing_root(self.local_dir, self.market) / f"date={date.isoformat()}"
-        files = sorted(folder.glob("*.parquet"))  # unfinished writes are '.<name>.tmp-*': never matched
+        folder = self._day(date)
+        # Unfinished local writes are '.<name>.tmp-*' (never matched); a remote file appears whole.
+        files: list[StoredPath] = sorted(folder.glob("*.parquet"), key=str)
         if not files:
             raise MissingPartitionError(
                 f"no landing files for {date.isoformat()} in {folder}; record that day with "
                 "`bmlt record --config configs/binance.yaml` or import a recording with `bmlt import`"
             )
-        frame = pl.concat([pl.read_parquet(f) for f in files], how="vertical")
+        frame = pl.concat([read_parquet(f) for f in files], how="vertical")
         return trim_depth(frame.filter(pl.col("symbol").is_in(symbols)), self.depth)
 
     def gaps(self, date: dt.date, symbols: list[str]) -> list[dict]:
         """Intervals the recorder lost (``*.gaps.json`` beside its files; see core/sources/binance/recorder.py)."""
-        folder = landing_root(self.local_dir, self.market) / f"date={date.isoformat()}"
-        found = [gap for path in sorted(folder.glob("*.gaps.json")) for gap in json.loads(path.read_text())]
+        paths: list[StoredPath] = sorted(self._day(date).glob("*.gaps.json"), key=str)
+        found = [gap for path in paths for gap in json.loads(path.read_text())]
         return [gap for gap in found if gap["symbol"] in symbols]
 
     def oracle(self) -> None:

@@ -54,6 +54,8 @@ from fsspec.asyn import sync
 from typing_extensions import TypeIs
 from upath import UPath
 
+from bmlt_assets.core.config import PlatformConfig
+
 META = "meta.json"
 log = logging.getLogger(__name__)
 StoredPath = Path | UPath  # a local Path, or a remote UPath (which is not a Path)
@@ -75,9 +77,18 @@ def storage_root(uri: str, endpoint_url: str | None = None) -> StoredPath:
     return UPath(uri, **options)
 
 
-def landing_root(local_dir: str | Path, market: str) -> Path:
-    """Where recorded and imported books of a market land: ``<root>/date=YYYY-MM-DD/*.parquet``."""
-    return Path(local_dir) / "landing" / market
+def landing_root(base: str | StoredPath, market: str) -> StoredPath:
+    """Where recorded and imported books of a market land: ``<base>/landing/<market>/date=YYYY-MM-DD/*.parquet``."""
+    return (Path(base) if isinstance(base, str) else base) / "landing" / market
+
+
+def landing_base(config: PlatformConfig) -> StoredPath:
+    """The landing zone's parent, shared by every config: the object store itself when
+    ``storage.uri`` is s3:// (so a step on any machine reads what a recorder wrote), else
+    ``PlatformConfig.local_dir``."""
+    if config.storage.is_remote:
+        return storage_root(config.storage.uri, config.storage.endpoint_url)
+    return config.local_dir
 
 
 class MissingPartitionError(FileNotFoundError):
@@ -768,32 +779,33 @@ def directory_bytes(path: StoredPath) -> int:
     return sum(info["bytes"] for info in recorded.values())
 
 
-def _landing_days(frame: pl.DataFrame, local_dir: str | Path, market: str, stem: str) -> dict[Path, pl.DataFrame]:
+def _landing_days(frame: pl.DataFrame, base: StoredPath, market: str, stem: str) -> dict[StoredPath, pl.DataFrame]:
     if not frame.height:
         return {}
     day = pl.from_epoch(pl.col("receive_ts"), time_unit="ns").dt.date().alias("date")
     by_day = frame.with_columns(day).partition_by("date", as_dict=True)
     return {
-        landing_root(local_dir, market) / f"date={date}" / f"{stem}.parquet": rows.drop("date")
+        landing_root(base, market) / f"date={date}" / f"{stem}.parquet": rows.drop("date")
         for (date,), rows in sorted(by_day.items())
     }
 
 
-def landing_targets(frame: pl.DataFrame, local_dir: str | Path, market: str, stem: str) -> list[Path]:
+def landing_targets(frame: pl.DataFrame, base: StoredPath, market: str, stem: str) -> list[StoredPath]:
     """The files ``write_landing_days`` would write for these arguments."""
-    return list(_landing_days(frame, local_dir, market, stem))
+    return list(_landing_days(frame, base, market, stem))
 
 
-def landing_depth(path: Path) -> int | None:
+def landing_depth(path: StoredPath) -> int | None:
     """Levels per side of a landing file (the width of its fixed-size ``bid_px``), or None when
     it cannot be read or has no such column."""
     try:
-        kind = pq.read_schema(path).field("bid_px").type
+        with path.open("rb") as handle:  # remote: a ranged GET of the footer
+            kind = pq.read_schema(handle).field("bid_px").type
     except (OSError, KeyError, ValueError):
         return None
     return getattr(kind, "list_size", None)
 
 
-def write_landing_days(frame: pl.DataFrame, local_dir: str | Path, market: str, stem: str) -> list[Path]:
+def write_landing_days(frame: pl.DataFrame, base: StoredPath, market: str, stem: str) -> list[StoredPath]:
     """Snapshots split by UTC receive day into ``<landing>/date=YYYY-MM-DD/<stem>.parquet``."""
-    return [write_parquet(rows, path) for path, rows in _landing_days(frame, local_dir, market, stem).items()]
+    return [write_parquet(rows, path) for path, rows in _landing_days(frame, base, market, stem).items()]

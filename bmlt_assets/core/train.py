@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,7 +30,7 @@ from tqdm.auto import tqdm
 from bmlt_assets.core.config import PlatformConfig
 from bmlt_assets.core.dataset import PART_FIELDS, Part, TrainingData
 from bmlt_assets.core.distributed import Replicas, alone_on
-from bmlt_assets.core.files import atomic_write
+from bmlt_assets.core.files import StoredPath, atomic_write, readable
 from bmlt_assets.core.models import OrderBookClassifier
 
 log = logging.getLogger(__name__)
@@ -278,7 +277,7 @@ def train(
     config: PlatformConfig,
     data: TrainingData,
     on_epoch: Callable[[EpochRecord], None] = lambda record: None,
-    checkpoint: Path | None = None,
+    checkpoint: StoredPath | None = None,
     data_fingerprint: str = "",
     replicas: Replicas | None = None,
 ) -> TrainResult:
@@ -345,7 +344,8 @@ def train(
     best_loss, best_state, stale, done, first_epoch = np.inf, None, 0, False, 1
     key = meaning_key(config, data_fingerprint, list(data.shape), train_part.steps[[0, -1]].tolist(), len(train_part))
     if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False, map_location="cpu")
+        with readable(checkpoint) as local:  # in object storage when storage.uri is s3://: any pod resumes it
+            state = torch.load(local, weights_only=False, map_location="cpu")
         if state["key"] == key:
             model.load_state_dict(state["model"])
             if averaged is not None:
@@ -443,7 +443,7 @@ def epoch_metrics(record: EpochRecord, horizons_s: list[int]) -> dict[str, float
     return metrics | {f"val_accuracy_{h}s": a for h, a in zip(horizons_s, record.val_accuracy)}
 
 
-def save_result(result: TrainResult, path: Path) -> None:
+def save_result(result: TrainResult, path: StoredPath) -> None:
     """A training result for another process (torchrun's rank 0 hands it to the Dagster step)."""
     payload = {
         "model": {name: tensor.cpu() for name, tensor in result.model.state_dict().items()},
@@ -456,8 +456,9 @@ def save_result(result: TrainResult, path: Path) -> None:
     atomic_write(path, partial(torch.save, payload))
 
 
-def load_result(path: Path, config: PlatformConfig, data: TrainingData) -> TrainResult:
-    payload = torch.load(path, weights_only=True)
+def load_result(path: StoredPath, config: PlatformConfig, data: TrainingData) -> TrainResult:
+    with readable(path) as local:
+        payload = torch.load(local, weights_only=True)
     model = build_model(config, data)
     model.load_state_dict(payload["model"])
     model.eval()
