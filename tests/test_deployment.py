@@ -494,7 +494,9 @@ def test_the_helm_values_use_only_keys_the_chart_defines_in_its_shapes() -> None
     # Every secret the values name is one deploy/README.md creates, and only by name.
     readme = (DEPLOY / "README.md").read_text()
     created = set(re.findall(r"kubectl -n bmlt create secret generic ([a-z0-9-]+)", readme))
-    assert {secret["name"] for secret in location["envSecrets"]} | {values["global"]["postgresqlSecretName"]} == created
+    server_secrets = {values["global"]["postgresqlSecretName"], "bmlt-mlflow-server"}  # Dagster's and MLflow's
+    assert {secret["name"] for secret in location["envSecrets"]} == SECRETS
+    assert SECRETS | server_secrets == created
 
 
 # --- Postgres instance, daemon and a day-parallel backfill ------------------------------------
@@ -651,3 +653,57 @@ def test_bmlt_backfill_goes_through_the_webserver_from_a_machine_without_an_inst
         for name in ("orderbook_snapshots", "book_tensors", "forward_returns")
         for day in ("2025-01-06", "2025-01-07")
     }
+
+
+def test_the_platform_manifests_are_valid_and_the_volume_names_a_shared_class() -> None:
+    import kubernetes_validate
+
+    volume = yaml.safe_load((DEPLOY / "k8s" / "data-volume.yaml").read_text())
+    kubernetes_validate.validate(volume, KUBERNETES_VERSION, strict=True)
+    assert volume["spec"]["accessModes"] == ["ReadWriteMany"] and volume["spec"]["storageClassName"]
+    assert (
+        volume["metadata"]["name"]
+        == _helm_values()["dagster-user-deployments"]["deployments"][0]["volumes"][0]["persistentVolumeClaim"][
+            "claimName"
+        ]
+    )
+    readme = (DEPLOY / "README.md").read_text()
+    for shared in ("efs-sc", "standard-rwx", "azurefile-csi"):  # the documented options per cloud
+        assert shared in readme
+    deployment, service = yaml.safe_load_all((DEPLOY / "k8s" / "mlflow.yaml").read_text())
+    for manifest in (deployment, service):
+        kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert any(arg.startswith("--artifacts-destination=") for arg in container["args"])
+    assert {source["secretRef"]["name"] for source in container["envFrom"]} == {"bmlt-mlflow-server", "bmlt-s3"}
+    config = load_config(DEPLOY / "config.yaml")
+    assert config.mlflow.tracking_uri == f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
+    assert config.shared_state_problem() is None
+
+
+def test_bmlt_validate_refuses_local_ml_state_when_steps_spread_over_machines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bmlt_assets.cli import main
+
+    spread = write_config(tmp_path, {"deployment": {"executor": "k8s"}}, "spread.yaml")
+    assert main(["validate", "--config", str(spread)]) == 2
+    line = capsys.readouterr().err.strip()
+    assert len(line.splitlines()) == 1
+    assert "deployment.executor k8s" in line and "mlflow.tracking_uri (unset, so sqlite:///" in line
+    assert "set mlflow.tracking_uri to a tracking server" in line
+    hpo = {"enabled": True, "search_space": {"training.learning_rate": {"type": "float", "low": 0.001, "high": 0.01}}}
+    s3 = {"storage": {"uri": "s3://bucket/runs"}, "mlflow": {"tracking_uri": "http://mlflow:5000"}, "hpo": hpo}
+    on_s3 = write_config(tmp_path, s3, "s3.yaml")
+    assert main(["validate", "--config", str(on_s3)]) == 2
+    line = capsys.readouterr().err
+    assert (
+        "storage.uri s3://bucket/runs" in line and "hpo.storage (sqlite)" in line and "mlflow" not in line.split(",")[0]
+    )
+    with pytest.raises(ConfigError, match="keep state on one machine's disk"):
+        build_definitions(spread)  # the code location refuses it too
+    shared = write_config(
+        tmp_path, {**s3, "hpo": {**hpo, "storage": "database"}, "deployment": {"executor": "k8s"}}, "shared.yaml"
+    )
+    assert main(["validate", "--config", str(shared)]) == 0
+    assert main(["validate", "--config", str(write_config(tmp_path, {}, "local.yaml"))]) == 0  # one machine: fine
