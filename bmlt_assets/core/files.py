@@ -497,8 +497,10 @@ def resolve_version(path: Path, policy: VersionPolicy = DEFAULT_POLICY) -> Path:
         return path
     version = path.parent / target
     LEASES.take(version, policy.lease_ttl_s)
-    if not version.is_dir():  # collected between the readlink and the lease: the pointer has moved on
-        return resolve_version(path, policy)
+    if not version.is_dir():
+        if _target(path) == target:  # deleted by hand: the partition is gone
+            raise FileNotFoundError(f"{path} names {target}, which does not exist")
+        return resolve_version(path, policy)  # collected between the readlink and the lease: moved on
     return version
 
 
