@@ -37,7 +37,7 @@ import dagster as dg
 from dagster._core.execution.backfill import BulkActionStatus
 
 from bmlt_assets.backfill import submit_asset_backfill
-from bmlt_assets.core.config import PROJECT_ROOT
+from bmlt_assets.core.config import PROJECT_ROOT, load_config
 from bmlt_assets.definitions import build_definitions, daily_asset_keys
 from tests.helpers import write_config
 from tests.services import Postgres, running_postgres
@@ -79,7 +79,7 @@ def run_backfill(postgres: Postgres, folder: Path, days: int, deployment: dict, 
         # Submitted before the daemon starts, so that its first look at backfills finds it (it
         # looks every 30 s): both policies then pay the same daemon start-up, and no tick phase.
         submitted = time.time()
-        backfill_id = submit_asset_backfill(instance, definitions, daily_asset_keys(definitions), dates)
+        backfill_id = submit_asset_backfill(instance, definitions, daily_asset_keys(load_config(config)), dates)
         daemon = subprocess.Popen(
             [str(BIN / "dagster-daemon"), "run", "-m", "bmlt_assets.definitions"],
             cwd=PROJECT_ROOT,

@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 
 def validate(config: PlatformConfig, args: argparse.Namespace) -> int:
     """Check a config; exit 0 if valid, 2 with one readable message per problem if not."""
+    problem = config.shared_state_problem()
+    if problem:
+        print(f"invalid config: {args.config}: {problem}", file=sys.stderr)
+        return 2
     print(
         f"{args.config}: valid ({config.name}: {config.data.source}, {len(config.data.symbols)} symbols, "
         f"{config.data.start_date}..{config.data.end_date}, target {config.target}, "
@@ -46,9 +50,11 @@ def backfill(config: PlatformConfig, args: argparse.Namespace) -> int:
     """Queue a backfill of the daily assets over the config's dates for the Dagster daemon.
 
     The daemon cuts it into runs by deployment.backfill and starts them within the instance's
-    limits ($DAGSTER_HOME/dagster.yaml); it must serve the config's assets: `dagster dev -w
-    workspace.yaml` (the UI) for a shipped config, or `-m bmlt_assets.definitions` with BMLT_CONFIG
-    naming it. `dagster job backfill` instead starts one run per day at once."""
+    limits; it must serve the config's assets: `dagster dev -w workspace.yaml` (the UI) for a
+    shipped config, or `-m bmlt_assets.definitions` with BMLT_CONFIG naming it. With --webserver
+    URL (or $DAGSTER_WEBSERVER_URL) the backfill goes through the webserver's GraphQL API, from any
+    machine, with no instance config here; else into the instance of $DAGSTER_HOME. `dagster job
+    backfill` instead starts one run per day at once."""
     import datetime as dt
 
     start, end = args.start or config.data.start_date, args.end or config.data.end_date
@@ -62,16 +68,32 @@ def backfill(config: PlatformConfig, args: argparse.Namespace) -> int:
             return 2
 
     import dagster as dg  # after the checks: importing Dagster takes seconds
+    from dagster._core.errors import DagsterHomeNotSetError
 
-    instance = dg.DagsterInstance.get()  # before loading the definitions: a bad DAGSTER_HOME fails fast
-
-    from bmlt_assets.backfill import submit_asset_backfill
+    from bmlt_assets.backfill import WebserverError, submit_asset_backfill, submit_through_webserver
     from bmlt_assets.definitions import build_definitions, daily_asset_keys
 
     dates = [start + dt.timedelta(days=offset) for offset in range((end - start).days + 1)]
-    definitions = build_definitions(args.config)
-    keys = daily_asset_keys(definitions)
-    backfill_id = submit_asset_backfill(instance, definitions, keys, dates, title=config.name)
+    keys = daily_asset_keys(config)
+    webserver = args.webserver or os.environ.get("DAGSTER_WEBSERVER_URL")
+    try:
+        if webserver:
+            backfill_id = submit_through_webserver(webserver, keys, start, end, title=config.name)
+        else:
+            instance = dg.DagsterInstance.get()  # before loading the definitions: a bad DAGSTER_HOME fails fast
+            backfill_id = submit_asset_backfill(
+                instance, build_definitions(args.config), keys, dates, title=config.name
+            )
+    except DagsterHomeNotSetError:
+        print(
+            "DAGSTER_HOME is not set: point it at the folder of the instance's dagster.yaml, "
+            "or give --webserver URL (e.g. http://dagster-dagster-webserver:80) to go through the webserver",
+            file=sys.stderr,
+        )
+        return 2
+    except WebserverError as error:
+        print(error, file=sys.stderr)
+        return 2
     per_run = config.deployment.partitions_per_run or len(dates)
     print(
         f"backfill {backfill_id}: {len(dates)} day(s) {start}..{end}, {per_run} day(s) per run; "
@@ -300,7 +322,7 @@ def import_(config: PlatformConfig, args: argparse.Namespace) -> int:
     --market and --levels default to the config's data.market and data.depth. A landing file of
     another depth is not overwritten without --force. A recording whose gzip stream is damaged
     keeps the books rebuilt before the damage (they are written) and exits 2 with what happened."""
-    from bmlt_assets.core.files import landing_depth, landing_root, landing_targets, write_landing_days
+    from bmlt_assets.core.files import landing_base, landing_depth, landing_root, landing_targets, write_landing_days
     from bmlt_assets.core.sources.binance.sync import RecordingError
     from bmlt_assets.core.sources.importer import import_recordings
 
@@ -346,7 +368,7 @@ def import_(config: PlatformConfig, args: argparse.Namespace) -> int:
         )
         return 2
     stem = _landing_stem(args.files)
-    for target in landing_targets(frame, config.local_dir, args.market, stem):
+    for target in landing_targets(frame, landing_base(config), args.market, stem):
         held = landing_depth(target) if target.exists() else None
         if held is not None and held != args.levels and not args.force:
             print(
@@ -355,7 +377,7 @@ def import_(config: PlatformConfig, args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-    written = write_landing_days(frame, config.local_dir, args.market, stem)
+    written = write_landing_days(frame, landing_base(config), args.market, stem)
     result = imported.as_dict() | {
         "files": [str(f) for f in args.files],
         "written": [str(w) for w in written],
@@ -372,7 +394,7 @@ def import_(config: PlatformConfig, args: argparse.Namespace) -> int:
     for damage in imported.damaged:  # after the write: the books before the damage are kept
         kept = (
             f"the {damage['books']} books rebuilt before the damage were written to "
-            f"{landing_root(config.local_dir, args.market)}"
+            f"{landing_root(landing_base(config), args.market)}"
             if damage["books"]
             else "no book was rebuilt before the damage, so nothing was written from it"
         )
@@ -541,6 +563,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.set_defaults(handler=handler)
         subs[name] = sub
+    subs["backfill"].add_argument(
+        "--webserver",
+        default=None,
+        help="the Dagster webserver's URL: submit through its GraphQL API (default: $DAGSTER_WEBSERVER_URL)",
+    )
     for flag, field in (("--from", "start"), ("--to", "end")):
         subs["backfill"].add_argument(
             flag, dest=field, type=_date, default=None, help=f"YYYY-MM-DD (default: the config's {field}_date)"

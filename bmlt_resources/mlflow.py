@@ -137,7 +137,7 @@ def checked_mlflow_tracking(context: dg.InitResourceContext) -> Iterator[Tracked
     tracked = TrackedMlflow(context)  # as dagster-mlflow's own resource does, with our methods
     if config.get("description"):  # the run page's description
         mlflow.set_tag(MLFLOW_RUN_NOTE, f"{config['description']}\n\nDagster run `{context.run_id}`.")
-    if context.instance is not None and context.run_id not in _ENDED_AT_EXIT:
+    if context.instance is not None and context.run_id is not None and context.run_id not in _ENDED_AT_EXIT:
         _ENDED_AT_EXIT.add(context.run_id)
         atexit.register(end_unfinished_run, context.instance, context.run_id)
     yield tracked
