@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import pytest
 
 from bmlt_assets.core.config import PROJECT_ROOT, load_config
 from tests.helpers import TINY, real_recording, write_config
+from tests.services import free_port
 
 BIN = Path(sys.executable).parent
 
@@ -44,12 +44,6 @@ def _one_line(result: subprocess.CompletedProcess[str]) -> str:
     lines = [line for line in result.stderr.splitlines() if line.strip() and not re.match(r"\d\d:\d\d:\d\d ", line)]
     assert len(lines) == 1, result.stderr
     return lines[0]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _read_only(folder: Path) -> Path:
@@ -108,7 +102,7 @@ NO_AWS = {
 
 
 def test_object_storage_without_credentials_or_without_a_server(tmp_path: Path) -> None:
-    endpoint = f"http://127.0.0.1:{_free_port()}"  # nobody listens there
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nobody listens there
     config = _object_storage_config(tmp_path, endpoint)
     without_keys = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")} | NO_AWS
     result = subprocess.run(
@@ -204,7 +198,7 @@ def test_backfill_checks_its_dates_before_importing_dagster(tmp_path: Path) -> N
 
 
 def test_an_unreachable_mlflow_fails_in_seconds_naming_the_uri(tmp_path: Path) -> None:
-    uri = f"http://127.0.0.1:{_free_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     config = write_config(tmp_path, {"mlflow": {"tracking_uri": uri}})
     started = time.monotonic()
     line = _one_line(_run("report", "0123abcd", "--config", config))

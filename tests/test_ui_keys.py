@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import pytest
 from bmlt_assets.core.config import PROJECT_ROOT, load_config
 from bmlt_resources.storage import StorageResource
 from tests.helpers import write_config
+from tests.services import free_port
 
 BIN = Path(sys.executable).parent
 DAYS = ("2025-01-06", "2025-01-07")
@@ -51,12 +51,6 @@ BACKFILL = """
 query Backfill($id: String!) {
   partitionBackfillOrError(backfillId: $id) { ... on PartitionBackfill { status error { message } } }
 }"""
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Webserver:
@@ -112,7 +106,7 @@ def test_the_ui_shows_what_the_scripts_made_and_backfills_there_succeed(tmp_path
     workspace = tmp_path / "workspace.yaml"
     entries = [_workspace_entry("synthetic_default"), _workspace_entry("config_from_env")]
     workspace.write_text(json.dumps({"load_from": entries}))
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "dagster-dev.log"
     with log.open("w") as output:
         ui = subprocess.Popen(
