@@ -20,6 +20,7 @@ def _iso(timestamp_ns: int) -> str:
 
 
 @dg.asset(
+    pool="training_dataset",  # one writer at a time across runs (docs/design.md §9.5)
     deps=[book_tensors, forward_returns],
     group_name="training",
     kinds={"numpy"},
@@ -36,9 +37,8 @@ def training_dataset(
         if not has_current_quotes(tensors_dir):
             raise dg.Failure(
                 f"book_tensors for {date.isoformat()} predates the stored quotes of the top {QUOTE_LEVELS} levels "
-                "(quotes.npy) that costs and the order-book baselines read; re-materialize it: dagster asset "
-                "materialize -m "
-                f"bmlt_assets.definitions --select book_tensors --partition {date.isoformat()}"
+                "(quotes.npy) that costs and the order-book baselines read; re-materialize it: "
+                f"{storage.materialize_command('book_tensors', date)}"
             )
         tensors = load_arrays(tensors_dir, ["base", "mids", "quotes", "valid", "timestamps"], mmap=True)
         returns = load_arrays(

@@ -15,7 +15,15 @@ import dagster as dg
 from dagster._config import process_config  # Dagster's own config validation (no public twin)
 from dagster_mlflow import end_mlflow_on_run_finished
 
-from bmlt_assets.core.config import ConfigError, DeploymentConfig, StepResources, config_path_from_env
+from bmlt_assets.boundary import code_location_errors, refuse_unwritable
+from bmlt_assets.core.config import (
+    ConfigError,
+    DeploymentConfig,
+    PlatformConfig,
+    StepResources,
+    config_path_from_env,
+)
+from bmlt_assets.core.files import landing_base
 from bmlt_assets.dataset import training_classes_are_balanced, training_dataset
 from bmlt_assets.evaluation import evaluation_report
 from bmlt_assets.partitions import backfill_policy
@@ -30,7 +38,7 @@ from bmlt_resources.settings import SettingsResource
 from bmlt_resources.storage import LandingZoneResource, StorageResource
 from bmlt_resources.synthetic import SyntheticMarketResource
 from bmlt_resources.tardis import TardisArchiveResource
-from bmlt_resources.torchrun import LocalTorchrun
+from bmlt_resources.torchrun import torchrun_launcher
 
 INGEST_ASSETS = [orderbook_snapshots, book_tensors, forward_returns]
 TRAINING_ASSETS = [training_dataset, trained_model, evaluation_report]
@@ -61,6 +69,19 @@ def asset_jobs(
     ]
 
 
+def run_description(config: PlatformConfig, config_path: Path) -> str:
+    """The MLflow run page's description: what is trained on what, and from which config."""
+    data, labels = config.data, config.labels
+    horizons = ", ".join(f"{h} s" for h in labels.horizons_s)
+    return (
+        f"**{config.name}**: {config.model.architecture} ({config.model.multi_asset}) predicting {config.target} "
+        f"over {labels.n_classes} {labels.edges} classes at {horizons}, from {data.source} {data.market} books of "
+        f"{', '.join(data.symbols)}, {data.start_date}..{data.end_date}.\n\n"
+        f"Config `{Path(config_path).resolve()}` (content hash {config.content_hash}); "
+        "its resolved copy is config/resolved.yaml."
+    )
+
+
 def build_resources(config_path: Path) -> dict[str, object]:
     settings = SettingsResource.from_file(config_path)  # the only parse of the config file
     config = settings.get()
@@ -74,11 +95,18 @@ def build_resources(config_path: Path) -> dict[str, object]:
             market=data.market,
             depth=data.depth,
             download_dir=str(config.local_dir / data.tardis.download_dir),
+            mirror=f"{config.storage.uri}/{data.tardis.download_dir}" if config.storage.is_remote else None,
+            mirror_endpoint_url=config.storage.endpoint_url,
             endpoint=data.tardis.endpoint,
             keep_every_ms=config.recording_cadence_ms,
         )
     else:
-        book_source = LandingZoneResource(local_dir=str(config.local_dir), market=data.market, depth=data.depth)
+        book_source = LandingZoneResource(
+            base=str(landing_base(config)),
+            endpoint_url=config.storage.endpoint_url,
+            market=data.market,
+            depth=data.depth,
+        )
     resources: dict[str, object] = {}
     if data.source == "binance":
         # Credentials only from the environment, and only when set: public market data needs none.
@@ -97,21 +125,42 @@ def build_resources(config_path: Path) -> dict[str, object]:
             mlflow_tracking_uri=config.tracking_uri,
             artifact_location=config.artifact_location,
             run_name=config.run_name,
+            description=run_description(config, config_path),
         ),
-        # training.launcher torchrun runs here; KubernetesTorchrun runs it in a pod of its own.
-        "torchrun": LocalTorchrun(),
+        # training.launcher torchrun: here, or in pods of its own (deployment.torchrun).
+        "torchrun": torchrun_launcher(config),
     }
 
 
 def step_k8s_config(resources: StepResources) -> dict[str, object]:
-    """One step pod's container resources, in the shape of dagster-k8s's per-step config: cpu is
-    requested but not capped (a cap only throttles), memory is requested and capped alike (the
-    scheduler's promise is the pod's limit), GPUs are a limit as Kubernetes requires."""
-    quantities = {key: value for key, value in (("cpu", resources.cpu), ("memory", resources.memory)) if value}
-    limits = {"memory": resources.memory} if resources.memory else {}
+    """One step pod's config, in the shape of dagster-k8s's per-step config: cpu is requested but
+    not capped (a cap only throttles), memory and ephemeral storage are requested and capped alike
+    (the scheduler's promise is the pod's limit), GPUs are a limit as Kubernetes requires; the
+    step's image, node selector, tolerations and affinity when given (dagster-k8s takes the
+    Kubernetes camelCase names)."""
+    requests = {
+        key: value
+        for key, value in (
+            ("cpu", resources.cpu),
+            ("memory", resources.memory),
+            ("ephemeral-storage", resources.ephemeral_storage),
+        )
+        if value
+    }
+    limits = {key: value for key, value in requests.items() if key != "cpu"}
     limits |= {"nvidia.com/gpu": str(resources.gpus)} if resources.gpus else {}
-    requirements = {"requests": quantities} if quantities else {}
-    return {"container_config": {"resources": requirements | ({"limits": limits} if limits else {})}}
+    container: dict[str, object] = {
+        "resources": ({"requests": requests} if requests else {}) | ({"limits": limits} if limits else {})
+    }
+    if resources.image:
+        container["image"] = resources.image
+    placement = {
+        "nodeSelector": resources.node_selector,
+        "tolerations": [toleration.model_dump(exclude_none=True) for toleration in resources.tolerations],
+        "affinity": resources.affinity,
+    }
+    pod_spec = {key: value for key, value in placement.items() if value}
+    return {"container_config": container} | ({"pod_spec_config": pod_spec} if pod_spec else {})
 
 
 def k8s_executor_config(deployment: DeploymentConfig) -> dict[str, object]:
@@ -143,17 +192,23 @@ def build_executor(deployment: DeploymentConfig) -> dg.ExecutorDefinition:
     return k8s_job_executor.configured(k8s_executor_config(deployment), name="k8s")
 
 
-def build_definitions(config_path: Path, key_prefix: str | None = None) -> dg.Definitions:
-    """The code location of one config. ``key_prefix`` puts its assets under their own keys, so
-    that several configs' locations can share one Dagster instance and UI (see locations.py)."""
+def build_definitions(config_path: Path) -> dg.Definitions:
+    """The code location of one config. Its assets live under the config's name
+    (``synthetic-default/orderbook_snapshots``), as its data does (``<storage>/synthetic-default/``):
+    the same keys whether the config is served alone (``-m bmlt_assets.definitions``: the scripts,
+    ``bmlt backfill``) or beside the other configs (workspace.yaml: the UI), so every command and the UI
+    share one instance's materializations, and several configs share it without a key clash."""
     resources = build_resources(config_path)
-    ingest, training, checks = INGEST_ASSETS, TRAINING_ASSETS, CHECKS
-    if key_prefix:
-        renamed = {key: key.with_prefix(key_prefix) for asset in ingest + training for key in asset.keys}
-        ingest = [asset.with_attributes(asset_key_replacements=renamed) for asset in ingest]
-        training = [asset.with_attributes(asset_key_replacements=renamed) for asset in training]
-        checks = [check.with_attributes(asset_key_replacements=renamed) for check in checks]
-    deployment = resources["settings"].get().deployment  # type: ignore[attr-defined]
+    config = resources["settings"].get()  # type: ignore[attr-defined]
+    problem = config.shared_state_problem()
+    if problem:
+        raise ConfigError(f"{config_path}: {problem}")
+    refuse_unwritable(config)
+    renamed = {key: key.with_prefix(config.name) for asset in INGEST_ASSETS + TRAINING_ASSETS for key in asset.keys}
+    ingest = [asset.with_attributes(asset_key_replacements=renamed) for asset in INGEST_ASSETS]
+    training = [asset.with_attributes(asset_key_replacements=renamed) for asset in TRAINING_ASSETS]
+    checks = [check.with_attributes(asset_key_replacements=renamed) for check in CHECKS]
+    deployment = config.deployment
     policy = backfill_policy(deployment)
     ingest = [asset.with_attributes(backfill_policy=policy) for asset in ingest]
     live = [record_job] if "binance" in resources else []  # recording needs a Binance source
@@ -166,7 +221,15 @@ def build_definitions(config_path: Path, key_prefix: str | None = None) -> dg.De
     )
 
 
+def daily_asset_keys(config: PlatformConfig) -> list[dg.AssetKey]:
+    """The keys of a config's daily assets, under its name (as build_definitions serves them)."""
+    return [key.with_prefix(config.name) for asset in INGEST_ASSETS for key in asset.keys]
+
+
 @dg.definitions
 def defs() -> dg.Definitions:
     """The code location of $BMLT_CONFIG (default configs/default.yaml), built when Dagster loads it."""
-    return build_definitions(config_path_from_env())
+    with code_location_errors():
+        path = config_path_from_env()
+    with code_location_errors(path):
+        return build_definitions(path)

@@ -13,11 +13,12 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_origin
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "configs" / "default.yaml"
@@ -28,6 +29,8 @@ SYNTHETIC_SYMBOLS = ("BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/USDT", "XRP/USDT")
 
 DEEPLOB_MIN_WINDOW = 19
 DEFAULT_FRESH_DAYS = 2  # evaluation.fresh_days on the synthetic market
+# The daily partitions' first day: Binance spot opened on 2017-07-14, so no order-book day is older.
+FIRST_DAY = dt.date(2017, 7, 14)
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(gt=0, lt=1)]
@@ -35,6 +38,26 @@ Fraction = Annotated[float, Field(gt=0, lt=1)]
 
 class ConfigError(ValueError):
     """A config that cannot be used; the message is meant for a human, not a traceback."""
+
+
+def last_complete_day() -> dt.date:
+    """The newest day with a partition: a day's partition exists once the day is over (UTC)."""
+    return dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+
+
+def day_out_of_range(day: dt.date, name: str) -> str | None:
+    """Why ``day`` (given as ``name``) has no daily partition, or None when it has one."""
+    if day < FIRST_DAY:
+        return (
+            f"{name} {day} is before {FIRST_DAY}, the first day of the daily partitions (Binance spot's opening): "
+            f"use {FIRST_DAY} or later"
+        )
+    last = last_complete_day()
+    if day > last:
+        return (
+            f"{name} {day} is not over yet (UTC): a day's partition exists once the day is over; use {last} or earlier"
+        )
+    return None
 
 
 class Section(BaseModel):
@@ -122,6 +145,10 @@ class DataConfig(Section):
     def _consistent(self) -> DataConfig:
         if self.end_date < self.start_date:
             raise ValueError(f"end_date {self.end_date} is before start_date {self.start_date}")
+        for day, name in ((self.start_date, "start_date"), (self.end_date, "end_date")):
+            problem = day_out_of_range(day, name)
+            if problem:
+                raise ValueError(problem)
         if self.source == "synthetic":
             unknown = [s for s in self.symbols if s not in SYNTHETIC_SYMBOLS]
             if unknown:
@@ -286,8 +313,14 @@ class TrainingConfig(Section):
     max_train_samples: PositiveInt | None = None
     threads: PositiveInt | None = None
     loader_workers: Annotated[int, Field(ge=0)] = 0
-    precision: Literal["fp32", "bf16"] = "fp32"
-    channels_last: bool = True
+    # Where in-process training, tuning trials, evaluation and walk-forward run: auto picks the first
+    # CUDA GPU when torch sees one, else the CPU; cuda:N names one. torchrun ranks use their own GPU
+    # (backend nccl) or the CPU (gloo).
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
+    # auto: fp32 and channels-last on CPUs (docs/benchmarks.md); on a GPU each candidate is timed on
+    # real batches before training and the fastest is kept (logged, and in the run's metadata).
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    channels_last: bool | Literal["auto"] = "auto"
     seed: int = 0
     progress_bar: bool = True
     # inprocess: the trained_model step trains itself. torchrun: it launches `torchrun --standalone
@@ -297,14 +330,27 @@ class TrainingConfig(Section):
     launcher: Literal["inprocess", "torchrun"] = "inprocess"
     nproc_per_node: PositiveInt = 1
     backend: Literal["gloo", "nccl"] = "gloo"
+    # More than one node: torchrun's c10d rendezvous on node 0 (port rdzv_port) instead of
+    # --standalone; the nodes are pods of the kubernetes torchrun launcher (deployment.torchrun).
+    nnodes: PositiveInt = 1
+    rdzv_port: Annotated[int, Field(ge=1024, le=65535)] = 29400
 
     @model_validator(mode="after")
     def _launcher_fits(self) -> TrainingConfig:
-        if self.launcher == "inprocess" and (self.nproc_per_node != 1 or self.backend != "gloo"):
+        if self.launcher == "inprocess" and (self.nproc_per_node != 1 or self.backend != "gloo" or self.nnodes != 1):
             raise ValueError(
-                "nproc_per_node and backend apply to launcher 'torchrun' only; "
+                "nproc_per_node, nnodes and backend apply to launcher 'torchrun' only; "
                 "set launcher: torchrun to train with several processes"
             )
+        if self.launcher == "torchrun" and self.device.startswith("cuda:"):
+            raise ValueError(
+                f"device {self.device!r}: torchrun ranks each take the GPU of their local rank; "
+                "write device: cuda (with backend nccl) or auto"
+            )
+        if self.launcher == "torchrun" and self.backend == "gloo" and self.device == "cuda":
+            raise ValueError("device 'cuda' under torchrun needs backend nccl (gloo ranks train on CPUs)")
+        if self.launcher == "torchrun" and self.backend == "nccl" and self.device == "cpu":
+            raise ValueError("backend nccl trains on GPUs: write device auto or cuda, or use backend gloo on CPUs")
         if self.batch_size % self.nproc_per_node:
             raise ValueError(
                 f"batch_size={self.batch_size} is the global batch and must divide evenly among "
@@ -331,10 +377,43 @@ class SearchDimension(Section):
                 raise ValueError("a categorical dimension needs choices")
         elif self.low is None or self.high is None or self.high <= self.low:
             raise ValueError(f"an {self.type} dimension needs low < high")
+        elif self.log and self.low <= 0:
+            raise ValueError(f"a log-scale dimension needs low > 0 (low is {self.low:g})")
+        elif self.log and self.step is not None:
+            raise ValueError("a log-scale dimension takes no step (Optuna samples it continuously)")
         return self
+
+    def values_to_check(self) -> list[Any]:
+        """Values the dimension can take that show whether a field accepts them: every choice, or
+        the bounds (and for a float a value between them, which an integer field refuses)."""
+        if self.type == "categorical":
+            return list(self.choices or [])
+        assert self.low is not None and self.high is not None  # _complete
+        if self.type == "int":
+            return [int(self.low), int(self.high)]
+        return [self.low, self.high, self.low + (self.high - self.low) / 3]
 
 
 TUNABLE_SECTIONS = ("model", "training")
+
+
+def _check_dimension(path: str, dimension: SearchDimension, field: FieldInfo) -> None:
+    """Every value a search dimension can take must be valid for its field (type, choices, range),
+    so that a bad choice fails here, not in a trial after the data was ingested."""
+    annotation: Any = field.annotation
+    adapter: TypeAdapter[Any] = TypeAdapter(Annotated[(annotation, *field.metadata)] if field.metadata else annotation)
+    for value in dimension.values_to_check():
+        try:
+            adapter.validate_python(value)
+        except ValidationError as error:
+            why = "; ".join(item["msg"] for item in error.errors())
+            kind = "choice" if dimension.type == "categorical" else f"{dimension.type} value"
+            hint = ""
+            if dimension.type != "categorical" and (get_origin(annotation) is Literal or annotation is bool):
+                hint = ": tune it as type: categorical"
+            elif dimension.type == "float" and annotation is int:
+                hint = ": it takes whole numbers, tune it as type: int"
+            raise ValueError(f"{path!r}: {kind} {value!r} is not a valid {path} ({why}){hint}") from None
 
 
 class HpoConfig(Section):
@@ -358,6 +437,9 @@ class HpoConfig(Section):
     storage_url_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = "OPTUNA_STORAGE_URL"
     # Trial worker processes on one study (`bmlt tune-worker`); 1: the trials run in the step's process.
     workers: PositiveInt = 1
+    # local: hpo.workers processes beside the step; kubernetes: a Job of hpo.workers pods
+    # (deployment.tune_worker_pods) that the step launches with the study's name and waits for.
+    launcher: Literal["local", "kubernetes"] = "local"
 
     @model_validator(mode="before")
     @classmethod
@@ -382,6 +464,7 @@ class HpoConfig(Section):
             model = models[section]
             if name not in model.model_fields:
                 raise ValueError(f"{path!r}: {section} has no field {name!r}")
+            _check_dimension(path, space[path], model.model_fields[name])
         return space
 
     @model_validator(mode="after")
@@ -465,6 +548,19 @@ class RecordingConfig(Section):
         return self
 
 
+class VersionsConfig(Section):
+    """When the partition versions a commit supersedes are deleted (docs/design.md §9.5)."""
+
+    # A superseded version stays readable this long. On a shared volume (NFS) it must exceed the
+    # clients' attribute caching (acregmax, 60 s by default) with room to spare: readers resolve
+    # the pointer once and must still find the version they resolved.
+    grace_s: Annotated[float, Field(ge=120)] = 900.0
+    orphan_age_s: Annotated[float, Field(ge=3600)] = 86_400.0  # a killed writer's version, never pointed to
+    # Local/NFS readers lease the version they map, refreshed every lease_ttl_s / 4; a version is
+    # never deleted under a live lease (a deleted, mapped file faults with ESTALE or SIGBUS on NFS).
+    lease_ttl_s: Annotated[float, Field(ge=60)] = 300.0
+
+
 class StorageConfig(Section):
     """Where assets live. Relative local paths are relative to the config file's folder (load_config
     makes them absolute). Object-store credentials come only from the environment (AWS_* variables,
@@ -475,6 +571,11 @@ class StorageConfig(Section):
     # Local disk for a remote uri: staged copies of memory-mapped partitions (staged/<content hash>/),
     # and what must stay local (see PlatformConfig.local_dir).
     cache_dir: str = "cache"
+    # Bound of the staged copies (least recently used evicted first); below the pod's ephemeral-storage.
+    cache_max_gb: PositiveFloat = 50.0
+    # meta.json is written with If-Match / If-None-Match (AWS S3, MinIO); false only for a server that rejects them.
+    conditional_writes: bool = True
+    versions: VersionsConfig = VersionsConfig()
 
     @field_validator("uri")
     @classmethod
@@ -502,17 +603,80 @@ StepName = Literal[
 ]
 
 
+QUANTITY = r"\d+(\.\d+)?(m|[KMGTPE]i?)?"
+QUANTITY_FACTORS = {"": 1, "m": 1e-3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
+QUANTITY_FACTORS |= {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+
+
+def quantity_value(quantity: str) -> float:
+    """A Kubernetes quantity ("16Gi", "500m") as a number (bytes, or cores)."""
+    number, unit = re.fullmatch(r"(\d+(?:\.\d+)?)([a-zA-Z]*)", quantity).groups()  # type: ignore[union-attr]
+    return float(number) * QUANTITY_FACTORS[unit]
+
+
+class Toleration(Section):
+    """A Kubernetes toleration (camelCase as in a pod spec), e.g. of a GPU node pool's taint."""
+
+    key: str | None = None
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    tolerationSeconds: Annotated[int, Field(ge=0)] | None = None  # the Kubernetes field name
+
+
 class StepResources(Section):
-    """Kubernetes requests and limits of one step's pod (``k8s`` executor only)."""
+    """One step's pod (``k8s`` executor only): requests and limits, where it may be scheduled, and
+    its image. Only the steps named get any of it: the GPU step alone goes to GPU nodes."""
 
     cpu: str | None = None  # a Kubernetes quantity: "4", "500m"
     memory: str | None = None  # "16Gi"
     gpus: Annotated[int, Field(ge=0)] = 0  # nvidia.com/gpu, requested as a limit
+    # Local disk of the pod (staged copies, temporary files), requested and capped; an S3 store's
+    # staged copies (storage.cache_max_gb) must fit in it.
+    ephemeral_storage: str | None = None  # "40Gi"
+    image: str | None = None  # this step's image (e.g. the CUDA build for trained_model); default the location's
+    node_selector: dict[str, str] = {}  # e.g. {nvidia.com/gpu.present: "true"}
+    tolerations: list[Toleration] = []
+    affinity: dict[str, Any] = {}  # a Kubernetes Affinity (nodeAffinity, podAntiAffinity, ...), camelCase
+
+    @field_validator("cpu", "memory", "ephemeral_storage")
+    @classmethod
+    def _quantity(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(QUANTITY, value):
+            raise ValueError(f"{value!r} is not a Kubernetes quantity such as '4', '500m' or '16Gi'")
+        return value
+
+    @field_validator("affinity")
+    @classmethod
+    def _affinity_kinds(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(value) - {"nodeAffinity", "podAffinity", "podAntiAffinity"}
+        if unknown:
+            raise ValueError(
+                f"unknown affinity kind(s) {sorted(unknown)}: use nodeAffinity, podAffinity, podAntiAffinity"
+            )
+        return value
+
+
+class LaunchedPods(Section):
+    """Pods a step launches itself through the Kubernetes API (torchrun nodes, tuning workers).
+    They get the step's environment from the secrets named here, never from the config."""
+
+    image: str | None = None  # default: $BMLT_IMAGE, the step pod's own image (set by the Helm values)
+    namespace: str | None = None  # default: the step pod's namespace
+    cpu: str = "4"
+    memory: str = "16Gi"
+    gpus: Annotated[int, Field(ge=0)] = 0  # per pod; torchrun nodes need one per rank with backend nccl
+    env_from_secrets: list[str] = []  # e.g. bmlt-s3, bmlt-optuna, bmlt-mlflow
+    data_volume_claim: str | None = None  # a ReadWriteMany claim holding local storage; none for s3:// storage
+    data_mount_path: str = "/data"
+    node_selector: dict[str, str] = {}
+    tolerations: list[Toleration] = []
+    service_account: str | None = None  # one allowed to create pods, jobs and services (the chart's)
 
     @field_validator("cpu", "memory")
     @classmethod
-    def _quantity(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"\d+(\.\d+)?(m|[KMGTPE]i?)?", value):
+    def _quantity(cls, value: str) -> str:
+        if not re.fullmatch(QUANTITY, value):
             raise ValueError(f"{value!r} is not a Kubernetes quantity such as '4', '500m' or '16Gi'")
         return value
 
@@ -533,6 +697,11 @@ class DeploymentConfig(Section):
     # against dagster-k8s's own schema when the code location loads.
     k8s: dict[str, Any] = {}
     step_resources: dict[StepName, StepResources] = {}  # per asset's step pod (k8s)
+    # Where training.launcher torchrun runs its ranks: local (child processes of the step) or
+    # kubernetes (pods of their own, one per training.nnodes, launched by the step).
+    torchrun: Literal["local", "kubernetes"] = "local"
+    torchrun_pods: LaunchedPods = LaunchedPods(gpus=1, cpu="8", memory="32Gi")
+    tune_worker_pods: LaunchedPods = LaunchedPods()  # hpo.launcher kubernetes
 
     @model_validator(mode="after")
     def _consistent(self) -> DeploymentConfig:
@@ -612,6 +781,22 @@ class PlatformConfig(Section):
                 f"{purge_steps} steps at each boundary, more than a whole validation or test part "
                 f"(about {int(smallest_part)} steps): shorten them or add days"
             )
+        if self.training.nnodes > 1 and self.deployment.torchrun != "kubernetes":
+            raise ValueError(
+                f"training.nnodes={self.training.nnodes} needs deployment.torchrun: kubernetes (a pod per node); "
+                "local torchrun runs on the step's machine only"
+            )
+        if self.hpo.launcher == "kubernetes" and self.hpo.storage != "database":
+            raise ValueError("hpo.launcher kubernetes runs trials in other pods: they need hpo.storage database")
+        if self.storage.is_remote:
+            for step, wanted in self.deployment.step_resources.items():
+                room = quantity_value(wanted.ephemeral_storage) if wanted.ephemeral_storage else None
+                if room is not None and self.storage.cache_max_gb * 1e9 > room:
+                    raise ValueError(
+                        f"storage.cache_max_gb ({self.storage.cache_max_gb:g} GB of staged copies) does not fit in "
+                        f"deployment.step_resources.{step}.ephemeral_storage ({wanted.ephemeral_storage}): "
+                        "lower the cache or raise the request"
+                    )
         window_s = self.dataset.window_steps * cadence_s
         if window_s + max(self.labels.horizons_s) >= 86_400 * len(self.data.dates):
             raise ValueError(
@@ -667,14 +852,42 @@ class PlatformConfig(Section):
         return (self.local_dir / "mlartifacts").as_uri() if local else ""
 
     @property
+    def content_hash(self) -> str:
+        """A short hash of what the config asks for, whatever the checkout: the storage section is
+        left out, as it only says where things live (its paths are made absolute when loading)."""
+        content = self.model_dump_json(exclude={"storage"})
+        return hashlib.sha256(content.encode()).hexdigest()[:8]
+
+    @property
     def run_name(self) -> str:
         """What a tracking run of this config is called: name, date range, short config hash."""
-        digest = hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:8]
-        return f"{self.name} {self.data.start_date}..{self.data.end_date} {digest}"
+        return f"{self.name} {self.data.start_date}..{self.data.end_date} {self.content_hash}"
 
     @property
     def registered_model_name(self) -> str:
         return self.mlflow.registered_model or f"bmlt-{self.name}"
+
+    def shared_state_problem(self) -> str | None:
+        """Why this config would split its ML state between machines, or None: with a k8s executor
+        or an s3:// store, steps run on several machines (each with its own local_dir), so MLflow
+        and Optuna must be servers every step reaches, not SQLite files on one machine's disk."""
+        spread = [f"deployment.executor {self.deployment.executor}"] if self.deployment.executor == "k8s" else []
+        spread += [f"storage.uri {self.storage.uri}"] if self.storage.is_remote else []
+        if not spread:
+            return None
+        local = []
+        if self.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in self.tracking_uri:
+            shown = self.mlflow.tracking_uri or f"unset, so {self.tracking_uri}"
+            local.append(f"mlflow.tracking_uri ({shown})")
+        if self.hpo.enabled and self.hpo.storage != "database":
+            local.append(f"hpo.storage ({self.hpo.storage})")
+        if not local:
+            return None
+        return (
+            f"steps run on several machines ({', '.join(spread)}), but {' and '.join(local)} would keep state on "
+            "one machine's disk, so runs, models and trials split per pod: set mlflow.tracking_uri to a tracking "
+            "server (http://mlflow:5000, deploy/mlflow.yaml) and hpo.storage: database ($OPTUNA_STORAGE_URL)"
+        )
 
 
 def format_validation_error(path: Path, error: ValidationError) -> str:
@@ -698,6 +911,25 @@ def format_validation_error(path: Path, error: ValidationError) -> str:
     return "\n".join([f"{path}: {len(problems)} invalid value(s)", *(f"  - {problem}" for problem in problems)])
 
 
+def expanded_location(source: str, key: str, value: Any) -> str:
+    """A storage location as written, with ``~`` and ``$VARIABLES`` expanded; an empty one, or one
+    naming a variable that is not set, is an error (it would become a folder named ``None`` or ``$X``)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise ConfigError(
+            f"{source}: {key} is empty: write a folder (e.g. data) or s3://bucket/prefix, or delete the key "
+            "for the default"
+        )
+    if not isinstance(value, str):
+        return str(value)  # not a location: validation names the field and the type it wants
+    where = os.path.expandvars(value)
+    unset = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", where)
+    if unset:
+        raise ConfigError(
+            f"{source}: {key} = {value!r} names ${unset[0]}, which is not set: export it, or write the location"
+        )
+    return os.path.expanduser(where)
+
+
 def parse_config(raw: Any, source: str = "<config>", folder: Path | None = None) -> PlatformConfig:
     """Validate a parsed config; a relative local ``storage.uri`` or ``cache_dir`` is taken relative to ``folder``
     (the config file's), else to the working directory."""
@@ -717,9 +949,11 @@ def parse_config(raw: Any, source: str = "<config>", folder: Path | None = None)
             )
         resolved = {}
         for key in ("uri", "cache_dir"):
-            where = str(storage.get(key, StorageConfig.model_fields[key].default))
+            written = storage.get(key, StorageConfig.model_fields[key].default)
+            where = expanded_location(source, f"storage.{key}", written)
             if "://" not in where and not Path(where).is_absolute():
-                resolved[key] = os.path.normpath((folder or Path.cwd()) / where)
+                where = os.path.normpath((folder or Path.cwd()) / where)
+            resolved[key] = where
         raw = {**raw, "storage": {**storage, **resolved}}
     try:
         return PlatformConfig.model_validate(raw)
@@ -797,7 +1031,16 @@ def read_yaml(path: Path) -> Any:
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        if "'\\t'" in str(error.problem):
+            raise ConfigError(
+                f"{path}: a tab at {where}: YAML indents and separates with spaces only; replace it with spaces"
+            ) from None
         raise ConfigError(f"{path}: YAML syntax error at {where}: {error.problem}") from None
+    except RecursionError:
+        raise ConfigError(
+            f"{path}: nested too deeply to read (hundreds of levels); a config has a few levels of "
+            "sections, as in configs/default.yaml"
+        ) from None
     except (yaml.YAMLError, ValueError) as error:  # e.g. a control character; ConfigError passes through
         if isinstance(error, ConfigError):
             raise
@@ -819,5 +1062,16 @@ def load_config(path: str | Path) -> PlatformConfig:
 
 
 def config_path_from_env() -> Path:
-    """The config a Dagster code location uses: $BMLT_CONFIG, else configs/default.yaml."""
-    return Path(os.environ.get("BMLT_CONFIG") or DEFAULT_CONFIG_PATH)
+    """The config a Dagster code location uses: $BMLT_CONFIG, else configs/default.yaml. A
+    $BMLT_CONFIG naming no file is an error naming the variable: the user may not know it is set."""
+    chosen = os.environ.get("BMLT_CONFIG")
+    if not chosen:
+        return DEFAULT_CONFIG_PATH
+    path = Path(chosen)
+    if not path.is_file():
+        problem = "is a directory" if path.is_dir() else "no such file"
+        raise ConfigError(
+            f"BMLT_CONFIG={chosen}: {problem} (relative to {Path.cwd()}): export BMLT_CONFIG=<a config file>, "
+            "or unset it for configs/default.yaml"
+        )
+    return path
