@@ -11,7 +11,7 @@ from bmlt_assets.core.calibration import Calibration
 from bmlt_assets.core.config import ConfigError, PlatformConfig, load_config
 from bmlt_assets.core.dataset import build_dataset
 from bmlt_assets.core.evaluation import oracle_for
-from bmlt_assets.core.fresh import FRESH, day_arrays, fresh_dates, fresh_day_data, score_fresh_days
+from bmlt_assets.core.fresh import FRESH, day_arrays, fresh_dates, fresh_day_data, fresh_stride, score_fresh_days
 from bmlt_assets.core.labels import classify
 from bmlt_assets.core.uncertainty import ratio_interval
 from bmlt_resources.synthetic import SyntheticMarketResource
@@ -46,7 +46,9 @@ def test_a_fresh_day_is_labelled_with_the_ranges_edges_and_read_through_its_norm
     config, fitted, day, arrays, _ = fitted_and_fresh
     part = day.parts[FRESH]
     assert day.source.normalizer is fitted.source.normalizer  # fitted on the range's training part only
-    assert len(part) > 0.8 * config.data.steps_per_day  # every eligible step of the session (dropouts cut windows)
+    # One eligible step per shortest horizon over the whole session (dropouts cut a few windows).
+    assert (part.steps % fresh_stride(config) == 0).all() and fresh_stride(config) == min(config.horizon_steps)
+    assert len(part) > 0.8 * config.data.steps_per_day / fresh_stride(config)
     target = config.data.symbols.index(config.target)
     for i in range(len(config.horizon_steps)):
         train_edges = fitted.parts["train"].edges[0, i]
@@ -90,3 +92,16 @@ def test_a_capture_ratio_interval_covers_the_truth() -> None:
         interval = ratio_interval(gain, edge, seed=int(rng.integers(1 << 30)))
         covered += interval["low"] <= 0.6 <= interval["high"]
     assert covered >= 34  # about 95 % of 40
+
+
+def test_evaluate_fresh_days_scores_each_day_from_the_source_then_pools_them(fitted_and_fresh) -> None:
+    from bmlt_assets.core.fresh import evaluate_fresh_days
+    from bmlt_assets.core.train import build_model
+
+    config, fitted, _, _, source = fitted_and_fresh
+    model = build_model(config, fitted).eval()  # untrained: any fixed logits will do
+    identity = [Calibration.identity(fitted.n_classes)] * len(fitted.horizons)
+    scores = evaluate_fresh_days(config, fitted, model, identity, None, source, source.oracle())
+    assert [[s.day for s in horizon] for horizon in scores] == [["2025-01-08", "2025-01-09", "pooled"]] * 2
+    assert scores[0][0].samples != scores[0][1].samples  # two different sessions
+    assert evaluate_fresh_days(config, fitted, model, identity, None, source, None) == []  # no oracle, no capture

@@ -18,6 +18,7 @@ from bmlt_assets.core.backtest import direction_masses, run_backtest
 from bmlt_assets.core.calibration import Calibration, expected_calibration_error, reliability_curves
 from bmlt_assets.core.config import EvaluationConfig, LabelsConfig
 from bmlt_assets.core.dataset import TrainingData
+from bmlt_assets.core.gradient_boosting import GradientBoosted, sample_features
 from bmlt_assets.core.metrics import (
     classification_metrics,
     confusion,
@@ -101,9 +102,11 @@ def evaluate(
     cadence_s: float,
     champion: np.ndarray | None = None,
     labels: LabelsConfig | None = None,
+    baselines: list[GradientBoosted] | None = None,
 ) -> list[dict[str, Any]]:
     """``champion``: the current champion's (N, H, C) test probabilities, compared like a baseline;
-    ``labels``: how the class edges were made (for the classes' return ranges in the report)."""
+    ``labels``: how the class edges were made (for the classes' return ranges in the report);
+    ``baselines``: the gradient-boosted baseline of each horizon (``gbm``), fitted on train."""
     if config.fee_bps is None:
         raise ValueError("evaluation.fee_bps is unresolved: resolve it to the market's fee first (with_market_fee)")
     fee_bps = config.fee_bps
@@ -112,6 +115,7 @@ def evaluate(
     # is a bucket under ``aggregated`` and its quantities are z-scores under rolling normalization.
     train_features = order_book_features(data.quotes, train.steps)
     test_features = order_book_features(data.quotes, test.steps)
+    flow_features = sample_features(data, test.steps) if baselines is not None else None
     target = data.symbols.index(data.target)
     spread_bps = quoted_spread_bps(np.asarray(data.quotes[test.steps][:, :, target], dtype=np.float64))
     costs = {
@@ -137,6 +141,8 @@ def evaluate(
                 train_features, train.classes[:, i], test_features, data.n_classes, config.logistic_max_iter
             ),
         }
+        if baselines is not None and flow_features is not None:
+            predictors["gbm"] = baselines[i].probabilities(flow_features)
         if champion is not None:
             predictors["champion"] = champion[:, i]
         if oracle is not None:
@@ -219,7 +225,9 @@ def evaluate(
                 for r, label in enumerate(REGIMES)
             },
             "beats_baselines": all(
-                differences[f"model_minus_{b}"]["high"] < 0 for b in ("prior", "persistence", "logistic_obi")
+                differences[f"model_minus_{b}"]["high"] < 0
+                for b in ("prior", "persistence", "logistic_obi", "gbm")
+                if f"model_minus_{b}" in differences
             ),
         }
         if oracle is not None:

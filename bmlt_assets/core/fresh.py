@@ -10,27 +10,28 @@ intervals, the volatility regimes each day covered and its count of independent 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import polars as pl
+import torch
 
 from bmlt_assets.core.calibration import Calibration, independent_outcomes
 from bmlt_assets.core.config import PlatformConfig
 from bmlt_assets.core.dataset import Part, TrainingData
+from bmlt_assets.core.evaluation import OracleProbabilities, oracle_for
 from bmlt_assets.core.gradient_boosting import GradientBoosted, sample_features
 from bmlt_assets.core.labels import class_edges, classify, forward_log_returns, trailing_volatility
 from bmlt_assets.core.metrics import prior_probabilities
 from bmlt_assets.core.representation import day_tensors_from_frame
+from bmlt_assets.core.sources import BookSource, Oracle
 from bmlt_assets.core.splits import eligible_steps
+from bmlt_assets.core.train import predict_logits
 from bmlt_assets.core.uncertainty import mean_interval, ratio_interval
 from bmlt_assets.core.windows import WindowSource
 
 REGIMES = ("low", "mid", "high")
-# (horizon index, steps, edges (N, C-1)) -> (N, C) the oracle's probabilities, as evaluation.oracle_for gives
-OracleProbabilities = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
 FRESH = "fresh"  # the one part of a fresh day's data: every eligible step
 
 
@@ -50,13 +51,22 @@ def day_arrays(snapshots: pl.DataFrame, date: dt.date, config: PlatformConfig) -
     return arrays
 
 
+def fresh_stride(config: PlatformConfig) -> int:
+    """Fresh days are sampled once per shortest horizon: closer samples share most of their label
+    (the independent outcomes stay the same), and a day of every step would cost a model
+    evaluation of 86,400 windows at 1 s."""
+    return min(config.horizon_steps)
+
+
 def fresh_day_data(arrays: dict[str, np.ndarray], config: PlatformConfig, fitted: TrainingData) -> TrainingData:
-    """Every eligible step of a fresh day as the part ``fresh``, labelled with the training part's
-    class edges (quantile edges as fitted there) and read through its normalizer."""
+    """A fresh day's eligible steps, one per shortest horizon (``fresh_stride``), as the part
+    ``fresh``, labelled with the training part's class edges (quantile edges as fitted there) and
+    read through its normalizer."""
     target = config.data.symbols.index(config.target)
     returns, volatility = arrays["returns"][:, :, target], arrays["volatility"][:, target]
     label_ok = np.isfinite(returns).all(axis=1) & np.isfinite(volatility) & (volatility > 0)
     steps = eligible_steps(np.asarray(arrays["valid"].all(axis=1)), config.dataset.window_steps, label_ok)
+    steps = steps[steps % fresh_stride(config) == 0]
     horizons, n = config.horizon_steps, len(steps)
     edges = np.empty((n, len(horizons), config.labels.n_classes - 1))
     for i, horizon in enumerate(horizons):
@@ -178,3 +188,27 @@ def score_fresh_days(
         [*day_scores, pooled(day_inputs, horizon)]
         for day_scores, day_inputs, horizon in zip(scores, inputs, fitted.horizons)
     ]
+
+
+def evaluate_fresh_days(
+    config: PlatformConfig,
+    fitted: TrainingData,
+    model: torch.nn.Module,
+    calibration: list[Calibration],
+    baselines: list[GradientBoosted] | None,
+    source: BookSource,
+    oracle: Oracle | None,
+) -> list[list[FreshScores]]:
+    """The model fitted on ``fitted`` on each of the config's fresh days, from ``source`` (per
+    horizon: each day, then pooled); nothing where there are no fresh days or no oracle to measure
+    the capture against."""
+    dates = fresh_dates(config)
+    if not dates or oracle is None:
+        return []
+    days = []
+    for date in dates:
+        arrays = day_arrays(source.snapshots(date, config.data.symbols), date, config)
+        days.append((date.isoformat(), fresh_day_data(arrays, config, fitted)))
+    logits = [predict_logits(model, day, day.parts[FRESH].steps) for _, day in days]
+    oracles = [oracle_for(oracle, config.target, day) for _, day in days]
+    return score_fresh_days(fitted, days, logits, calibration, baselines, oracles)  # type: ignore[arg-type]
