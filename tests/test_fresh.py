@@ -105,3 +105,28 @@ def test_evaluate_fresh_days_scores_each_day_from_the_source_then_pools_them(fit
     assert [[s.day for s in horizon] for horizon in scores] == [["2025-01-08", "2025-01-09", "pooled"]] * 2
     assert scores[0][0].samples != scores[0][1].samples  # two different sessions
     assert evaluate_fresh_days(config, fitted, model, identity, None, source, None) == []  # no oracle, no capture
+
+
+def test_the_fresh_day_section_shows_every_day_and_the_pooled_row_and_warns() -> None:
+    from bmlt_assets.core.fresh import FreshScores, fresh_day_lines, fresh_day_warnings
+
+    ci = {"mean": 0.9, "low": 0.85, "high": 0.95, "block_length": 10.0}
+    worse = {"mean": 0.002, "low": 0.001, "high": 0.003, "block_length": 10.0}
+    better = {"mean": -0.04, "low": -0.05, "high": -0.03, "block_length": 10.0}
+
+    def scores(day: str, alone: dict[str, float]) -> FreshScores:
+        differences = {"temperature_alone": alone, "gbm": better, "oracle": worse}
+        regimes = {"low": 0.2, "mid": 0.3, "high": 0.5}
+        return FreshScores(day, 8000, 800, regimes, {}, {}, ci, ci, differences)
+
+    fresh = [[scores("2025-01-08", better), scores("pooled", better)]] * 2
+    text = "\n".join(fresh_day_lines(fresh, [10, 30]))
+    assert "### 10 s horizon" in text and "### 30 s horizon" in text
+    assert "| pooled | 8000 | 800 | 0.20 / 0.30 / 0.50 | 0.900 [0.850, 0.950]" in text
+    assert "model − gbm (nats)" in text and "model − temperature alone (nats)" in text
+    assert fresh_day_warnings(fresh, [10, 30]) == []
+    bias_hurts = [[scores("2025-01-08", better), scores("pooled", worse)]]
+    assert fresh_day_warnings(bias_hurts, [10]) == [
+        "10 s: on the fresh days the calibration's class bias does worse than the temperature alone: log-loss "
+        "difference 0.0020 [0.0010, 0.0030] nats."
+    ]
