@@ -15,7 +15,9 @@ REPS = 500
 
 
 def block_length(series: np.ndarray, minimum: float = 1.0) -> float:
-    rule = float(optimal_block_length(series)["stationary"].iloc[0]) if len(series) > 10 else 1.0
+    if len(series) <= 10 or np.ptp(series) == 0:  # too short, or constant (two identical predictors): no rule
+        return minimum
+    rule = float(optimal_block_length(series)["stationary"].iloc[0])
     return max(minimum, rule if np.isfinite(rule) else 1.0)
 
 
