@@ -408,10 +408,10 @@ def tune_worker(config: PlatformConfig, args: argparse.Namespace) -> int:
     worker shares the queue. It loads the training dataset from storage, needs the config the
     step ran, and logs each trial as a nested MLflow run of the step's run."""
     from bmlt_assets.core.files import CorruptPartitionError, MissingPartitionError
-    from bmlt_assets.tuning_worker import run_worker
+    from bmlt_assets.training.tuning_worker import run_worker
 
     try:
-        ran = run_worker(config, args.config, args.study)
+        ran = run_worker(config, args.study)
     except (ConfigError, MissingPartitionError, CorruptPartitionError) as error:
         print(f"cannot tune: {error}", file=sys.stderr)
         return 2

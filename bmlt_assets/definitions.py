@@ -23,7 +23,7 @@ from bmlt_assets.recording import record_job
 from bmlt_assets.returns import forward_returns, labels_never_cross_gaps
 from bmlt_assets.snapshots import orderbook_snapshots, snapshots_are_sound
 from bmlt_assets.tensors import book_tensors, tensors_are_sound
-from bmlt_assets.training import trained_model
+from bmlt_assets.training.asset import trained_model
 from bmlt_resources.binance import BinanceResource
 from bmlt_resources.mlflow import MlflowTracking
 from bmlt_resources.settings import SettingsResource

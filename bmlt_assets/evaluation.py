@@ -18,10 +18,10 @@ from bmlt_assets.core.sources import BookSource
 from bmlt_assets.core.train import predict_logits
 from bmlt_assets.core.walk_forward import evaluate_folds
 from bmlt_assets.provenance import git_commit
-from bmlt_assets.scoring import score_steps
-from bmlt_assets.training import trained_model
+from bmlt_assets.training.asset import trained_model
 from bmlt_resources.binance import with_market_fee
 from bmlt_resources.mlflow import CHAMPION, TrackedMlflow
+from bmlt_resources.pyfunc import score_steps
 from bmlt_resources.settings import SettingsResource
 from bmlt_resources.storage import StorageResource
 

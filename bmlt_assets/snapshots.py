@@ -86,7 +86,7 @@ def snapshots_are_sound(
     days, failures = {}, []
     for key in context.partition_keys:
         date = dt.date.fromisoformat(key)
-        clean = read_parquet(storage.require(storage.snapshots(date), "orderbook_snapshots", date))
+        clean = read_parquet(storage.require_file(storage.snapshots(date), "orderbook_snapshots", date))
         quarantine = storage.quarantine(date)
         quarantined = (
             read_parquet(quarantine) if quarantine.exists() else clean.clear().with_columns(pl.lit("").alias("reason"))

@@ -32,7 +32,7 @@ def book_tensors(
     data = config.data
     per_day = []
     for date in partition_dates(context):
-        source = storage.require(storage.snapshots(date), "orderbook_snapshots", date)
+        source = storage.require_file(storage.snapshots(date), "orderbook_snapshots", date)
         _refuse_failed_snapshots(storage, date)
         gaps_file = storage.snapshot_gaps(date)  # written with the partition (absent for older ones)
         gaps = json.loads(gaps_file.read_text()) if gaps_file.exists() else []

@@ -13,7 +13,9 @@ Layout under ``<storage.uri>/<config name>/``:
     report/                                  evaluation_report
 
 Folders are committed whole with their meta.json last (``commit``); a folder without one is absent.
-What must stay on a local disk (``PlatformConfig.local_dir``) is under ``root``. Real data arrives
+What must stay on a local disk (``PlatformConfig.local_dir``) is under ``root``: ``hpo/`` (tuning
+studies), ``training-checkpoint.pt`` (the resumable training state) and ``training-result.pt``
+(torchrun's result, handed back). Real data arrives
 in ``<local_dir>/landing/<market>/date=YYYY-MM-DD/*.parquet`` (shared by all configs), in the
 snapshot schema of ``bmlt_assets.core.book``.
 """
@@ -68,6 +70,21 @@ class StorageResource(dg.ConfigurableResource):
         return Path(self.local_dir) / self.config_name
 
     @property
+    def hpo(self) -> Path:
+        """Where a sqlite or journal tuning study lives (``hpo.storage``)."""
+        return self.root / "hpo"
+
+    @property
+    def training_state(self) -> Path:
+        """The latest model's resumable training state (``core.train.TrainState``), written every epoch."""
+        return self.root / "training-checkpoint.pt"
+
+    @property
+    def handed_back(self) -> Path:
+        """Where torchrun's rank 0 leaves its training result for the step that launched it."""
+        return self.root / "training-result.pt"
+
+    @property
     def staged(self) -> Path:
         """Verified local copies of remote partitions, one folder per content hash."""
         return Path(self.local_dir) / "staged"
@@ -110,11 +127,19 @@ class StorageResource(dg.ConfigurableResource):
         """Whether a folder partition has its meta.json (is visible to readers), or a file exists."""
         return (path / META if path.suffix == "" else path).exists()
 
-    def require(self, path: StoredPath, asset: str, date: dt.date | None = None) -> StoredPath:
-        """``path`` if it was fully written and is readable, else an error naming what to materialize.
+    def require(self, path: StoredPath, asset: str, date: dt.date | None = None) -> Path:
+        """The folder partition ``path`` as a local folder (a remote one staged, for memory maps),
+        if it was fully written and is readable; else an error naming what to materialize."""
+        found = self._readable(path, asset, date)
+        assert isinstance(found, Path)  # a folder partition is always staged locally
+        return found
 
-        A folder partition comes back as a local folder (a remote one staged, for memory maps); a
-        file as it is."""
+    def require_file(self, path: StoredPath, asset: str, date: dt.date | None = None) -> StoredPath:
+        """The file partition ``path`` as it is (local or remote), if it was fully written and is
+        readable; else an error naming what to materialize."""
+        return self._readable(path, asset, date)
+
+    def _readable(self, path: StoredPath, asset: str, date: dt.date | None) -> StoredPath:
         problem = None
         if self.committed(path):
             try:

@@ -18,15 +18,29 @@
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
 
 from bmlt_assets.core.distributed import Backend, backend_problem
 
+# (torchrun command line, its environment, backend, ranks) -> the metadata rank 0 reported; raises
+# when torchrun failed. What the training workflow calls, free of Dagster's step context.
+Launch = Callable[[list[str], dict[str, str], Backend, int], dict[str, Any]]
+
 
 class TorchrunLauncher(dg.ConfigurableResource):
     """Runs a torchrun command line under a Pipes session of the step."""
+
+    def bound(self, context: dg.AssetExecutionContext) -> Launch:
+        """This launcher for the step of ``context``."""
+
+        def launch(command: list[str], env: dict[str, str], backend: Backend, nproc: int) -> dict[str, Any]:
+            invocation = self.launch(context, command, env, backend, nproc)
+            return dict(invocation.get_materialize_result().metadata or {})
+
+        return launch
 
     @abstractmethod
     def launch(

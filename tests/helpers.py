@@ -8,8 +8,11 @@ import numpy as np
 import yaml
 
 from bmlt_assets.core.config import PlatformConfig
+from bmlt_assets.core.dataset import build_folds, save_dataset
 from bmlt_assets.core.labels import forward_log_returns, trailing_volatility
 from bmlt_assets.core.representation import day_tensors_from_frame
+from bmlt_resources.mlflow import RunTracker
+from bmlt_resources.storage import StorageResource
 from bmlt_resources.synthetic import SyntheticMarketResource
 
 TESTS = Path(__file__).parent
@@ -53,3 +56,25 @@ def synthetic_days(config: PlatformConfig) -> list[dict[str, np.ndarray]]:
         arrays["volatility"] = trailing_volatility(arrays["mids"], arrays["valid"], config.vol_lookback_steps)
         days.append(arrays)
     return days
+
+
+def stored_dataset(config: PlatformConfig) -> StorageResource:
+    """The config's storage, holding its training dataset (every fold) of the synthetic market."""
+    storage = StorageResource.for_config(config)
+    with storage.commit(storage.dataset) as staging:
+        save_dataset(build_folds(synthetic_days(config), config), staging)
+    return storage
+
+
+def tracked_run(config: PlatformConfig) -> RunTracker:
+    """A fresh MLflow run in the config's tracking store and experiment, as a step would log into."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=config.tracking_uri)
+    experiment = client.get_experiment_by_name(config.mlflow.experiment)
+    experiment_id = (
+        experiment.experiment_id
+        if experiment is not None
+        else client.create_experiment(config.mlflow.experiment, artifact_location=config.artifact_location)
+    )
+    return RunTracker(client, client.create_run(experiment_id).info.run_id)

@@ -4,6 +4,7 @@ explains itself."""
 from __future__ import annotations
 
 import json
+import pickle
 import pkgutil
 import subprocess
 import sys
@@ -35,3 +36,19 @@ def test_every_command_has_help_with_an_example(command: str | None) -> None:
     done = subprocess.run(argv, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "example" in done.stdout.lower(), done.stdout
+
+
+def test_models_registered_under_the_old_pyfunc_path_still_load() -> None:
+    """MLflow pickles the logged python_model by reference to its class: a model registered
+    before the pyfunc moved to bmlt_resources names bmlt_assets.scoring.OrderBookPyfunc."""
+    from bmlt_resources.pyfunc import OrderBookPyfunc
+
+    old_reference = b"cbmlt_assets.scoring\nOrderBookPyfunc\n)\x81."  # GLOBAL, empty args, NEWOBJ, STOP
+    assert type(pickle.loads(old_reference)) is OrderBookPyfunc
+
+
+def test_the_old_torchrun_worker_path_still_runs_the_worker() -> None:
+    """A training pod whose command an earlier version built (-m bmlt_assets.training_worker)."""
+    done = subprocess.run([sys.executable, "-m", "bmlt_assets.training_worker"], capture_output=True, text=True)
+    assert done.returncode != 0 and "usage: python -m torch.distributed.run" in done.stderr
+    assert "-m bmlt_assets.training.training_worker JOB_JSON" in done.stderr
