@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -60,14 +61,14 @@ def run(config: PlatformConfig, snapshots: dict) -> dict:
         "seconds_per_epoch": float(np.mean([r.seconds for r in result.history])),
         "epochs": len(result.history),
         "horizons": {
-            f"{h}s": {
-                "accuracy": e["metrics"]["model"]["accuracy"],
-                "oracle_accuracy": e["metrics"]["oracle"]["accuracy"],
-                "log_loss": e["metrics"]["model"]["log_loss"],
-                "oracle_log_loss": e["metrics"]["oracle"]["log_loss"],
-                **e["capture"],
+            f"{e.horizon_s}s": {
+                "accuracy": e.model.metrics.accuracy,
+                "oracle_accuracy": e.predictors["oracle"].metrics.accuracy,
+                "log_loss": e.model.metrics.log_loss,
+                "oracle_log_loss": e.predictors["oracle"].metrics.log_loss,
+                **(asdict(e.capture) if e.capture else {}),
             }
-            for h, e in zip(config.labels.horizons_s, report)
+            for e in report
         },
     }
 

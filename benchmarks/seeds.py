@@ -16,6 +16,7 @@ import json
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 from statistics import mean, stdev
 
@@ -90,12 +91,12 @@ def one_seed(config_json: str, folder: str, seed: int, threads: int) -> dict:
         "promoted": verdict.promote,
         "reasons": verdict.reasons,
         "horizons": {
-            f"{entry['horizon_s']:g}s": {
-                "capture": entry["capture"],
-                "model_minus_logistic_obi": entry["log_loss_differences"]["model_minus_logistic_obi"],
-                "model_minus_oracle": entry["log_loss_differences"]["model_minus_oracle"],
-                "leak_suspected": entry["leak_suspected"],
-                "pnl_by_fee": entry["pnl_by_fee"],
+            f"{entry.horizon_s:g}s": {
+                "capture": asdict(entry.capture) if entry.capture else None,
+                "model_minus_logistic_obi": asdict(entry.model_minus["logistic_obi"]),
+                "model_minus_oracle": asdict(entry.model_minus["oracle"]),
+                "leak_suspected": entry.leak_suspected,
+                "pnl_by_fee": [asdict(level) for level in entry.pnl_by_fee],
             }
             for entry in report
         },

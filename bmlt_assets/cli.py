@@ -82,21 +82,22 @@ def summary(config: PlatformConfig, args: argparse.Namespace) -> int:
 
     colour = colour_enabled(sys.stdout)  # soft_wrap: paths and links stay whole when piped
     console = Console(highlight=False, no_color=not colour, force_terminal=colour, soft_wrap=True)
+    from bmlt_assets.core.checkpoint import ModelMeta
+    from bmlt_assets.core.evaluation_report import EvaluationReport
     from bmlt_resources.storage import StorageResource
 
     storage = StorageResource.for_config(config)
     root = storage.store
-    model_meta, metrics = storage.model / "meta.json", storage.report / "metrics.json"
-    if not model_meta.exists():
+    if not storage.committed(storage.model):
         console.print(f"no trained model yet for {config.name} under {root}: run `make demo` or the full_pipeline job")
         return 1
-    meta = json.loads(model_meta.read_text())
+    meta = ModelMeta.load(storage.model)
     client = MlflowClient(tracking_uri=config.tracking_uri)
-    name, version = config.registered_model_name, meta["registered_version"]
+    name, version = config.registered_model_name, meta.registered_version
     try:
         aliases = sorted(a for a, v in client.get_registered_model(name).aliases.items() if str(v) == version)
         verdict = client.get_model_version(name, version).tags.get("bmlt.promotion", "not evaluated yet")
-        run = client.get_run(meta["mlflow_run_id"])
+        run = client.get_run(meta.mlflow_run_id)
         link = f"{config.mlflow.ui_url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
     except MlflowException as error:
         console.print(f"{config.tracking_uri}: cannot read the registry ({error.message})", style="red")
@@ -119,15 +120,14 @@ def summary(config: PlatformConfig, args: argparse.Namespace) -> int:
             head, _, reasons = value.partition(": ")
             value = head + "".join(f"\n           - {reason}" for reason in reasons.split("; ") if reason)
         console.print(f"{label:<10} " + (f"[{style}]{escape(value)}[/]" if style else escape(value)))
+    metrics = storage.report / "metrics.json"
     if metrics.exists():
-        saved = json.loads(metrics.read_text())
-        for entry, horizon in zip(saved["report"], saved["horizons_s"]):
-            m = entry["metrics"]["model"]
-            capture = entry.get("capture")
-            shown = f", capture {capture['accuracy_capture']:.3f} / {capture['logloss_capture']:.3f}" if capture else ""
-            leak = "  [bold red]PROBABLE LEAK[/]" if entry.get("leak_suspected") else ""
+        for entry in EvaluationReport.from_json(json.loads(metrics.read_text())).horizons:
+            m, capture = entry.model.metrics, entry.capture
+            shown = f", capture {capture.accuracy_capture:.3f} / {capture.logloss_capture:.3f}" if capture else ""
+            leak = "  [bold red]PROBABLE LEAK[/]" if entry.leak_suspected else ""
             console.print(
-                f"{horizon:>6} s    accuracy {m['accuracy']:.4f}, log loss {m['log_loss']:.4f} nats{shown}{leak}"
+                f"{entry.horizon_s:>6} s    accuracy {m.accuracy:.4f}, log loss {m.log_loss:.4f} nats{shown}{leak}"
             )
     return 0
 
@@ -177,6 +177,8 @@ def report(config: PlatformConfig, args: argparse.Namespace) -> int:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from bmlt_assets.core.evaluation_report import EvaluationReport
+
     client = MlflowClient(tracking_uri=config.tracking_uri)
     try:
         folder = Path(client.download_artifacts(args.run_id, "report", tempfile.mkdtemp(prefix="bmlt-report-")))
@@ -185,20 +187,17 @@ def report(config: PlatformConfig, args: argparse.Namespace) -> int:
             f"no evaluation report for run {args.run_id!r} in {config.tracking_uri}: {error.message}", file=sys.stderr
         )
         return 2
-    saved = json.loads((folder / "metrics.json").read_text())
-    for entry, horizon in zip(saved["report"], saved["horizons_s"]):
-        leak = "   ** PROBABLE LEAK **" if entry.get("leak_suspected") else ""
-        print(f"\nHorizon {horizon}s, {entry['samples']} test samples{leak}")
+    saved = EvaluationReport.from_json(json.loads((folder / "metrics.json").read_text()))
+    for entry in saved.horizons:
+        leak = "   ** PROBABLE LEAK **" if entry.leak_suspected else ""
+        print(f"\nHorizon {entry.horizon_s}s, {entry.samples} test samples{leak}")
         print(f"  {'predictor':<14}{'accuracy':>10}{'log loss':>10}{'ECE':>8}{'Sharpe':>9}")
-        for name, m in entry["metrics"].items():
-            sharpe = entry["pnl"][name]["sharpe_annualized"]
-            print(f"  {name:<14}{m['accuracy']:>10.4f}{m['log_loss']:>10.4f}{m['ece']:>8.4f}{sharpe:>9.2f}")
-        if "capture" in entry:
-            capture = entry["capture"]
-            print(
-                f"  signal capture: accuracy {capture['accuracy_capture']:.3f}, "
-                f"log loss {capture['logloss_capture']:.3f}"
-            )
+        for name, scores in entry.predictors.items():
+            m, sharpe = scores.metrics, scores.pnl.sharpe_annualized
+            print(f"  {name:<14}{m.accuracy:>10.4f}{m.log_loss:>10.4f}{m.ece:>8.4f}{sharpe:>9.2f}")
+        if entry.capture is not None:
+            capture = entry.capture
+            print(f"  signal capture: accuracy {capture.accuracy_capture:.3f}, log loss {capture.logloss_capture:.3f}")
     target = args.out or config.local_dir / config.name / "reports" / f"report-{args.run_id}.html"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text((folder / "report.html").read_text())
