@@ -26,10 +26,9 @@ import yaml
 from bmlt_assets.core.calibration import validation_calibration
 from bmlt_assets.core.config import PlatformConfig, load_config
 from bmlt_assets.core.dataset import build_folds, load_dataset, save_dataset
+from bmlt_assets.core.days import DayTensors, label_days
 from bmlt_assets.core.evaluation import evaluate, oracle_for
-from bmlt_assets.core.labels import forward_log_returns, trailing_volatility
 from bmlt_assets.core.promotion import gate
-from bmlt_assets.core.representation import day_tensors_from_frame
 from bmlt_assets.core.sources.synthetic import SyntheticMarket
 from bmlt_assets.core.train import predict_logits, train
 
@@ -45,16 +44,11 @@ def market(config: PlatformConfig) -> SyntheticMarket:
 def build_data(config: PlatformConfig, folder: Path) -> None:
     """book_tensors + forward_returns of every day, then training_dataset, into ``folder``."""
     d, source = config.data, market(config)
-    days = []
-    for date in d.dates:
-        frame = pl.concat([source.simulate(date, symbol) for symbol in d.symbols])
-        arrays = day_tensors_from_frame(frame, date, d.symbols, d.cadence_ms, d.staleness_ms, config.representation)
-        arrays["returns"] = forward_log_returns(
-            arrays["mids"], arrays["valid"], config.horizon_steps, len(arrays["mids"])
-        )
-        arrays["volatility"] = trailing_volatility(arrays["mids"], arrays["valid"], config.vol_lookback_steps)
-        days.append(arrays)
-    save_dataset(build_folds(days, config), folder)
+    days = [
+        DayTensors.from_frame(pl.concat([source.simulate(date, symbol) for symbol in d.symbols]), date, config)
+        for date in d.dates
+    ]
+    save_dataset(build_folds(label_days(days, config), config), folder, config)
 
 
 def fee_resolved(config: PlatformConfig) -> PlatformConfig:

@@ -32,6 +32,7 @@ import polars as pl
 
 from bmlt_assets.core.book import trim_depth
 from bmlt_assets.core.config import PlatformConfig
+from bmlt_assets.core.days import SnapshotFiles
 from bmlt_assets.core.files import (
     META,
     CorruptPartitionError,
@@ -100,6 +101,12 @@ class StorageResource(dg.ConfigurableResource):
 
     def snapshot_check(self, date: dt.date) -> StoredPath:
         return self.store / "snapshot_checks" / f"date={date.isoformat()}.json"
+
+    def snapshot_files(self, date: dt.date) -> SnapshotFiles:
+        """The files of one day of orderbook_snapshots (``core.days.DaySnapshots`` reads and writes them)."""
+        return SnapshotFiles(
+            self.snapshots(date), self.quarantine(date), self.snapshot_gaps(date), self.snapshot_check(date)
+        )
 
     def tensors(self, date: dt.date) -> StoredPath:
         return self.store / "tensors" / f"date={date.isoformat()}"

@@ -5,13 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 from bmlt_assets.core.config import PlatformConfig
 from bmlt_assets.core.dataset import build_folds, save_dataset
-from bmlt_assets.core.labels import forward_log_returns, trailing_volatility
-from bmlt_assets.core.representation import day_tensors_from_frame
+from bmlt_assets.core.days import DayTensors, LabelledDay, label_days
 from bmlt_resources.mlflow import RunTracker
 from bmlt_resources.storage import StorageResource
 from bmlt_resources.synthetic import SyntheticMarketResource
@@ -42,28 +40,20 @@ def write_config(folder: Path, overrides: dict | None = None, name: str = "confi
     return path
 
 
-def synthetic_days(config: PlatformConfig) -> list[dict[str, np.ndarray]]:
-    """Per-day tensors, returns and volatility of the config's synthetic market, in memory."""
-    source = SyntheticMarketResource.for_config(config)
-    days = []
-    for date in config.data.dates:
-        d = config.data
-        arrays = day_tensors_from_frame(
-            source.snapshots(date, d.symbols), date, d.symbols, d.cadence_ms, d.staleness_ms, config.representation
-        )
-        arrays["returns"] = forward_log_returns(
-            arrays["mids"], arrays["valid"], config.horizon_steps, len(arrays["mids"])
-        )
-        arrays["volatility"] = trailing_volatility(arrays["mids"], arrays["valid"], config.vol_lookback_steps)
-        days.append(arrays)
-    return days
+def synthetic_days(config: PlatformConfig) -> list[LabelledDay]:
+    """The config's days of its synthetic market, with their labels, in memory: what the daily
+    assets store, made by the same functions (each day labelled with the next, as forward_returns
+    labels it once both days are materialized)."""
+    source, symbols = SyntheticMarketResource.for_config(config), config.data.symbols
+    days = [DayTensors.from_frame(source.snapshots(date, symbols), date, config) for date in config.data.dates]
+    return label_days(days, config)
 
 
 def stored_dataset(config: PlatformConfig) -> StorageResource:
     """The config's storage, holding its training dataset (every fold) of the synthetic market."""
     storage = StorageResource.for_config(config)
     with storage.commit(storage.dataset) as staging:
-        save_dataset(build_folds(synthetic_days(config), config), staging)
+        save_dataset(build_folds(synthetic_days(config), config), staging, config)
     return storage
 
 

@@ -22,6 +22,7 @@ from bmlt_assets.core.calibration import (
 from bmlt_assets.core.checkpoint import spec_calibration
 from bmlt_assets.core.config import PlatformConfig, load_config
 from bmlt_assets.core.dataset import TrainingData, build_dataset, load_dataset, save_dataset
+from bmlt_assets.core.days import LabelledDay
 from bmlt_assets.core.evaluation import direction_classes, evaluate
 from bmlt_assets.core.evaluation_report import EvaluationReport, HorizonReport
 from bmlt_assets.core.labels import classify
@@ -317,7 +318,7 @@ EDGES = {
     "volatility_scaled": {},
     "quantile": {"quantile_classes": 6},
 }
-Built = tuple[PlatformConfig, TrainingData, list[dict[str, np.ndarray]]]
+Built = tuple[PlatformConfig, TrainingData, list[LabelledDay]]
 
 
 @pytest.fixture(scope="module")
@@ -452,8 +453,8 @@ def test_every_edges_option_sees_the_same_samples_and_persistence_knows_each_pas
     for edges in EDGES:
         config, data, days = built(edges=edges)
         target = config.data.symbols.index(config.target)
-        returns = np.concatenate([day["returns"] for day in days])[:, :, target]
-        volatility = np.concatenate([day["volatility"] for day in days])[:, target]
+        returns = np.concatenate([day.returns.returns for day in days])[:, :, target]
+        volatility = np.concatenate([day.returns.volatility for day in days])[:, target]
         for name, part in data.parts.items():
             np.testing.assert_array_equal(part.steps, reference.parts[name].steps)
             assert np.isfinite(part.volatility).all()
@@ -475,7 +476,7 @@ def test_a_dataset_saved_before_the_best_quotes_names_what_to_rematerialize(
     built: Callable[..., Built], tmp_path: Path
 ) -> None:
     config, data, _ = built()
-    save_dataset([data], tmp_path)
+    save_dataset([data], tmp_path, config)
     np.testing.assert_array_equal(load_dataset(tmp_path, config).quotes, data.quotes)
     (tmp_path / "quotes.npy").unlink()
     with pytest.raises(FileNotFoundError, match="re-materialize book_tensors and training_dataset"):
