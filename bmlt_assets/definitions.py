@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 
 import dagster as dg
-from dagster._config import process_config  # Dagster's own config validation (no public twin)
 from dagster_mlflow import end_mlflow_on_run_finished
 
 from bmlt_assets.core.config import ConfigError, DeploymentConfig, StepResources, config_path_from_env
@@ -25,6 +24,7 @@ from bmlt_assets.snapshots import orderbook_snapshots, snapshots_are_sound
 from bmlt_assets.tensors import book_tensors, tensors_are_sound
 from bmlt_assets.training.asset import trained_model
 from bmlt_resources.binance import BinanceResource
+from bmlt_resources.dagster_private import process_config
 from bmlt_resources.mlflow import MlflowTracking
 from bmlt_resources.settings import SettingsResource
 from bmlt_resources.storage import LandingZoneResource, StorageResource
@@ -147,7 +147,8 @@ def build_definitions(config_path: Path, key_prefix: str | None = None) -> dg.De
     """The code location of one config. ``key_prefix`` puts its assets under their own keys, so
     that several configs' locations can share one Dagster instance and UI (see locations.py)."""
     resources = build_resources(config_path)
-    ingest, training, checks = INGEST_ASSETS, TRAINING_ASSETS, CHECKS
+    ingest, training = INGEST_ASSETS, TRAINING_ASSETS
+    checks: list[dg.AssetsDefinition] = [*CHECKS]
     if key_prefix:
         renamed = {key: key.with_prefix(key_prefix) for asset in ingest + training for key in asset.keys}
         ingest = [asset.with_attributes(asset_key_replacements=renamed) for asset in ingest]

@@ -20,10 +20,6 @@ from typing import Any
 
 import dagster as dg
 import mlflow
-
-# Not re-exported at dagster's top level in 1.13; it is the supported bridge from an old-style
-# @resource to a typed, Pythonic one.
-from dagster._config.pythonic_config.resource import ConfigurableLegacyResourceAdapter
 from dagster_mlflow.resources import CONFIG_SCHEMA, MlFlow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
@@ -33,6 +29,7 @@ from mlflow.pyfunc import PyFuncModel
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from bmlt_assets.core.promotion import Verdict
+from bmlt_resources.dagster_private import ConfigurableLegacyResourceAdapter
 from bmlt_resources.pyfunc import OrderBookPyfunc
 
 __all__ = [
