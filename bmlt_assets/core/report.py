@@ -95,10 +95,18 @@ def _short_labels(classes: ClassRanges) -> list[str]:
 
 def figures(entry: HorizonReport) -> dict[str, bytes]:
     """PNG bytes by file name for one horizon."""
-    out = {}
-    horizon_s = entry.horizon_s
     labels = _short_labels(entry.classes)
     unit = "σ of the horizon return" if entry.classes.volatility_scaled else "bps"
+    drawn = {
+        "confusion": _confusion_figure(entry, labels, unit),
+        "reliability": _reliability_figure(entry, labels, unit),
+        "equity": _equity_figure(entry),
+        "classes": _classes_figure(entry, labels, unit),
+    }
+    return {f"{name}_{entry.horizon_s}s.png": png for name, png in drawn.items()}
+
+
+def _confusion_figure(entry: HorizonReport, labels: list[str], unit: str) -> bytes:
     counts = np.asarray(entry.confusion, dtype=np.float64)
     normalized = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(5.5, 5))
@@ -108,11 +116,13 @@ def figures(entry: HorizonReport) -> dict[str, bytes]:
     ax.set(
         xlabel=f"predicted class (return range, {unit})",
         ylabel=f"realized class (return range, {unit})",
-        title=f"Confusion, share of each realized class, {horizon_s} s",
+        title=f"Confusion, share of each realized class, {entry.horizon_s} s",
     )
     fig.colorbar(image, ax=ax, label="share of the row")
-    out[f"confusion_{horizon_s}s.png"] = _png(fig)
+    return _png(fig)
 
+
+def _reliability_figure(entry: HorizonReport, labels: list[str], unit: str) -> bytes:
     fig, ax = plt.subplots(figsize=(5, 4))
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
     for c, curve in enumerate(entry.calibration.reliability):
@@ -120,11 +130,13 @@ def figures(entry: HorizonReport) -> dict[str, bytes]:
     ax.set(
         xlabel="predicted probability of the class",
         ylabel="observed frequency of the class",
-        title=f"Reliability of the model (one class vs rest), {horizon_s} s",
+        title=f"Reliability of the model (one class vs rest), {entry.horizon_s} s",
     )
     ax.legend(fontsize=6, ncol=2, title=unit, title_fontsize=6)
-    out[f"reliability_{horizon_s}s.png"] = _png(fig)
+    return _png(fig)
 
+
+def _equity_figure(entry: HorizonReport) -> bytes:
     fig, ax = plt.subplots(figsize=(7, 3.5))
     period = entry.test_period
     for name, scores in entry.predictors.items():
@@ -139,20 +151,22 @@ def figures(entry: HorizonReport) -> dict[str, bytes]:
     ax.set(
         xlabel="time (UTC), trade entry",
         ylabel="cumulative net return (bps)",
-        title=f"Equity after fees and spread, {horizon_s} s",
+        title=f"Equity after fees and spread, {entry.horizon_s} s",
     )
     ax.legend(fontsize=7)
-    out[f"equity_{horizon_s}s.png"] = _png(fig)
+    return _png(fig)
 
+
+def _classes_figure(entry: HorizonReport, labels: list[str], unit: str) -> bytes:
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     classes = np.arange(len(entry.class_distribution.realized))
     ax.bar(classes - 0.2, entry.class_distribution.realized, width=0.4, label="realized")
     ax.bar(classes + 0.2, entry.class_distribution.predicted, width=0.4, label="predicted (argmax)")
     ax.set_xticks(classes, labels, rotation=60, ha="right", fontsize=7)
-    ax.set(xlabel=f"class (return range, {unit})", ylabel="test samples (count)", title=f"Classes, {horizon_s} s")
+    title = f"Classes, {entry.horizon_s} s"
+    ax.set(xlabel=f"class (return range, {unit})", ylabel="test samples (count)", title=title)
     ax.legend(fontsize=7)
-    out[f"classes_{horizon_s}s.png"] = _png(fig)
-    return out
+    return _png(fig)
 
 
 def _walk_forward_lines(walk_forward: list[FoldSummary], horizons_s: list[int | float]) -> list[str]:
