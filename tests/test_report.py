@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,16 +30,9 @@ FRONT = FrontMatter(
 )
 
 
-def synthetic_report(
-    ece_before: float = 0.05,
-    ece_after: float = 0.02,
-    vs_logistic: dict[str, float] = TIED,
-    days: float = 10.0,
-    volatility_scaled: bool = True,
-) -> EvaluationReport:
-    """One 30 s horizon, read from metrics.json's layout, with chosen calibration, tie and window."""
-    entry = report_entry(ece_before, ece_after, vs_logistic, days, volatility_scaled)
-    return EvaluationReport([HorizonReport.from_json(entry)])
+def synthetic_report(**options: Any) -> EvaluationReport:
+    """One 30 s horizon (``report_entry``'s options), read from metrics.json's layout."""
+    return EvaluationReport([HorizonReport.from_json(report_entry(**options))])
 
 
 def _warnings(text: str) -> list[str]:
