@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.month_epoch import build
+from benchmarks.seeds import build_data
 from bmlt_assets.core.config import PlatformConfig, load_config
 from bmlt_assets.core.dataset import load_dataset
 from bmlt_assets.core.train import save_result, train
@@ -100,7 +100,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "dataset"
         folder.mkdir()
-        build(bench_config(args.samples, args.epochs), folder)
+        build_data(bench_config(args.samples, args.epochs), folder)
         load_at_start = [round(x, 2) for x in os.getloadavg()]
         results: dict[str, list[dict]] = {name: [] for name in WAYS}
         for _ in range(args.rounds):
