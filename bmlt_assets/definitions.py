@@ -154,7 +154,9 @@ def build_definitions(config_path: Path, key_prefix: str | None = None) -> dg.De
         ingest = [asset.with_attributes(asset_key_replacements=renamed) for asset in ingest]
         training = [asset.with_attributes(asset_key_replacements=renamed) for asset in training]
         checks = [check.with_attributes(asset_key_replacements=renamed) for check in checks]
-    deployment = resources["settings"].get().deployment  # type: ignore[attr-defined]
+    settings = resources["settings"]
+    assert isinstance(settings, SettingsResource)
+    deployment = settings.get().deployment
     policy = backfill_policy(deployment)
     ingest = [asset.with_attributes(backfill_policy=policy) for asset in ingest]
     live = [record_job] if "binance" in resources else []  # recording needs a Binance source
