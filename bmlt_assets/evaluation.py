@@ -25,6 +25,7 @@ from bmlt_resources.storage import StorageResource
 
 
 @dg.asset(
+    pool="evaluation_report",  # one writer at a time across runs (docs/design.md §9.5)
     deps=[trained_model],
     group_name="training",
     kinds={"mlflow"},

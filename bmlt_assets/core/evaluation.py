@@ -25,6 +25,7 @@ from bmlt_assets.core.calibration import Calibration, expected_calibration_error
 from bmlt_assets.core.checkpoint import CHECKPOINT, load_checkpoint, spec_calibration
 from bmlt_assets.core.config import EvaluationConfig, LabelsConfig, PlatformConfig
 from bmlt_assets.core.dataset import TrainingData, fold_count, load_dataset
+from bmlt_assets.core.distributed import resolve_device
 from bmlt_assets.core.evaluation_report import (
     BASELINES,
     CHAMPION,
@@ -338,10 +339,11 @@ def evaluate_stored_model(
     oracle: Oracle | None,
     champion: np.ndarray | None = None,
 ) -> EvaluationReport:
-    """The report of the model saved in ``model_dir`` on its dataset's test part, with every
-    walk-forward fold's model on its own test block. ``evaluation``: the config's, its fee resolved."""
+    """The report of the model saved in ``model_dir`` on its dataset's test part (scored on
+    ``training.device``), with every walk-forward fold's model on its own test block.
+    ``evaluation``: the config's, its fee resolved."""
     data = load_dataset(dataset_dir, config)
-    model, _, spec = load_checkpoint(model_dir / CHECKPOINT)
+    model, _, spec = load_checkpoint(model_dir / CHECKPOINT, resolve_device(config.training.device))
     logits = predict_logits(model, data, data.parts["test"].steps)
     cadence_s = config.data.cadence_ms / 1000
     target_oracle = oracle_for(oracle, config.target, data)
@@ -355,12 +357,14 @@ def evaluate_stored_model(
 def evaluate_folds(
     config: PlatformConfig, dataset_dir: Path, model_dir: Path, oracle: Oracle | None
 ) -> list[FoldSummary]:
-    """Headline test metrics of every fold's model on its own test block, oldest first."""
+    """Headline test metrics of every fold's model on its own test block, oldest first (scored on
+    ``training.device``)."""
     summaries = []
     n_folds = fold_count(config)
+    device = resolve_device(config.training.device)
     for k in range(n_folds):
         fold = load_dataset(dataset_dir, config, fold=k)
-        model, _, spec = load_checkpoint(fold_checkpoint(model_dir, k, n_folds))
+        model, _, spec = load_checkpoint(fold_checkpoint(model_dir, k, n_folds), device)
         logits = predict_logits(model, fold, fold.parts["test"].steps)
         summaries.append(fold_summary(k, fold, logits, spec_calibration(spec), oracle_for(oracle, config.target, fold)))
     return summaries

@@ -15,10 +15,9 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,8 +29,8 @@ from tqdm.auto import tqdm
 
 from bmlt_assets.core.config import PlatformConfig
 from bmlt_assets.core.dataset import PART_FIELDS, Part, TrainingData
-from bmlt_assets.core.distributed import ALONE, Replicas
-from bmlt_assets.core.files import atomic_write
+from bmlt_assets.core.distributed import Replicas, alone_on
+from bmlt_assets.core.files import StoredPath, atomic_write, readable
 from bmlt_assets.core.models import OrderBookClassifier
 
 log = logging.getLogger(__name__)
@@ -140,12 +139,125 @@ class EpochRecord:
     samples_per_s: float
 
 
+@dataclass(frozen=True)
+class FastPath:
+    """How the training step runs on its device: autocast precision and memory format, and the
+    samples/s each candidate reached when they were timed (empty when nothing was timed)."""
+
+    precision: str  # fp32 | bf16
+    channels_last: bool
+    measured: dict[str, float] = field(default_factory=dict)
+
+
 @dataclass
 class TrainResult:
     model: OrderBookClassifier
     best_epoch: int
     history: list[EpochRecord] = field(default_factory=list)
     resumed_from: int = 0  # the last epoch restored from a checkpoint (0: a fresh start)
+    device: str = "cpu"
+    fast_path: FastPath = field(default_factory=lambda: FastPath("fp32", True))
+
+    @property
+    def samples_per_s(self) -> float:
+        """Training samples per second over the epochs run here (all replicas together)."""
+        timed = [r for r in self.history[self.resumed_from :] if r.samples_per_s > 0]
+        return float(np.mean([r.samples_per_s for r in timed])) if timed else 0.0
+
+
+# A GPU candidate is kept over plain fp32 only when it is at least this much faster: bf16 costs
+# some precision, and a smaller gain is within the timing noise.
+FAST_PATH_MARGIN = 1.05
+
+
+def _training_step(
+    net: nn.Module, batch: Batch, losses: Sequence[nn.Module], optimizer: torch.optim.Optimizer, bf16: bool
+):
+    windows, calendar, target = batch
+    with torch.autocast(windows.device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = net(windows, calendar).float()  # losses stay fp32
+    loss = sum(losses[h](logits[:, h], target[:, h]) for h in range(len(losses))) / len(losses)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def measure_fast_paths(
+    build: Callable[[], nn.Module],
+    batch: Batch,
+    losses: Sequence[nn.Module],
+    device: torch.device,
+    candidates: list[tuple[str, bool]],
+    steps: int = 10,
+) -> dict[str, float]:
+    """Training samples/s of each (precision, channels_last) candidate on ``batch``: a fresh model
+    per candidate, a few warm-up steps, then ``steps`` timed ones. The random streams are restored
+    afterwards, so the training that follows is the same as without the measurement."""
+    measured = {}
+    forked = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=forked):
+        for precision, channels_last in candidates:
+            model = build().to(device)
+            if channels_last:
+                model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            optimizer = torch.optim.AdamW(model.parameters())
+            model.train()
+            for step in range(steps + 3):
+                if step == 3:
+                    _synchronize(device)
+                    started = time.perf_counter()
+                _training_step(model, batch, losses, optimizer, precision == "bf16")
+            _synchronize(device)
+            measured[f"{precision}{'+channels_last' if channels_last else ''}"] = (
+                steps * len(batch[0]) / (time.perf_counter() - started)
+            )
+    return measured
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def choose_fast_path(
+    config: PlatformConfig,
+    device: torch.device,
+    measure: Callable[[list[tuple[str, bool]]], dict[str, float]],
+    replicas: Replicas,
+) -> FastPath:
+    """``training.precision`` and ``channels_last``, with ``auto`` resolved: on a CPU fp32 and
+    channels-last (measured in docs/benchmarks.md); on a GPU the fastest candidate ``measure``
+    times, summed over the replicas so that every rank keeps the same one."""
+    t = config.training
+    precisions = ["fp32", "bf16"] if t.precision == "auto" else [t.precision]
+    layouts = [False, True] if t.channels_last == "auto" else [bool(t.channels_last)]
+    if device.type != "cuda":
+        return FastPath(
+            "fp32" if t.precision == "auto" else t.precision,
+            True if t.channels_last == "auto" else bool(t.channels_last),
+        )
+    if not torch.cuda.is_bf16_supported():
+        precisions = [p for p in precisions if p != "bf16"] or ["fp32"]
+    candidates = [(p, c) for p in precisions for c in layouts]
+    if len(candidates) == 1:
+        return FastPath(*candidates[0])
+    own = measure(candidates)
+    totals = dict(zip(own, replicas.sum(list(own.values()))))
+    names = list(totals)
+    best = max(range(len(candidates)), key=lambda i: totals[names[i]])
+    plain = candidates.index(("fp32", False)) if ("fp32", False) in candidates else best
+    if totals[names[best]] < FAST_PATH_MARGIN * totals[names[plain]]:
+        best = plain
+    choice = FastPath(*candidates[best], measured={name: round(value, 1) for name, value in totals.items()})
+    log.info(
+        "on %s: %s%s chosen; training samples/s measured %s",
+        device,
+        choice.precision,
+        " + channels-last" if choice.channels_last else "",
+        choice.measured,
+    )
+    return choice
 
 
 # Every config section that changes what a trained model means (its inputs, labels, split,
@@ -187,11 +299,11 @@ class Progress:
 @dataclass
 class TrainState:
     """Everything a killed run needs to continue after its last finished epoch: the progress, the
-    weights (and their moving average), the optimizer, the schedule and the random stream.
+    weights (and their moving average), the optimizer, the schedule and the random streams.
 
     ``key`` is the run's :func:`meaning_key`: a state is resumed only by a run of the same data
     and meaningful config. Saved as one flat dict, the layout earlier versions wrote, so that
-    their files resume too."""
+    their files resume too; in the object store when ``storage.uri`` is s3://, so any pod resumes it."""
 
     key: str
     progress: Progress
@@ -200,8 +312,9 @@ class TrainState:
     optimizer: dict[str, Any]
     schedule: dict[str, Any]
     torch_rng: torch.Tensor
+    cuda_rng: torch.Tensor | None = None  # the training device's stream, on a GPU
 
-    def save(self, path: Path) -> None:
+    def save(self, path: StoredPath) -> None:
         p = self.progress
         payload = {
             "key": self.key,
@@ -211,6 +324,7 @@ class TrainState:
             "optimizer": self.optimizer,
             "schedule": self.schedule,
             "torch_rng": self.torch_rng,
+            "cuda_rng": self.cuda_rng,
             "best_loss": p.best_loss,
             "best_state": p.best_state,
             "stale": p.stale,
@@ -221,11 +335,12 @@ class TrainState:
         atomic_write(path, partial(torch.save, payload))
 
     @classmethod
-    def load(cls, path: Path, key: str) -> TrainState | None:
+    def load(cls, path: StoredPath, key: str) -> TrainState | None:
         """The state saved at ``path``, or None when there is none or it was saved under another key."""
         if not path.exists():
             return None
-        payload = torch.load(path, weights_only=False, map_location="cpu")
+        with readable(path) as local:
+            payload = torch.load(local, weights_only=False, map_location="cpu")
         if payload["key"] != key:
             return None
         history = [EpochRecord(**r) for r in payload["history"]]
@@ -246,6 +361,7 @@ class TrainState:
             payload["optimizer"],
             payload["schedule"],
             payload["torch_rng"],
+            payload.get("cuda_rng"),
         )
 
 
@@ -266,8 +382,9 @@ class _Training:
         """What is validated and kept: the model, or the moving average of its weights (and BatchNorm statistics)."""
         return self.averaged.module if self.averaged is not None else self.model
 
-    def state(self, key: str, progress: Progress) -> TrainState:
+    def state(self, key: str, progress: Progress, device: torch.device) -> TrainState:
         averaged = self.averaged.state_dict() if self.averaged is not None else None
+        cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
         return TrainState(
             key,
             progress,
@@ -276,15 +393,18 @@ class _Training:
             self.optimizer.state_dict(),
             self.schedule.state_dict(),
             torch.get_rng_state(),
+            cuda_rng,
         )
 
-    def restore(self, state: TrainState) -> Progress:
+    def restore(self, state: TrainState, device: torch.device) -> Progress:
         self.model.load_state_dict(state.model)
         if self.averaged is not None and state.averaged is not None:
             self.averaged.load_state_dict(state.averaged)
         self.optimizer.load_state_dict(state.optimizer)
         self.schedule.load_state_dict(state.schedule)
         torch.set_rng_state(state.torch_rng)
+        if device.type == "cuda" and state.cuda_rng is not None:
+            torch.cuda.set_rng_state(state.cuda_rng, device)
         return state.progress
 
     def run_epoch(self, batches: Iterable[Batch], device: torch.device, bf16: bool) -> float:
@@ -294,12 +414,7 @@ class _Training:
         for batch in batches:
             windows, calendar, target = (tensor.to(device, non_blocking=True) for tensor in batch)
             # bf16 autocast: ~1.5x faster on CPUs with bf16 units (benchmarks/), losses stay fp32.
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = self.net(windows, calendar).float()
-            loss = sum(head(logits[:, h], target[:, h]) for h, head in enumerate(self.losses)) / len(self.losses)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            loss = _training_step(self.net, (windows, calendar, target), self.losses, self.optimizer, bf16)
             self.schedule.step()
             if self.averaged is not None:
                 self.averaged.update_parameters(self.model)
@@ -323,12 +438,33 @@ def _training_part(part: Part, max_samples: int | None) -> Part:
     return Part(**{name: getattr(part, name)[keep] for name in PART_FIELDS})
 
 
+def _fast_path(
+    config: PlatformConfig, data: TrainingData, train_part: Part, losses: list[nn.CrossEntropyLoss], replicas: Replicas
+) -> FastPath:
+    """``training.precision`` and ``channels_last`` resolved for the device, timed on a first batch on a GPU."""
+    t = config.training
+
+    def measure(candidates: list[tuple[str, bool]]) -> dict[str, float]:
+        first = next(
+            iter(batch_loader(data, train_part, range(len(train_part)), t.batch_size // replicas.world_size, 0))
+        )
+        probe: Batch = tuple(tensor.to(replicas.device) for tensor in first)
+        return measure_fast_paths(lambda: build_model(config, data), probe, losses, replicas.device, candidates)
+
+    return choose_fast_path(config, replicas.device, measure, replicas)
+
+
 def _prepare(
-    config: PlatformConfig, data: TrainingData, train_part: Part, loader_batches: int, replicas: Replicas
+    config: PlatformConfig,
+    data: TrainingData,
+    fast: FastPath,
+    losses: list[nn.CrossEntropyLoss],
+    loader_batches: int,
+    replicas: Replicas,
 ) -> _Training:
     t = config.training
     model = build_model(config, data)
-    if t.channels_last:  # ~1.3x faster convolutions on CPU (docs/benchmarks.md)
+    if fast.channels_last:  # ~1.3x faster convolutions on CPU (docs/benchmarks.md)
         # torch's stubs omit to()'s memory_format keyword, which nn.Module.to accepts at runtime.
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     net = replicas.prepare(model)
@@ -341,12 +477,6 @@ def _prepare(
         if t.lr_schedule == "cosine"
         else torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
     )
-    losses = [
-        nn.CrossEntropyLoss(weight=class_weights(train_part.classes[:, h], data.n_classes, t.class_weights)).to(
-            replicas.device
-        )
-        for h in range(len(data.horizons))
-    ]
     return _Training(model, net, averaged, optimizer, schedule, losses)
 
 
@@ -354,9 +484,9 @@ def train(
     config: PlatformConfig,
     data: TrainingData,
     on_epoch: Callable[[EpochRecord], None] = lambda record: None,
-    checkpoint: Path | None = None,
+    checkpoint: StoredPath | None = None,
     data_fingerprint: str = "",
-    replicas: Replicas = ALONE,
+    replicas: Replicas | None = None,
 ) -> TrainResult:
     """Train with early stopping on validation log loss; the best epoch's weights are returned.
 
@@ -366,19 +496,31 @@ def train(
     same ``data_fingerprint`` (content hash of the input partitions) and meaningful config.
 
     ``replicas``: this process's place among those training the model together (torchrun);
-    ``on_epoch``, the log and the checkpoint happen on the main replica only."""
+    default, this process alone on ``training.device``. ``on_epoch``, the log and the checkpoint
+    happen on the main replica only."""
     t = config.training
+    replicas = replicas or alone_on(t.device)
+    if replicas.device.type == "cuda":
+        # cuBLAS needs a fixed workspace for deterministic results (torch.use_deterministic_algorithms).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.set_num_threads(t.threads or max(1, (os.cpu_count() or 1) // replicas.world_size))
     seed_everything(t.seed)
     train_part, val_part = _training_part(data.parts["train"], t.max_train_samples), data.parts["val"]
+    losses = [
+        nn.CrossEntropyLoss(weight=class_weights(train_part.classes[:, h], data.n_classes, t.class_weights)).to(
+            replicas.device
+        )
+        for h in range(len(data.horizons))
+    ]
+    fast = _fast_path(config, data, train_part, losses, replicas)
     sampler: DistributedSampler[int] = DistributedSampler(
         WindowSamples(data, train_part), num_replicas=replicas.world_size, rank=replicas.rank, seed=t.seed
     )
     loader = batch_loader(data, train_part, sampler, t.batch_size // replicas.world_size, t.loader_workers)
-    training = _prepare(config, data, train_part, len(loader), replicas)
+    training = _prepare(config, data, fast, losses, len(loader), replicas)
     key = meaning_key(config, data_fingerprint, list(data.shape), train_part.steps[[0, -1]].tolist(), len(train_part))
     state = TrainState.load(checkpoint, key) if checkpoint is not None else None
-    progress = training.restore(state) if state is not None else Progress()
+    progress = training.restore(state, replicas.device) if state is not None else Progress()
     resumed_from = progress.epoch
     for epoch in range(progress.epoch + 1, t.epochs + 1):
         if progress.done:
@@ -387,7 +529,7 @@ def train(
         started = time.perf_counter()
         show = t.progress_bar and replicas.is_main
         batches = tqdm(loader, desc=f"epoch {epoch}/{t.epochs}", disable=not show, mininterval=2.0, leave=False)
-        total = training.run_epoch(batches, replicas.device, t.precision == "bf16")
+        total = training.run_epoch(batches, replicas.device, fast.precision == "bf16")
         train_seconds = time.perf_counter() - started
         val_loss, accuracy = training.validate(data, val_part, replicas)
         total, seen = replicas.sum([total, float(len(sampler))])
@@ -398,7 +540,7 @@ def train(
         if not replicas.is_main:
             continue
         if checkpoint is not None:
-            training.state(key, progress).save(checkpoint)
+            training.state(key, progress, replicas.device).save(checkpoint)
         log.info(
             "epoch %s: train loss %.4f, val log loss %.4f, val accuracy %s, %.0f samples/s",
             record.epoch,
@@ -411,7 +553,7 @@ def train(
     if progress.best_state is not None:
         training.model.load_state_dict(progress.best_state)
     training.model.eval()
-    return TrainResult(training.model, progress.best_epoch, progress.history, resumed_from)
+    return TrainResult(training.model, progress.best_epoch, progress.history, resumed_from, str(replicas.device), fast)
 
 
 def epoch_metrics(record: EpochRecord, horizons_s: list[int]) -> dict[str, float]:
@@ -424,21 +566,25 @@ def epoch_metrics(record: EpochRecord, horizons_s: list[int]) -> dict[str, float
     return metrics | {f"val_accuracy_{h}s": a for h, a in zip(horizons_s, record.val_accuracy)}
 
 
-def save_result(result: TrainResult, path: Path) -> None:
+def save_result(result: TrainResult, path: StoredPath) -> None:
     """A training result for another process (torchrun's rank 0 hands it to the Dagster step)."""
     payload = {
         "model": {name: tensor.cpu() for name, tensor in result.model.state_dict().items()},
         "best_epoch": result.best_epoch,
         "history": [asdict(r) for r in result.history],
         "resumed_from": result.resumed_from,
+        "device": result.device,
+        "fast_path": asdict(result.fast_path),
     }
     atomic_write(path, partial(torch.save, payload))
 
 
-def load_result(path: Path, config: PlatformConfig, data: TrainingData) -> TrainResult:
-    payload = torch.load(path, weights_only=True)
+def load_result(path: StoredPath, config: PlatformConfig, data: TrainingData) -> TrainResult:
+    with readable(path) as local:
+        payload = torch.load(local, weights_only=True)
     model = build_model(config, data)
     model.load_state_dict(payload["model"])
     model.eval()
     history = [EpochRecord(**r) for r in payload["history"]]
-    return TrainResult(model, payload["best_epoch"], history, payload["resumed_from"])
+    fast = FastPath(**payload["fast_path"])
+    return TrainResult(model, payload["best_epoch"], history, payload["resumed_from"], payload["device"], fast)

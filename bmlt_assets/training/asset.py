@@ -18,6 +18,7 @@ from bmlt_resources.torchrun import TorchrunLauncher
 
 
 @dg.asset(
+    pool="trained_model",  # one writer at a time across runs (docs/design.md §9.5)
     deps=[training_dataset],
     group_name="training",
     kinds={"pytorch", "mlflow"},
@@ -61,14 +62,20 @@ def _metadata(fitted: Fitted, registered: RegisteredModel) -> dict[str, Any]:
         {"epoch": r.epoch, "train_loss": r.train_loss, "val_log_loss": r.val_log_loss, "samples_per_s": r.samples_per_s}
         for r in fitted.result.history
     ]
+    result = fitted.result
     metadata = {
-        "parameters": parameter_count(fitted.result.model),
-        "best_epoch": fitted.result.best_epoch,
+        "parameters": parameter_count(result.model),
+        "best_epoch": result.best_epoch,
         "calibration": dg.MetadataValue.json([asdict(head) for head in fitted.calibration]),
-        "best_val_log_loss": float(min(r.val_log_loss for r in fitted.result.history)),
+        "best_val_log_loss": float(min(r.val_log_loss for r in result.history)),
         "mlflow_run_id": registered.run_id,
         "registered_model": f"{registered.name} v{registered.version} @{CHALLENGER}",
         "history": dg.MetadataValue.md(markdown_table(history)),
+        "device": result.device,
+        "precision": result.fast_path.precision,
+        "channels_last": result.fast_path.channels_last,
+        "train_samples_per_s": round(result.samples_per_s, 1),
+        "fast_path_samples_per_s": dg.MetadataValue.json(result.fast_path.measured or "not measured (CPU defaults)"),
     }
     tuning = fitted.tuning
     if tuning is not None:

@@ -16,7 +16,6 @@ inputs (:func:`log_inputs`), every epoch, each fold's best trial and each trial 
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +27,12 @@ from bmlt_assets.core.calibration import Calibration, validation_calibration
 from bmlt_assets.core.checkpoint import CHECKPOINT, ModelMeta, input_example, model_spec, save_checkpoint
 from bmlt_assets.core.config import PlatformConfig
 from bmlt_assets.core.dataset import TrainingData, fold_count, load_dataset
+from bmlt_assets.core.files import StoredPath, is_remote, storage_root
 from bmlt_assets.core.models import OrderBookClassifier
 from bmlt_assets.core.train import EpochRecord, TrainResult, epoch_metrics, load_result, train
 from bmlt_assets.core.tuning import StudyOrigin, TuningResult, study_name, study_storage, tune, with_params
 from bmlt_assets.core.walk_forward import FoldModel, save_fold_checkpoints, train_earlier_folds
-from bmlt_assets.provenance import combined_hash, content_hash, flatten, git_commit, package_versions
+from bmlt_assets.provenance import combined_hash, content_hash, flatten, git_commit, image, package_versions
 from bmlt_assets.training import training_worker
 from bmlt_assets.training.training_worker import MLFLOW_RUN_ID, TrainingJob
 from bmlt_assets.training.tuning_worker import tune_with_workers
@@ -78,8 +78,12 @@ def fit(
     latest, data = fold_count(config) - 1, load_dataset(dataset_dir, config)
     tuned = run.configure(latest, data)
     result, reported = run.train(latest, tuned, data, resume=storage.training_state)
-    if result.resumed_from:
-        tracker.set_tags({"bmlt.resumed_from_epoch": str(result.resumed_from)})
+    tracker.set_tags(
+        {"bmlt.device": result.device, "bmlt.precision": result.fast_path.precision}
+        | {"bmlt.channels_last": str(result.fast_path.channels_last)}
+        | ({"bmlt.resumed_from_epoch": str(result.resumed_from)} if result.resumed_from else {})
+    )
+    tracker.log_metrics({"train_samples_per_s": result.samples_per_s})
     # Temperature and class bias fitted on the purged validation part; the logged model applies them.
     calibration = validation_calibration(result.model, data)
     tracker.log_metrics({f"temperature_{h}s": c.temperature for h, c in zip(config.labels.horizons_s, calibration)})
@@ -107,17 +111,17 @@ class _Run:
         if not config.hpo.enabled:
             return config
         name = study_name(config, self.data_fingerprint, fold)
-        if config.hpo.workers == 1:
+        if config.hpo.workers == 1 and config.hpo.launcher == "local":
             study = study_storage(config.hpo, self.storage.hpo)
             tuning = tune(config, data, study, self.tracker.trial_logger(), name)
-        else:  # worker processes (bmlt tune-worker) load the fold's data themselves
+        else:  # worker processes or pods (bmlt tune-worker) load the fold's data themselves
             origin = StudyOrigin(config.name, fold, self.data_fingerprint, self.tracker.run_id)
             tuning = tune_with_workers(config, self.config_path, self.storage, name, origin, self.log)
         self.tunings[fold] = tuning
         return log_tuning(self.tracker, config, tuning, fold, self.log)
 
     def train(
-        self, fold: int, config: PlatformConfig, data: TrainingData, resume: Path | None = None
+        self, fold: int, config: PlatformConfig, data: TrainingData, resume: StoredPath | None = None
     ) -> tuple[TrainResult, dict[str, Any]]:
         """A fold's model, trained here or by torchrun's ranks (``training.launcher``), and what the
         ranks reported."""
@@ -125,15 +129,18 @@ class _Run:
         if config.training.launcher == "inprocess":
             on_epoch = epoch_logger(self.tracker, config, prefix)
             return train(config, data, on_epoch, resume, data_fingerprint=self.data_fingerprint), {}
-        handed_back, resume_path = str(self.storage.handed_back), str(resume or "")
+        # With s3:// storage the ranks (maybe pods on other nodes) read the dataset from the store.
+        dataset = self.storage.dataset if is_remote(self.storage.dataset) else self.dataset_dir
         job = TrainingJob(
-            config.model_dump_json(),
-            str(self.dataset_dir),
-            fold,
-            handed_back,
-            resume_path,
-            self.data_fingerprint,
-            prefix,
+            config_json=config.model_dump_json(),
+            dataset_dir=str(dataset),
+            fold=fold,
+            result_path=str(self.storage.handed_back),
+            resume_path=str(resume or ""),
+            data_fingerprint=self.data_fingerprint,
+            metric_prefix=prefix,
+            storage_endpoint=self.storage.endpoint_url,
+            cache_dir=self.storage.local_dir,
         )
         return train_with_torchrun(job, config, data, self.launcher, self.tracker, self.log)
 
@@ -160,12 +167,10 @@ def train_with_torchrun(
     if launcher is None:
         raise ValueError("training.launcher is torchrun, but no launcher was given to run it")
     t = config.training
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={t.nproc_per_node}"]
-    command += ["-m", training_worker.__name__, job.to_json()]
     env = {"MLFLOW_TRACKING_URI": tracker.client.tracking_uri, MLFLOW_RUN_ID: tracker.run_id}
-    log(f"training with torchrun: {t.nproc_per_node} rank(s), backend {t.backend}")
-    reported = launcher(command, env, t.backend, t.nproc_per_node)
-    handed_back = Path(job.result_path)
+    log(f"training with torchrun: {t.nnodes} node(s) of {t.nproc_per_node} rank(s), backend {t.backend}")
+    reported = launcher(["-m", training_worker.__name__, job.to_json()], env, t)
+    handed_back = storage_root(job.result_path, job.storage_endpoint)
     result = load_result(handed_back, config, data)
     handed_back.unlink()
     return result, reported
@@ -211,7 +216,7 @@ def log_inputs(tracker: RunTracker, config: PlatformConfig, storage: StorageReso
         "bmlt.partition_range": f"{config.data.start_date}..{config.data.end_date}",
         DATA_FINGERPRINT: combined_hash(fingerprints),
         "bmlt.git_commit": git_commit(),
-    }
+    } | ({"bmlt.image": image()} if image() else {})
     tracker.set_tags(provenance)
     tracker.log_params(flatten(config.model_dump(mode="json")))
     tracker.log_dict(config.model_dump(mode="json"), "config/resolved.yaml")
