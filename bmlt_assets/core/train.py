@@ -138,6 +138,13 @@ class EpochRecord:
     seconds: float
     samples_per_s: float
 
+    def __str__(self) -> str:
+        """The epoch's log line."""
+        return (
+            f"{self.epoch}: train loss {self.train_loss:.4f}, val log loss {self.val_log_loss:.4f}, "
+            f"val accuracy {[round(a, 4) for a in self.val_accuracy]}, {self.samples_per_s:.0f} samples/s"
+        )
+
 
 @dataclass(frozen=True)
 class FastPath:
@@ -507,10 +514,8 @@ def train(
     seed_everything(t.seed)
     train_part, val_part = _training_part(data.parts["train"], t.max_train_samples), data.parts["val"]
     losses = [
-        nn.CrossEntropyLoss(weight=class_weights(train_part.classes[:, h], data.n_classes, t.class_weights)).to(
-            replicas.device
-        )
-        for h in range(len(data.horizons))
+        nn.CrossEntropyLoss(weight=class_weights(classes, data.n_classes, t.class_weights)).to(replicas.device)
+        for classes in train_part.classes.T  # one loss per head
     ]
     fast = _fast_path(config, data, train_part, losses, replicas)
     sampler: DistributedSampler[int] = DistributedSampler(
@@ -541,14 +546,7 @@ def train(
             continue
         if checkpoint is not None:
             training.state(key, progress, replicas.device).save(checkpoint)
-        log.info(
-            "epoch %s: train loss %.4f, val log loss %.4f, val accuracy %s, %.0f samples/s",
-            record.epoch,
-            record.train_loss,
-            record.val_log_loss,
-            [round(a, 4) for a in record.val_accuracy],
-            record.samples_per_s,
-        )
+        log.info("epoch %s", record)
         on_epoch(record)
     if progress.best_state is not None:
         training.model.load_state_dict(progress.best_state)
