@@ -5,7 +5,7 @@ import numpy as np
 
 from bmlt_assets.core.config import PlatformConfig
 from bmlt_assets.core.dataset import TrainingData, build_folds, fold_count, load_dataset, save_dataset
-from bmlt_assets.core.days import DayReturns, DayTensors, LabelledDay
+from bmlt_assets.core.days import LabelledDay
 from bmlt_assets.core.files import directory_bytes
 from bmlt_assets.core.splits import PARTS
 from bmlt_assets.metadata import markdown_table
@@ -31,13 +31,7 @@ def training_dataset(
     context: dg.AssetExecutionContext, settings: SettingsResource, storage: StorageResource
 ) -> dg.MaterializeResult:
     config = settings.get()
-    days = [
-        LabelledDay(
-            DayTensors.load(storage.require(storage.tensors(date), "book_tensors", date)),
-            DayReturns.load(storage.require(storage.returns(date), "forward_returns", date)),
-        )
-        for date in config.data.dates
-    ]
+    days = [LabelledDay(storage.require_tensors(date), storage.require_returns(date)) for date in config.data.dates]
     folds = build_folds(days, config)
     with storage.commit(storage.dataset) as staging:
         save_dataset(folds, staging, config)

@@ -5,7 +5,7 @@ import datetime as dt
 import dagster as dg
 import numpy as np
 
-from bmlt_assets.core.days import DayReturns, DayTensors
+from bmlt_assets.core.days import DayReturns
 from bmlt_assets.core.quality import labels_across_gaps
 from bmlt_assets.metadata import partitioned_result, stored
 from bmlt_assets.partitions import DAILY, WITH_NEXT_DAY, partition_dates
@@ -27,12 +27,12 @@ def forward_returns(
 ) -> dg.MaterializeResult:
     config, per_day = settings.get(), []
     for date in partition_dates(context):
-        today = DayTensors.load(storage.require(storage.tensors(date), "book_tensors", date))
+        today = storage.require_tensors(date)
         # dagster#26935: a missing next day is not an error; those horizons stay NaN until it exists.
         following = date + dt.timedelta(days=1)
         tomorrow = None
         if storage.committed(storage.tensors(following)):
-            tomorrow = DayTensors.load(storage.require(storage.tensors(following), "book_tensors", following))
+            tomorrow = storage.require_tensors(following)
         else:
             context.log.info(f"{date}: next day not materialized; the day's last horizons are NaN")
         day = DayReturns.of(today, tomorrow, config)
@@ -61,8 +61,7 @@ def labels_never_cross_gaps(
     leaks, labelled = {}, {}
     for key in context.partition_keys:
         date = dt.date.fromisoformat(key)
-        valid = DayTensors.load(storage.require(storage.tensors(date), "book_tensors", date)).valid
-        returns = DayReturns.load(storage.require(storage.returns(date), "forward_returns", date)).returns
+        valid, returns = storage.require_tensors(date).valid, storage.require_returns(date).returns
         for i, horizon_s in enumerate(config.labels.horizons_s):
             bad_steps = labels_across_gaps(valid, returns[:, i, :], config.horizon_steps[i])
             if len(bad_steps):

@@ -32,7 +32,7 @@ def book_tensors(
     for date in partition_dates(context):
         files = storage.snapshot_files(date)
         source = storage.require_file(files.clean, "orderbook_snapshots", date)
-        _refuse_failed_snapshots(SnapshotVerdict.load(files), date)
+        _refuse_failed_snapshots(storage, date)
         with readable(source) as snapshots:
             day = DayTensors.from_snapshots(snapshots, date, config, files.recorded_gaps())
         with storage.commit(storage.tensors(date)) as staging:
@@ -52,16 +52,16 @@ def book_tensors(
     )
 
 
-def _refuse_failed_snapshots(verdict: SnapshotVerdict | None, date: dt.date) -> None:
+def _refuse_failed_snapshots(storage: StorageResource, date: dt.date) -> None:
     """A blocking check stops book_tensors only within its own run: a later run that selects
     book_tensors alone must still refuse a day whose snapshots failed their stored verdict."""
+    verdict = SnapshotVerdict.load(storage.snapshot_files(date))
     if verdict is None or verdict.passed:
         return  # not checked (yet): the same-run blocking check still guards it
     raise dg.Failure(
         f"orderbook_snapshots for {date.isoformat()} failed its blocking check {verdict.check} "
         f"({'; '.join(verdict.failures)}): fix the landing data (or the quality thresholds), then "
-        "re-materialize it with its check: dagster asset materialize -m bmlt_assets.definitions "
-        f"--select orderbook_snapshots --partition {date.isoformat()}"
+        f"re-materialize it with its check: {storage.materialize_command('orderbook_snapshots', date)}"
     )
 
 
@@ -78,7 +78,7 @@ def tensors_are_sound(
     days, failures = {}, []
     for key in context.partition_keys:
         date = dt.date.fromisoformat(key)
-        day = DayTensors.load(storage.require(storage.tensors(date), "book_tensors", date))
+        day = storage.require_tensors(date)
         measured = tensor_quality(np.asarray(day.base), day.valid, config.quality)
         days[key] = measured
         failures += [f"{key}: {failure}" for failure in measured.pop("failures")]

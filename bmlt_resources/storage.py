@@ -34,7 +34,7 @@ import polars as pl
 
 from bmlt_assets.core.book import trim_depth
 from bmlt_assets.core.config import PlatformConfig
-from bmlt_assets.core.days import SnapshotFiles
+from bmlt_assets.core.days import DayReturns, DayTensors, OutdatedPartitionError, SnapshotFiles
 from bmlt_assets.core.files import (
     META,
     CorruptPartitionError,
@@ -162,6 +162,11 @@ class StorageResource(dg.ConfigurableResource):
         """Whether a folder partition has its meta.json (is visible to readers), or a file exists."""
         return (path / META if path.suffix == "" else path).exists()
 
+    def materialize_command(self, asset: str, date: dt.date | None = None) -> str:
+        """The command that materializes ``asset`` (of ``date``), under this config's asset key."""
+        partition = f" --partition {date.isoformat()}" if date else ""
+        return f"dagster asset materialize -m bmlt_assets.definitions --select {self.config_name}/{asset}{partition}"
+
     def require(self, path: StoredPath, asset: str, date: dt.date | None = None) -> Path:
         """The folder partition ``path``, if it was fully written and is readable, as the local folder
         of the version its pointer names now (a remote one staged, for memory maps; a local one
@@ -169,6 +174,18 @@ class StorageResource(dg.ConfigurableResource):
         found = self._readable(path, asset, date)
         assert isinstance(found, Path)  # a folder partition is always staged locally
         return found
+
+    def require_tensors(self, date: dt.date) -> DayTensors:
+        """book_tensors of ``date``, memory-mapped; else an error naming what to materialize."""
+        folder = self.require(self.tensors(date), "book_tensors", date)
+        try:
+            return DayTensors.load(folder)
+        except OutdatedPartitionError as error:
+            raise OutdatedPartitionError(f"{error}: {self.materialize_command('book_tensors', date)}") from None
+
+    def require_returns(self, date: dt.date) -> DayReturns:
+        """forward_returns of ``date``, memory-mapped; else an error naming what to materialize."""
+        return DayReturns.load(self.require(self.returns(date), "forward_returns", date))
 
     def require_file(self, path: StoredPath, asset: str, date: dt.date | None = None) -> StoredPath:
         """The file partition ``path`` as it is (local or remote), if it was fully written and is
@@ -193,12 +210,7 @@ class StorageResource(dg.ConfigurableResource):
                 problem = integrity_problem(readable)
                 if problem is None:
                     return readable
-        if date is None:
-            hint = f"dagster asset materialize -m bmlt_assets.definitions --select {asset}"
-        else:
-            hint = (
-                f"dagster asset materialize -m bmlt_assets.definitions --select {asset} --partition {date.isoformat()}"
-            )
+        hint = self.materialize_command(asset, date)
         where = f" for {date.isoformat()}" if date else ""
         if problem is not None:
             raise CorruptPartitionError(f"{asset}{where} at {path} is corrupt ({problem}); re-materialize it: {hint}")

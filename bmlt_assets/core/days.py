@@ -196,8 +196,8 @@ class DayTensors:
         meta = read_meta(folder)
         if not (folder / "quotes.npy").exists():
             raise OutdatedPartitionError(
-                f"book_tensors for {meta['date']} at {folder} predates the stored best quotes (quotes.npy) that "
-                f"costs and the order-book baseline read; re-materialize book_tensors for {meta['date']}"
+                f"book_tensors for {meta['date']} predates the stored best quotes (quotes.npy) that costs and "
+                "the order-book baseline read; re-materialize it"
             )
         arrays = load_arrays(folder, list(cls.ARRAYS), mmap=True)
         representation = RepresentationConfig.model_validate(meta["representation"])
