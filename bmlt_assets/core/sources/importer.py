@@ -17,12 +17,14 @@ from bmlt_assets.core.sources.binance.sync import (
     AmbiguousSnapshot,
     BookBuilder,
     ImportSummary,
+    LevelError,
     MarketMismatch,
     Progress,
     RecordingError,
     TruncatedRecording,
     read_recording,
 )
+from bmlt_assets.core.sources.book_engine import TimeSteps
 from bmlt_assets.core.sources.tardis import tardis_book_snapshots
 
 log = logging.getLogger(__name__)
@@ -33,12 +35,14 @@ IMPORT_FORMATS = ("binance-ws", "tardis-book-snapshot")
 def _replay(builder: BookBuilder, path: Path, progress: Progress | None) -> None:
     """Feed one recording; what it holds that the builder cannot use becomes a RecordingError
     naming the file (and the line)."""
-    books_before, line = builder.summary.snapshots, 0
+    books_before, fed_before, line = builder.summary.snapshots, builder.fed, 0
+    steps = TimeSteps(path)
 
     def counted() -> Iterator[tuple[int, dict[str, Any]]]:
         nonlocal line
         for message in read_recording(path, progress):
             line += 1
+            steps.see(message[0], line)
             yield message
 
     try:
@@ -52,6 +56,11 @@ def _replay(builder: BookBuilder, path: Path, progress: Progress | None) -> None
         raise RecordingError(f"{path} {error}") from None
     except AmbiguousSnapshot as error:
         raise RecordingError(f"{path}:{line}: {error}") from None
+    except LevelError as error:
+        raise RecordingError(
+            f"{path}:{error.message - fed_before}: {error}: pass a recording of Binance depth messages, whose "
+            'levels are ["price", "quantity"] pairs'
+        ) from None
     except RecordingError:
         raise
     except (KeyError, TypeError, AttributeError, ValueError) as error:
@@ -60,6 +69,9 @@ def _replay(builder: BookBuilder, path: Path, progress: Progress | None) -> None
             f"{path}:{line}: not a Binance depth update or REST depth snapshot ({detail}): pass a recording of "
             "combined depth streams (<symbol>@depth) and REST snapshots"
         ) from None
+    finally:
+        if steps.steps:
+            builder.summary.time_steps_back.append(steps.as_dict())
 
 
 def import_recordings(
