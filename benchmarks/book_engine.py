@@ -91,7 +91,23 @@ def _reference_ws(path: Path, market: str) -> dict:
     return {"books": books.height, "updates": summary.updates_applied, "gaps": len(summary.gaps)}
 
 
+def _engine_tardis(path: Path, market: str) -> dict:
+    from bmlt_assets.core.sources.tardis import incremental_books
+
+    books, summary = incremental_books(path, "BTC/USDT", market, LEVELS, EVERY_MS)
+    return {"books": books.height, "updates": summary.updates_applied}
+
+
+def _engine_ws(path: Path, market: str) -> dict:
+    from bmlt_assets.core.sources.importer import import_recordings
+
+    books, summary = import_recordings([path], "binance-ws", market, LEVELS)
+    return {"books": books.height, "updates": summary.updates_applied, "gaps": len(summary.gaps)}
+
+
 CASES = {
+    "engine-tardis": _engine_tardis,
+    "engine-ws": _engine_ws,
     "parse-csv": _parse_csv,
     "parse-json": _parse_json,
     "reference-tardis": _reference_tardis,
@@ -153,7 +169,7 @@ def main() -> None:
     results: dict = {"machine": {"python": platform.python_version(), **load()}, "runs": []}
     for length in args.lengths:
         for market in args.markets:
-            for form, cases in (("tardis", ["parse-csv"]), ("binance-ws", ["parse-json"])):
+            for form, cases in (("tardis", ["parse-csv", "engine-tardis"]), ("binance-ws", ["parse-json", "engine-ws"])):
                 path = tiled_file(args.data_dir, form, market, length)
                 reference = "reference-tardis" if form == "tardis" else "reference-ws"
                 if length in args.reference_lengths:

@@ -106,7 +106,8 @@ def import_recordings(
             len(builder.summary.gaps),
         )
         return builder.frame(), builder.summary
-    frame = pl.concat([tardis_book_snapshots(path, levels) for path in files])
+    read = [tardis_book_snapshots(path, levels) for path in files]
+    frame = pl.concat([books for books, _ in read])
     crossed = int((frame["bid_px"].arr.first() >= frame["ask_px"].arr.first()).sum())
     summary = ImportSummary(
         snapshots=frame.height,
@@ -114,5 +115,6 @@ def import_recordings(
         # receive_ts is Int64 (snapshot schema): its min/max are ints, or None for no rows.
         first_receive_ns=cast("int | None", frame["receive_ts"].min()),
         last_receive_ns=cast("int | None", frame["receive_ts"].max()),
+        time_steps_back=[step for _, steps in read for step in steps],
     )
     return frame, summary
