@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import json
+import logging
 import re
 import zlib
 from collections.abc import Iterator
@@ -40,20 +41,21 @@ from bmlt_assets.core.sources.binance.sync import (
     first_line,
     unified_symbol,
 )
-from bmlt_assets.core.sources.book_engine import SNAPSHOT, UPDATE, BookEngine, TimeSteps
+from bmlt_assets.core.sources.book_engine import SNAPSHOT, UPDATE, BookEngine, TimeSteps, time_steps_warning
 
+log = logging.getLogger(__name__)
 DEFAULT_ENDPOINT = "https://datasets.tardis.dev/v1"
 API_KEY_VARIABLE = "TARDIS_API_KEY"
 EXCHANGE_OF_MARKET = {"spot": "binance", "usdm": "binance-futures"}
 DATA_TYPES = ("incremental_book_L2", "book_snapshot_25")
 CSV_HEADER = "exchange,symbol,timestamp,local_timestamp"
-INCREMENTAL_COLUMNS = {
-    "timestamp": pl.Int64,
-    "local_timestamp": pl.Int64,
-    "is_snapshot": pl.Boolean,
-    "side": pl.String,
-    "price": pl.Float64,
-    "amount": pl.Float64,
+INCREMENTAL_COLUMNS: dict[str, pl.DataType] = {
+    "timestamp": pl.Int64(),
+    "local_timestamp": pl.Int64(),
+    "is_snapshot": pl.Boolean(),
+    "side": pl.String(),
+    "price": pl.Float64(),
+    "amount": pl.Float64(),
 }
 CHUNK_BYTES = 1 << 24  # CSV text parsed at a time: about 300,000 incremental_book_L2 rows
 VERIFIED_SUFFIX = ".verified.json"
@@ -308,34 +310,60 @@ def _updates(
 
 
 def incremental_books(
-    path: Path, symbol: str, market: str, levels: int, every_ms: int = 0, chunk_bytes: int = CHUNK_BYTES
+    path: Path, symbol: str | None, market: str, levels: int, every_ms: int = 0, chunk_bytes: int = CHUNK_BYTES
 ) -> tuple[pl.DataFrame, ImportSummary]:
     """Books of ``levels`` levels rebuilt from an ``incremental_book_L2`` file, the last of each
     ``every_ms`` interval (0: every update), read ``chunk_bytes`` of text at a time. Updates
-    before the file's first snapshot change no book (they would need an earlier day's)."""
-    engine = BookEngine(unified_symbol(exchange_symbol(symbol)), levels, every_ms)
+    before the file's first snapshot change no book (they would need an earlier day's).
+
+    The books are named ``symbol``; None takes it from the file's ``symbol`` column, which must
+    then name one symbol (the archive's files each hold one)."""
+    columns = INCREMENTAL_COLUMNS if symbol else {"symbol": pl.String(), **INCREMENTAL_COLUMNS}
+    named = symbol
+    engine: BookEngine | None = None
     steps = TimeSteps(path)
     ids = [0]
     carried: CsvBatch | None = None
     what = f"a tardis incremental_book_L2 CSV (header {CSV_HEADER},...)"
-    batches = read_ahead(read_csv_batches(path, INCREMENTAL_COLUMNS, what, chunk_bytes))
+    batches = read_ahead(read_csv_batches(path, columns, what, chunk_bytes))
     for batch in chain(batches, [None]):
         final = batch is None
         if batch is not None:
             steps.see_many(batch.frame["local_timestamp"].to_numpy() * 1000, batch.first_line)
+            if symbol is None:
+                named = _one_symbol(path, batch, named)
+            if engine is None:
+                engine = BookEngine(cast(str, named), levels, every_ms)
         if carried is not None:  # the previous batch's last update may go on in this one
             frame = carried.frame if batch is None else pl.concat([carried.frame, batch.frame])
             batch = CsvBatch(frame, carried.first_line)
-        if batch is None or not batch.frame.height:
+        if batch is None or engine is None or not batch.frame.height:
             break
         is_bid, prices, amounts, operations, held = _updates(batch, market == "usdm", ids, final)
         engine.apply(is_bid, prices, amounts, operations)
         carried = None if final else CsvBatch(batch.frame[held:], batch.first_line + held)
     summary = ImportSummary()
-    summary.add_engine(engine.summary())
     if steps.steps:
         summary.time_steps_back.append(steps.as_dict())
-    return engine.frame().with_columns(pl.lit(symbol).alias("symbol")), summary
+    if engine is None:  # a header and no row
+        return pl.DataFrame(schema=snapshot_schema(levels)), summary
+    summary.add_engine(engine.summary())
+    return engine.frame(), summary
+
+
+def _one_symbol(path: Path, batch: CsvBatch, named: str | None) -> str:
+    """The unified symbol the batch's rows name; RecordingError for a second one in the file."""
+    raw = batch.frame["symbol"]
+    symbols = [unified_symbol(s.upper().replace("-", "")) for s in raw.unique(maintain_order=True).to_list()]
+    if named is not None:
+        symbols = [named, *(s for s in symbols if s != named)]
+    if len(symbols) > 1:
+        row = int((raw.str.to_uppercase().str.replace_all("-", "") != raw[0].upper().replace("-", "")).arg_true()[0])
+        raise RecordingError(
+            f"{path}:{batch.first_line + row}: a second symbol ({symbols[1]} after {symbols[0]}): an "
+            "incremental_book_L2 file holds one symbol's book; split the file by its symbol column"
+        )
+    return symbols[0]
 
 
 def last_per_interval(frame: pl.DataFrame, every_ms: int) -> pl.DataFrame:
@@ -348,7 +376,9 @@ def last_per_interval(frame: pl.DataFrame, every_ms: int) -> pl.DataFrame:
 
 def snapshot25_books(path: Path, symbol: str, levels: int, every_ms: int = 0) -> pl.DataFrame:
     """Books from a ``book_snapshot_25`` file, named by the configured ``symbol``."""
-    frame, _ = tardis_book_snapshots(path, levels, every_ms)
+    frame, steps = tardis_book_snapshots(path, levels, every_ms)
+    for step in steps:
+        log.warning(time_steps_warning(step))
     return frame.with_columns(pl.lit(symbol).alias("symbol"))
 
 

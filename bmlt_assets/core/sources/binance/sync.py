@@ -231,8 +231,8 @@ class BookBuilder:
         self.unclaimed: list[tuple[int, dict[str, Any]]] = []  # snapshots ahead of every symbol's stream
         self.fed = 0  # messages fed so far: a LevelError names one by this count
         # Operations waiting for the engine: (symbol, kind, receive ns, exchange ns, update id,
-        # bid levels, ask levels, message number).
-        self._pending: list[tuple[str, int, int, int, int, Any, Any, int]] = []
+        # bid level count, ask level count, the levels as "price,quantity" lines, message number).
+        self._pending: list[tuple[str, int, int, int, int, int, int, str, int]] = []
         self._pending_levels = 0
         self._counted = ImportSummary()  # the engines' figures already added to summary
 
