@@ -295,8 +295,8 @@ def _updates(
     )
     starts = np.flatnonzero(np.r_[True, changed])
     held = len(snapshot) if final else int(starts[-1])
-    starts = starts[starts < held] if not final else starts
-    ends = np.r_[starts[1:], held]
+    starts = starts if final else starts[:-1]
+    ends = np.r_[starts[1:], held] if len(starts) else starts
     kinds = np.where(snapshot[starts], SNAPSHOT, UPDATE)
     numbered = kinds == UPDATE if usdm else np.ones(len(kinds), dtype=bool)
     update_ids = ids[0] + np.cumsum(numbered)
