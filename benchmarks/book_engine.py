@@ -44,6 +44,9 @@ LEVELS = 20
 EVERY_MS = 1000
 
 
+FORMS = (("tardis", ["parse-csv", "engine-tardis"]), ("binance-ws", ["parse-json", "engine-ws"]))
+
+
 def peak_rss_bytes() -> int:
     """This process's peak resident set (VmHWM)."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -145,6 +148,91 @@ def measure(case: str, path: Path, market: str) -> dict:
     return result
 
 
+def _descendants(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    found = [int(child) for child in children.read_text().split()] if children.exists() else []
+    return found + [grandchild for child in found for grandchild in _descendants(child)]
+
+
+def _vmhwm(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+def materialize_day(data_dir: Path, market: str = "usdm", length: str = "24h", cores: str = "0") -> list[dict]:
+    """``dagster asset materialize`` of one tiled full day's orderbook_snapshots, pinned to ``cores``:
+    the day as just downloaded (the resource verifies the whole gzip file first), then again
+    (verified before). Peak RSS: the largest VmHWM of the command's processes, read every 50 ms."""
+    import resource
+    import tempfile
+
+    import yaml
+
+    day_file = tiled_file_for(data_dir, "tardis", market, length)
+    symbol = "BTC/USDT:USDT" if market == "usdm" else "BTC/USDT"
+    runs = []
+    with tempfile.TemporaryDirectory(dir=data_dir) as folder:
+        root = Path(folder)
+        raw = yaml.safe_load((ROOT / "configs" / "binance-history.yaml").read_text())
+        raw["data"] |= {"market": market, "symbols": [symbol], "start_date": "2024-08-09", "end_date": "2024-08-10"}
+        raw["data"]["tardis"] = {"endpoint": "http://127.0.0.1:9/v1", "download_dir": "tardis"}  # never asked
+        raw["labels"]["target_symbol"] = symbol
+        # The tiled USD-M book is crossed about 4 % of the time (tests/tiled_recordings.py), and a
+        # shorter file covers part of the day: the blocking check runs, but on looser thresholds.
+        raw["quality"] = {"min_coverage": 0.0, "max_quarantined_fraction": 0.2}
+        raw["storage"] = {"uri": str(root / "data")}
+        config = root / "config.yaml"
+        config.write_text(yaml.safe_dump(raw))
+        exchange = "binance-futures" if market == "usdm" else "binance"
+        cached = root / "data" / "tardis" / exchange / "incremental_book_L2" / "2024" / "08" / "09" / "BTCUSDT.csv.gz"
+        cached.parent.mkdir(parents=True)
+        cached.symlink_to(day_file)
+        env = os.environ | {"BMLT_CONFIG": str(config), "DAGSTER_HOME": str(root), "TARDIS_API_KEY": "unused"}
+        command = ["taskset", "-c", cores, str(Path(sys.executable).parent / "dagster"), "asset", "materialize"]
+        command += ["-m", "bmlt_assets.definitions", "--select", "orderbook_snapshots", "--partition", "2024-08-09"]
+        for label in ("first (verifies the download)", "again (verified before)"):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            started = time.perf_counter()
+            process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            peaks: dict[int, int] = {}
+            while process.poll() is None:
+                for pid in [process.pid, *_descendants(process.pid)]:
+                    peaks[pid] = max(peaks.get(pid, 0), _vmhwm(pid))
+                time.sleep(0.05)
+            output = process.stdout.read().decode() if process.stdout else ""
+            wall = time.perf_counter() - started
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            if process.returncode:
+                raise RuntimeError(f"dagster asset materialize failed:\n{output[-3000:]}")
+            import pyarrow.parquet as pq
+
+            stored = [p for p in root.glob("data/**/*.parquet") if "snapshot" in str(p) and "quarantine" not in str(p)]
+            books = sum(pq.ParquetFile(p).metadata.num_rows for p in stored)
+            runs.append(
+                {
+                    "run": label,
+                    "cores": cores,
+                    "wall_s": round(wall, 1),
+                    "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1),
+                    "peak_rss_mib": round(max(peaks.values()) / 2**20),
+                    "books_stored": books,
+                }
+            )
+            print(f"materialize {market} {length} {json.dumps(runs[-1])}", flush=True)
+    return runs
+
+
+def tiled_file_for(data_dir: Path, form: str, market: str, length: str) -> Path:
+    from tests.tiled_recordings import tiled_file
+
+    return tiled_file(data_dir, form, market, length)
+
+
 def load() -> dict:
     """The machine's load when the run started (other work shares the 2 cores)."""
     return {"loadavg_1_5_15": list(os.getloadavg()), "cpus": os.cpu_count()}
@@ -156,6 +244,7 @@ def main() -> None:
     parser.add_argument("--lengths", nargs="+", default=["1h", "2h", "24h"])
     parser.add_argument("--reference-lengths", nargs="*", default=[])
     parser.add_argument("--markets", nargs="+", default=["usdm", "spot"])
+    parser.add_argument("--materialize", action="store_true", help="also a full USD-M day through dagster, one core")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "book_engine.json")
     parser.add_argument("--case", choices=sorted(CASES), help=argparse.SUPPRESS)
     parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
@@ -169,7 +258,10 @@ def main() -> None:
     results: dict = {"machine": {"python": platform.python_version(), **load()}, "runs": []}
     for length in args.lengths:
         for market in args.markets:
-            for form, cases in (("tardis", ["parse-csv", "engine-tardis"]), ("binance-ws", ["parse-json", "engine-ws"])):
+            for form, cases in (
+                ("tardis", ["parse-csv", "engine-tardis"]),
+                ("binance-ws", ["parse-json", "engine-ws"]),
+            ):
                 path = tiled_file(args.data_dir, form, market, length)
                 reference = "reference-tardis" if form == "tardis" else "reference-ws"
                 if length in args.reference_lengths:
@@ -178,6 +270,8 @@ def main() -> None:
                     results["runs"].append(
                         {"form": form, "market": market, "length": length, "case": case} | measure(case, path, market)
                     )
+    if args.materialize:
+        results["materialize"] = materialize_day(args.data_dir)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
 
 

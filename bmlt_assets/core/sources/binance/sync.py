@@ -224,7 +224,7 @@ class BookBuilder:
             raise ValueError(f"levels must be at least 1 per side, got {levels}")
         self.market, self.levels, self.every_ms = market, levels, every_ms
         self.books: dict[str, SyncState] = {}
-        self.engines: dict[str, BookEngine] = {}  # in the order of their first book
+        self.engines: dict[str, BookEngine] = {}  # in the order of their first operation
         self.summary = ImportSummary()
         self.rest_snapshots = 0  # REST snapshots seen
         self.seen_ids: dict[str, tuple[int, int]] = {}  # per symbol: (first U, last u) of every event seen
@@ -234,7 +234,6 @@ class BookBuilder:
         # bid level count, ask level count, the levels as "price,quantity" lines, message number).
         self._pending: list[tuple[str, int, int, int, int, int, int, str, int]] = []
         self._pending_levels = 0
-        self._counted = ImportSummary()  # the engines' figures already added to summary
 
     @property
     def deepest(self) -> int:
@@ -391,16 +390,12 @@ class BookBuilder:
         self._recount()
 
     def _recount(self) -> None:
-        """Bring the summary's emitted figures up to the engines' (the rules' own counts are kept)."""
+        """The summary's figures of emitted books, from the engines (the rules count gaps and drops)."""
         total = ImportSummary()
         for engine in self.engines.values():
             total.add_engine(engine.summary())
-        s, counted = self.summary, self._counted
-        s.updates_applied += total.updates_applied - counted.updates_applied
-        s.snapshots += total.snapshots - counted.snapshots
-        s.crossed += total.crossed - counted.crossed
-        s.first_receive_ns, s.last_receive_ns = total.first_receive_ns, total.last_receive_ns
-        self._counted = total
+        for name in ("updates_applied", "snapshots", "crossed", "first_receive_ns", "last_receive_ns"):
+            setattr(self.summary, name, getattr(total, name))
 
     def frame(self) -> pl.DataFrame:
         self._flush()
