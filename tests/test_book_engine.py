@@ -281,8 +281,11 @@ from pathlib import Path
 from bmlt_assets.core.sources.tardis import incremental_books
 from tests.tiled_recordings import tiled_file
 folder, market, length = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
-incremental_books(tiled_file(folder, "tardis", market, "1tiles"), "BTC/USDT", market, 20, 1000, chunk_bytes=1 << 20)
-books, _ = incremental_books(tiled_file(folder, "tardis", market, length), "BTC/USDT", market, 20, 1000, chunk_bytes=1 << 20)
+def books(length):
+    path = tiled_file(folder, "tardis", market, length)
+    return incremental_books(path, "BTC/USDT", market, 20, 1000, chunk_bytes=1 << 20)[0]
+books("1tiles")  # warm up alike: compiled code loaded, first allocations made
+books = books(length)
 status = Path("/proc/self/status").read_text()
 print(json.dumps({"books": books.height, "peak": int(status.split("VmHWM:")[1].split()[0]) * 1024}))
 """
