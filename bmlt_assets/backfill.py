@@ -47,3 +47,48 @@ def submit_asset_backfill(
     )
     instance.add_backfill(backfill)
     return backfill_id
+
+
+LAUNCH_BACKFILL = """
+mutation LaunchBackfill($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on Error { message }
+  }
+}
+"""
+
+
+class WebserverError(RuntimeError):
+    """The Dagster webserver refused the backfill or could not be reached; the message says which."""
+
+
+def submit_through_webserver(
+    url: str, assets: Sequence[dg.AssetKey], start: dt.date, end: dt.date, title: str | None = None
+) -> str:
+    """Queue the same backfill as :func:`submit_asset_backfill`, through the webserver's GraphQL
+    API (dagster-graphql's client): from any machine that reaches it, with no instance config
+    (``$DAGSTER_HOME``) there. Each asset gets exactly the days ``start..end``."""
+    from urllib.parse import urlsplit
+
+    from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
+
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise WebserverError(f"--webserver {url!r} is not a URL such as http://dagster-webserver:80")
+    client = DagsterGraphQLClient(
+        parts.hostname, port_number=parts.port, use_https=parts.scheme == "https", path_prefix=parts.path.rstrip("/")
+    )
+    days = {"range": {"start": start.isoformat(), "end": end.isoformat()}}
+    params = {
+        "partitionsByAssets": [{"assetKey": {"path": key.path}, "partitions": days} for key in assets],
+        "title": title,
+    }
+    try:
+        answer = client._execute(LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
+    except DagsterGraphQLClientError as error:
+        raise WebserverError(f"the Dagster webserver at {url} did not answer ({error}); check the URL") from None
+    if answer["__typename"] != "LaunchBackfillSuccess":
+        raise WebserverError(f"the Dagster webserver at {url} refused the backfill: {answer.get('message', answer)}")
+    return answer["backfillId"]

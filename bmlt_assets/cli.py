@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 from importlib.metadata import version
 from pathlib import Path
@@ -23,6 +24,10 @@ log = logging.getLogger(__name__)
 
 def validate(config: PlatformConfig, args: argparse.Namespace) -> int:
     """Check a config; exit 0 if valid, 2 with one readable message per problem if not."""
+    problem = config.shared_state_problem()
+    if problem:
+        print(f"invalid config: {args.config}: {problem}", file=sys.stderr)
+        return 2
     print(
         f"{args.config}: valid ({config.name}: {config.data.source}, {len(config.data.symbols)} symbols, "
         f"{config.data.start_date}..{config.data.end_date}, target {config.target}, "
@@ -43,28 +48,43 @@ def backfill(config: PlatformConfig, args: argparse.Namespace) -> int:
     """Queue a backfill of the daily assets over the config's dates for the Dagster daemon.
 
     The daemon cuts it into runs by deployment.backfill and starts them within the instance's
-    limits ($DAGSTER_HOME/dagster.yaml); it must serve `-m bmlt_assets.definitions` with the same
-    config (BMLT_CONFIG). `dagster job backfill` instead starts one run per day at once."""
+    limits; it must serve `-m bmlt_assets.definitions` with the same config (BMLT_CONFIG). With
+    --webserver URL (or $DAGSTER_WEBSERVER_URL) the backfill goes through the webserver's GraphQL
+    API, from any machine, with no instance config here; else into the instance of $DAGSTER_HOME.
+    `dagster job backfill` instead starts one run per day at once."""
     import datetime as dt
 
     import dagster as dg
-    from dagster._core.sources.binance.errors import DagsterHomeNotSetError
+    from dagster._core.errors import DagsterHomeNotSetError
 
-    from bmlt_assets.backfill import submit_asset_backfill
+    from bmlt_assets.backfill import WebserverError, submit_asset_backfill, submit_through_webserver
     from bmlt_assets.definitions import INGEST_ASSETS, build_definitions
 
     start, end = args.start or config.data.start_date, args.end or config.data.end_date
     if end < start:
         print(f"--to {end} is before --from {start}; give the first day, then the last", file=sys.stderr)
         return 2
-    try:
-        instance = dg.DagsterInstance.get()
-    except DagsterHomeNotSetError:
-        print("DAGSTER_HOME is not set: point it at the folder of the instance's dagster.yaml", file=sys.stderr)
-        return 2
     dates = [start + dt.timedelta(days=offset) for offset in range((end - start).days + 1)]
     keys = [key for asset in INGEST_ASSETS for key in asset.keys]
-    backfill_id = submit_asset_backfill(instance, build_definitions(args.config), keys, dates, title=config.name)
+    webserver = args.webserver or os.environ.get("DAGSTER_WEBSERVER_URL")
+    try:
+        if webserver:
+            backfill_id = submit_through_webserver(webserver, keys, start, end, title=config.name)
+        else:
+            instance = dg.DagsterInstance.get()
+            backfill_id = submit_asset_backfill(
+                instance, build_definitions(args.config), keys, dates, title=config.name
+            )
+    except DagsterHomeNotSetError:
+        print(
+            "DAGSTER_HOME is not set: point it at the folder of the instance's dagster.yaml, "
+            "or give --webserver URL (e.g. http://dagster-dagster-webserver:80) to go through the webserver",
+            file=sys.stderr,
+        )
+        return 2
+    except WebserverError as error:
+        print(error, file=sys.stderr)
+        return 2
     per_run = config.deployment.partitions_per_run or len(dates)
     print(
         f"backfill {backfill_id}: {len(dates)} day(s) {start}..{end}, {per_run} day(s) per run; "
@@ -251,7 +271,7 @@ def import_(config: PlatformConfig, args: argparse.Namespace) -> int:
     --market and --levels default to the config's data.market and data.depth. A landing file of
     another depth is not overwritten without --force. A recording whose gzip stream is damaged
     keeps the books rebuilt before the damage (they are written) and exits 2 with what happened."""
-    from bmlt_assets.core.files import landing_depth, landing_root, landing_targets, write_landing_days
+    from bmlt_assets.core.files import landing_base, landing_depth, landing_root, landing_targets, write_landing_days
     from bmlt_assets.core.sources.binance.sync import RecordingError
     from bmlt_assets.core.sources.book_engine import time_steps_warning
     from bmlt_assets.core.sources.importer import import_recordings
@@ -287,7 +307,7 @@ def import_(config: PlatformConfig, args: argparse.Namespace) -> int:
     finally:
         progress.close()
     stem = f"import-{args.files[0].name.split('.')[0]}"
-    for target in landing_targets(frame, config.local_dir, args.market, stem):
+    for target in landing_targets(frame, landing_base(config), args.market, stem):
         held = landing_depth(target) if target.exists() else None
         if held is not None and held != args.levels and not args.force:
             print(
@@ -296,7 +316,7 @@ def import_(config: PlatformConfig, args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-    written = write_landing_days(frame, config.local_dir, args.market, stem)
+    written = write_landing_days(frame, landing_base(config), args.market, stem)
     result = imported.as_dict() | {
         "files": [str(f) for f in args.files],
         "written": [str(w) for w in written],
@@ -307,7 +327,7 @@ def import_(config: PlatformConfig, args: argparse.Namespace) -> int:
     for damage in imported.damaged:  # after the write: the books before the damage are kept
         kept = (
             f"the {damage['books']} books rebuilt before the damage were written to "
-            f"{landing_root(config.local_dir, args.market)}"
+            f"{landing_root(landing_base(config), args.market)}"
             if damage["books"]
             else "no book was rebuilt before the damage, so nothing was written from it"
         )
@@ -476,6 +496,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.set_defaults(handler=handler)
         subs[name] = sub
+    subs["backfill"].add_argument(
+        "--webserver",
+        default=None,
+        help="the Dagster webserver's URL: submit through its GraphQL API (default: $DAGSTER_WEBSERVER_URL)",
+    )
     for flag, field in (("--from", "start"), ("--to", "end")):
         subs["backfill"].add_argument(
             flag, dest=field, type=_date, default=None, help=f"YYYY-MM-DD (default: the config's {field}_date)"

@@ -19,6 +19,7 @@ def _iso(timestamp_ns: int) -> str:
 
 
 @dg.asset(
+    pool="training_dataset",  # one writer at a time across runs (docs/design.md §9.5)
     deps=[book_tensors, forward_returns],
     group_name="training",
     kinds={"numpy"},

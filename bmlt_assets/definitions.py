@@ -16,6 +16,7 @@ from dagster._config import process_config  # Dagster's own config validation (n
 from dagster_mlflow import end_mlflow_on_run_finished
 
 from bmlt_assets.core.config import ConfigError, DeploymentConfig, StepResources, config_path_from_env
+from bmlt_assets.core.files import landing_base
 from bmlt_assets.dataset import training_classes_are_balanced, training_dataset
 from bmlt_assets.evaluation import evaluation_report
 from bmlt_assets.partitions import backfill_policy
@@ -30,7 +31,7 @@ from bmlt_resources.settings import SettingsResource
 from bmlt_resources.storage import LandingZoneResource, StorageResource
 from bmlt_resources.synthetic import SyntheticMarketResource
 from bmlt_resources.tardis import TardisArchiveResource
-from bmlt_resources.torchrun import LocalTorchrun
+from bmlt_resources.torchrun import torchrun_launcher
 
 INGEST_ASSETS = [orderbook_snapshots, book_tensors, forward_returns]
 TRAINING_ASSETS = [training_dataset, trained_model, evaluation_report]
@@ -74,11 +75,18 @@ def build_resources(config_path: Path) -> dict[str, object]:
             market=data.market,
             depth=data.depth,
             download_dir=str(config.local_dir / data.tardis.download_dir),
+            mirror=f"{config.storage.uri}/{data.tardis.download_dir}" if config.storage.is_remote else None,
+            mirror_endpoint_url=config.storage.endpoint_url,
             endpoint=data.tardis.endpoint,
             keep_every_ms=config.recording_cadence_ms,
         )
     else:
-        book_source = LandingZoneResource(local_dir=str(config.local_dir), market=data.market, depth=data.depth)
+        book_source = LandingZoneResource(
+            base=str(landing_base(config)),
+            endpoint_url=config.storage.endpoint_url,
+            market=data.market,
+            depth=data.depth,
+        )
     resources: dict[str, object] = {}
     if data.source == "binance":
         # Credentials only from the environment, and only when set: public market data needs none.
@@ -98,20 +106,40 @@ def build_resources(config_path: Path) -> dict[str, object]:
             artifact_location=config.artifact_location,
             run_name=config.run_name,
         ),
-        # training.launcher torchrun runs here; KubernetesTorchrun runs it in a pod of its own.
-        "torchrun": LocalTorchrun(),
+        # training.launcher torchrun: here, or in pods of its own (deployment.torchrun).
+        "torchrun": torchrun_launcher(config),
     }
 
 
 def step_k8s_config(resources: StepResources) -> dict[str, object]:
-    """One step pod's container resources, in the shape of dagster-k8s's per-step config: cpu is
-    requested but not capped (a cap only throttles), memory is requested and capped alike (the
-    scheduler's promise is the pod's limit), GPUs are a limit as Kubernetes requires."""
-    quantities = {key: value for key, value in (("cpu", resources.cpu), ("memory", resources.memory)) if value}
-    limits = {"memory": resources.memory} if resources.memory else {}
+    """One step pod's config, in the shape of dagster-k8s's per-step config: cpu is requested but
+    not capped (a cap only throttles), memory and ephemeral storage are requested and capped alike
+    (the scheduler's promise is the pod's limit), GPUs are a limit as Kubernetes requires; the
+    step's image, node selector, tolerations and affinity when given (dagster-k8s takes the
+    Kubernetes camelCase names)."""
+    requests = {
+        key: value
+        for key, value in (
+            ("cpu", resources.cpu),
+            ("memory", resources.memory),
+            ("ephemeral-storage", resources.ephemeral_storage),
+        )
+        if value
+    }
+    limits = {key: value for key, value in requests.items() if key != "cpu"}
     limits |= {"nvidia.com/gpu": str(resources.gpus)} if resources.gpus else {}
-    requirements = {"requests": quantities} if quantities else {}
-    return {"container_config": {"resources": requirements | ({"limits": limits} if limits else {})}}
+    container: dict[str, object] = {
+        "resources": ({"requests": requests} if requests else {}) | ({"limits": limits} if limits else {})
+    }
+    if resources.image:
+        container["image"] = resources.image
+    placement = {
+        "nodeSelector": resources.node_selector,
+        "tolerations": [toleration.model_dump(exclude_none=True) for toleration in resources.tolerations],
+        "affinity": resources.affinity,
+    }
+    pod_spec = {key: value for key, value in placement.items() if value}
+    return {"container_config": container} | ({"pod_spec_config": pod_spec} if pod_spec else {})
 
 
 def k8s_executor_config(deployment: DeploymentConfig) -> dict[str, object]:
@@ -147,6 +175,9 @@ def build_definitions(config_path: Path, key_prefix: str | None = None) -> dg.De
     """The code location of one config. ``key_prefix`` puts its assets under their own keys, so
     that several configs' locations can share one Dagster instance and UI (see locations.py)."""
     resources = build_resources(config_path)
+    problem = resources["settings"].get().shared_state_problem()  # type: ignore[attr-defined]
+    if problem:
+        raise ConfigError(f"{config_path}: {problem}")
     ingest, training, checks = INGEST_ASSETS, TRAINING_ASSETS, CHECKS
     if key_prefix:
         renamed = {key: key.with_prefix(key_prefix) for asset in ingest + training for key in asset.keys}

@@ -10,6 +10,7 @@ import numpy as np
 from bmlt_assets.core.checkpoint import CHECKPOINT, load_checkpoint, spec_calibration
 from bmlt_assets.core.config import PlatformConfig
 from bmlt_assets.core.dataset import TrainingData, fold_count, load_dataset
+from bmlt_assets.core.distributed import resolve_device
 from bmlt_assets.core.evaluation import evaluate, flat_metrics, oracle_for
 from bmlt_assets.core.files import write_json
 from bmlt_assets.core.promotion import Verdict, gate, incomparability
@@ -27,6 +28,7 @@ from bmlt_resources.storage import StorageResource
 
 
 @dg.asset(
+    pool="evaluation_report",  # one writer at a time across runs (docs/design.md §9.5)
     deps=[trained_model],
     group_name="training",
     kinds={"mlflow"},
@@ -43,7 +45,7 @@ def evaluation_report(
     dataset_dir = storage.require(storage.dataset, "training_dataset")
     data = load_dataset(dataset_dir, config)
     model_dir = storage.require(storage.model, "trained_model")
-    model, _, spec = load_checkpoint(model_dir / CHECKPOINT)
+    model, _, spec = load_checkpoint(model_dir / CHECKPOINT, resolve_device(config.training.device))
     model_meta = json.loads((model_dir / "meta.json").read_text())
     oracle = book_source.oracle()
     champion_exists, champion, champion_note = _champion_probabilities(mlflow, config, data, spec)

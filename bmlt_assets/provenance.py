@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 from typing import Any
 
@@ -46,11 +47,19 @@ def combined_hash(fingerprints: dict[str, str]) -> str:
 
 
 def git_commit() -> str:
+    """The checkout's commit; in an image (no .git) the one deploy/Dockerfile recorded at build time."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
     except OSError:
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
+        out = None
+    if out is not None and out.returncode == 0:
+        return out.stdout.strip()
+    return os.environ.get("BMLT_GIT_COMMIT") or "unknown"
+
+
+def image() -> str:
+    """The container image this code runs from ($BMLT_IMAGE, set by the Helm values), or "" outside one."""
+    return os.environ.get("BMLT_IMAGE", "")
 
 
 PACKAGES = (

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import dagster as dg
 
 from bmlt_assets.core.config import PlatformConfig
-from bmlt_assets.core.files import landing_root
+from bmlt_assets.core.files import landing_base, landing_root
 from bmlt_assets.core.sources.binance.recorder import LandingWriter, Recorder, RecorderStats
 from bmlt_resources.binance import BinanceResource
 from bmlt_resources.settings import SettingsResource
@@ -23,7 +23,7 @@ def build_recorder(
     status_every_s: float | None = None,
 ) -> Recorder:
     data, recording = config.data, config.recording
-    writer = LandingWriter(landing_root(config.local_dir, data.market), data.depth, recording.rotate_s)
+    writer = LandingWriter(landing_root(landing_base(config), data.market), data.depth, recording.rotate_s)
     return Recorder(
         binance.stream_exchange(),
         data.symbols,

@@ -17,6 +17,7 @@ from bmlt_resources.storage import StorageResource
 
 
 @dg.asset(
+    pool="forward_returns",  # one writer at a time across runs (docs/design.md §9.5)
     partitions_def=DAILY,
     deps=[dg.AssetDep(book_tensors, partition_mapping=WITH_NEXT_DAY)],
     group_name="ingest",

@@ -17,6 +17,7 @@ from bmlt_resources.storage import StorageResource
 
 
 @dg.asset(
+    pool="orderbook_snapshots",  # one writer at a time across runs (docs/design.md §9.5)
     partitions_def=DAILY,
     group_name="ingest",
     kinds={"parquet"},

@@ -19,6 +19,7 @@ from bmlt_resources.storage import StorageResource
 
 
 @dg.asset(
+    pool="book_tensors",  # one writer at a time across runs (docs/design.md §9.5)
     partitions_def=DAILY,
     deps=[orderbook_snapshots],
     group_name="ingest",

@@ -1,9 +1,7 @@
 """trained_model: the CNN+LSTM trained on training_dataset, logged and registered in MLflow."""
 
-import sys
 from collections.abc import Callable
-from dataclasses import asdict
-from pathlib import Path
+from dataclasses import asdict, replace
 
 import dagster as dg
 
@@ -11,14 +9,14 @@ from bmlt_assets.core.calibration import Calibration, validation_calibration
 from bmlt_assets.core.checkpoint import CHECKPOINT, input_example, model_spec, save_checkpoint
 from bmlt_assets.core.config import PlatformConfig
 from bmlt_assets.core.dataset import TrainingData, fold_count, load_dataset
-from bmlt_assets.core.files import write_json
+from bmlt_assets.core.files import StoredPath, is_remote, storage_root, write_json
 from bmlt_assets.core.models import parameter_count
 from bmlt_assets.core.train import EpochRecord, TrainResult, epoch_metrics, load_result, train
 from bmlt_assets.core.tuning import StudyOrigin, TuningResult, study_name, study_storage, tune, with_params
 from bmlt_assets.core.walk_forward import save_fold_checkpoints, train_earlier_folds
 from bmlt_assets.dataset import training_dataset
 from bmlt_assets.metadata import markdown_table
-from bmlt_assets.provenance import combined_hash, content_hash, flatten, git_commit, package_versions
+from bmlt_assets.provenance import combined_hash, content_hash, flatten, git_commit, image, package_versions
 from bmlt_assets.training_worker import MLFLOW_RUN_ID, TrainingJob
 from bmlt_assets.tuning_worker import hpo_folder, tune_with_workers
 from bmlt_resources.mlflow import CHALLENGER, MlflowTrialLogger, RegisteredModel, TrackedMlflow
@@ -28,6 +26,7 @@ from bmlt_resources.torchrun import TorchrunLauncher
 
 
 @dg.asset(
+    pool="trained_model",  # one writer at a time across runs (docs/design.md §9.5)
     deps=[training_dataset],
     group_name="training",
     kinds={"pytorch", "mlflow"},
@@ -54,7 +53,7 @@ def trained_model(
         if not config.hpo.enabled:
             return config
         name, parent_run_id = study_name(config, fingerprint, fold), mlflow.active_run().info.run_id
-        if config.hpo.workers == 1:
+        if config.hpo.workers == 1 and config.hpo.launcher == "local":
             trials = MlflowTrialLogger(mlflow.tracking_client, parent_run_id)
             study = study_storage(config.hpo, hpo_folder(storage))
             tunings[fold] = tune(config, fold_data, study, trials, name)
@@ -66,23 +65,33 @@ def trained_model(
     latest = fold_count(config) - 1
 
     def fit(
-        fold: int, fold_config: PlatformConfig, fold_data: TrainingData, resume: Path | None = None
+        fold: int, fold_config: PlatformConfig, fold_data: TrainingData, resume: StoredPath | None = None
     ) -> tuple[TrainResult, dict]:
         """A fold's model, trained here or by torchrun's ranks (training.launcher), and what the
         ranks reported through Pipes."""
         prefix = "" if fold == latest else f"fold{fold}_"
         if fold_config.training.launcher == "inprocess":
             return train(fold_config, fold_data, log_epochs(prefix), resume, data_fingerprint=fingerprint), {}
-        handed_back = str(storage.root / "training-result.pt")
+        # With s3:// storage the ranks (maybe pods on other nodes) read the dataset from the store.
+        dataset = storage.dataset if is_remote(storage.dataset) else dataset_dir
+        handed_back = str(storage.store / "training-result.pt")
         job = TrainingJob(
-            fold_config.model_dump_json(), str(dataset_dir), fold, handed_back, str(resume or ""), fingerprint, prefix
+            fold_config.model_dump_json(), str(dataset), fold, handed_back, str(resume or ""), fingerprint, prefix
         )
+        job = replace(job, storage_endpoint=storage.endpoint_url, cache_dir=storage.local_dir)
         return _train_with_torchrun(context, torchrun, mlflow, job, fold_config, fold_data)
 
     earlier = train_earlier_folds(config, dataset_dir, configure, lambda k, c, d: fit(k, c, d)[0].model)
     config = configure(latest, data)
-    resume_state = storage.root / "training-checkpoint.pt"  # checkpointed every epoch: a killed run resumes
+    # Checkpointed every epoch where the partitions are (the object store with s3://): a killed or
+    # preempted run resumes, on any machine.
+    resume_state = storage.store / "training-checkpoint.pt"
     result, reported = fit(latest, config, data, resume_state)
+    mlflow.set_tags(
+        {"bmlt.device": result.device, "bmlt.precision": result.fast_path.precision}
+        | {"bmlt.channels_last": str(result.fast_path.channels_last)}
+    )
+    mlflow.log_metric("train_samples_per_s", result.samples_per_s)
     if result.resumed_from:
         context.log.warning(f"resumed training from the checkpoint of epoch {result.resumed_from}")
         mlflow.set_tag("bmlt.resumed_from_epoch", str(result.resumed_from))
@@ -123,14 +132,13 @@ def _train_with_torchrun(
     """``job`` trained by torchrun's ranks (bmlt_assets.training_worker): rank 0 logs the epochs
     into this step's MLflow run and writes the result that is read back here."""
     t = config.training
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={t.nproc_per_node}"]
-    command += ["-m", "bmlt_assets.training_worker", job.to_json()]
     env = {"MLFLOW_TRACKING_URI": mlflow.tracking_uri, MLFLOW_RUN_ID: mlflow.active_run().info.run_id}
-    context.log.info(f"training with torchrun: {t.nproc_per_node} rank(s), backend {t.backend}")
-    invocation = launcher.launch(context, command, env, t.backend, t.nproc_per_node)
+    context.log.info(f"training with torchrun: {t.nnodes} node(s) of {t.nproc_per_node} rank(s), backend {t.backend}")
+    invocation = launcher.launch(context, ["-m", "bmlt_assets.training_worker", job.to_json()], env, t)
     reported = dict(invocation.get_materialize_result().metadata)
-    result = load_result(Path(job.result_path), config, data)
-    Path(job.result_path).unlink()
+    handed_back = storage_root(job.result_path, job.storage_endpoint)
+    result = load_result(handed_back, config, data)
+    handed_back.unlink()
     return result, reported
 
 
@@ -144,7 +152,7 @@ def _log_inputs(mlflow: TrackedMlflow, config: PlatformConfig, storage: StorageR
         "bmlt.partition_range": f"{config.data.start_date}..{config.data.end_date}",
         "bmlt.data_fingerprint": combined_hash(fingerprints),
         "bmlt.git_commit": git_commit(),
-    }
+    } | ({"bmlt.image": image()} if image() else {})
     mlflow.set_tags(provenance)
     mlflow.log_params(flatten(config.model_dump(mode="json")))
     mlflow.log_dict(config.model_dump(mode="json"), "config/resolved.yaml")
@@ -203,6 +211,11 @@ def _metadata(
         "mlflow_run_id": registered.run_id,
         "registered_model": f"{registered.name} v{registered.version} @{CHALLENGER}",
         "history": dg.MetadataValue.md(markdown_table(history)),
+        "device": result.device,
+        "precision": result.fast_path.precision,
+        "channels_last": result.fast_path.channels_last,
+        "train_samples_per_s": round(result.samples_per_s, 1),
+        "fast_path_samples_per_s": dg.MetadataValue.json(result.fast_path.measured or "not measured (CPU defaults)"),
     }
     if tuning is not None:
         metadata |= {

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -31,6 +32,7 @@ from dagster_pipes import PipesContext, PipesEnvVarParamsLoader, open_dagster_pi
 from bmlt_assets.core.config import PlatformConfig
 from bmlt_assets.core.dataset import load_dataset
 from bmlt_assets.core.distributed import Replicas, join, leave
+from bmlt_assets.core.files import is_remote, stage, storage_root
 from bmlt_assets.core.train import EpochRecord, epoch_metrics, save_result, train
 
 MLFLOW_RUN_ID = "MLFLOW_RUN_ID"
@@ -46,6 +48,10 @@ class TrainingJob:
     resume_path: str  # rank 0's per-epoch resumable state (core.train's ``checkpoint``); "": none
     data_fingerprint: str
     metric_prefix: str = ""  # of the MLflow metrics: "fold<k>_" for an earlier walk-forward fold
+    # With storage.uri s3://, the paths above are in the object store (pods on other nodes reach
+    # it): its endpoint, and where a remote dataset is staged on the rank's machine.
+    storage_endpoint: str | None = None
+    cache_dir: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -76,16 +82,19 @@ def main(argv: list[str]) -> None:
 
 
 def _train(job: TrainingJob, config: PlatformConfig, replicas: Replicas, pipes: PipesContext | None) -> None:
-    data = load_dataset(Path(job.dataset_dir), config, fold=job.fold)
+    dataset = storage_root(job.dataset_dir, job.storage_endpoint)
+    if is_remote(dataset):  # every rank stages it (one download per machine: staged copies are shared)
+        dataset = stage(dataset, Path(job.cache_dir or tempfile.gettempdir()) / "staged")
+    data = load_dataset(dataset, config, fold=job.fold)
     on_epoch = _epoch_reporter(config, job.metric_prefix, pipes) if replicas.is_main else _ignore
-    resume = Path(job.resume_path) if job.resume_path else None
+    resume = storage_root(job.resume_path, job.storage_endpoint) if job.resume_path else None
     result = train(config, data, on_epoch, resume, job.data_fingerprint, replicas)
     digests = replicas.digests(result.model)
     if len(set(digests)) != 1:
         raise RuntimeError(f"the replicas' weights differ after training (SHA-256 per rank: {digests})")
     if not replicas.is_main:
         return
-    save_result(result, Path(job.result_path))
+    save_result(result, storage_root(job.result_path, job.storage_endpoint))
     log.info("%s rank(s) on %s trained identical weights %s", replicas.world_size, replicas.backend, digests[0][:12])
     if pipes is not None:
         pipes.report_asset_materialization(

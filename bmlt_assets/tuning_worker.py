@@ -11,8 +11,10 @@ none is left, and logs each as a nested MLflow run of the step's run (its id is 
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +34,7 @@ from bmlt_assets.core.tuning import (
     trial_objective,
     tuning_result,
 )
+from bmlt_resources.kubernetes import run_job, worker_job
 from bmlt_resources.mlflow import MlflowTrialLogger
 from bmlt_resources.storage import StorageResource
 
@@ -57,8 +60,20 @@ def tune_with_workers(
         f"HPO study {name} in {describe_storage(config.hpo, folder)}: {queued} queued trial(s) for "
         f"{config.hpo.workers} worker processes; more may join: bmlt tune-worker --config {config_path} --study {name}"
     )
-    run_workers(config_path, name, config.hpo.workers)
+    if config.hpo.launcher == "kubernetes":
+        run_job(tune_worker_job(config, config_path, name))
+    else:
+        run_workers(config_path, name, config.hpo.workers)
     return tuning_result(study, config.hpo)
+
+
+def tune_worker_job(config: PlatformConfig, config_path: str, name: str) -> dict:
+    """The Kubernetes Job of ``hpo.workers`` tune-worker pods on study ``name`` (hpo.launcher kubernetes)."""
+    command = ["bmlt", "tune-worker", "--config", config_path, "--study", name]
+    job = re.sub(r"[^a-z0-9-]", "-", f"bmlt-tune-{name.lower()}")[:52].rstrip("-") + f"-{uuid.uuid4().hex[:6]}"
+    labels = {"app.kubernetes.io/name": "bmlt", "app.kubernetes.io/component": "tune-worker"}
+    env = {"BMLT_CONFIG": config_path}
+    return worker_job(job, config.deployment.tune_worker_pods, command, env, config.hpo.workers, labels)
 
 
 def run_workers(config_path: str, name: str, count: int) -> None:

@@ -12,7 +12,8 @@ Layout under ``<storage.uri>/<config name>/``:
     model/                                   trained_model checkpoint
     report/                                  evaluation_report
 
-Folders are committed whole with their meta.json last (``commit``); a folder without one is absent.
+Folders are committed as immutable versions with a pointer (``commit``, ``core.files.atomic_directory``);
+a reader resolves the pointer once (``require``) and reads that version only.
 What must stay on a local disk (``PlatformConfig.local_dir``) is under ``root``. Real data arrives
 in ``<local_dir>/landing/<market>/date=YYYY-MM-DD/*.parquet`` (shared by all configs), in the
 snapshot schema of ``bmlt_assets.core.book``.
@@ -35,10 +36,13 @@ from bmlt_assets.core.files import (
     CorruptPartitionError,
     MissingPartitionError,
     StoredPath,
+    VersionPolicy,
     atomic_directory,
     integrity_problem,
     is_remote,
     landing_root,
+    read_parquet,
+    resolve_version,
     stage,
     storage_root,
 )
@@ -51,11 +55,32 @@ class StorageResource(dg.ConfigurableResource):
     endpoint_url: str | None = None
     local_dir: str  # PlatformConfig.local_dir: the uri itself when local, else storage.cache_dir
     config_name: str
+    cache_max_gb: float = 50.0  # storage.cache_max_gb: the staged copies' bound
+    conditional_writes: bool = True
+    grace_s: float = 900.0  # storage.versions
+    orphan_age_s: float = 86_400.0
+    lease_ttl_s: float = 300.0
 
     @classmethod
     def for_config(cls, config: PlatformConfig) -> StorageResource:
         s = config.storage
-        return cls(uri=s.uri, endpoint_url=s.endpoint_url, local_dir=str(config.local_dir), config_name=config.name)
+        return cls(
+            uri=s.uri,
+            endpoint_url=s.endpoint_url,
+            local_dir=str(config.local_dir),
+            config_name=config.name,
+            cache_max_gb=s.cache_max_gb,
+            conditional_writes=s.conditional_writes,
+            **s.versions.model_dump(),
+        )
+
+    @property
+    def policy(self) -> VersionPolicy:
+        return VersionPolicy(self.grace_s, self.orphan_age_s, self.lease_ttl_s, self.conditional_writes)
+
+    @property
+    def cache_bytes(self) -> int:
+        return int(self.cache_max_gb * 1e9)
 
     @property
     def store(self) -> StoredPath:
@@ -104,7 +129,7 @@ class StorageResource(dg.ConfigurableResource):
 
     def commit(self, path: StoredPath) -> AbstractContextManager[Path]:
         """A local folder to fill; on success it becomes the partition ``path`` (core.files.atomic_directory)."""
-        return atomic_directory(path, staged=self.staged)
+        return atomic_directory(path, self.staged, self.policy, self.cache_bytes)
 
     def committed(self, path: StoredPath) -> bool:
         """Whether a folder partition has its meta.json (is visible to readers), or a file exists."""
@@ -113,13 +138,19 @@ class StorageResource(dg.ConfigurableResource):
     def require(self, path: StoredPath, asset: str, date: dt.date | None = None) -> StoredPath:
         """``path`` if it was fully written and is readable, else an error naming what to materialize.
 
-        A folder partition comes back as a local folder (a remote one staged, for memory maps); a
-        file as it is."""
+        A folder partition comes back as the local folder of the version its pointer names now
+        (a remote one staged, for memory maps; a local one leased while this process lives); a file
+        as it is."""
         problem = None
         if self.committed(path):
             try:
-                readable = stage(path, self.staged) if is_remote(path) and path.suffix == "" else path
-            except FileNotFoundError:  # its meta.json went away: being re-committed
+                if path.suffix:
+                    readable = path
+                elif is_remote(path):
+                    readable = stage(path, self.staged, self.cache_bytes)
+                else:
+                    readable = resolve_version(Path(path), self.policy)
+            except FileNotFoundError:  # removed by hand meanwhile
                 problem = None
             except CorruptPartitionError as error:
                 problem = str(error)
@@ -143,25 +174,30 @@ class LandingZoneResource(dg.ConfigurableResource):
     """Real snapshots recorded or imported into the landing zone (see ``bmlt record``/``import``);
     a :class:`~bmlt_assets.core.sources.BookSource` without an oracle."""
 
-    local_dir: str  # PlatformConfig.local_dir
+    base: str  # core.files.landing_base: PlatformConfig.local_dir, or storage.uri when it is s3://
+    endpoint_url: str | None = None
     market: str
     depth: int
 
+    def _day(self, date: dt.date) -> StoredPath:
+        return landing_root(storage_root(self.base, self.endpoint_url), self.market) / f"date={date.isoformat()}"
+
     def snapshots(self, date: dt.date, symbols: list[str]) -> pl.DataFrame:
-        folder = landing_root(self.local_dir, self.market) / f"date={date.isoformat()}"
-        files = sorted(folder.glob("*.parquet"))  # unfinished writes are '.<name>.tmp-*': never matched
+        folder = self._day(date)
+        # Unfinished local writes are '.<name>.tmp-*' (never matched); a remote file appears whole.
+        files: list[StoredPath] = sorted(folder.glob("*.parquet"), key=str)
         if not files:
             raise MissingPartitionError(
                 f"no landing files for {date.isoformat()} in {folder}; record that day with "
                 "`bmlt record --config configs/binance.yaml` or import a recording with `bmlt import`"
             )
-        frame = pl.concat([pl.read_parquet(f) for f in files], how="vertical")
+        frame = pl.concat([read_parquet(f) for f in files], how="vertical")
         return trim_depth(frame.filter(pl.col("symbol").is_in(symbols)), self.depth)
 
     def gaps(self, date: dt.date, symbols: list[str]) -> list[dict]:
         """Intervals the recorder lost (``*.gaps.json`` beside its files; see core/sources/binance/recorder.py)."""
-        folder = landing_root(self.local_dir, self.market) / f"date={date.isoformat()}"
-        found = [gap for path in sorted(folder.glob("*.gaps.json")) for gap in json.loads(path.read_text())]
+        paths: list[StoredPath] = sorted(self._day(date).glob("*.gaps.json"), key=str)
+        found = [gap for path in paths for gap in json.loads(path.read_text())]
         return [gap for gap in found if gap["symbol"] in symbols]
 
     def oracle(self) -> None:

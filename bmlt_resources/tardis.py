@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import shutil
 import urllib.error
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import polars as pl
 from tardis_dev import download_datasets
 
 from bmlt_assets.core.book import snapshot_schema
+from bmlt_assets.core.files import StoredPath, atomic_write, storage_root
 from bmlt_assets.core.sources.book_engine import time_steps_warning
 from bmlt_assets.core.sources.tardis import (
     API_KEY_VARIABLE,
@@ -50,6 +52,11 @@ class TardisArchiveResource(dg.ConfigurableResource):
     market: str  # spot | usdm: the sync rules the rebuilt books follow
     depth: int
     download_dir: str
+    # With storage.uri s3://: <storage.uri>/tardis, the archive's layout again. A verified download
+    # is kept there too, and a file missing here is taken from there first, so that a pod
+    # preempted mid-day resumes on another node without downloading again.
+    mirror: str | None = None
+    mirror_endpoint_url: str | None = None
     endpoint: str = DEFAULT_ENDPOINT
     keep_every_ms: int = 0  # the last book per interval (the cadence grid's rate); 0 keeps every update
 
@@ -91,6 +98,9 @@ class TardisArchiveResource(dg.ConfigurableResource):
         api_key = os.environ.get(API_KEY_VARIABLE, "")  # read now, passed to the client only
         require_access([date], bool(api_key))
         states = {symbol: verified_download(self.cached(date, symbol)) for symbol in symbols}
+        fetched = {symbol for symbol, state in states.items() if state.problem}
+        for symbol in fetched:
+            states[symbol] = self._from_mirror(date, symbol)
         for _ in range(DOWNLOAD_ROUNDS):
             missing = [symbol for symbol, state in states.items() if state.problem]
             if not missing:
@@ -104,7 +114,30 @@ class TardisArchiveResource(dg.ConfigurableResource):
         if damaged:
             where = "; ".join(f"{self.url(date, symbol)}: {problem}" for symbol, problem in damaged.items())
             raise TardisError(f"tardis.dev served damaged files {DOWNLOAD_ROUNDS} times ({where}); try again later")
+        for symbol in fetched:
+            self._to_mirror(date, symbol)
         return {symbol: (self.cached(date, symbol), state) for symbol, state in states.items()}
+
+    def mirrored(self, date: dt.date, symbol: str) -> StoredPath | None:
+        if self.mirror is None:
+            return None
+        return storage_root(self.mirror, self.mirror_endpoint_url) / dataset_path(
+            self.exchange, self.data_type, date, exchange_symbol(symbol)
+        )
+
+    def _from_mirror(self, date: dt.date, symbol: str) -> DownloadState:
+        """The file from the mirror when it is there (verified again here), else as it is locally."""
+        remote, local = self.mirrored(date, symbol), self.cached(date, symbol)
+        if remote is not None and remote.exists():
+            local.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(local, lambda temporary: _copy(remote, temporary))
+            log.info("%s %s: taken from the mirror %s", date, symbol, remote)
+        return verified_download(local)
+
+    def _to_mirror(self, date: dt.date, symbol: str) -> None:
+        remote = self.mirrored(date, symbol)
+        if remote is not None and not verified_download(self.cached(date, symbol)).problem:
+            atomic_write(remote, lambda temporary: shutil.copyfile(self.cached(date, symbol), temporary))
 
     def _fetch(self, date: dt.date, symbols: list[str], api_key: str) -> None:
         try:
@@ -127,3 +160,8 @@ class TardisArchiveResource(dg.ConfigurableResource):
                 404: "check the symbols, the exchange and the data type",
             }.get(error.code, "try again later")
             raise TardisError(f"tardis.dev answered HTTP {error.code} for {error.url}: {advice}") from None
+
+
+def _copy(source: StoredPath, target: Path) -> None:
+    with source.open("rb") as reading, open(target, "wb") as writing:
+        shutil.copyfileobj(reading, writing, 1 << 20)

@@ -73,3 +73,22 @@ def test_partition_range_in_one_run_and_job_backfill_per_day(
     by_partition = {run.tags.get("dagster/partition"): run.status for run in runs if run.job_name == "ingest_job"}
     assert by_partition == {"2025-01-08": dg.DagsterRunStatus.SUCCESS, "2025-01-09": dg.DagsterRunStatus.SUCCESS}
     assert (storage.returns(dt.date(2025, 1, 9)) / "meta.json").exists()
+
+    # The two day runs started at once, but the instance's pools (one per asset, limit 1) let only
+    # one step of an asset run at a time: each asset's step spans never overlap across the runs.
+    instance = dg.DagsterInstance.from_config(str(home))
+    spans: dict[str, list[tuple[float, float]]] = {}
+    for run in (run for run in runs if run.job_name == "ingest_job"):
+        started: dict[str, float] = {}
+        for record in instance.all_logs(run.run_id):
+            event = record.dagster_event
+            if event is None or event.step_key not in ("orderbook_snapshots", "book_tensors", "forward_returns"):
+                continue  # the asset checks' steps have no pool
+            if event.event_type == dg.DagsterEventType.STEP_START:
+                started[event.step_key] = record.timestamp
+            elif event.event_type == dg.DagsterEventType.STEP_SUCCESS:
+                spans.setdefault(event.step_key, []).append((started[event.step_key], record.timestamp))
+    assert set(spans) == {"orderbook_snapshots", "book_tensors", "forward_returns"}
+    assert all(len(pair) == 2 for pair in spans.values())
+    for step, (first, second) in ((step, sorted(pair)) for step, pair in spans.items()):
+        assert first[1] <= second[0], f"{step} ran in both runs at once: {first} and {second}"

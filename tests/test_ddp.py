@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -11,14 +13,17 @@ import pytest
 import torch
 
 from bmlt_assets.core.checkpoint import CHECKPOINT, load_checkpoint
-from bmlt_assets.core.config import ConfigError, load_config
+from bmlt_assets.core.config import ConfigError, LaunchedPods, TrainingConfig, load_config
 from bmlt_assets.core.dataset import load_dataset
-from bmlt_assets.core.distributed import backend_problem, state_digest
+from bmlt_assets.core.distributed import backend_problem, state_digest, torchrun_args
+from bmlt_assets.core.train import load_result
 from bmlt_assets.definitions import CHECKS, INGEST_ASSETS, TRAINING_ASSETS, build_resources
 from bmlt_assets.partitions import range_tags
+from bmlt_assets.training_worker import TrainingJob
 from bmlt_resources.storage import StorageResource
-from bmlt_resources.torchrun import LocalTorchrun
+from bmlt_resources.torchrun import KubernetesTorchrun, LocalTorchrun
 from tests.helpers import write_config
+from tests.services import free_port
 
 TORCHRUN = {"launcher": "torchrun", "nproc_per_node": 2, "backend": "gloo", "threads": 1}
 # Enough signal and training (~5 s a rank) for the model to beat the class prior on validation.
@@ -131,29 +136,103 @@ def test_nccl_without_a_gpu_says_to_use_gloo() -> None:
     problem = backend_problem("nccl", 2)
     assert problem is not None and "needs CUDA GPUs" in problem and "use backend 'gloo'" in problem
     assert backend_problem("gloo", 2) is None
+    nccl = TrainingConfig(launcher="torchrun", backend="nccl", nproc_per_node=2)
     with pytest.raises(RuntimeError, match="needs CUDA GPUs"):  # before any process starts
-        LocalTorchrun().launch(None, ["false"], {}, "nccl", 2)  # type: ignore[arg-type]
+        LocalTorchrun().launch(None, ["false"], {}, nccl)  # type: ignore[arg-type]
 
 
-def test_the_kubernetes_training_pod_is_a_valid_pod() -> None:
-    """KubernetesTorchrun's pod, as dagster-k8s's PipesK8sClient builds it, passes the API schema."""
+def test_the_torchrun_launcher_is_chosen_by_the_config(tmp_path: Path) -> None:
+    local = build_resources(write_config(tmp_path, {"training": TORCHRUN}, "local.yaml"))["torchrun"]
+    assert isinstance(local, LocalTorchrun)
+    pods = {"image": "registry.example/bmlt:1.0-cu128", "gpus": 2, "data_volume_claim": "bmlt-data"}
+    path = write_config(
+        tmp_path, {"training": TORCHRUN, "deployment": {"torchrun": "kubernetes", "torchrun_pods": pods}}
+    )
+    remote = build_resources(path)["torchrun"]
+    assert isinstance(remote, KubernetesTorchrun) and remote.pods.gpus == 2 and remote.pods.image == pods["image"]
+    with pytest.raises(ConfigError, match="needs deployment.torchrun: kubernetes"):
+        load_config(write_config(tmp_path, {"training": TORCHRUN | {"nnodes": 2}}, "nodes.yaml"))
+
+
+def test_the_kubernetes_training_pods_and_rendezvous_service_are_valid() -> None:
+    """KubernetesTorchrun's node 0 pod (as PipesK8sClient builds it), the other nodes' pods and
+    the headless rendezvous Service pass the API schema, and every node runs the c10d rendezvous."""
     import kubernetes
     import kubernetes_validate
     from dagster_k8s.pipes import build_pod_body
 
-    from bmlt_resources.torchrun import KubernetesTorchrun
+    from bmlt_resources.kubernetes import pod_spec
 
-    launcher = KubernetesTorchrun(
-        image="registry.example/bmlt:1.0", data_volume_claim="bmlt-data", gpus=2, env_from_secrets=["bmlt-mlflow"]
+    pods = LaunchedPods(
+        image="registry.example/bmlt:1.0-cu128",
+        data_volume_claim="bmlt-data",
+        gpus=2,
+        env_from_secrets=["bmlt-mlflow"],
+        node_selector={"nvidia.com/gpu.present": "true"},
+        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
     )
-    command = ["python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "worker", "{}"]
-    pod = build_pod_body("bmlt-train", launcher.image, command, {"MLFLOW_RUN_ID": "0"}, None, launcher.pod_spec())
-    manifest = {"apiVersion": "v1", "kind": "Pod", **kubernetes.client.ApiClient().sanitize_for_serialization(pod)}
-    kubernetes_validate.validate(manifest, "1.30", strict=True)
-    container = manifest["spec"]["containers"][0]
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2" and container["command"] == command
+    launcher = KubernetesTorchrun(pods_json=pods.model_dump_json())
+    training = TrainingConfig(launcher="torchrun", backend="nccl", device="cuda", nproc_per_node=2, nnodes=3)
+    commands = launcher.node_commands(["-m", "worker", "{}"], training, "abc")
+    assert [command.count("--rdzv-endpoint=bmlt-rdzv-abc:29400") for command in commands] == [1, 1, 1]
+    assert [command[-4] for command in commands] == ["--rdzv-conf=is_host=true"] + ["--rdzv-conf=is_host=false"] * 2
+    api = kubernetes.client.ApiClient()
+    pod = build_pod_body(
+        "bmlt-train", pods.image, commands[0], {"MLFLOW_RUN_ID": "0"}, None, pod_spec(pods, commands[0], {}, "torchrun")
+    )
+    manifests = [
+        {"apiVersion": "v1", "kind": "Pod", **api.sanitize_for_serialization(pod)},
+        launcher.node_pod("abc", 1, commands[1], {"MLFLOW_RUN_ID": "0"}),
+        launcher.rendezvous_service("abc", training),
+    ]
+    for manifest in manifests:
+        kubernetes_validate.validate(manifest, "1.30", strict=True)
+    node0, node1, service = manifests
+    container = node0["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2" and container["command"] == commands[0]
     assert {"name": "shm", "mountPath": "/dev/shm"} in container["volumeMounts"]
     assert container["envFrom"] == [{"secretRef": {"name": "bmlt-mlflow"}}]
+    assert node1["spec"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert service["spec"]["selector"] == {"bmlt/torchrun": "abc", "bmlt/torchrun-node": "0"}
     container["volumeMount"] = container.pop("volumeMounts")  # a misspelled field is caught
     with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(manifest, "1.30", strict=True)
+        kubernetes_validate.validate(node0, "1.30", strict=True)
+
+
+@pytest.mark.slow  # two torchrun "nodes" on loopback, each importing torch and the project: about 30 s
+def test_two_nodes_train_one_model_through_the_c10d_rendezvous(tmp_path: Path) -> None:
+    """The command lines KubernetesTorchrun gives its pods, run as two local processes with the
+    rendezvous on 127.0.0.1: node 0 hosts the store, node 1 joins, and they train as 2 ranks."""
+    training = TORCHRUN | {"nproc_per_node": 1, "nnodes": 2}
+    path = write_config(tmp_path, {"training": training, "deployment": {"torchrun": "kubernetes"}})
+    config = load_config(path)
+    everything, instance = INGEST_ASSETS + TRAINING_ASSETS + CHECKS, dg.DagsterInstance.ephemeral()
+    tags = range_tags(config.data.start_date, config.data.end_date)
+    assert dg.materialize(
+        everything,
+        selection=[*INGEST_ASSETS, TRAINING_ASSETS[0]],
+        resources=build_resources(path),
+        tags=tags,
+        instance=instance,
+    ).success
+    storage = StorageResource.for_config(config)
+    dataset_dir = storage.require(storage.dataset, "training_dataset")
+    job = TrainingJob(config.model_dump_json(), str(dataset_dir), -1, str(tmp_path / "result.pt"), "", "", "")
+    port = free_port()
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run"]
+            + torchrun_args(config.training, f"127.0.0.1:{port}", "two-nodes", is_host=node == 0)
+            + ["-m", "bmlt_assets.training_worker", job.to_json()],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for node in range(2)
+    ]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert "2 rank(s) on gloo trained identical weights" in outputs[0] + outputs[1]
+    data = load_dataset(dataset_dir, config)
+    result = load_result(tmp_path / "result.pt", config, data)
+    assert result.history and result.device == "cpu"

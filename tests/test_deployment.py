@@ -24,6 +24,7 @@ import pytest
 import yaml
 from dagster._config import process_config
 from dagster._core.instance.config import dagster_instance_config
+from dagster_k8s import k8s_job_executor
 
 from bmlt_assets.backfill import submit_asset_backfill
 from bmlt_assets.core.config import PROJECT_ROOT, ConfigError, StepName, load_config
@@ -106,9 +107,14 @@ def test_a_bad_deployment_section_is_refused_with_what_to_do(tmp_path: Path, dep
 
 
 def test_a_misspelled_k8s_executor_key_fails_when_the_code_location_loads(tmp_path: Path) -> None:
-    good = write_config(tmp_path, {"deployment": {"executor": "k8s", "k8s": {"job_namespace": "bmlt"}}}, "good.yaml")
+    server = {"mlflow": {"tracking_uri": "http://mlflow:5000"}}
+    good = write_config(
+        tmp_path, {"deployment": {"executor": "k8s", "k8s": {"job_namespace": "bmlt"}}} | server, "good.yaml"
+    )
     assert build_definitions(good).resolve_job_def("ingest_job").executor_def.name == "k8s"
-    bad = write_config(tmp_path, {"deployment": {"executor": "k8s", "k8s": {"job_namespce": "bmlt"}}}, "bad.yaml")
+    bad = write_config(
+        tmp_path, {"deployment": {"executor": "k8s", "k8s": {"job_namespce": "bmlt"}}} | server, "bad.yaml"
+    )
     with pytest.raises(ConfigError, match="job_namespce"):
         build_definitions(bad)
 
@@ -129,79 +135,167 @@ CHART_RUN_LAUNCHER = {
 }
 
 
-def _step_job_manifest(step: str) -> dict:
-    """The Job the k8s_job_executor creates for ``step`` of deploy/config.yaml, in the code location
-    the Helm values deploy: the location's env, secrets and volumes (includeConfigInLaunchedRuns),
-    then the executor's step config, then the step's own, merged as dagster-k8s merges them."""
+@pytest.fixture(scope="module")
+def kubeconfig(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A kubeconfig naming an unreachable cluster: dagster-k8s loads one when its run launcher and
+    step handler are built, and nothing here talks to the API."""
+    path = tmp_path_factory.mktemp("kube") / "config"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:9"}}],
+                "users": [{"name": "u", "user": {"token": "none"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u", "namespace": "bmlt"}}],
+                "current-context": "c",
+            }
+        )
+    )
+    return str(path)
+
+
+def _location_container_context(location: dict) -> dict:
+    """The container context the chart gives the code location's runs (includeConfigInLaunchedRuns):
+    its env, secrets, volumes, security context and pod placement."""
+    k8s = {
+        "env_vars": [f"{variable['name']}={variable['value']}" for variable in location["env"]],
+        "env_secrets": [secret["name"] for secret in location["envSecrets"]],
+        "volume_mounts": location["volumeMounts"],
+        "volumes": location["volumes"],
+        "namespace": "bmlt",
+        "security_context": location.get("securityContext", {}),
+        "run_k8s_config": {"pod_spec_config": {"security_context": location.get("podSecurityContext", {})}},
+    }
+    return {"k8s": k8s}
+
+
+def _step_job_manifest(step: str, kubeconfig: str, config_path: Path = DEPLOY / "config.yaml") -> dict:
+    """The Job dagster-k8s's k8s_job_executor creates for ``step`` of the deploy config in the
+    deployment the Helm values describe: its K8sStepHandler merges the run launcher's config (as
+    the chart writes it), the code location's container context, the executor's config and the
+    step's own, in that order; the Job is built from the merge as its launch_step builds it."""
     import kubernetes
-    from dagster_k8s import k8s_job_executor
+    from dagster_k8s import K8sRunLauncher
     from dagster_k8s.container_context import K8sContainerContext
+    from dagster_k8s.executor import K8sStepHandler
     from dagster_k8s.job import UserDefinedDagsterK8sConfig, construct_dagster_k8s_job
 
-    deployment = load_config(DEPLOY / "config.yaml").deployment
+    values = _helm_values()
+    launcher_values = values["runLauncher"]["config"]["k8sRunLauncher"]
+    launcher = K8sRunLauncher(
+        **CHART_RUN_LAUNCHER,
+        service_account_name="dagster",
+        load_incluster_config=False,
+        kubeconfig_file=kubeconfig,
+        job_namespace="bmlt",
+        env_secrets=[secret["name"] for secret in launcher_values.get("envSecrets", [])],
+        run_k8s_config={"container_config": launcher_values["runK8sConfig"]["containerConfig"]},
+    )
+    deployment = load_config(config_path).deployment
     executor = process_config(k8s_job_executor.config_schema.config_type, k8s_executor_config(deployment))
     assert executor.success, executor.errors
     config = executor.value
-    location = _helm_values()["dagster-user-deployments"]["deployments"][0]
-    context = K8sContainerContext(
-        env_vars=[f"{variable['name']}={variable['value']}" for variable in location["env"]],
-        env_secrets=[secret["name"] for secret in location["envSecrets"]],
-        volume_mounts=location["volumeMounts"],
-        volumes=location["volumes"],
-        namespace="bmlt",
-    )
-    context = context.merge(
-        K8sContainerContext(
+    handler = K8sStepHandler(
+        image=None,
+        container_context=K8sContainerContext(
             env_secrets=config.get("env_secrets"),
             volume_mounts=config.get("volume_mounts"),
             volumes=config.get("volumes"),
             run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(config.get("step_k8s_config", {})),
-        )
-    ).merge(
-        K8sContainerContext(
-            run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(config["per_step_k8s_config"].get(step, {}))
-        )
+        ),
+        load_incluster_config=False,
+        kubeconfig_file=kubeconfig,
+        per_step_k8s_config=config["per_step_k8s_config"],
     )
+    (location,) = values["dagster-user-deployments"]["deployments"]
+    origin = SimpleNamespace(repository_origin=SimpleNamespace(container_context=_location_container_context(location)))
+    context = SimpleNamespace(
+        dagster_run=SimpleNamespace(job_code_origin=origin, tags={}),
+        instance=SimpleNamespace(run_launcher=launcher),
+        execute_step_args=SimpleNamespace(step_keys_to_execute=[step]),
+        step_tags={step: {}},
+        get_step_context=lambda key: SimpleNamespace(step=SimpleNamespace(op_name=key)),
+    )
+    merged = handler._get_container_context(context)  # type: ignore[arg-type]
     image = f"{location['image']['repository']}:{location['image']['tag']}"
     job = construct_dagster_k8s_job(
-        job_config=context.get_k8s_job_config(image, SimpleNamespace(**CHART_RUN_LAUNCHER, job_image=None)),
+        job_config=merged.get_k8s_job_config(image, launcher),
         args=["dagster", "api", "execute_step", "{}"],
         job_name=f"dagster-step-{step.replace('_', '-')}",
         pod_name=f"dagster-step-{step.replace('_', '-')}",
         component="step_worker",
-        user_defined_k8s_config=context.run_k8s_config,
+        user_defined_k8s_config=merged.run_k8s_config,
         labels={"dagster/op": step},
         env_vars=[{"name": "DAGSTER_RUN_STEP_KEY", "value": step}],
     )
     return {"apiVersion": "batch/v1", "kind": "Job", **kubernetes.client.ApiClient().sanitize_for_serialization(job)}
 
 
+SECRETS = {"bmlt-binance", "bmlt-tardis", "bmlt-s3", "bmlt-optuna", "bmlt-mlflow"}
+
+
 @pytest.mark.parametrize("step", typing.get_args(StepName))
-def test_every_rendered_step_job_is_a_valid_kubernetes_job(step: str) -> None:
+def test_every_rendered_step_job_is_a_valid_kubernetes_job(step: str, kubeconfig: str) -> None:
     import kubernetes_validate
 
-    manifest = _step_job_manifest(step)
+    manifest = _step_job_manifest(step, kubeconfig)
     kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
-    container = manifest["spec"]["template"]["spec"]["containers"][0]
+    pod = manifest["spec"]["template"]["spec"]
+    container = pod["containers"][0]
     wanted = load_config(DEPLOY / "config.yaml").deployment.step_resources[step]
-    assert container["resources"]["requests"] == {"cpu": wanted.cpu, "memory": wanted.memory}
+    assert container["resources"]["requests"] == {
+        "cpu": wanted.cpu,
+        "memory": wanted.memory,
+        "ephemeral-storage": wanted.ephemeral_storage,
+    }
     assert container["resources"]["limits"].get("nvidia.com/gpu") == (str(wanted.gpus) if wanted.gpus else None)
+    assert container["resources"]["limits"]["ephemeral-storage"] == wanted.ephemeral_storage
     assert "cpu" not in container["resources"]["limits"]  # requested, never throttled
     secrets = {source["secretRef"]["name"] for source in container["envFrom"] if "secretRef" in source}
-    assert secrets == {"bmlt-binance", "bmlt-tardis", "bmlt-s3"}
+    assert secrets == SECRETS  # every secret a step may need reaches every step pod
     assert {"name": "BMLT_CONFIG", "value": "/opt/bmlt/deploy/config.yaml"} in container["env"]
     assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
 
 
-def test_the_training_step_gets_a_gpu_and_a_misspelled_field_is_rejected() -> None:
+def test_only_the_gpu_step_goes_to_gpu_nodes_with_the_cuda_image(kubeconfig: str) -> None:
     import kubernetes_validate
 
-    manifest = _step_job_manifest("trained_model")
-    container = manifest["spec"]["template"]["spec"]["containers"][0]
-    assert container["resources"]["limits"] == {"memory": "32Gi", "nvidia.com/gpu": "1"}
-    container["resource"] = container.pop("resources")
+    jobs = {step: _step_job_manifest(step, kubeconfig) for step in typing.get_args(StepName)}
+    gpu = jobs.pop("trained_model")["spec"]["template"]["spec"]
+    container = gpu["containers"][0]
+    assert container["resources"]["limits"] == {"memory": "32Gi", "ephemeral-storage": "60Gi", "nvidia.com/gpu": "1"}
+    assert container["image"] == "registry.example.com/bmlt:0.1.0-cu128"
+    assert gpu["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert gpu["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    for step, job in jobs.items():
+        pod = job["spec"]["template"]["spec"]
+        assert "nvidia.com/gpu" not in pod["containers"][0]["resources"]["limits"], step
+        assert not pod.get("nodeSelector") and not pod.get("tolerations") and not pod.get("affinity"), step
+        assert pod["containers"][0]["image"] == "registry.example.com/bmlt:0.1.0", step
+
+    broken = _step_job_manifest("trained_model", kubeconfig)
+    container = broken["spec"]["template"]["spec"]["containers"][0]
+    container["resource"] = container.pop("resources")  # a misspelled field is rejected
     with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
+
+
+def test_a_step_affinity_reaches_its_job_only(tmp_path: Path, kubeconfig: str) -> None:
+    raw = yaml.safe_load((DEPLOY / "config.yaml").read_text())
+    zone = {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["eu-west-1a"]}
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [zone]}
+    ]}}}  # fmt: skip
+    raw["deployment"]["step_resources"]["book_tensors"]["affinity"] = affinity
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    job = _step_job_manifest("book_tensors", kubeconfig, path)
+    node_affinity = job["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]
+    terms = node_affinity["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms == [{"matchExpressions": [zone]}]
+    assert "affinity" not in _step_job_manifest("forward_returns", kubeconfig, path)["spec"]["template"]["spec"]
 
 
 # --- instance and run launcher configs ---------------------------------------------------------
@@ -286,21 +380,58 @@ def test_the_charts_run_launcher_and_coordinator_config_pass_dagsters_schema() -
     assert not process_config(K8sRunLauncher.config_type(), misspelled).success
 
     coordinator = values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
-    as_instance = {
-        "max_concurrent_runs": coordinator["maxConcurrentRuns"],
-        "tag_concurrency_limits": coordinator["tagConcurrencyLimits"],
-        "dequeue_interval_seconds": coordinator["dequeueIntervalSeconds"],
-    }
-    assert process_config(QueuedRunCoordinator.config_type(), as_instance).success
+    instance = _instance_yaml("postgres")
+    assert {"dequeue_interval_seconds": coordinator["dequeueIntervalSeconds"]} == instance["run_coordinator"]["config"]
+    assert process_config(QueuedRunCoordinator.config_type(), instance["run_coordinator"]["config"]).success
     assert values["global"]["postgresqlSecretName"] == CHART_RUN_LAUNCHER["postgres_password_secret"]
-    assert as_instance == _instance_yaml("postgres")["run_coordinator"]["config"]  # one set of limits
+    # The chart writes `concurrency` into the instance as the Postgres instance has it: one set of limits.
+    concurrency = values["concurrency"]
+    assert concurrency["enabled"] is True
+    assert {
+        "runs": {
+            "max_concurrent_runs": concurrency["runs"]["maxConcurrentRuns"],
+            "tag_concurrency_limits": concurrency["runs"]["tagConcurrencyLimits"],
+        },
+        "pools": {
+            "granularity": concurrency["pools"]["granularity"],
+            "default_limit": concurrency["pools"]["defaultLimit"],
+        },
+    } == instance["concurrency"]
+    # Compute logs on S3 (dagster-aws's manager, config as the chart maps it) and the managed loggers.
+    from dagster_aws.s3.compute_log_manager import S3ComputeLogManager
+
+    logs = values["computeLogManager"]
+    assert logs["type"] == "S3ComputeLogManager"
+    ours = logs["config"]["s3ComputeLogManager"]
+    mapped = {"bucket": ours["bucket"], "prefix": ours["prefix"], "upload_interval": ours["uploadInterval"]}
+    assert process_config(S3ComputeLogManager.config_type(), mapped).success
+    assert values["pythonLogs"]["managedPythonLoggers"] == instance["python_logs"]["managed_python_loggers"]
+
+
+def test_each_backfill_gets_its_own_two_run_slots() -> None:
+    """The instance's tag limit, applied by Dagster's own counter (the QueuedRunCoordinator's): two
+    runs of backfill A block a third of A but not a run of backfill B. Without
+    applyLimitPerUniqueValue the limit of 2 was shared by every backfill."""
+    from dagster._utils.tags import TagConcurrencyLimitsCounter
+
+    limits = _instance_yaml("postgres")["concurrency"]["runs"]["tag_concurrency_limits"]
+
+    def run(backfill: str) -> SimpleNamespace:
+        return SimpleNamespace(tags={"dagster/backfill": backfill})
+
+    counter = TagConcurrencyLimitsCounter(limits, [run("a"), run("a")])  # type: ignore[list-item]
+    assert counter.is_blocked(run("a"))  # type: ignore[arg-type]
+    assert not counter.is_blocked(run("b"))  # type: ignore[arg-type]
+    counter.update_counters_with_launched_item(run("b"))  # type: ignore[arg-type]
+    counter.update_counters_with_launched_item(run("b"))  # type: ignore[arg-type]
+    assert counter.is_blocked(run("b"))  # type: ignore[arg-type]
 
 
 # Keys of the Dagster chart's values schema (helm/dagster/schema, 1.13.x) for the parts we set.
 CHART_KEYS = {
     "top": {
         "dagster-user-deployments", "runLauncher", "dagsterDaemon", "postgresql",
-        "generatePostgresqlPasswordSecret", "global", "telemetry",
+        "generatePostgresqlPasswordSecret", "global", "telemetry", "concurrency",
         "dagsterWebserver", "computeLogManager", "scheduler", "pythonLogs", "ingress", "imagePullSecrets",
     },
     "userDeployment": {
@@ -336,11 +467,16 @@ def test_the_helm_values_use_only_keys_the_chart_defines_in_its_shapes() -> None
     assert all(set(secret) == {"name"} for secret in location["envSecrets"])  # names, never values
     assert all(set(variable) == {"name", "value"} for variable in location["env"])
     assert not {"name": "BMLT_CONFIG"}.items() - location["env"][0].items()
+    image = f"{location['image']['repository']}:{location['image']['tag']}"
+    assert {"name": "BMLT_IMAGE", "value": image} in location["env"]  # what launched pods and MLflow runs name
     config_in_image = Path(location["env"][0]["value"]).relative_to("/opt/bmlt")
     assert (PROJECT_ROOT / config_in_image).is_file()
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     assert "WORKDIR /opt/bmlt" in dockerfile and f"COPY {config_in_image} {config_in_image}" in dockerfile
     assert "torch==2.13.0" in dockerfile and '"torch==2.13.0"' in (PROJECT_ROOT / "pyproject.toml").read_text()
+    # Non-root, and the commit recorded at build time (the image has no .git).
+    assert re.search(r"^USER 10001$", dockerfile, re.M) and location["podSecurityContext"]["runAsUser"] == 10001
+    assert re.search(r"^ARG GIT_COMMIT$", dockerfile, re.M) and "BMLT_GIT_COMMIT=${GIT_COMMIT}" in dockerfile
 
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
     launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
@@ -358,7 +494,9 @@ def test_the_helm_values_use_only_keys_the_chart_defines_in_its_shapes() -> None
     # Every secret the values name is one deploy/README.md creates, and only by name.
     readme = (DEPLOY / "README.md").read_text()
     created = set(re.findall(r"kubectl -n bmlt create secret generic ([a-z0-9-]+)", readme))
-    assert {secret["name"] for secret in location["envSecrets"]} | {values["global"]["postgresqlSecretName"]} == created
+    server_secrets = {values["global"]["postgresqlSecretName"], "bmlt-mlflow-server"}  # Dagster's and MLflow's
+    assert {secret["name"] for secret in location["envSecrets"]} == SECRETS
+    assert SECRETS | server_secrets == created
 
 
 # --- Postgres instance, daemon and a day-parallel backfill ------------------------------------
@@ -471,3 +609,101 @@ def test_bmlt_backfill_queues_exactly_the_days_of_the_daily_assets(
     monkeypatch.delenv("DAGSTER_HOME")
     assert main(["backfill", "--config", str(path)]) == 2
     assert "DAGSTER_HOME is not set" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # a dagster-webserver process on loopback: about 40 s
+def test_bmlt_backfill_goes_through_the_webserver_from_a_machine_without_an_instance(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bmlt_assets.cli import main
+    from tests.services import free_port, wait_for_port
+
+    home = tmp_path / "home"
+    home.mkdir()
+    path = write_config(tmp_path, {"deployment": {"backfill": "multi_run", "partitions_per_run": 1}})
+    port = free_port()
+    env = {**os.environ, "DAGSTER_HOME": str(home), "BMLT_CONFIG": str(path)}
+    webserver = subprocess.Popen(
+        [str(BIN / "dagster-webserver"), "-m", "bmlt_assets.definitions", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, webserver, "dagster-webserver", timeout_s=120)
+        monkeypatch.delenv("DAGSTER_HOME")  # this "machine" has no instance config at all
+        argv = ["backfill", "--config", str(path), "--from", "2025-01-06", "--to", "2025-01-07"]
+        code = main([*argv, "--webserver", f"http://127.0.0.1:{port}"])
+        captured = capsys.readouterr()
+        assert code == 0, captured.err
+        bad = main([*argv, "--webserver", f"http://127.0.0.1:{free_port()}"])
+        assert bad == 2 and "did not answer" in capsys.readouterr().err
+    finally:
+        webserver.terminate()
+        webserver.wait(timeout=60)
+    (backfill,) = dg.DagsterInstance.from_config(str(home)).get_backfills()
+    assert backfill.backfill_id in captured.out
+    target = {
+        (item.asset_key.to_user_string(), item.partition_key)
+        for item in backfill.asset_backfill_data.target_subset.iterate_asset_partitions()
+    }
+    assert target == {
+        (name, day)
+        for name in ("orderbook_snapshots", "book_tensors", "forward_returns")
+        for day in ("2025-01-06", "2025-01-07")
+    }
+
+
+def test_the_platform_manifests_are_valid_and_the_volume_names_a_shared_class() -> None:
+    import kubernetes_validate
+
+    volume = yaml.safe_load((DEPLOY / "k8s" / "data-volume.yaml").read_text())
+    kubernetes_validate.validate(volume, KUBERNETES_VERSION, strict=True)
+    assert volume["spec"]["accessModes"] == ["ReadWriteMany"] and volume["spec"]["storageClassName"]
+    assert (
+        volume["metadata"]["name"]
+        == _helm_values()["dagster-user-deployments"]["deployments"][0]["volumes"][0]["persistentVolumeClaim"][
+            "claimName"
+        ]
+    )
+    readme = (DEPLOY / "README.md").read_text()
+    for shared in ("efs-sc", "standard-rwx", "azurefile-csi"):  # the documented options per cloud
+        assert shared in readme
+    deployment, service = yaml.safe_load_all((DEPLOY / "k8s" / "mlflow.yaml").read_text())
+    for manifest in (deployment, service):
+        kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert any(arg.startswith("--artifacts-destination=") for arg in container["args"])
+    assert {source["secretRef"]["name"] for source in container["envFrom"]} == {"bmlt-mlflow-server", "bmlt-s3"}
+    config = load_config(DEPLOY / "config.yaml")
+    assert config.mlflow.tracking_uri == f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
+    assert config.shared_state_problem() is None
+
+
+def test_bmlt_validate_refuses_local_ml_state_when_steps_spread_over_machines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bmlt_assets.cli import main
+
+    spread = write_config(tmp_path, {"deployment": {"executor": "k8s"}}, "spread.yaml")
+    assert main(["validate", "--config", str(spread)]) == 2
+    line = capsys.readouterr().err.strip()
+    assert len(line.splitlines()) == 1
+    assert "deployment.executor k8s" in line and "mlflow.tracking_uri (unset, so sqlite:///" in line
+    assert "set mlflow.tracking_uri to a tracking server" in line
+    hpo = {"enabled": True, "search_space": {"training.learning_rate": {"type": "float", "low": 0.001, "high": 0.01}}}
+    s3 = {"storage": {"uri": "s3://bucket/runs"}, "mlflow": {"tracking_uri": "http://mlflow:5000"}, "hpo": hpo}
+    on_s3 = write_config(tmp_path, s3, "s3.yaml")
+    assert main(["validate", "--config", str(on_s3)]) == 2
+    line = capsys.readouterr().err
+    assert (
+        "storage.uri s3://bucket/runs" in line and "hpo.storage (sqlite)" in line and "mlflow" not in line.split(",")[0]
+    )
+    with pytest.raises(ConfigError, match="keep state on one machine's disk"):
+        build_definitions(spread)  # the code location refuses it too
+    shared = write_config(
+        tmp_path, {**s3, "hpo": {**hpo, "storage": "database"}, "deployment": {"executor": "k8s"}}, "shared.yaml"
+    )
+    assert main(["validate", "--config", str(shared)]) == 0
+    assert main(["validate", "--config", str(write_config(tmp_path, {}, "local.yaml"))]) == 0  # one machine: fine

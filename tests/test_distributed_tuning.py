@@ -157,19 +157,64 @@ def test_trained_model_tunes_with_tune_worker_processes_on_postgres(
     assert {r.data.tags["optuna.state"] for r in children} == {"COMPLETE"}
 
 
-def test_the_kubernetes_tune_workers_job_is_valid_and_runs_our_command() -> None:
+def test_the_tuning_step_launches_its_workers_as_a_valid_kubernetes_job_with_the_study_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import kubernetes_validate
-    import yaml
 
     from bmlt_assets.cli import build_parser
+    from bmlt_assets.core.config import PROJECT_ROOT
+    from bmlt_assets.tuning_worker import tune_worker_job
 
-    manifest = yaml.safe_load((Path(__file__).parents[1] / "deploy" / "tune-workers.yaml").read_text())
+    monkeypatch.setenv("BMLT_IMAGE", "registry.example.com/bmlt:0.1.0")
+    config = load_config(PROJECT_ROOT / "deploy" / "config.yaml")
+    assert (config.hpo.launcher, config.hpo.storage) == ("kubernetes", "database")
+    name = study_name(config, "f" * 64, 0)
+    manifest = tune_worker_job(config, "/opt/bmlt/deploy/config.yaml", name)
     kubernetes_validate.validate(manifest, "1.30", strict=True)
+    assert manifest["spec"]["parallelism"] == manifest["spec"]["completions"] == config.hpo.workers
+    assert manifest["spec"]["backoffLimit"] == 0  # a failed trial fails the step, which decides
     container = manifest["spec"]["template"]["spec"]["containers"][0]
     args = build_parser().parse_args(container["command"][1:])
-    assert (args.command, args.study) == ("tune-worker", "STUDY_NAME")
-    assert "env" not in container  # everything secret comes from Secrets by name
-    assert {s["secretRef"]["name"] for s in container["envFrom"]} >= {"bmlt-optuna", "bmlt-s3"}
+    assert (args.command, args.study, str(args.config)) == ("tune-worker", name, "/opt/bmlt/deploy/config.yaml")
+    assert container["image"] == "registry.example.com/bmlt:0.1.0"  # the step's own image
+    assert {s["secretRef"]["name"] for s in container["envFrom"]} == set(
+        config.deployment.tune_worker_pods.env_from_secrets
+    )
+    assert all(variable["name"] != "OPTUNA_STORAGE_URL" for variable in container["env"])  # from Secrets only
     container["envFrom"][0]["secretRef"]["nmae"] = "typo"
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(manifest, "1.30", strict=True)
+
+
+def test_a_launched_job_is_waited_for_and_deleted_and_a_failed_pod_fails_the_step() -> None:
+    """run_job's conversation with the Kubernetes API (a recording stand-in for BatchV1Api)."""
+    from types import SimpleNamespace
+
+    from bmlt_resources.kubernetes import run_job
+
+    class Batch:
+        def __init__(self, statuses: list[tuple[int, int]]) -> None:
+            self.statuses, self.calls = statuses, []
+
+        def create_namespaced_job(self, namespace, body):
+            self.calls.append(("create", namespace, body["metadata"]["name"]))
+
+        def read_namespaced_job_status(self, name, namespace):
+            succeeded, failed = self.statuses.pop(0)
+            return SimpleNamespace(status=SimpleNamespace(succeeded=succeeded, failed=failed))
+
+        def delete_namespaced_job(self, name, namespace, propagation_policy):
+            self.calls.append(("delete", namespace, name, propagation_policy))
+
+    job = {"metadata": {"name": "bmlt-tune-x", "namespace": "bmlt"}, "spec": {"completions": 2}}
+    done = Batch([(0, 0), (1, 0), (2, 0)])
+    run_job(job, poll_s=0, api=done)
+    assert done.calls == [("create", "bmlt", "bmlt-tune-x"), ("delete", "bmlt", "bmlt-tune-x", "Background")]
+    assert done.statuses == []  # polled until both pods succeeded
+    failed = Batch([(1, 1)])
+    with pytest.raises(
+        RuntimeError, match="1 pod\\(s\\) failed; their logs: kubectl -n bmlt logs -l job-name=bmlt-tune-x"
+    ):
+        run_job(job, poll_s=0, api=failed)
+    assert failed.calls[-1][0] == "delete"

@@ -7,6 +7,7 @@ the report, and loads the model back from the registry by alias.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,28 +17,43 @@ import dagster as dg
 import mlflow
 import numpy as np
 import pytest
+import yaml
 
 from bmlt_assets import cli
-from bmlt_assets.core.config import ConfigError, load_config
+from bmlt_assets.core.config import PROJECT_ROOT, ConfigError, load_config
 from bmlt_assets.definitions import INGEST_ASSETS, TRAINING_ASSETS, build_resources
 from bmlt_assets.partitions import range_tags
 from bmlt_resources.storage import StorageResource
 from tests.helpers import write_config
-from tests.services import S3, free_port, wait_for_port
+from tests.services import S3, Postgres, free_port, wait_for_port
+
+
+def manifest_command(port: int, env: dict[str, str]) -> list[str]:
+    """The MLflow server's command line of deploy/k8s/mlflow.yaml, with Kubernetes' $(VAR)
+    references expanded from ``env`` and the container's address made this machine's."""
+    documents = list(yaml.safe_load_all((PROJECT_ROOT / "deploy" / "k8s" / "mlflow.yaml").read_text()))
+    (container,) = documents[0]["spec"]["template"]["spec"]["containers"]
+    variables = {item["name"]: item["value"] for item in container["env"]} | env
+    args = [re.sub(r"\$\((\w+)\)", lambda match: variables[match.group(1)], arg) for arg in container["args"]]
+    local = {"--host": "127.0.0.1", "--port": str(port), "--allowed-hosts": f"127.0.0.1:{port}", "--workers": "1"}
+    args = [f"{arg.split('=')[0]}={local[arg.split('=')[0]]}" if arg.split("=")[0] in local else arg for arg in args]
+    assert container["command"] == ["mlflow", "server"]
+    return [sys.executable, "-m", "mlflow", "server", *args]
 
 
 @pytest.fixture
-def tracking_server(tmp_path: Path, s3: S3, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def tracking_server(tmp_path: Path, s3: S3, postgres: Postgres, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """deploy/k8s/mlflow.yaml's server: PostgreSQL backend, artifacts proxied into S3 (moto)."""
     port = free_port()
     server_env = {**os.environ, **s3.environment(), "MLFLOW_S3_ENDPOINT_URL": s3.endpoint_url}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-        + ["--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"]
-        + ["--artifacts-destination", f"s3://{s3.bucket}/mlartifacts"],
-        env=server_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    command = manifest_command(
+        port,
+        {
+            "MLFLOW_BACKEND_STORE_URI": postgres.create_database(),
+            "MLFLOW_ARTIFACTS_DESTINATION": f"s3://{s3.bucket}/mlartifacts",
+        },
     )
+    server = subprocess.Popen(command, env=server_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # The client side (this process) has no S3 credentials at all.
     for name in (*s3.environment(), "MLFLOW_S3_ENDPOINT_URL"):
         monkeypatch.delenv(name, raising=False)

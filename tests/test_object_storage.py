@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import os
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -18,7 +19,6 @@ from bmlt_assets.core import files
 from bmlt_assets.core.config import ConfigError, PlatformConfig, load_config
 from bmlt_assets.core.files import (
     CorruptPartitionError,
-    MissingPartitionError,
     load_arrays,
     read_meta,
     read_parquet,
@@ -73,18 +73,16 @@ def test_the_pipeline_on_s3_reports_what_the_local_run_reports(
     runs = _run_pipeline(remote_path, remote)
 
     local_store, remote_store = StorageResource.for_config(local), StorageResource.for_config(remote)
-    local_report = json.loads((local_store.report / "metrics.json").read_text())
-    remote_report = json.loads((remote_store.report / "metrics.json").read_text())
+    local_report = json.loads((local_store.require(local_store.report, "r") / "metrics.json").read_text())
+    remote_report = json.loads((remote_store.require(remote_store.report, "r") / "metrics.json").read_text())
     assert remote_report == local_report
 
     keys = s3.keys("runs/tiny/")
     for day in remote.data.dates:
         assert f"runs/tiny/snapshots/date={day}.parquet" in keys
         assert {f"runs/tiny/{kind}/date={day}/meta.json" for kind in ("tensors", "returns")} <= set(keys)
-        assert f"runs/tiny/tensors/date={day}/base.npy" in keys
-    assert {"runs/tiny/dataset/meta.json", "runs/tiny/model/checkpoint.pt", "runs/tiny/report/metrics.json"} <= set(
-        keys
-    )
+        assert any(key.startswith(f"runs/tiny/tensors/date={day}/versions/") for key in keys)
+    assert {"runs/tiny/dataset/meta.json", "runs/tiny/model/meta.json", "runs/tiny/report/meta.json"} <= set(keys)
     # Nothing of the partitions was written to the local disk but verified staged copies.
     local_files = {p.relative_to(remote.local_dir).parts[0] for p in remote.local_dir.rglob("*") if p.is_file()}
     assert local_files <= {"staged", "mlflow.db", "mlartifacts"}
@@ -145,35 +143,71 @@ def _read(storage: StorageResource) -> tuple[int, dict[str, np.ndarray]]:
     return read_meta(folder)["version"], load_arrays(folder, ["base", "mids"], mmap=True)
 
 
-def test_a_writer_killed_before_its_meta_json_leaves_no_partition(
+def _pointer(s3: S3, prefix: str) -> dict:
+    return json.loads(s3.client().get_object(Bucket=s3.bucket, Key=f"{prefix}meta.json")["Body"].read())
+
+
+def _version_keys(s3: S3, prefix: str) -> dict[str, list[str]]:
+    """The keys of each stored version of a partition, by version id."""
+    versions: dict[str, list[str]] = {}
+    for key in s3.keys(f"{prefix}versions/"):
+        version, name = key.removeprefix(f"{prefix}versions/").split("/", 1)
+        versions.setdefault(version, []).append(name)
+    return versions
+
+
+def test_a_writer_killed_before_its_pointer_leaves_the_previous_version_and_its_debris_is_collected(
     tmp_path: Path, s3: S3, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     storage = _storage(tmp_path, s3)
     _commit(storage, 1)
-    assert _read(storage)[0] == 1
-    fs = storage.tensors(DAY).fs
-    put_file = fs.put_file
+    prefix = f"runs/tiny/tensors/date={DAY}/"
+    (first,) = _version_keys(s3, prefix)
 
-    def killed_at_meta(local: str, remote: str, **kwargs) -> None:
-        if remote.endswith("meta.json"):
-            raise KeyboardInterrupt("killed before meta.json")
-        put_file(local, remote, **kwargs)
+    def killed_at_the_pointer(*args, **kwargs) -> bool:
+        raise KeyboardInterrupt("killed before meta.json")
 
-    monkeypatch.setattr(fs, "put_file", killed_at_meta)
+    monkeypatch.setattr(files, "_put_pointer", killed_at_the_pointer)
     with pytest.raises(KeyboardInterrupt):
         _commit(storage, 2)
     monkeypatch.undo()
-    keys = s3.keys(f"runs/tiny/tensors/date={DAY}/")
-    assert keys == [f"runs/tiny/tensors/date={DAY}/{name}" for name in ("base.npy", "mids.npy")]  # data, no meta
-    assert not storage.committed(storage.tensors(DAY))
-    with pytest.raises(MissingPartitionError, match="book_tensors for 2025-01-06 is missing"):
-        _read(storage)  # version 1 is staged locally, and still not served
-    prefix = f"runs/tiny/tensors/date={DAY}/"
-    s3.client().put_object(Bucket=s3.bucket, Key=f"{prefix}debris.npy", Body=b"of some other writer")
-    _commit(storage, 3)
+    assert len(_version_keys(s3, prefix)) == 2  # version 2 was uploaded whole, and is named by nothing
     version, arrays = _read(_elsewhere(storage, tmp_path / "reader"))
-    assert version == 3 and (arrays["base"] == 3).all() and (arrays["mids"] == 3).all()
-    assert s3.keys(prefix) == [f"{prefix}{name}" for name in ("base.npy", "meta.json", "mids.npy")]  # debris gone
+    assert version == 1 and (arrays["base"] == 1).all() and (arrays["mids"] == 1).all()
+
+    # A later commit collects the orphan once it is older than the policy's orphan age, and keeps
+    # the version it superseded for the grace.
+    patient = StorageResource(**{**storage.model_dump(), "orphan_age_s": 0.0})
+    _commit(patient, 3)
+    stored = _version_keys(s3, prefix)
+    assert len(stored) == 2 and first in stored  # version 3 and the superseded version 1
+    assert _pointer(s3, prefix)["superseded_versions"] == [{"version": first, "at": pytest.approx(time.time(), abs=60)}]
+    version, arrays = _read(_elsewhere(storage, tmp_path / "another-reader"))
+    assert version == 3 and (arrays["base"] == 3).all()
+
+    # Past its grace the superseded version goes too.
+    _commit(StorageResource(**{**patient.model_dump(), "grace_s": 0.0}), 4)
+    assert list(_version_keys(s3, prefix)) == [_pointer(s3, prefix)["version_id"]]  # no grace: 1 and 3 went
+
+
+def test_a_legacy_partition_is_superseded_and_collected_like_a_version(tmp_path: Path, s3: S3) -> None:
+    """A partition written before versions (files beside meta.json) stays readable, and its files
+    go once a versioned commit superseded it past the grace."""
+    storage = StorageResource(**{**_storage(tmp_path, s3).model_dump(), "grace_s": 0.0})
+    prefix = f"runs/tiny/tensors/date={DAY}/"
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    save_arrays(legacy, {"base": np.full(10, 7, np.float32), "mids": np.full(10, 7.0)})
+    write_json({"version": 7}, legacy / "meta.json")
+    files._seal(legacy, durable=False)
+    client = s3.client()
+    for name in ("base.npy", "mids.npy", "meta.json"):
+        client.put_object(Bucket=s3.bucket, Key=f"{prefix}{name}", Body=(legacy / name).read_bytes())
+    assert _read(_elsewhere(storage, tmp_path / "reader"))[0] == 7
+    _commit(storage, 8)
+    _commit(storage, 9)  # the legacy files were superseded by 8 more than grace_s = 0 ago
+    assert not [key for key in s3.keys(prefix) if key.endswith(".npy") and "/versions/" not in key]
+    assert _read(_elsewhere(storage, tmp_path / "reader-2"))[0] == 9
 
 
 def test_a_reader_sees_an_overwritten_object_s_new_content(tmp_path: Path, s3: S3) -> None:
@@ -196,7 +230,8 @@ def test_a_reader_sees_an_overwritten_object_s_new_content(tmp_path: Path, s3: S
     assert json.loads(check.read_text()) == {"passed": False}
 
     # A file replaced behind its meta.json's back is refused by a reader that has not staged it yet.
-    base_key = f"runs/tiny/tensors/date={DAY}/base.npy"
+    prefix = f"runs/tiny/tensors/date={DAY}/"
+    base_key = f"{prefix}versions/{_pointer(s3, prefix)['version_id']}/base.npy"
     s3.client().put_object(Bucket=s3.bucket, Key=base_key, Body=b"\x93NUMPY not what meta.json recorded")
     with pytest.raises(CorruptPartitionError, match="base.npy: its bytes differ from the sha256"):
         _read(_elsewhere(storage, tmp_path / "another-reader"))
@@ -217,8 +252,7 @@ def test_the_local_commit_never_leaves_the_partition_missing_or_half_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # 50 ms is still thousands of times longer than a reader's path walk through the old symlink.
-    monkeypatch.setattr(files, "SUPERSEDED_GRACE_S", 0.05)
-    storage = _storage(tmp_path)
+    storage = StorageResource(**{**_storage(tmp_path).model_dump(), "grace_s": 0.05})
     target = storage.tensors(DAY)
     target.mkdir(parents=True)  # a real folder, as older runs left them
     (target / "meta.json").write_text('{"version": 0}')
@@ -250,9 +284,12 @@ def test_the_local_commit_never_leaves_the_partition_missing_or_half_written(
     assert not problems, problems[:5]
     assert len(reads) > commits and reads == sorted(reads)  # versions only move forward
     assert _read(storage)[0] == commits
-    # One version is left: the symlink's target; the older run's real folder is gone too.
+    # Past the grace one version is left: the symlink's target; the older run's real folder is gone too.
+    time.sleep(0.1)
+    files.collect_superseded(target, storage.policy)
     assert target.is_symlink()
-    assert sorted(p.name for p in target.parent.iterdir()) == sorted([target.name, os.readlink(target)])
+    versions = [p.name for p in target.parent.iterdir() if p.name.startswith(f".{target.name}.v-")]
+    assert versions == [os.readlink(target)]
 
 
 def test_the_local_commit_fsyncs_files_and_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -285,3 +322,69 @@ def test_storage_config_names_what_is_wrong(tmp_path: Path) -> None:
     remote = load_config(write_config(tmp_path, {"storage": {"uri": "s3://b/p/", "cache_dir": "c"}}, name="r.yaml"))
     assert remote.storage.uri == "s3://b/p" and remote.local_dir == tmp_path / "c"
     assert remote.tracking_uri == f"sqlite:///{tmp_path / 'c' / 'mlflow.db'}"
+
+
+def test_two_local_writers_leave_one_whole_version_and_the_loser_is_told(tmp_path: Path) -> None:
+    storage = _storage(tmp_path)
+    start, errors = threading.Barrier(2), []
+
+    def write(version: int) -> None:
+        with storage.commit(storage.tensors(DAY)) as staging:
+            save_arrays(staging, {"base": np.full(1000, version, np.float32), "mids": np.full(1000, version)})
+            write_json({"version": version}, staging / "meta.json")
+            start.wait()  # both have started before either swaps
+        return None
+
+    def guarded(version: int) -> None:
+        try:
+            write(version)
+        except files.ConcurrentCommitError as error:
+            errors.append(str(error))
+
+    threads = [threading.Thread(target=guarded, args=(version,)) for version in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(errors) == 1 and "committed by another writer while this one was writing" in errors[0]
+    version, arrays = _read(storage)
+    assert version in (1, 2) and (arrays["base"] == version).all() and (arrays["mids"] == version).all()
+    # The loser's version folder was discarded: one version on disk.
+    assert len(list(storage.tensors(DAY).parent.glob(f".date={DAY}.v-*"))) == 1
+
+
+def test_a_leased_local_version_outlives_its_grace_and_goes_once_released(tmp_path: Path) -> None:
+    """A reader that mapped a version (on NFS, a deleted mapped file faults with ESTALE or SIGBUS
+    on the reading client) keeps it past the grace while its lease is refreshed."""
+    storage = StorageResource(**{**_storage(tmp_path).model_dump(), "grace_s": 0.0, "lease_ttl_s": 0.4})
+    _commit(storage, 1)
+    folder = storage.require(storage.tensors(DAY), "book_tensors", DAY)  # resolved once, leased
+    mapped = load_arrays(folder, ["base"], mmap=True)["base"]
+    _commit(storage, 2)
+    time.sleep(1.0)  # past the grace and more than the lease's ttl: only its refreshes keep it
+    _commit(storage, 3)
+    assert folder.is_dir() and (mapped == 1).all()
+    files.LEASES.release()
+    time.sleep(0.5)  # the lease is now older than its ttl
+    files.collect_superseded(storage.tensors(DAY), storage.policy)
+    assert not folder.exists()
+    assert _read(storage)[0] == 3
+
+
+def test_the_staged_copies_are_bounded_least_recently_used_first(
+    tmp_path: Path, s3: S3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(files, "RECENTLY_USED_S", 0.0)
+    storage = _storage(tmp_path, s3)
+    reader = StorageResource(**{**_elsewhere(storage, tmp_path / "reader").model_dump(), "cache_max_gb": 3e-5})
+    days = [DAY + dt.timedelta(days=k) for k in range(3)]
+    for day in days:  # about 12 kB per staged copy; the bound holds two
+        with storage.commit(storage.tensors(day)) as staging:
+            save_arrays(staging, {"base": np.full(1000, day.day, np.float32), "mids": np.full(1000, day.day)})
+    first = reader.require(reader.tensors(days[0]), "book_tensors", days[0])
+    second = reader.require(reader.tensors(days[1]), "book_tensors", days[1])
+    time.sleep(0.05)
+    assert reader.require(reader.tensors(days[0]), "book_tensors", days[0]) == first  # used again: now the newest
+    time.sleep(0.05)
+    third = reader.require(reader.tensors(days[2]), "book_tensors", days[2])
+    assert first.is_dir() and third.is_dir() and not second.exists()

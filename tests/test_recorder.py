@@ -123,7 +123,7 @@ def test_disconnects_and_a_sequence_gap_resync_and_are_recorded(tmp_path: Path) 
     assert set(books["update_id"]) >= {gap.resumed_update_id for gap in stats.gaps}  # each gap ends at a recorded book
     assert_books_match(books, server.truth)  # no corrupted book before, between or after the gaps
     # The intervals are saved beside the files, where orderbook_snapshots reports them from.
-    landing = LandingZoneResource(local_dir=str(tmp_path), market="spot", depth=DEPTH)
+    landing = LandingZoneResource(base=str(tmp_path), market="spot", depth=DEPTH)
     days = sorted(
         dt.date.fromisoformat(folder.name.removeprefix("date=")) for folder in landing_root(tmp_path, "spot").iterdir()
     )

@@ -58,13 +58,15 @@ def fitted_period_ns(data: TrainingData) -> list[int]:
 
 
 def save_checkpoint(path: Path, model: OrderBookClassifier, normalizer: Normalizer, spec: dict[str, Any]) -> None:
-    torch.save(
-        {"state_dict": model.state_dict(), "norm_mean": normalizer.mean, "norm_std": normalizer.std, "spec": spec}, path
-    )
+    weights = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}  # loadable without a GPU
+    torch.save({"state_dict": weights, "norm_mean": normalizer.mean, "norm_std": normalizer.std, "spec": spec}, path)
 
 
-def load_checkpoint(path: Path) -> tuple[OrderBookClassifier, Normalizer, dict[str, Any]]:
-    payload = torch.load(path, weights_only=False)
+def load_checkpoint(
+    path: Path, device: torch.device | str = "cpu"
+) -> tuple[OrderBookClassifier, Normalizer, dict[str, Any]]:
+    """The model (in eval mode, on ``device``), the normalization and the spec of a checkpoint."""
+    payload = torch.load(path, weights_only=False, map_location="cpu")
     spec = payload["spec"]
     model = OrderBookClassifier(
         ModelConfig.model_validate(spec["model"]),
@@ -74,7 +76,7 @@ def load_checkpoint(path: Path) -> tuple[OrderBookClassifier, Normalizer, dict[s
         spec["n_classes"],
     )
     model.load_state_dict(payload["state_dict"])
-    model.eval()
+    model.to(device).eval()
     return model, Normalizer(payload["norm_mean"], payload["norm_std"]), spec
 
 

@@ -285,8 +285,14 @@ class TrainingConfig(Section):
     max_train_samples: PositiveInt | None = None
     threads: PositiveInt | None = None
     loader_workers: Annotated[int, Field(ge=0)] = 0
-    precision: Literal["fp32", "bf16"] = "fp32"
-    channels_last: bool = True
+    # Where in-process training, tuning trials, evaluation and walk-forward run: auto picks the first
+    # CUDA GPU when torch sees one, else the CPU; cuda:N names one. torchrun ranks use their own GPU
+    # (backend nccl) or the CPU (gloo).
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
+    # auto: fp32 and channels-last on CPUs (docs/benchmarks.md); on a GPU each candidate is timed on
+    # real batches before training and the fastest is kept (logged, and in the run's metadata).
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    channels_last: bool | Literal["auto"] = "auto"
     seed: int = 0
     progress_bar: bool = True
     # inprocess: the trained_model step trains itself. torchrun: it launches `torchrun --standalone
@@ -296,14 +302,27 @@ class TrainingConfig(Section):
     launcher: Literal["inprocess", "torchrun"] = "inprocess"
     nproc_per_node: PositiveInt = 1
     backend: Literal["gloo", "nccl"] = "gloo"
+    # More than one node: torchrun's c10d rendezvous on node 0 (port rdzv_port) instead of
+    # --standalone; the nodes are pods of the kubernetes torchrun launcher (deployment.torchrun).
+    nnodes: PositiveInt = 1
+    rdzv_port: Annotated[int, Field(ge=1024, le=65535)] = 29400
 
     @model_validator(mode="after")
     def _launcher_fits(self) -> TrainingConfig:
-        if self.launcher == "inprocess" and (self.nproc_per_node != 1 or self.backend != "gloo"):
+        if self.launcher == "inprocess" and (self.nproc_per_node != 1 or self.backend != "gloo" or self.nnodes != 1):
             raise ValueError(
-                "nproc_per_node and backend apply to launcher 'torchrun' only; "
+                "nproc_per_node, nnodes and backend apply to launcher 'torchrun' only; "
                 "set launcher: torchrun to train with several processes"
             )
+        if self.launcher == "torchrun" and self.device.startswith("cuda:"):
+            raise ValueError(
+                f"device {self.device!r}: torchrun ranks each take the GPU of their local rank; "
+                "write device: cuda (with backend nccl) or auto"
+            )
+        if self.launcher == "torchrun" and self.backend == "gloo" and self.device == "cuda":
+            raise ValueError("device 'cuda' under torchrun needs backend nccl (gloo ranks train on CPUs)")
+        if self.launcher == "torchrun" and self.backend == "nccl" and self.device == "cpu":
+            raise ValueError("backend nccl trains on GPUs: write device auto or cuda, or use backend gloo on CPUs")
         if self.batch_size % self.nproc_per_node:
             raise ValueError(
                 f"batch_size={self.batch_size} is the global batch and must divide evenly among "
@@ -357,6 +376,9 @@ class HpoConfig(Section):
     storage_url_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = "OPTUNA_STORAGE_URL"
     # Trial worker processes on one study (`bmlt tune-worker`); 1: the trials run in the step's process.
     workers: PositiveInt = 1
+    # local: hpo.workers processes beside the step; kubernetes: a Job of hpo.workers pods
+    # (deployment.tune_worker_pods) that the step launches with the study's name and waits for.
+    launcher: Literal["local", "kubernetes"] = "local"
 
     @model_validator(mode="before")
     @classmethod
@@ -460,6 +482,19 @@ class RecordingConfig(Section):
         return self
 
 
+class VersionsConfig(Section):
+    """When the partition versions a commit supersedes are deleted (docs/design.md §9.5)."""
+
+    # A superseded version stays readable this long. On a shared volume (NFS) it must exceed the
+    # clients' attribute caching (acregmax, 60 s by default) with room to spare: readers resolve
+    # the pointer once and must still find the version they resolved.
+    grace_s: Annotated[float, Field(ge=120)] = 900.0
+    orphan_age_s: Annotated[float, Field(ge=3600)] = 86_400.0  # a killed writer's version, never pointed to
+    # Local/NFS readers lease the version they map, refreshed every lease_ttl_s / 4; a version is
+    # never deleted under a live lease (a deleted, mapped file faults with ESTALE or SIGBUS on NFS).
+    lease_ttl_s: Annotated[float, Field(ge=60)] = 300.0
+
+
 class StorageConfig(Section):
     """Where assets live. Relative local paths are relative to the config file's folder (load_config
     makes them absolute). Object-store credentials come only from the environment (AWS_* variables,
@@ -470,6 +505,11 @@ class StorageConfig(Section):
     # Local disk for a remote uri: staged copies of memory-mapped partitions (staged/<content hash>/),
     # and what must stay local (see PlatformConfig.local_dir).
     cache_dir: str = "cache"
+    # Bound of the staged copies (least recently used evicted first); below the pod's ephemeral-storage.
+    cache_max_gb: PositiveFloat = 50.0
+    # meta.json is written with If-Match / If-None-Match (AWS S3, MinIO); false only for a server that rejects them.
+    conditional_writes: bool = True
+    versions: VersionsConfig = VersionsConfig()
 
     @field_validator("uri")
     @classmethod
@@ -497,17 +537,80 @@ StepName = Literal[
 ]
 
 
+QUANTITY = r"\d+(\.\d+)?(m|[KMGTPE]i?)?"
+QUANTITY_FACTORS = {"": 1, "m": 1e-3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
+QUANTITY_FACTORS |= {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+
+
+def quantity_value(quantity: str) -> float:
+    """A Kubernetes quantity ("16Gi", "500m") as a number (bytes, or cores)."""
+    number, unit = re.fullmatch(r"(\d+(?:\.\d+)?)([a-zA-Z]*)", quantity).groups()  # type: ignore[union-attr]
+    return float(number) * QUANTITY_FACTORS[unit]
+
+
+class Toleration(Section):
+    """A Kubernetes toleration (camelCase as in a pod spec), e.g. of a GPU node pool's taint."""
+
+    key: str | None = None
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    tolerationSeconds: Annotated[int, Field(ge=0)] | None = None  # the Kubernetes field name
+
+
 class StepResources(Section):
-    """Kubernetes requests and limits of one step's pod (``k8s`` executor only)."""
+    """One step's pod (``k8s`` executor only): requests and limits, where it may be scheduled, and
+    its image. Only the steps named get any of it: the GPU step alone goes to GPU nodes."""
 
     cpu: str | None = None  # a Kubernetes quantity: "4", "500m"
     memory: str | None = None  # "16Gi"
     gpus: Annotated[int, Field(ge=0)] = 0  # nvidia.com/gpu, requested as a limit
+    # Local disk of the pod (staged copies, temporary files), requested and capped; an S3 store's
+    # staged copies (storage.cache_max_gb) must fit in it.
+    ephemeral_storage: str | None = None  # "40Gi"
+    image: str | None = None  # this step's image (e.g. the CUDA build for trained_model); default the location's
+    node_selector: dict[str, str] = {}  # e.g. {nvidia.com/gpu.present: "true"}
+    tolerations: list[Toleration] = []
+    affinity: dict[str, Any] = {}  # a Kubernetes Affinity (nodeAffinity, podAntiAffinity, ...), camelCase
+
+    @field_validator("cpu", "memory", "ephemeral_storage")
+    @classmethod
+    def _quantity(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(QUANTITY, value):
+            raise ValueError(f"{value!r} is not a Kubernetes quantity such as '4', '500m' or '16Gi'")
+        return value
+
+    @field_validator("affinity")
+    @classmethod
+    def _affinity_kinds(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(value) - {"nodeAffinity", "podAffinity", "podAntiAffinity"}
+        if unknown:
+            raise ValueError(
+                f"unknown affinity kind(s) {sorted(unknown)}: use nodeAffinity, podAffinity, podAntiAffinity"
+            )
+        return value
+
+
+class LaunchedPods(Section):
+    """Pods a step launches itself through the Kubernetes API (torchrun nodes, tuning workers).
+    They get the step's environment from the secrets named here, never from the config."""
+
+    image: str | None = None  # default: $BMLT_IMAGE, the step pod's own image (set by the Helm values)
+    namespace: str | None = None  # default: the step pod's namespace
+    cpu: str = "4"
+    memory: str = "16Gi"
+    gpus: Annotated[int, Field(ge=0)] = 0  # per pod; torchrun nodes need one per rank with backend nccl
+    env_from_secrets: list[str] = []  # e.g. bmlt-s3, bmlt-optuna, bmlt-mlflow
+    data_volume_claim: str | None = None  # a ReadWriteMany claim holding local storage; none for s3:// storage
+    data_mount_path: str = "/data"
+    node_selector: dict[str, str] = {}
+    tolerations: list[Toleration] = []
+    service_account: str | None = None  # one allowed to create pods, jobs and services (the chart's)
 
     @field_validator("cpu", "memory")
     @classmethod
-    def _quantity(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"\d+(\.\d+)?(m|[KMGTPE]i?)?", value):
+    def _quantity(cls, value: str) -> str:
+        if not re.fullmatch(QUANTITY, value):
             raise ValueError(f"{value!r} is not a Kubernetes quantity such as '4', '500m' or '16Gi'")
         return value
 
@@ -528,6 +631,11 @@ class DeploymentConfig(Section):
     # against dagster-k8s's own schema when the code location loads.
     k8s: dict[str, Any] = {}
     step_resources: dict[StepName, StepResources] = {}  # per asset's step pod (k8s)
+    # Where training.launcher torchrun runs its ranks: local (child processes of the step) or
+    # kubernetes (pods of their own, one per training.nnodes, launched by the step).
+    torchrun: Literal["local", "kubernetes"] = "local"
+    torchrun_pods: LaunchedPods = LaunchedPods(gpus=1, cpu="8", memory="32Gi")
+    tune_worker_pods: LaunchedPods = LaunchedPods()  # hpo.launcher kubernetes
 
     @model_validator(mode="after")
     def _consistent(self) -> DeploymentConfig:
@@ -602,6 +710,22 @@ class PlatformConfig(Section):
                 f"{purge_steps} steps at each boundary, more than a whole validation or test part "
                 f"(about {int(smallest_part)} steps): shorten them or add days"
             )
+        if self.training.nnodes > 1 and self.deployment.torchrun != "kubernetes":
+            raise ValueError(
+                f"training.nnodes={self.training.nnodes} needs deployment.torchrun: kubernetes (a pod per node); "
+                "local torchrun runs on the step's machine only"
+            )
+        if self.hpo.launcher == "kubernetes" and self.hpo.storage != "database":
+            raise ValueError("hpo.launcher kubernetes runs trials in other pods: they need hpo.storage database")
+        if self.storage.is_remote:
+            for step, wanted in self.deployment.step_resources.items():
+                room = quantity_value(wanted.ephemeral_storage) if wanted.ephemeral_storage else None
+                if room is not None and self.storage.cache_max_gb * 1e9 > room:
+                    raise ValueError(
+                        f"storage.cache_max_gb ({self.storage.cache_max_gb:g} GB of staged copies) does not fit in "
+                        f"deployment.step_resources.{step}.ephemeral_storage ({wanted.ephemeral_storage}): "
+                        "lower the cache or raise the request"
+                    )
         window_s = self.dataset.window_steps * cadence_s
         if window_s + max(self.labels.horizons_s) >= 86_400 * len(self.data.dates):
             raise ValueError(
@@ -659,6 +783,28 @@ class PlatformConfig(Section):
     @property
     def registered_model_name(self) -> str:
         return self.mlflow.registered_model or f"bmlt-{self.name}"
+
+    def shared_state_problem(self) -> str | None:
+        """Why this config would split its ML state between machines, or None: with a k8s executor
+        or an s3:// store, steps run on several machines (each with its own local_dir), so MLflow
+        and Optuna must be servers every step reaches, not SQLite files on one machine's disk."""
+        spread = [f"deployment.executor {self.deployment.executor}"] if self.deployment.executor == "k8s" else []
+        spread += [f"storage.uri {self.storage.uri}"] if self.storage.is_remote else []
+        if not spread:
+            return None
+        local = []
+        if self.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in self.tracking_uri:
+            shown = self.mlflow.tracking_uri or f"unset, so {self.tracking_uri}"
+            local.append(f"mlflow.tracking_uri ({shown})")
+        if self.hpo.enabled and self.hpo.storage != "database":
+            local.append(f"hpo.storage ({self.hpo.storage})")
+        if not local:
+            return None
+        return (
+            f"steps run on several machines ({', '.join(spread)}), but {' and '.join(local)} would keep state on "
+            "one machine's disk, so runs, models and trials split per pod: set mlflow.tracking_uri to a tracking "
+            "server (http://mlflow:5000, deploy/mlflow.yaml) and hpo.storage: database ($OPTUNA_STORAGE_URL)"
+        )
 
 
 def format_validation_error(path: Path, error: ValidationError) -> str:

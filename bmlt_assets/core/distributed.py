@@ -24,6 +24,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from bmlt_assets.core.config import TrainingConfig
+
 Backend = Literal["gloo", "nccl"]
 
 
@@ -74,7 +76,38 @@ class Replicas:
         return [str(digest) for digest in gathered]
 
 
-ALONE = Replicas()  # one process training alone: no collective at all
+ALONE = Replicas()  # one process training alone on the CPU: no collective at all
+
+
+class DeviceError(RuntimeError):
+    """training.device names a device this machine does not have."""
+
+
+def resolve_device(setting: str) -> torch.device:
+    """``training.device`` on this machine: ``auto`` is the first CUDA GPU torch sees, else the
+    CPU; ``cuda`` and ``cuda:N`` must exist (a config that asks for a GPU never trains on CPU
+    silently)."""
+    if setting == "cpu":
+        return torch.device("cpu")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if setting == "auto":
+        return torch.device("cuda", 0) if count else torch.device("cpu")
+    index = int(setting.split(":", 1)[1]) if ":" in setting else 0
+    if not count:
+        raise DeviceError(
+            f"training.device {setting!r}, but torch {torch.__version__} sees no CUDA GPU on this machine "
+            f"(CUDA {torch.version.cuda or 'not built in'}); use device auto or cpu, or run on a GPU node"
+        )
+    if index >= count:
+        raise DeviceError(
+            f"training.device {setting!r}, but this machine has {count} GPU(s) (cuda:0 to cuda:{count - 1})"
+        )
+    return torch.device("cuda", index)
+
+
+def alone_on(setting: str) -> Replicas:
+    """One process training alone on ``training.device``."""
+    return Replicas(device=resolve_device(setting))
 
 
 def state_digest(model: nn.Module) -> str:
@@ -101,6 +134,26 @@ def backend_problem(backend: Backend, nproc_per_node: int) -> str | None:
             f"has {torch.cuda.device_count()}; lower nproc_per_node"
         )
     return None
+
+
+def torchrun_args(
+    training: TrainingConfig, endpoint: str | None = None, run_id: str = "bmlt", is_host: bool = True
+) -> list[str]:
+    """torchrun's options for ``training``: ``--standalone`` on one node; with ``nnodes`` > 1 the
+    c10d rendezvous at ``endpoint`` (host:port), hosted by the node started with ``is_host``."""
+    per_node = f"--nproc_per_node={training.nproc_per_node}"
+    if training.nnodes == 1:
+        return ["--standalone", per_node]
+    if endpoint is None:
+        raise ValueError("a multi-node torchrun needs the rendezvous endpoint (host:port of node 0)")
+    return [
+        f"--nnodes={training.nnodes}",
+        per_node,
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={endpoint}",
+        f"--rdzv-id={run_id}",
+        f"--rdzv-conf=is_host={'true' if is_host else 'false'}",
+    ]
 
 
 def join(backend: Backend) -> Replicas:

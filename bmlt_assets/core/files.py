@@ -5,45 +5,59 @@ local path is a ``pathlib.Path``; a remote one is a ``UPath`` that is not (``is_
 
 - A single file (Parquet, JSON) is written whole: locally to a temporary sibling that is fsynced,
   renamed into place and its folder fsynced; remotely as one PUT, which S3 makes visible atomically.
-- A folder partition is committed by ``atomic_directory``: all its files first, its ``meta.json``
-  last, recording each file's sha256 and size and the partition's content hash. Readers treat a
-  folder without meta.json as absent.
-  - Local: the files go into a fresh version folder beside the partition (``.<name>.v-<id>``);
-    files, meta.json and folders are fsynced; then a symlink ``<name>`` -> that version replaces
-    the old one with one ``os.replace`` and the parent folder is fsynced. Every open of
-    ``<name>/<file>`` finds a complete version, old or new, never none; the old version is deleted
-    after a grace of SUPERSEDED_GRACE_S for readers that resolved the symlink just before the swap.
-  - Remote: meta.json is deleted first (the partition is absent from then on), the files are put,
-    meta.json is put last. A writer killed on the way leaves no partition.
+- A folder partition is committed by ``atomic_directory`` as a new immutable **version**, and a
+  pointer names the current one; its meta.json records each file's sha256 and size and the
+  partition's content hash. Readers resolve the pointer once and read that version only.
+  - Local (and shared volumes): the version is a folder beside the partition (``.<name>.v-<id>``),
+    fsynced; the pointer is the symlink ``<name>``, replaced with one ``os.replace`` under the
+    partition's lock (``.<name>.lock``), and the parent fsynced.
+  - Remote: the version's files go under ``<name>/versions/<id>/``; the pointer is ``<name>/meta.json``
+    (the version's meta plus its id), written by one PUT that is conditional (``If-Match`` the ETag
+    read when the writer started, ``If-None-Match: *`` for a new partition). A writer killed before
+    that PUT leaves the previous version current and whole.
+  - Two writers of one partition: the second to swap finds the pointer moved since it started and
+    fails with ``ConcurrentCommitError`` (its version discarded), unless the content is the same.
+  - Superseded versions are deleted by later commits per ``VersionPolicy``: after a grace, and
+    locally never while a reader's lease names them (docs/design.md §9.5 states the rule).
 - ``stage`` gives memory-mapped readers a local copy of a remote partition in
-  ``<staged>/<content hash>/``, verified against the recorded hashes. A content hash names
-  immutable bytes, so a staged copy is never stale. fsspec's file caches are not used: one served
-  an overwritten object's old bytes.
+  ``<staged>/<content hash>/``, verified against the recorded hashes, the folder bounded by
+  least-recently-used eviction. A content hash names immutable bytes, so a staged copy is never
+  stale. fsspec's file caches are not used: one served an overwritten object's old bytes.
 """
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import errno
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
+import socket
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
+from fsspec.asyn import sync
 from typing_extensions import TypeIs
 from upath import UPath
 
+from bmlt_assets.core.config import PlatformConfig
+
 META = "meta.json"
+log = logging.getLogger(__name__)
 StoredPath = Path | UPath  # a local Path, or a remote UPath (which is not a Path)
 P = TypeVar("P", bound=StoredPath)
 
@@ -63,9 +77,18 @@ def storage_root(uri: str, endpoint_url: str | None = None) -> StoredPath:
     return UPath(uri, **options)
 
 
-def landing_root(local_dir: str | Path, market: str) -> Path:
-    """Where recorded and imported books of a market land: ``<root>/date=YYYY-MM-DD/*.parquet``."""
-    return Path(local_dir) / "landing" / market
+def landing_root(base: str | StoredPath, market: str) -> StoredPath:
+    """Where recorded and imported books of a market land: ``<base>/landing/<market>/date=YYYY-MM-DD/*.parquet``."""
+    return (Path(base) if isinstance(base, str) else base) / "landing" / market
+
+
+def landing_base(config: PlatformConfig) -> StoredPath:
+    """The landing zone's parent, shared by every config: the object store itself when
+    ``storage.uri`` is s3:// (so a step on any machine reads what a recorder wrote), else
+    ``PlatformConfig.local_dir``."""
+    if config.storage.is_remote:
+        return storage_root(config.storage.uri, config.storage.endpoint_url)
+    return config.local_dir
 
 
 class MissingPartitionError(FileNotFoundError):
@@ -77,6 +100,13 @@ class CorruptPartitionError(ValueError):
 
 
 def read_meta(folder: StoredPath) -> dict[str, Any]:
+    """A partition's meta.json; remotely the pointer, read by one GET (s3fs's file reader raises
+    FileExpired when the object changes between its HEAD and its GET)."""
+    if is_remote(folder):
+        pointer = _read_pointer(folder)
+        if pointer.meta is None:
+            raise FileNotFoundError(f"{folder}/{META}")
+        return pointer.meta
     return json.loads((folder / META).read_text())
 
 
@@ -87,7 +117,7 @@ def integrity_problem(path: StoredPath) -> str | None:
     recorded, and maps (never loads) array data, so a truncated file is caught before anyone
     reads garbage from it.
     """
-    if path.suffix:
+    if path.suffix and not (isinstance(path, Path) and path.is_dir()):  # version folders have dotted names
         return _file_problem(path, path.name)
     try:
         recorded = read_meta(path).get("files")
@@ -192,36 +222,67 @@ def write_json(payload: Any, path: P) -> P:
     return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str)))
 
 
+@dataclass(frozen=True)
+class VersionPolicy:
+    """When the versions a commit supersedes are deleted (docs/design.md §9.5); ``storage.versions``.
+
+    A superseded version is deleted ``grace_s`` after it was superseded at the earliest, and on a
+    local or shared volume never while a reader's lease on it is live. A version no pointer ever
+    named (a writer killed before its swap) is deleted once ``orphan_age_s`` old: it may belong to
+    a commit still uploading until then."""
+
+    grace_s: float = 900.0
+    orphan_age_s: float = 86_400.0
+    lease_ttl_s: float = 300.0  # a lease counts while refreshed within this (it is refreshed every ttl/4)
+    conditional_writes: bool = True  # S3 If-Match / If-None-Match on the pointer (False: a server without them)
+
+
+DEFAULT_POLICY = VersionPolicy()
+VERSIONS = "versions"  # remote: <partition>/versions/<id>/<files>; <partition>/meta.json names the current one
+
+
+class ConcurrentCommitError(RuntimeError):
+    """Another writer committed the same partition while this one was writing. This writer's
+    version was discarded and nothing was overwritten: the partition holds the other one, whole."""
+
+
 @contextmanager
-def atomic_directory(path: StoredPath, staged: Path | None = None) -> Iterator[Path]:
+def atomic_directory(
+    path: StoredPath, staged: Path | None = None, policy: VersionPolicy = DEFAULT_POLICY, cache_bytes: int | None = None
+) -> Iterator[Path]:
     """Yield an empty local folder to fill (a ``meta.json`` of the writer's own fields included);
-    on success it is committed as ``path``, its meta.json last, with every file's sha256 and size
-    and the content hash added (see the module doc). On failure ``path`` is left as it was.
+    on success it is committed as a new version of ``path``, its meta.json holding every file's
+    sha256 and size and the content hash (see the module doc). On failure ``path`` is left as it
+    was. Raises :class:`ConcurrentCommitError` when another writer committed other content to
+    ``path`` after this one started; identical content committed by another writer is a success.
 
     A remote partition is assembled in ``staged`` (default: the system's temporary folder) and,
-    once committed, stays there as its staged copy (``stage``), so that readers on this machine
-    do not download what it just uploaded."""
+    once committed, stays there as its staged copy (``stage``, bounded by ``cache_bytes``), so that
+    readers on this machine do not download what it just uploaded."""
     if is_remote(path):
+        started_from = _read_pointer(path)
         if staged is not None:
             staged.mkdir(parents=True, exist_ok=True)
         folder = Path(tempfile.mkdtemp(prefix=".commit-", dir=staged))
         try:
             yield folder
             _seal(folder, durable=False)
-            _publish(folder, path)
+            _publish(folder, path, started_from, policy)
             if staged is not None:
-                _keep_as(folder, staged / read_meta(folder)["content_hash"])
+                kept = _keep_as(folder, staged / read_meta(folder)["content_hash"])
+                _evict(staged, cache_bytes, keep=kept)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         return
     assert isinstance(path, Path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    started_from_target = _target(path)
     version = path.with_name(f".{path.name}.v-{uuid.uuid4().hex[:12]}")
     version.mkdir()
     try:
         yield version
         _seal(version, durable=True)
-        _swap_in(version, path)
+        _swap_in(version, path, started_from_target, policy)
     except BaseException:
         shutil.rmtree(version, ignore_errors=True)
         raise
@@ -235,8 +296,8 @@ def _seal(folder: Path, durable: bool) -> None:
     files = {}
     for file in sorted(p for p in folder.rglob("*") if p.is_file() and p != meta_file):
         files[file.relative_to(folder).as_posix()] = {"sha256": _sha256(file, durable), "bytes": file.stat().st_size}
-    meta.pop("files", None)
-    meta.pop("content_hash", None)
+    for derived in ("files", "content_hash", "version_id", "superseded_versions"):
+        meta.pop(derived, None)
     digest = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode())
     for name, info in files.items():
         digest.update(f"{name}={info['sha256']};".encode())
@@ -257,37 +318,202 @@ def _sha256(file: Path, fsync: bool = False) -> str:
     return digest.hexdigest()
 
 
-# A reader that read the old symlink just before the swap walks into the old version's folder a
-# moment later: that folder is deleted only after this long.
-SUPERSEDED_GRACE_S = 1.0
+def _conflict(path: StoredPath, theirs: dict[str, Any] | None) -> ConcurrentCommitError:
+    which = f"content {theirs['content_hash'][:12]}" if theirs else "its removal"
+    return ConcurrentCommitError(
+        f"{path} was committed by another writer while this one was writing ({which}); this writer's version "
+        "was discarded and nothing was overwritten. Two runs materialized the same partition at once: "
+        "re-run this one if its result is the one wanted"
+    )
 
 
-def _swap_in(version: Path, path: Path) -> None:
-    """Point the symlink ``path`` at ``version`` atomically, then delete the version it replaced.
+# --- local and shared volumes: a symlink to the current version folder ---------------------------
 
-    Versions left by a writer killed before its swap are never pointed to; they are hidden
-    (``.<name>.v-*``) and safe to delete by hand. They are not deleted here, as they may belong to a
-    commit still in progress."""
-    parent = path.parent
-    link = parent / f".{path.name}.link-{uuid.uuid4().hex[:8]}"
-    os.symlink(version.name, link)
-    replaced = None
+
+def _target(path: Path) -> str | None:
+    """The version folder ``path`` names now: its symlink's target, "" for a real folder written by
+    an older bmlt, None when there is no partition."""
     if path.is_symlink():
-        replaced = parent / os.readlink(path)
-        os.replace(link, path)
-    elif path.exists():  # a real folder written by an older bmlt
-        replaced = parent / f".{path.name}.v-legacy-{uuid.uuid4().hex[:8]}"
-        if _exchange(link, path):
-            os.replace(link, replaced)  # the old folder, now under the link's name
-        else:  # no atomic exchange on this system: moved aside first, a one-time gap
-            os.replace(path, replaced)
+        return os.readlink(path)
+    return "" if path.exists() else None
+
+
+@contextmanager
+def _locked(lock_file: Path) -> Iterator[None]:
+    """An exclusive lock between the writers of one partition (flock; NFS clients map it to a
+    POSIX lock the server arbitrates)."""
+    with open(lock_file, "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _swap_in(version: Path, path: Path, started_from: str | None, policy: VersionPolicy) -> None:
+    """Point the symlink ``path`` at ``version`` atomically, unless another writer committed since
+    this one started (see ``atomic_directory``); then record the version it superseded and collect
+    what the policy lets go."""
+    parent = path.parent
+    with _locked(parent / f".{path.name}.lock"):
+        current = _target(path)
+        ours = read_meta(version)["content_hash"]
+        if current and _content_hash_or_none(path) == ours and integrity_problem(path.parent / current) is None:
+            shutil.rmtree(version, ignore_errors=True)  # the same bytes are committed already, intact
+            return
+        if current != started_from:
+            raise _conflict(path, _meta_or_none(path))
+        link = parent / f".{path.name}.link-{uuid.uuid4().hex[:8]}"
+        os.symlink(version.name, link)
+        replaced = None
+        if current:
+            replaced = current
             os.replace(link, path)
-    else:
-        os.replace(link, path)
-    _fsync_directory(parent)
-    if replaced is not None and replaced != version:
-        time.sleep(SUPERSEDED_GRACE_S)
-        shutil.rmtree(replaced, ignore_errors=True)
+        elif current == "":  # a real folder written by an older bmlt
+            replaced = f".{path.name}.v-legacy-{uuid.uuid4().hex[:8]}"
+            if _exchange(link, path):
+                os.replace(link, parent / replaced)  # the old folder, now under the link's name
+            else:  # no atomic exchange on this system: moved aside first, a one-time gap
+                os.replace(path, parent / replaced)
+                os.replace(link, path)
+        else:
+            os.replace(link, path)
+        _fsync_directory(parent)
+        _collect_local(path, policy, superseded=replaced)
+
+
+def _record_file(path: Path) -> Path:
+    return path.with_name(f".{path.name}.superseded.json")
+
+
+def _leases(path: Path) -> Path:
+    return path.with_name(f".{path.name}.leases")
+
+
+def collect_superseded(path: StoredPath, policy: VersionPolicy = DEFAULT_POLICY) -> None:
+    """Delete the versions of ``path`` that ``policy`` lets go (commits do it too)."""
+    if is_remote(path):
+        pointer = _read_pointer(path)
+        if pointer.meta is not None:
+            _collect_remote(path, pointer.meta, [], policy)
+        return
+    assert isinstance(path, Path)
+    with _locked(path.parent / f".{path.name}.lock"):
+        _collect_local(path, policy)
+
+
+def _collect_local(path: Path, policy: VersionPolicy, superseded: str | None = None) -> None:
+    """Under the partition's lock: note ``superseded`` (a version folder's name), then delete every
+    superseded version past its grace that no live lease names, and orphans past their age."""
+    record_file, now = _record_file(path), time.time()
+    record: dict[str, float] = json.loads(record_file.read_text()) if record_file.exists() else {}
+    if superseded:
+        record[superseded] = now
+    leased = _leased_versions(path, policy.lease_ttl_s, now)
+    for name, at in list(record.items()):
+        if now - at >= policy.grace_s and name not in leased:
+            shutil.rmtree(path.parent / name, ignore_errors=True)
+            del record[name]
+    current = _target(path)
+    for folder in path.parent.glob(f".{path.name}.v-*"):
+        if folder.name in record or folder.name == current or folder.name in leased:
+            continue
+        with suppress(FileNotFoundError):
+            if now - folder.stat().st_mtime >= policy.orphan_age_s:
+                shutil.rmtree(folder, ignore_errors=True)
+    if record or record_file.exists():
+        write_json(record, record_file)
+
+
+def _leased_versions(path: Path, ttl_s: float, now: float) -> set[str]:
+    """Versions of ``path`` a reader holds a live lease on; expired lease files are removed."""
+    held: set[str] = set()
+    folder = _leases(path)
+    if not folder.is_dir():
+        return held
+    for lease in folder.iterdir():
+        try:
+            age = now - lease.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        if age < ttl_s:
+            held.add(lease.name.split("@", 1)[0])
+        else:
+            lease.unlink(missing_ok=True)
+    return held
+
+
+class _Leases:
+    """Read leases this process holds on local version folders, refreshed by one daemon thread
+    and released when the process exits."""
+
+    def __init__(self) -> None:
+        self.held: dict[Path, float] = {}  # lease file -> its ttl
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+        self.changed = threading.Event()  # a new lease may need a shorter refresh interval
+
+    def take(self, version: Path, ttl_s: float) -> None:
+        partition = version.name[1:].split(".v-", 1)[0]
+        folder = version.parent / f".{partition}.leases"
+        folder.mkdir(exist_ok=True)
+        lease = folder / f"{version.name}@{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        lease.touch()
+        with self.lock:
+            self.held[lease] = ttl_s
+            self.changed.set()
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._refresh, name="bmlt-leases", daemon=True)
+                self.thread.start()
+                atexit.register(self.release)
+
+    def _refresh(self) -> None:
+        while True:
+            with self.lock:
+                held = dict(self.held)
+            for lease in held:
+                with suppress(OSError):
+                    os.utime(lease)  # the server's time on NFS, the same clock collectors compare with
+            self.changed.wait(max(0.05, min(held.values(), default=60.0) / 4))
+            self.changed.clear()
+
+    def release(self) -> None:
+        with self.lock:
+            for lease in self.held:
+                lease.unlink(missing_ok=True)
+            self.held.clear()
+
+
+LEASES = _Leases()
+
+
+def resolve_version(path: Path, policy: VersionPolicy = DEFAULT_POLICY) -> Path:
+    """The version folder a local partition names now, leased for this process's lifetime: a
+    reader resolves the pointer once and reads that version only, which is never collected while
+    the lease lives (memory maps on NFS fault with ESTALE or SIGBUS once a file is deleted on
+    another client)."""
+    target = _target(path)
+    if not target:  # a real folder written by an older bmlt
+        return path
+    version = path.parent / target
+    LEASES.take(version, policy.lease_ttl_s)
+    if not version.is_dir():
+        if _target(path) == target:  # deleted by hand: the partition is gone
+            raise FileNotFoundError(f"{path} names {target}, which does not exist")
+        return resolve_version(path, policy)  # collected between the readlink and the lease: moved on
+    return version
+
+
+def _content_hash_or_none(path: StoredPath) -> str | None:
+    meta = _meta_or_none(path)
+    return meta.get("content_hash") if meta else None
+
+
+def _meta_or_none(path: StoredPath) -> dict[str, Any] | None:
+    try:
+        return read_meta(path)
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        return None
 
 
 def _exchange(first: Path, second: Path) -> bool:
@@ -305,56 +531,234 @@ def _exchange(first: Path, second: Path) -> bool:
     raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), str(second))
 
 
-def _publish(folder: Path, path: UPath) -> None:
-    """Put a sealed folder's files under ``path``, meta.json last (see the module doc)."""
+# --- object storage: immutable version prefixes and a pointer written by one conditional PUT --------
+
+
+@dataclass(frozen=True)
+class _Pointer:
+    etag: str | None  # None: no partition
+    meta: dict[str, Any] | None
+
+
+def _bucket_key(path: UPath) -> tuple[str, str]:
+    bucket, key, _ = path.fs.split_path(path.path)
+    return bucket, key
+
+
+async def _get_with_etag(fs: Any, bucket: str, key: str) -> tuple[bytes, str]:
+    response = await fs._call_s3("get_object", Bucket=bucket, Key=key)
+    try:
+        return await response["Body"].read(), response["ETag"]
+    finally:
+        response["Body"].close()
+
+
+def _read_pointer(path: UPath) -> _Pointer:
+    """meta.json and its ETag from one GET (two requests could pair one version's tag with another's body)."""
+    bucket, key = _bucket_key(path / META)
+    try:
+        body, etag = sync(path.fs.loop, _get_with_etag, path.fs, bucket, key)
+    except FileNotFoundError:
+        return _Pointer(None, None)
+    return _Pointer(etag, json.loads(body))
+
+
+def _precondition_failed(error: BaseException) -> bool:
+    """s3fs raises FileExistsError for If-None-Match and a bare OSError (caused by botocore's
+    PreconditionFailed, or ConditionalRequestConflict when two conditional writes overlap) for If-Match."""
+    if isinstance(error, FileExistsError):
+        return True
+    code = getattr(error.__cause__, "response", {}).get("Error", {}).get("Code")
+    return code in ("PreconditionFailed", "ConditionalRequestConflict")
+
+
+def _put_pointer(path: UPath, meta: dict[str, Any], expected: _Pointer, conditional: bool) -> bool:
+    """Write meta.json with one PUT, only if it is still ``expected``; False when it was not."""
+    bucket, key = _bucket_key(path / META)
+    body = json.dumps(meta, indent=2, sort_keys=True, default=str).encode()
+    condition = {}
+    if conditional:
+        condition = {"IfMatch": expected.etag} if expected.etag else {"IfNoneMatch": "*"}
+    try:
+        sync(path.fs.loop, path.fs._call_s3, "put_object", Bucket=bucket, Key=key, Body=body, **condition)
+    except OSError as error:
+        if conditional and _precondition_failed(error):
+            return False
+        raise
+    path.fs.invalidate_cache(path.path)
+    return True
+
+
+def version_prefix(path: UPath, meta: dict[str, Any]) -> str:
+    """Where the files of the version ``meta`` names are (a partition written before versions: beside it)."""
+    prefix = path.path.rstrip("/")
+    return f"{prefix}/{VERSIONS}/{meta['version_id']}" if meta.get("version_id") else prefix
+
+
+def _intact(path: UPath, meta: dict[str, Any]) -> bool:
+    """Whether every file of the version ``meta`` names is stored with its recorded size (one listing)."""
+    source = version_prefix(path, meta)
+    try:
+        sizes = {
+            key.removeprefix(f"{source}/"): info["size"] for key, info in path.fs.find(source, detail=True).items()
+        }
+    except FileNotFoundError:
+        return False
+    return all(sizes.get(name) == info["bytes"] for name, info in meta["files"].items())
+
+
+def _publish(folder: Path, path: UPath, started_from: _Pointer, policy: VersionPolicy) -> None:
+    """Upload a sealed folder as a new version and point meta.json at it (see the module doc)."""
+    meta = read_meta(folder)
+    now = _read_pointer(path)
+    if now.meta is not None and now.meta.get("content_hash") == meta["content_hash"] and _intact(path, now.meta):
+        return  # these bytes are committed already (by us before, or by a concurrent writer)
+    if now.etag != started_from.etag:
+        raise _conflict(path, now.meta)
+    version = f"{time.time_ns() // 1_000_000:013d}-{uuid.uuid4().hex[:8]}"
+    prefix = f"{path.path.rstrip('/')}/{VERSIONS}/{version}"
+    files = sorted(meta["files"])
+    path.fs.put([str(folder / name) for name in files], [f"{prefix}/{name}" for name in files])
+    wall = time.time()
+    superseded = list((now.meta or {}).get("superseded_versions", []))
+    if now.meta is not None:
+        superseded.append({"version": now.meta.get("version_id", ""), "at": wall})
+    expired = [entry for entry in superseded if wall - entry["at"] >= policy.grace_s]
+    pointer = {
+        **meta,
+        "version_id": version,
+        "superseded_versions": [entry for entry in superseded if entry not in expired],
+    }
+    if not _put_pointer(path, pointer, now, policy.conditional_writes):
+        path.fs.rm(prefix, recursive=True)
+        theirs = _read_pointer(path).meta
+        if theirs is not None and theirs.get("content_hash") == meta["content_hash"]:
+            return
+        raise _conflict(path, theirs)
+    _collect_remote(
+        path, pointer, expired, policy, legacy=now.meta if now.meta and not now.meta.get("version_id") else None
+    )
+
+
+def _collect_remote(
+    path: UPath,
+    pointer: dict[str, Any],
+    expired: list[dict[str, Any]],
+    policy: VersionPolicy,
+    legacy: dict[str, Any] | None = None,
+) -> None:
+    """Delete ``expired`` versions, and versions no pointer names that are older than the orphan age."""
     fs, prefix = path.fs, path.path.rstrip("/")
+    doomed = [f"{prefix}/{VERSIONS}/{entry['version']}" for entry in expired if entry["version"]]
+    if legacy is not None and any(not entry["version"] for entry in expired):
+        doomed += [f"{prefix}/{name}" for name in legacy["files"]]
+    named = {pointer["version_id"], *(entry["version"] for entry in pointer.get("superseded_versions", []))}
+    newest: dict[str, float] = {}
     with suppress(FileNotFoundError):
-        fs.rm_file(f"{prefix}/{META}")  # the partition is absent from here until the new meta.json
-    files = sorted(read_meta(folder)["files"])
-    inside = [key for key in fs.find(prefix) if key.startswith(f"{prefix}/")]
-    stale = [key for key in inside if key.removeprefix(f"{prefix}/") not in files]
-    if stale:
-        fs.rm(stale)
-    fs.put([str(folder / name) for name in files], [f"{prefix}/{name}" for name in files])
-    fs.put_file(str(folder / META), f"{prefix}/{META}")
+        for key, info in fs.find(f"{prefix}/{VERSIONS}", detail=True).items():
+            version = key.removeprefix(f"{prefix}/{VERSIONS}/").split("/", 1)[0]
+            modified = info.get("LastModified")
+            stamp = modified.timestamp() if modified is not None else time.time()
+            newest[version] = max(newest.get(version, 0.0), stamp)
+    now = time.time()
+    doomed += [
+        f"{prefix}/{VERSIONS}/{version}"
+        for version, stamp in newest.items()
+        if version not in named and now - stamp >= policy.orphan_age_s
+    ]
+    for target in doomed:
+        with suppress(FileNotFoundError):
+            fs.rm(target, recursive=True)
 
 
-def stage(path: UPath, staged: Path) -> Path:
+def stage(path: UPath, staged: Path, cache_bytes: int | None = None) -> Path:
     """A local, verified copy of the remote partition ``path``: ``<staged>/<content hash>/``.
 
-    Raises FileNotFoundError when it has no meta.json, CorruptPartitionError when a file's bytes
-    differ from the hash meta.json recorded (overwritten while read, or damaged)."""
-    meta = read_meta(path)
-    folder = staged / meta["content_hash"]
-    if folder.is_dir():
-        return folder
-    staged.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=".stage-", dir=staged))
-    try:
-        names = sorted(meta["files"])
-        for name in names:
-            (temporary / name).parent.mkdir(parents=True, exist_ok=True)
-        prefix = path.path.rstrip("/")
-        path.fs.get([f"{prefix}/{name}" for name in names], [str(temporary / name) for name in names])
-        for name in names:
-            if _sha256(temporary / name) != meta["files"][name]["sha256"]:
+    The pointer is resolved once per attempt and only the version it names is read; when that
+    version is collected while being read (a reader slower than the grace), the pointer is
+    resolved again. Raises FileNotFoundError when there is no meta.json, CorruptPartitionError
+    when a file's bytes differ from the sha256 meta.json recorded. ``cache_bytes`` bounds the
+    staged folder (least recently used copies go first)."""
+    for _ in range(3):
+        meta = read_meta(path)
+        folder = staged / meta["content_hash"]
+        if folder.is_dir():
+            with suppress(FileNotFoundError):
+                os.utime(folder)  # used now: the last to be evicted
+                return folder
+        staged.mkdir(parents=True, exist_ok=True)
+        temporary = Path(tempfile.mkdtemp(prefix=".stage-", dir=staged))
+        try:
+            names = sorted(meta["files"])
+            for name in names:
+                (temporary / name).parent.mkdir(parents=True, exist_ok=True)
+            source = version_prefix(path, meta)
+            try:
+                path.fs.get([f"{source}/{name}" for name in names], [str(temporary / name) for name in names])
+            except FileNotFoundError as error:
+                if _content_hash_or_none(path) != meta["content_hash"]:
+                    continue  # superseded and collected while we read: resolve the pointer again
                 raise CorruptPartitionError(
-                    f"{name}: its bytes differ from the sha256 {META} recorded (overwritten while read, or damaged)"
-                )
-        (temporary / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
-        _keep_as(temporary, folder)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
-    return folder
+                    f"a file of the version {META} names is missing ({error}); the version is damaged"
+                ) from None
+            for name in names:
+                if _sha256(temporary / name) != meta["files"][name]["sha256"]:
+                    raise CorruptPartitionError(
+                        f"{name}: its bytes differ from the sha256 {META} recorded (overwritten while read, or damaged)"
+                    )
+            own = {key: value for key, value in meta.items() if key not in ("version_id", "superseded_versions")}
+            (temporary / META).write_text(json.dumps(own, indent=2, sort_keys=True))
+            kept = _keep_as(temporary, folder)
+        finally:
+            shutil.rmtree(temporary, ignore_errors=True)
+        _evict(staged, cache_bytes, keep=kept)
+        return kept
+    raise CorruptPartitionError(f"{path} was re-committed three times while being read; try again")
 
 
-def _keep_as(temporary: Path, folder: Path) -> None:
+def _keep_as(temporary: Path, folder: Path) -> Path:
     """Rename a complete staged copy into place, unless the same content got there first."""
     try:
         os.rename(temporary, folder)
     except OSError:
         if not folder.is_dir():
             raise
+    return folder
+
+
+# A staged copy used this recently is never evicted: its reader may not have opened it yet.
+RECENTLY_USED_S = 600.0
+
+
+def _evict(staged: Path, cache_bytes: int | None, keep: Path) -> None:
+    """Delete least recently used staged copies until the folder holds at most ``cache_bytes``.
+    Deleting a copy a process has mapped is safe on a local disk (the mapping keeps the inode),
+    which is why ``storage.cache_dir`` must be local (the pod's ephemeral storage)."""
+    if cache_bytes is None:
+        return
+    copies = []
+    for folder in staged.iterdir():
+        if folder.name.startswith(".") or not folder.is_dir():
+            continue
+        with suppress(FileNotFoundError):
+            size = sum(file.stat().st_size for file in folder.rglob("*") if file.is_file())
+            copies.append((folder.stat().st_mtime, folder, size))
+    total = sum(size for _, _, size in copies)
+    now = time.time()
+    for used, folder, size in sorted(copies, key=lambda copy: copy[0]):
+        if total <= cache_bytes:
+            break
+        if folder == keep or now - used < RECENTLY_USED_S:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        total -= size
+    if total > cache_bytes:
+        log.warning(
+            "staged copies take %.1f GB, over storage.cache_max_gb (%.1f GB), all of them used in the last %.0f s",
+            total / 1e9,
+            cache_bytes / 1e9,
+            RECENTLY_USED_S,
+        )
 
 
 def save_arrays(directory: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -377,32 +781,33 @@ def directory_bytes(path: StoredPath) -> int:
     return sum(info["bytes"] for info in recorded.values())
 
 
-def _landing_days(frame: pl.DataFrame, local_dir: str | Path, market: str, stem: str) -> dict[Path, pl.DataFrame]:
+def _landing_days(frame: pl.DataFrame, base: StoredPath, market: str, stem: str) -> dict[StoredPath, pl.DataFrame]:
     if not frame.height:
         return {}
     day = pl.from_epoch(pl.col("receive_ts"), time_unit="ns").dt.date().alias("date")
     by_day = frame.with_columns(day).partition_by("date", as_dict=True)
     return {
-        landing_root(local_dir, market) / f"date={date}" / f"{stem}.parquet": rows.drop("date")
+        landing_root(base, market) / f"date={date}" / f"{stem}.parquet": rows.drop("date")
         for (date,), rows in sorted(by_day.items())
     }
 
 
-def landing_targets(frame: pl.DataFrame, local_dir: str | Path, market: str, stem: str) -> list[Path]:
+def landing_targets(frame: pl.DataFrame, base: StoredPath, market: str, stem: str) -> list[StoredPath]:
     """The files ``write_landing_days`` would write for these arguments."""
-    return list(_landing_days(frame, local_dir, market, stem))
+    return list(_landing_days(frame, base, market, stem))
 
 
-def landing_depth(path: Path) -> int | None:
+def landing_depth(path: StoredPath) -> int | None:
     """Levels per side of a landing file (the width of its fixed-size ``bid_px``), or None when
     it cannot be read or has no such column."""
     try:
-        kind = pq.read_schema(path).field("bid_px").type
+        with path.open("rb") as handle:  # remote: a ranged GET of the footer
+            kind = pq.read_schema(handle).field("bid_px").type
     except (OSError, KeyError, ValueError):
         return None
     return getattr(kind, "list_size", None)
 
 
-def write_landing_days(frame: pl.DataFrame, local_dir: str | Path, market: str, stem: str) -> list[Path]:
+def write_landing_days(frame: pl.DataFrame, base: StoredPath, market: str, stem: str) -> list[StoredPath]:
     """Snapshots split by UTC receive day into ``<landing>/date=YYYY-MM-DD/<stem>.parquet``."""
-    return [write_parquet(rows, path) for path, rows in _landing_days(frame, local_dir, market, stem).items()]
+    return [write_parquet(rows, path) for path, rows in _landing_days(frame, base, market, stem).items()]

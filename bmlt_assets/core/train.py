@@ -15,10 +15,9 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,8 +29,8 @@ from tqdm.auto import tqdm
 
 from bmlt_assets.core.config import PlatformConfig
 from bmlt_assets.core.dataset import PART_FIELDS, Part, TrainingData
-from bmlt_assets.core.distributed import ALONE, Replicas
-from bmlt_assets.core.files import atomic_write
+from bmlt_assets.core.distributed import Replicas, alone_on
+from bmlt_assets.core.files import StoredPath, atomic_write, readable
 from bmlt_assets.core.models import OrderBookClassifier
 
 log = logging.getLogger(__name__)
@@ -140,12 +139,125 @@ class EpochRecord:
     samples_per_s: float
 
 
+@dataclass(frozen=True)
+class FastPath:
+    """How the training step runs on its device: autocast precision and memory format, and the
+    samples/s each candidate reached when they were timed (empty when nothing was timed)."""
+
+    precision: str  # fp32 | bf16
+    channels_last: bool
+    measured: dict[str, float] = field(default_factory=dict)
+
+
 @dataclass
 class TrainResult:
     model: OrderBookClassifier
     best_epoch: int
     history: list[EpochRecord] = field(default_factory=list)
     resumed_from: int = 0  # the last epoch restored from a checkpoint (0: a fresh start)
+    device: str = "cpu"
+    fast_path: FastPath = field(default_factory=lambda: FastPath("fp32", True))
+
+    @property
+    def samples_per_s(self) -> float:
+        """Training samples per second over the epochs run here (all replicas together)."""
+        timed = [r for r in self.history[self.resumed_from :] if r.samples_per_s > 0]
+        return float(np.mean([r.samples_per_s for r in timed])) if timed else 0.0
+
+
+# A GPU candidate is kept over plain fp32 only when it is at least this much faster: bf16 costs
+# some precision, and a smaller gain is within the timing noise.
+FAST_PATH_MARGIN = 1.05
+
+
+def _training_step(
+    net: nn.Module, batch: Batch, losses: Sequence[nn.Module], optimizer: torch.optim.Optimizer, bf16: bool
+):
+    windows, calendar, target = batch
+    with torch.autocast(windows.device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = net(windows, calendar).float()  # losses stay fp32
+    loss = sum(losses[h](logits[:, h], target[:, h]) for h in range(len(losses))) / len(losses)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def measure_fast_paths(
+    build: Callable[[], nn.Module],
+    batch: Batch,
+    losses: Sequence[nn.Module],
+    device: torch.device,
+    candidates: list[tuple[str, bool]],
+    steps: int = 10,
+) -> dict[str, float]:
+    """Training samples/s of each (precision, channels_last) candidate on ``batch``: a fresh model
+    per candidate, a few warm-up steps, then ``steps`` timed ones. The random streams are restored
+    afterwards, so the training that follows is the same as without the measurement."""
+    measured = {}
+    forked = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=forked):
+        for precision, channels_last in candidates:
+            model = build().to(device)
+            if channels_last:
+                model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            optimizer = torch.optim.AdamW(model.parameters())
+            model.train()
+            for step in range(steps + 3):
+                if step == 3:
+                    _synchronize(device)
+                    started = time.perf_counter()
+                _training_step(model, batch, losses, optimizer, precision == "bf16")
+            _synchronize(device)
+            measured[f"{precision}{'+channels_last' if channels_last else ''}"] = (
+                steps * len(batch[0]) / (time.perf_counter() - started)
+            )
+    return measured
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def choose_fast_path(
+    config: PlatformConfig,
+    device: torch.device,
+    measure: Callable[[list[tuple[str, bool]]], dict[str, float]],
+    replicas: Replicas,
+) -> FastPath:
+    """``training.precision`` and ``channels_last``, with ``auto`` resolved: on a CPU fp32 and
+    channels-last (measured in docs/benchmarks.md); on a GPU the fastest candidate ``measure``
+    times, summed over the replicas so that every rank keeps the same one."""
+    t = config.training
+    precisions = ["fp32", "bf16"] if t.precision == "auto" else [t.precision]
+    layouts = [False, True] if t.channels_last == "auto" else [bool(t.channels_last)]
+    if device.type != "cuda":
+        return FastPath(
+            "fp32" if t.precision == "auto" else t.precision,
+            True if t.channels_last == "auto" else bool(t.channels_last),
+        )
+    if not torch.cuda.is_bf16_supported():
+        precisions = [p for p in precisions if p != "bf16"] or ["fp32"]
+    candidates = [(p, c) for p in precisions for c in layouts]
+    if len(candidates) == 1:
+        return FastPath(*candidates[0])
+    own = measure(candidates)
+    totals = dict(zip(own, replicas.sum(list(own.values()))))
+    names = list(totals)
+    best = max(range(len(candidates)), key=lambda i: totals[names[i]])
+    plain = candidates.index(("fp32", False)) if ("fp32", False) in candidates else best
+    if totals[names[best]] < FAST_PATH_MARGIN * totals[names[plain]]:
+        best = plain
+    choice = FastPath(*candidates[best], measured={name: round(value, 1) for name, value in totals.items()})
+    log.info(
+        "on %s: %s%s chosen; training samples/s measured %s",
+        device,
+        choice.precision,
+        " + channels-last" if choice.channels_last else "",
+        choice.measured,
+    )
+    return choice
 
 
 # Every config section that changes what a trained model means (its inputs, labels, split,
@@ -165,9 +277,9 @@ def train(
     config: PlatformConfig,
     data: TrainingData,
     on_epoch: Callable[[EpochRecord], None] = lambda record: None,
-    checkpoint: Path | None = None,
+    checkpoint: StoredPath | None = None,
     data_fingerprint: str = "",
-    replicas: Replicas = ALONE,
+    replicas: Replicas | None = None,
 ) -> TrainResult:
     """Train with early stopping on validation log loss; the best epoch's weights are returned.
 
@@ -178,14 +290,15 @@ def train(
     ``data_fingerprint`` (content hash of the input partitions) and meaningful config.
 
     ``replicas``: this process's place among those training the model together (torchrun);
-    ``on_epoch``, the log and the checkpoint happen on the main replica only."""
+    default, this process alone on ``training.device``. ``on_epoch``, the log and the checkpoint
+    happen on the main replica only."""
     t = config.training
+    replicas = replicas or alone_on(t.device)
+    if replicas.device.type == "cuda":
+        # cuBLAS needs a fixed workspace for deterministic results (torch.use_deterministic_algorithms).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.set_num_threads(t.threads or max(1, (os.cpu_count() or 1) // replicas.world_size))
     seed_everything(t.seed)
-    model = build_model(config, data)
-    if t.channels_last:  # ~1.3x faster convolutions on CPU (docs/benchmarks.md)
-        # torch's stubs omit to()'s memory_format keyword, which nn.Module.to accepts at runtime.
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     train_part, val_part = data.parts["train"], data.parts["val"]
     if t.max_train_samples and len(train_part) > t.max_train_samples:
         # An evenly spaced subset keeps the whole training period represented.
@@ -197,6 +310,19 @@ def train(
         )
         for h in range(len(data.horizons))
     ]
+
+    def measure(candidates: list[tuple[str, bool]]) -> dict[str, float]:
+        first = next(
+            iter(batch_loader(data, train_part, range(len(train_part)), t.batch_size // replicas.world_size, 0))
+        )
+        probe: Batch = tuple(tensor.to(replicas.device) for tensor in first)
+        return measure_fast_paths(lambda: build_model(config, data), probe, losses, replicas.device, candidates)
+
+    fast = choose_fast_path(config, replicas.device, measure, replicas)
+    model = build_model(config, data)
+    if fast.channels_last:  # ~1.3x faster convolutions on CPU (docs/benchmarks.md)
+        # torch's stubs omit to()'s memory_format keyword, which nn.Module.to accepts at runtime.
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     net = replicas.prepare(model)  # what trains: the model itself, or its DDP wrapper
     # What is validated and kept: the model, or the moving average of its weights (and BatchNorm statistics).
     averaged = (
@@ -214,11 +340,12 @@ def train(
         else torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
     )
 
-    result = TrainResult(model=model, best_epoch=0)
+    result = TrainResult(model=model, best_epoch=0, device=str(replicas.device), fast_path=fast)
     best_loss, best_state, stale, done, first_epoch = np.inf, None, 0, False, 1
     key = meaning_key(config, data_fingerprint, list(data.shape), train_part.steps[[0, -1]].tolist(), len(train_part))
     if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False, map_location="cpu")
+        with readable(checkpoint) as local:  # in object storage when storage.uri is s3://: any pod resumes it
+            state = torch.load(local, weights_only=False, map_location="cpu")
         if state["key"] == key:
             model.load_state_dict(state["model"])
             if averaged is not None:
@@ -226,6 +353,8 @@ def train(
             optimizer.load_state_dict(state["optimizer"])
             schedule.load_state_dict(state["schedule"])
             torch.set_rng_state(state["torch_rng"])
+            if replicas.device.type == "cuda" and state.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(state["cuda_rng"], replicas.device)
             best_loss, best_state, stale, done = state["best_loss"], state["best_state"], state["stale"], state["done"]
             result.best_epoch, result.history = state["best_epoch"], [EpochRecord(**r) for r in state["history"]]
             first_epoch = state["epoch"] + 1
@@ -244,14 +373,10 @@ def train(
             mininterval=2.0,
             leave=False,
         ):
-            windows, calendar, target = (tensor.to(replicas.device, non_blocking=True) for tensor in batch)
+            moved = tuple(tensor.to(replicas.device, non_blocking=True) for tensor in batch)
             # bf16 autocast: ~1.5x faster on CPUs with bf16 units (benchmarks/), losses stay fp32.
-            with torch.autocast(replicas.device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16"):
-                logits = net(windows, calendar).float()
-            loss = sum(losses[h](logits[:, h], target[:, h]) for h in range(len(losses))) / len(losses)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = _training_step(net, moved, losses, optimizer, fast.precision == "bf16")
+            target = moved[2]
             schedule.step()
             if averaged is not None:
                 averaged.update_parameters(model)
@@ -284,6 +409,7 @@ def train(
                 "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(),
                 "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(replicas.device) if replicas.device.type == "cuda" else None,
                 "best_loss": best_loss,
                 "best_state": best_state,
                 "stale": stale,
@@ -317,21 +443,25 @@ def epoch_metrics(record: EpochRecord, horizons_s: list[int]) -> dict[str, float
     return metrics | {f"val_accuracy_{h}s": a for h, a in zip(horizons_s, record.val_accuracy)}
 
 
-def save_result(result: TrainResult, path: Path) -> None:
+def save_result(result: TrainResult, path: StoredPath) -> None:
     """A training result for another process (torchrun's rank 0 hands it to the Dagster step)."""
     payload = {
         "model": {name: tensor.cpu() for name, tensor in result.model.state_dict().items()},
         "best_epoch": result.best_epoch,
         "history": [asdict(r) for r in result.history],
         "resumed_from": result.resumed_from,
+        "device": result.device,
+        "fast_path": asdict(result.fast_path),
     }
     atomic_write(path, partial(torch.save, payload))
 
 
-def load_result(path: Path, config: PlatformConfig, data: TrainingData) -> TrainResult:
-    payload = torch.load(path, weights_only=True)
+def load_result(path: StoredPath, config: PlatformConfig, data: TrainingData) -> TrainResult:
+    with readable(path) as local:
+        payload = torch.load(local, weights_only=True)
     model = build_model(config, data)
     model.load_state_dict(payload["model"])
     model.eval()
     history = [EpochRecord(**r) for r in payload["history"]]
-    return TrainResult(model, payload["best_epoch"], history, payload["resumed_from"])
+    fast = FastPath(**payload["fast_path"])
+    return TrainResult(model, payload["best_epoch"], history, payload["resumed_from"], payload["device"], fast)

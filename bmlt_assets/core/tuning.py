@@ -99,7 +99,7 @@ class TuningResult:
 def study_name(config: PlatformConfig, data_fingerprint: str, fold: int) -> str:
     """One study per config, data and fold: a study is resumed only while its trials mean the same
     (same data, same meaningful config, same search); more ``n_trials`` or time just resume it."""
-    how = {"enabled", "n_trials", "timeout_s", "storage", "storage_url_env", "workers"}  # not what trials mean
+    how = {"enabled", "n_trials", "timeout_s", "storage", "storage_url_env", "workers", "launcher"}  # not meaning
     search = config.hpo.model_dump(mode="json", exclude=how)
     return f"{config.name}-fold{fold}-{meaning_key(config, data_fingerprint, search)[:12]}"
 

@@ -13,6 +13,7 @@ from bmlt_assets.core.calibration import Calibration, validation_calibration
 from bmlt_assets.core.checkpoint import CHECKPOINT, load_checkpoint, model_spec, save_checkpoint, spec_calibration
 from bmlt_assets.core.config import PlatformConfig
 from bmlt_assets.core.dataset import TrainingData, fold_count, load_dataset
+from bmlt_assets.core.distributed import resolve_device
 from bmlt_assets.core.evaluation import fold_summary, oracle_for
 from bmlt_assets.core.models import OrderBookClassifier
 from bmlt_assets.core.sources import Oracle
@@ -66,12 +67,14 @@ def save_fold_checkpoints(model_dir: Path, folds: list[FoldModel]) -> None:
 def evaluate_folds(
     config: PlatformConfig, dataset_dir: Path, model_dir: Path, oracle: Oracle | None
 ) -> list[dict[str, Any]]:
-    """Headline test metrics of every fold's model on its own test block, oldest first."""
+    """Headline test metrics of every fold's model on its own test block, oldest first (scored on
+    ``training.device``)."""
     rows = []
     n_folds = fold_count(config)
+    device = resolve_device(config.training.device)
     for k in range(n_folds):
         fold = load_dataset(dataset_dir, config, fold=k)
-        model, _, spec = load_checkpoint(fold_checkpoint(model_dir, k, n_folds))
+        model, _, spec = load_checkpoint(fold_checkpoint(model_dir, k, n_folds), device)
         logits = predict_logits(model, fold, fold.parts["test"].steps)
         summary = fold_summary(fold, logits, spec_calibration(spec), oracle_for(oracle, config.target, fold))
         horizons = [summary[i] for i in range(len(fold.horizons))]  # per-horizon metrics sit under int keys

@@ -27,7 +27,6 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import ccxt
@@ -35,7 +34,7 @@ import numpy as np
 import polars as pl
 
 from bmlt_assets.core.book import snapshot_schema
-from bmlt_assets.core.files import atomic_write, write_parquet
+from bmlt_assets.core.files import StoredPath, atomic_write, read_parquet, write_parquet
 from bmlt_assets.core.sources.binance.errors import BinanceBanned
 
 NS = 1_000_000_000
@@ -134,13 +133,13 @@ class Publication:
     """One file's next content, taken on the event loop and written by a worker thread."""
 
     segment: int
-    path: Path
+    path: StoredPath  # local, or in the object store (storage.uri s3://)
     rows: list[BookRow]  # the rows this publication adds (given back if the write fails)
     frame: pl.DataFrame | None  # the whole file, when rows changed
     gaps: list[Gap]
 
     @property
-    def gaps_path(self) -> Path:
+    def gaps_path(self) -> StoredPath:
         return self.path.with_name(self.path.name.replace(".parquet", ".gaps.json"))
 
     def write(self) -> None:
@@ -159,16 +158,16 @@ class LandingWriter:
     rows so the next flush publishes them again.
     """
 
-    def __init__(self, landing: Path, depth: int, rotate_s: int, session: str | None = None):
+    def __init__(self, landing: StoredPath, depth: int, rotate_s: int, session: str | None = None):
         self.landing, self.depth, self.rotate_ns = landing, depth, rotate_s * NS
         self.session = session or uuid.uuid4().hex[:8]
         self.rows: dict[int, list[BookRow]] = {}  # not yet in a published file
         self.frames: dict[int, pl.DataFrame] = {}  # what the interval's published file holds
         self.gaps: dict[int, list[Gap]] = {}
         self.dirty: set[int] = set()
-        self.sizes: dict[Path, int] = {}  # published files and their current size
+        self.sizes: dict[StoredPath, int] = {}  # published files and their current size
 
-    def path(self, segment: int) -> Path:
+    def path(self, segment: int) -> StoredPath:
         start = dt.datetime.fromtimestamp(segment * self.rotate_ns // NS, dt.UTC)
         return self.landing / f"date={start:%Y-%m-%d}" / f"rec-{start:%H%M%S}-{self.session}.parquet"
 
@@ -191,7 +190,7 @@ class LandingWriter:
             if rows:
                 frame = self.frames.get(segment)
                 if frame is None and path in self.sizes:  # the clock stepped back into a closed interval
-                    frame = pl.read_parquet(path)
+                    frame = read_parquet(path)
                 added = rows_frame(rows, self.depth)
                 frame = added if frame is None else pl.concat([frame, added])
             batch.append(Publication(segment, path, rows, frame, list(self.gaps.get(segment, []))))
