@@ -26,11 +26,15 @@ demo: install
 	@$(BIN)/bmlt summary --config $(CONFIG)
 
 # The quick suite (under 5 minutes on 2 cores); `make test-slow` runs the end-to-end tests marked
-# slow (CLI backfills, services); CI runs both.
+# slow (CLI backfills, services); CI runs both. Each first installs the Debian packages its tests
+# need when missing (.ci/system-packages: Chromium; PostgreSQL for the slow ones), or says in one
+# line what to run when it cannot (not root).
 test: install
+	@.ci/system-packages
 	$(BIN)/python -m pytest -q -m "not slow"
 
 test-slow: install
+	@.ci/system-packages --slow
 	$(BIN)/python -m pytest -q -m slow
 
 # ruff (lint + format check, one line length) everywhere; mypy on the core and the resources.
@@ -53,9 +57,11 @@ bench: install
 bench-quick: install
 	$(BIN)/python -m benchmarks.run --quick --out benchmarks/results-quick.json
 
+# Every shipped config side by side (workspace.yaml); CONFIG, when it is none of them, beside them.
 ui: install
 	@mkdir -p $(DAGSTER_HOME)
-	BMLT_CONFIG=$(CONFIG) $(BIN)/dagster dev -w workspace.yaml
+	BMLT_CONFIG=$(CONFIG) $(BIN)/dagster dev -w workspace.yaml \
+		$(if $(filter $(abspath $(CONFIG)),$(abspath $(wildcard configs/*.yaml))),,-w deploy/workspace-config.yaml)
 
 # Keeps .dagster_home/dagster.yaml, the committed link to deploy/instance/local/dagster.yaml.
 clean:

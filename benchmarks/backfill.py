@@ -37,8 +37,8 @@ import dagster as dg
 from dagster._core.execution.backfill import BulkActionStatus
 
 from bmlt_assets.backfill import submit_asset_backfill
-from bmlt_assets.core.config import PROJECT_ROOT
-from bmlt_assets.definitions import INGEST_ASSETS, build_definitions
+from bmlt_assets.core.config import PROJECT_ROOT, load_config
+from bmlt_assets.definitions import build_definitions, daily_asset_keys
 from tests.helpers import write_config
 from tests.services import Postgres, running_postgres
 
@@ -75,11 +75,11 @@ def run_backfill(postgres: Postgres, folder: Path, days: int, deployment: dict, 
     daemon = None
     try:
         instance = dg.DagsterInstance.get()
-        keys = [key for asset in INGEST_ASSETS for key in asset.keys]
+        definitions = build_definitions(config)
         # Submitted before the daemon starts, so that its first look at backfills finds it (it
         # looks every 30 s): both policies then pay the same daemon start-up, and no tick phase.
         submitted = time.time()
-        backfill_id = submit_asset_backfill(instance, build_definitions(config), keys, dates)
+        backfill_id = submit_asset_backfill(instance, definitions, daily_asset_keys(load_config(config)), dates)
         daemon = subprocess.Popen(
             [str(BIN / "dagster-daemon"), "run", "-m", "bmlt_assets.definitions"],
             cwd=PROJECT_ROOT,

@@ -227,11 +227,15 @@ def measure(
     bf16_autocast and torch_compile."""
     torch.manual_seed(0)
     windows, calendar, target = (t.to(device) for t in (setup.windows, setup.calendar, setup.target))
-    heads, shipped_bf16 = target.shape[1], training.precision == "bf16"
+    # "auto" as training resolves it without timing (core.train.choose_fast_path): fp32 and
+    # channels-last; on a GPU training times the candidates, which the extra variants show here.
+    precision = "fp32" if training.precision == "auto" else training.precision
+    channels_last = training.channels_last is not False
+    heads, shipped_bf16 = target.shape[1], precision == "bf16"
 
     def ours(variant: str) -> Callable[..., torch.Tensor]:
         model = setup.build_ours().to(device)
-        if training.channels_last and variant != "eager":
+        if channels_last and variant != "eager":
             model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         return torch.compile(model) if variant == "torch_compile" else model
 
@@ -265,7 +269,7 @@ def measure(
         **setup.description,
         "steps_per_round": steps,
         "rounds": rounds,
-        "shipped": {"channels_last": training.channels_last, "precision": training.precision},
+        "shipped": {"channels_last": channels_last, "precision": precision},
         "reference_samples_per_s": reference,
         "samples_per_s": medians,
         "ratio": {name: value / reference for name, value in medians.items() if name != "reference"},

@@ -12,11 +12,13 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 from importlib.metadata import version
 from pathlib import Path
 
-from bmlt_assets.core.config import ConfigError, PlatformConfig, config_path_from_env, load_config
+from bmlt_assets.boundary import refuse_unwritable, report_failure
+from bmlt_assets.core.config import ConfigError, PlatformConfig, config_path_from_env, day_out_of_range, load_config
 from bmlt_assets.core.logs import colour_enabled, setup_logging
 
 log = logging.getLogger(__name__)
@@ -48,30 +50,37 @@ def backfill(config: PlatformConfig, args: argparse.Namespace) -> int:
     """Queue a backfill of the daily assets over the config's dates for the Dagster daemon.
 
     The daemon cuts it into runs by deployment.backfill and starts them within the instance's
-    limits; it must serve `-m bmlt_assets.definitions` with the same config (BMLT_CONFIG). With
-    --webserver URL (or $DAGSTER_WEBSERVER_URL) the backfill goes through the webserver's GraphQL
-    API, from any machine, with no instance config here; else into the instance of $DAGSTER_HOME.
-    `dagster job backfill` instead starts one run per day at once."""
+    limits; it must serve the config's assets: `dagster dev -w workspace.yaml` (the UI) for a
+    shipped config, or `-m bmlt_assets.definitions` with BMLT_CONFIG naming it. With --webserver
+    URL (or $DAGSTER_WEBSERVER_URL) the backfill goes through the webserver's GraphQL API, from any
+    machine, with no instance config here; else into the instance of $DAGSTER_HOME. `dagster job
+    backfill` instead starts one run per day at once."""
     import datetime as dt
-
-    import dagster as dg
-    from dagster._core.errors import DagsterHomeNotSetError
-
-    from bmlt_assets.backfill import WebserverError, submit_asset_backfill, submit_through_webserver
-    from bmlt_assets.definitions import INGEST_ASSETS, build_definitions
 
     start, end = args.start or config.data.start_date, args.end or config.data.end_date
     if end < start:
         print(f"--to {end} is before --from {start}; give the first day, then the last", file=sys.stderr)
         return 2
+    for day, flag in ((start, "--from"), (end, "--to")):
+        problem = day_out_of_range(day, flag)
+        if problem:
+            print(problem, file=sys.stderr)
+            return 2
+
+    import dagster as dg  # after the checks: importing Dagster takes seconds
+    from dagster._core.errors import DagsterHomeNotSetError
+
+    from bmlt_assets.backfill import WebserverError, submit_asset_backfill, submit_through_webserver
+    from bmlt_assets.definitions import build_definitions, daily_asset_keys
+
     dates = [start + dt.timedelta(days=offset) for offset in range((end - start).days + 1)]
-    keys = [key for asset in INGEST_ASSETS for key in asset.keys]
+    keys = daily_asset_keys(config)
     webserver = args.webserver or os.environ.get("DAGSTER_WEBSERVER_URL")
     try:
         if webserver:
             backfill_id = submit_through_webserver(webserver, keys, start, end, title=config.name)
         else:
-            instance = dg.DagsterInstance.get()
+            instance = dg.DagsterInstance.get()  # before loading the definitions: a bad DAGSTER_HOME fails fast
             backfill_id = submit_asset_backfill(
                 instance, build_definitions(args.config), keys, dates, title=config.name
             )
@@ -103,6 +112,7 @@ def summary(config: PlatformConfig, args: argparse.Namespace) -> int:
     colour = colour_enabled(sys.stdout)  # soft_wrap: paths and links stay whole when piped
     console = Console(highlight=False, no_color=not colour, force_terminal=colour, soft_wrap=True)
     from bmlt_resources.storage import StorageResource
+    from bmlt_resources.tracking_probe import tracking_reachable
 
     storage = StorageResource.for_config(config)
     root = storage.store
@@ -111,6 +121,7 @@ def summary(config: PlatformConfig, args: argparse.Namespace) -> int:
         console.print(f"no trained model yet for {config.name} under {root}: run `make demo` or the full_pipeline job")
         return 1
     meta = json.loads(model_meta.read_text())
+    tracking_reachable(config.tracking_uri)  # seconds, not minutes of retries, when it is down
     client = MlflowClient(tracking_uri=config.tracking_uri)
     name, version = config.registered_model_name, meta["registered_version"]
     try:
@@ -152,11 +163,26 @@ def summary(config: PlatformConfig, args: argparse.Namespace) -> int:
     return 0
 
 
-def plan(config: PlatformConfig, args: argparse.Namespace) -> int:
-    """Bytes per day, per batch and per epoch of a config, before running it."""
-    import os
+def _machine_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system that tells
+        return None
 
-    from bmlt_assets.core.plan import DEFAULT_OUTCOMES, horizon_plan, human_bytes, memory_plan
+
+def _free_disk(config: PlatformConfig) -> int | None:
+    """Free bytes where the config's local storage goes (its nearest existing folder); None when remote."""
+    if config.storage.is_remote:
+        return None
+    folder = config.local_dir
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def plan(config: PlatformConfig, args: argparse.Namespace) -> int:
+    """Bytes per day, per batch and per epoch of a config, and where it cannot run or learn, before running it."""
+    from bmlt_assets.core.plan import DEFAULT_OUTCOMES, horizon_plan, human_bytes, memory_plan, plan_warnings
     from bmlt_assets.core.sources.tardis import API_KEY_VARIABLE, is_free_day
 
     d = config.data
@@ -180,6 +206,8 @@ def plan(config: PlatformConfig, args: argparse.Namespace) -> int:
                 f"  warning: {row['days_in_range']} day(s) are too short for the {row['horizon_s']}s horizon: "
                 f"{row['days_needed']} days give {outcomes:,} independent outcomes"
             )
+    for warning in plan_warnings(config, _machine_memory(), _free_disk(config)):
+        print(f"warning: {warning}")
     if d.source == "tardis" and not os.environ.get(API_KEY_VARIABLE):
         free = [day.isoformat() for day in d.dates if is_free_day(day)]
         print(
@@ -197,15 +225,22 @@ def report(config: PlatformConfig, args: argparse.Namespace) -> int:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from bmlt_assets.core.files import atomic_write
+    from bmlt_resources.tracking_probe import tracking_reachable
+
+    tracking_reachable(config.tracking_uri)  # seconds, not minutes of retries, when it is down
     client = MlflowClient(tracking_uri=config.tracking_uri)
-    try:
-        folder = Path(client.download_artifacts(args.run_id, "report", tempfile.mkdtemp(prefix="bmlt-report-")))
-    except MlflowException as error:
-        print(
-            f"no evaluation report for run {args.run_id!r} in {config.tracking_uri}: {error.message}", file=sys.stderr
-        )
-        return 2
-    saved = json.loads((folder / "metrics.json").read_text())
+    with tempfile.TemporaryDirectory(prefix="bmlt-report-") as download:
+        try:
+            folder = Path(client.download_artifacts(args.run_id, "report", download))
+        except MlflowException as error:
+            print(
+                f"no evaluation report for run {args.run_id!r} in {config.tracking_uri}: {error.message}",
+                file=sys.stderr,
+            )
+            return 2
+        saved = json.loads((folder / "metrics.json").read_text())
+        html = (folder / "report.html").read_text()
     for entry, horizon in zip(saved["report"], saved["horizons_s"]):
         leak = "   ** PROBABLE LEAK **" if entry.get("leak_suspected") else ""
         print(f"\nHorizon {horizon}s, {entry['samples']} test samples{leak}")
@@ -219,9 +254,11 @@ def report(config: PlatformConfig, args: argparse.Namespace) -> int:
                 f"  signal capture: accuracy {capture['accuracy_capture']:.3f}, "
                 f"log loss {capture['logloss_capture']:.3f}"
             )
-    target = args.out or config.local_dir / config.name / "reports" / f"report-{args.run_id}.html"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text((folder / "report.html").read_text())
+    name = f"report-{args.run_id}.html"
+    target = args.out or config.local_dir / config.name / "reports" / name
+    if target.is_dir():  # -o a folder: the report goes in it, as cp would put it
+        target = target / name
+    atomic_write(target, lambda temporary: temporary.write_text(html))
     print(f"\nHTML report: {target.resolve()}")
     if args.open:
         webbrowser.open(target.resolve().as_uri())
@@ -265,6 +302,20 @@ class _ImportProgress:
             self.bar = None
 
 
+def _landing_stem(files: list[Path]) -> str:
+    """The landing file name of an import: the first file's name before its first dot, then a hash
+    of the inputs' bytes. Two recordings never share one (two hosts' ``depth.gz``, or ``depth.1.gz``
+    and ``depth.2.gz``: the one imported last would replace the other's books), and importing the
+    same recording again rewrites its own file."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in files:
+        with path.open("rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return f"import-{files[0].name.split('.')[0]}-{digest.hexdigest()[:12]}"
+
+
 def import_(config: PlatformConfig, args: argparse.Namespace) -> int:
     """Rebuild books from raw recordings and write them, a file per day, into the landing zone.
 
@@ -276,6 +327,7 @@ def import_(config: PlatformConfig, args: argparse.Namespace) -> int:
     from bmlt_assets.core.sources.book_engine import time_steps_warning
     from bmlt_assets.core.sources.importer import import_recordings
 
+    refuse_unwritable(config)  # before reading what may be gigabytes
     args.market = args.market or config.data.market
     args.levels = config.data.depth if args.levels is None else args.levels
     if args.levels < 1:
@@ -306,7 +358,17 @@ def import_(config: PlatformConfig, args: argparse.Namespace) -> int:
         return 2
     finally:
         progress.close()
-    stem = f"import-{args.files[0].name.split('.')[0]}"
+    recorded = sorted(frame["symbol"].unique().to_list())
+    unlisted = [symbol for symbol in recorded if symbol not in config.data.symbols]
+    if recorded and len(unlisted) == len(recorded):
+        print(
+            f"cannot import: {', '.join(map(str, args.files))} holds books of {', '.join(unlisted)}, which "
+            f"{args.config} does not list in data.symbols {config.data.symbols}: add them there, or pass the "
+            "--config that lists them",
+            file=sys.stderr,
+        )
+        return 2
+    stem = _landing_stem(args.files)
     for target in landing_targets(frame, landing_base(config), args.market, stem):
         held = landing_depth(target) if target.exists() else None
         if held is not None and held != args.levels and not args.force:
@@ -324,6 +386,12 @@ def import_(config: PlatformConfig, args: argparse.Namespace) -> int:
         "market": args.market,
     }
     status = 0
+    if unlisted:
+        print(
+            f"note: the books of {', '.join(unlisted)} were written too, but {args.config} does not list them in "
+            f"data.symbols {config.data.symbols}, so its assets will not read them",
+            file=sys.stderr,
+        )
     for damage in imported.damaged:  # after the write: the books before the damage are kept
         kept = (
             f"the {damage['books']} books rebuilt before the damage were written to "
@@ -389,6 +457,7 @@ def record(config: PlatformConfig, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    refuse_unwritable(config)
     interactive = sys.stderr.isatty()
 
     def show(line: str) -> None:  # one self-overwriting line on a terminal, plain lines in a log
@@ -492,7 +561,11 @@ def build_parser() -> argparse.ArgumentParser:
             "--config", type=Path, default=None, help="a YAML config (default: $BMLT_CONFIG, then configs/default.yaml)"
         )
         sub.add_argument(
-            "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO"
+            "--log-level",
+            default="INFO",
+            type=str.upper,
+            choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+            help="default INFO; debug also prints the traceback of a failure",
         )
         sub.set_defaults(handler=handler)
         subs[name] = sub
@@ -547,15 +620,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a subcommand; whatever fails is one line on stderr (bmlt_assets.boundary), exit 2 when
+    the input or the environment is at fault, the traceback only with --log-level debug."""
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
-    args.config = args.config or config_path_from_env()
+    config = None
     try:
+        args.config = args.config or config_path_from_env()
         config = load_config(args.config)
-    except ConfigError as error:
-        print(f"invalid config: {error}", file=sys.stderr)
-        return 2
-    return args.handler(config, args)
+        return args.handler(config, args)
+    except (Exception, KeyboardInterrupt) as error:
+        return report_failure(error, config, debug=args.log_level == "DEBUG")
 
 
 if __name__ == "__main__":

@@ -36,8 +36,7 @@ def training_dataset(
         if not (tensors_dir / "quotes.npy").exists():
             raise dg.Failure(
                 f"book_tensors for {date.isoformat()} predates the stored best quotes (quotes.npy) that costs and "
-                "the order-book baseline read; re-materialize it: dagster asset materialize -m "
-                f"bmlt_assets.definitions --select book_tensors --partition {date.isoformat()}"
+                f"the order-book baseline read; re-materialize it: {storage.materialize_command('book_tensors', date)}"
             )
         tensors = load_arrays(tensors_dir, ["base", "mids", "quotes", "valid", "timestamps"], mmap=True)
         returns = load_arrays(

@@ -15,7 +15,14 @@ import dagster as dg
 from dagster._config import process_config  # Dagster's own config validation (no public twin)
 from dagster_mlflow import end_mlflow_on_run_finished
 
-from bmlt_assets.core.config import ConfigError, DeploymentConfig, StepResources, config_path_from_env
+from bmlt_assets.boundary import code_location_errors, refuse_unwritable
+from bmlt_assets.core.config import (
+    ConfigError,
+    DeploymentConfig,
+    PlatformConfig,
+    StepResources,
+    config_path_from_env,
+)
 from bmlt_assets.core.files import landing_base
 from bmlt_assets.dataset import training_classes_are_balanced, training_dataset
 from bmlt_assets.evaluation import evaluation_report
@@ -62,6 +69,19 @@ def asset_jobs(
     ]
 
 
+def run_description(config: PlatformConfig, config_path: Path) -> str:
+    """The MLflow run page's description: what is trained on what, and from which config."""
+    data, labels = config.data, config.labels
+    horizons = ", ".join(f"{h} s" for h in labels.horizons_s)
+    return (
+        f"**{config.name}**: {config.model.architecture} ({config.model.multi_asset}) predicting {config.target} "
+        f"over {labels.n_classes} {labels.edges} classes at {horizons}, from {data.source} {data.market} books of "
+        f"{', '.join(data.symbols)}, {data.start_date}..{data.end_date}.\n\n"
+        f"Config `{Path(config_path).resolve()}` (content hash {config.content_hash}); "
+        "its resolved copy is config/resolved.yaml."
+    )
+
+
 def build_resources(config_path: Path) -> dict[str, object]:
     settings = SettingsResource.from_file(config_path)  # the only parse of the config file
     config = settings.get()
@@ -105,6 +125,7 @@ def build_resources(config_path: Path) -> dict[str, object]:
             mlflow_tracking_uri=config.tracking_uri,
             artifact_location=config.artifact_location,
             run_name=config.run_name,
+            description=run_description(config, config_path),
         ),
         # training.launcher torchrun: here, or in pods of its own (deployment.torchrun).
         "torchrun": torchrun_launcher(config),
@@ -171,20 +192,23 @@ def build_executor(deployment: DeploymentConfig) -> dg.ExecutorDefinition:
     return k8s_job_executor.configured(k8s_executor_config(deployment), name="k8s")
 
 
-def build_definitions(config_path: Path, key_prefix: str | None = None) -> dg.Definitions:
-    """The code location of one config. ``key_prefix`` puts its assets under their own keys, so
-    that several configs' locations can share one Dagster instance and UI (see locations.py)."""
+def build_definitions(config_path: Path) -> dg.Definitions:
+    """The code location of one config. Its assets live under the config's name
+    (``synthetic-default/orderbook_snapshots``), as its data does (``<storage>/synthetic-default/``):
+    the same keys whether the config is served alone (``-m bmlt_assets.definitions``: the scripts,
+    ``bmlt backfill``) or beside the other configs (workspace.yaml: the UI), so every command and the UI
+    share one instance's materializations, and several configs share it without a key clash."""
     resources = build_resources(config_path)
-    problem = resources["settings"].get().shared_state_problem()  # type: ignore[attr-defined]
+    config = resources["settings"].get()  # type: ignore[attr-defined]
+    problem = config.shared_state_problem()
     if problem:
         raise ConfigError(f"{config_path}: {problem}")
-    ingest, training, checks = INGEST_ASSETS, TRAINING_ASSETS, CHECKS
-    if key_prefix:
-        renamed = {key: key.with_prefix(key_prefix) for asset in ingest + training for key in asset.keys}
-        ingest = [asset.with_attributes(asset_key_replacements=renamed) for asset in ingest]
-        training = [asset.with_attributes(asset_key_replacements=renamed) for asset in training]
-        checks = [check.with_attributes(asset_key_replacements=renamed) for check in checks]
-    deployment = resources["settings"].get().deployment  # type: ignore[attr-defined]
+    refuse_unwritable(config)
+    renamed = {key: key.with_prefix(config.name) for asset in INGEST_ASSETS + TRAINING_ASSETS for key in asset.keys}
+    ingest = [asset.with_attributes(asset_key_replacements=renamed) for asset in INGEST_ASSETS]
+    training = [asset.with_attributes(asset_key_replacements=renamed) for asset in TRAINING_ASSETS]
+    checks = [check.with_attributes(asset_key_replacements=renamed) for check in CHECKS]
+    deployment = config.deployment
     policy = backfill_policy(deployment)
     ingest = [asset.with_attributes(backfill_policy=policy) for asset in ingest]
     live = [record_job] if "binance" in resources else []  # recording needs a Binance source
@@ -197,7 +221,15 @@ def build_definitions(config_path: Path, key_prefix: str | None = None) -> dg.De
     )
 
 
+def daily_asset_keys(config: PlatformConfig) -> list[dg.AssetKey]:
+    """The keys of a config's daily assets, under its name (as build_definitions serves them)."""
+    return [key.with_prefix(config.name) for asset in INGEST_ASSETS for key in asset.keys]
+
+
 @dg.definitions
 def defs() -> dg.Definitions:
     """The code location of $BMLT_CONFIG (default configs/default.yaml), built when Dagster loads it."""
-    return build_definitions(config_path_from_env())
+    with code_location_errors():
+        path = config_path_from_env()
+    with code_location_errors(path):
+        return build_definitions(path)

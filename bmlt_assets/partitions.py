@@ -6,10 +6,10 @@ import datetime as dt
 
 import dagster as dg
 
-from bmlt_assets.core.config import DeploymentConfig
+from bmlt_assets.core.config import FIRST_DAY, DeploymentConfig
 
-# Binance spot opened on 2017-07-14: no order-book day can be older.
-DAILY = dg.DailyPartitionsDefinition(start_date="2017-07-14", end_offset=0)
+# From Binance spot's opening to the last complete day (UTC); core.config refuses dates outside it.
+DAILY = dg.DailyPartitionsDefinition(start_date=FIRST_DAY.isoformat(), end_offset=0)
 # forward_returns of day D reads book_tensors of D and D + 1 (labels look ahead by design).
 WITH_NEXT_DAY = dg.TimeWindowPartitionMapping(start_offset=0, end_offset=1)
 

@@ -24,6 +24,10 @@ from bmlt_assets.core.windows import calendar, with_mid_path
 
 
 class OrderBookPyfunc(PythonModel):
+    # MLflow's own opt-out of type-hint validation (its ChatModel's): without it, defining the class
+    # warns, in raw colour codes, that predict has no type hints, in every command that imports it.
+    _skip_type_hint_validation = True
+
     def load_context(self, context: PythonModelContext) -> None:
         self.load(Path(context.artifacts["checkpoint"]))
 

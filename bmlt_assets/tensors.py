@@ -92,8 +92,7 @@ def _refuse_failed_snapshots(storage: StorageResource, date: dt.date) -> None:
         raise dg.Failure(
             f"orderbook_snapshots for {date.isoformat()} failed its blocking check {verdict['check']} "
             f"({'; '.join(verdict['failures'])}): fix the landing data (or the quality thresholds), then "
-            "re-materialize it with its check: dagster asset materialize -m bmlt_assets.definitions "
-            f"--select orderbook_snapshots --partition {date.isoformat()}"
+            f"re-materialize it with its check: {storage.materialize_command('orderbook_snapshots', date)}"
         )
 
 

@@ -10,7 +10,8 @@ the registry steps of a model's life (register the challenger, find the champion
 
 from __future__ import annotations
 
-import os
+import atexit
+import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,10 +31,11 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.pyfunc import PyFuncModel
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 
 from bmlt_assets.core.promotion import Verdict
 from bmlt_assets.scoring import OrderBookPyfunc
+from bmlt_resources.tracking_probe import tracking_reachable
 
 __all__ = ["MlflowTracking", "MlflowTrialLogger", "RegisteredModel", "TrackedMlflow", "tracking_reachable"]
 
@@ -116,34 +118,12 @@ class TrackedMlflow(MlFlow):
         )
 
 
-QUICK_PROBE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
-
-
-def tracking_reachable(uri: str) -> None:
-    """Fail fast, before any step runs, when the tracking store cannot be reached: one quick
-    request without MLflow's retries, instead of minutes of back-off after an hour of training."""
-    previous = {name: os.environ.get(name) for name in QUICK_PROBE}
-    os.environ.update(QUICK_PROBE)
-    try:
-        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
-    except Exception as error:
-        raise ConnectionError(
-            f"MLflow tracking store {uri!r} is unreachable ({type(error).__name__}): start it, or point "
-            "mlflow.tracking_uri in the config at a reachable server"
-        ) from None
-    finally:
-        for name, value in previous.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 @dg.resource(
     config_schema={
         **CONFIG_SCHEMA,
         "artifact_location": dg.Field(str, is_required=False),
         "run_name": dg.Field(str, is_required=False),
+        "description": dg.Field(str, is_required=False),
     }
 )
 def checked_mlflow_tracking(context: dg.InitResourceContext) -> Iterator[TrackedMlflow]:
@@ -155,8 +135,39 @@ def checked_mlflow_tracking(context: dg.InitResourceContext) -> Iterator[Tracked
     if config.get("artifact_location") and client.get_experiment_by_name(config["experiment_name"]) is None:
         client.create_experiment(config["experiment_name"], artifact_location=config["artifact_location"])
     tracked = TrackedMlflow(context)  # as dagster-mlflow's own resource does, with our methods
+    if config.get("description"):  # the run page's description
+        mlflow.set_tag(MLFLOW_RUN_NOTE, f"{config['description']}\n\nDagster run `{context.run_id}`.")
+    if context.instance is not None and context.run_id is not None and context.run_id not in _ENDED_AT_EXIT:
+        _ENDED_AT_EXIT.add(context.run_id)
+        atexit.register(end_unfinished_run, context.instance, context.run_id)
     yield tracked
     tracked.cleanup_on_error()
+
+
+_ENDED_AT_EXIT: set[str] = set()  # Dagster runs whose MLflow run this process ends at exit
+
+
+def end_unfinished_run(instance: dg.DagsterInstance, dagster_run_id: str) -> None:
+    """At exit, the MLflow run still open takes the outcome of its Dagster run: KILLED when it was
+    interrupted or cancelled (Ctrl-C, a terminated run), FAILED when it failed otherwise.
+
+    Registered after MLflow's own exit handler, so it runs first: MLflow's ends any open run
+    FINISHED, whatever happened (dagster-mlflow's attempt to unregister it names another function).
+    A run still going (a step process of the multiprocess executor) is left to that handler: the
+    next step reopens the MLflow run."""
+    with contextlib.suppress(Exception):  # never fail an exiting process
+        if mlflow.active_run() is None:
+            return
+        run = instance.get_run_by_id(dagster_run_id)
+        if run is None:
+            return
+        interrupted = run.tags.get("dagster/failure_reason") == "UNEXPECTED_TERMINATION"
+        if run.status in (dg.DagsterRunStatus.CANCELED, dg.DagsterRunStatus.CANCELING) or (
+            run.status == dg.DagsterRunStatus.FAILURE and interrupted
+        ):
+            mlflow.end_run(status="KILLED")
+        elif run.status == dg.DagsterRunStatus.FAILURE:
+            mlflow.end_run(status="FAILED")
 
 
 class MlflowTracking(ConfigurableLegacyResourceAdapter):
@@ -164,6 +175,7 @@ class MlflowTracking(ConfigurableLegacyResourceAdapter):
     mlflow_tracking_uri: str
     artifact_location: str = ""  # "" for a tracking server: it chooses (see PlatformConfig.artifact_location)
     run_name: str = ""  # default: the Dagster job's name
+    description: str = ""  # Markdown for the run page: what was trained on what
     extra_tags: dict[str, str] = {}
 
     @property

@@ -18,23 +18,30 @@ from pydantic import PrivateAttr, ValidationError
 from bmlt_assets.core.config import ConfigError, PlatformConfig, format_validation_error, load_config
 
 
-class CodeLocationConfigError(ConfigError, click.ClickException):
-    """A bad config met while a code location loads: one clean message, exit status 2.
+class CodeLocationError(click.ClickException):
+    """A failure met while a code location loads that the user can fix: one clean line, exit 2.
 
     Measured with Dagster 1.13.27: a plain exception out of the loader makes `dagster job execute
     -m ...` print a ~50-line traceback ending in the message; a DagsterError raised ``from None``
     does the same. Dagster's CLI is click, and click shows a ClickException as its message alone
     and exits with its ``exit_code``, so this is the one line on stderr (after the warnings that
-    libraries print before: Dagster's SupersessionWarning for `job execute`, MLflow's on predict
-    type hints at import). Unlike printing and raising SystemExit, it still
-    reaches the UI of `dagster dev`, whose code server catches it and shows the message as the
-    location's load error. Being a ConfigError, it is what programmatic callers catch.
+    libraries print before, such as Dagster's SupersessionWarning for `job execute`). Unlike
+    printing and raising SystemExit, it still reaches the UI of `dagster dev`, whose code server
+    catches it and shows the message as the location's load error (bmlt_assets.boundary makes them).
     """
 
     exit_code = 2
 
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(self.format_message(), file=file or sys.stderr)
+
+
+class CodeLocationConfigError(ConfigError, CodeLocationError):
+    """A bad config met while a code location loads; being a ConfigError, it is what programmatic
+    callers catch."""
+
     def __init__(self, message: str) -> None:
-        click.ClickException.__init__(self, message)
+        CodeLocationError.__init__(self, message)
 
     def show(self, file: IO[Any] | None = None) -> None:
         click.echo(f"invalid config: {self.format_message()}", file=file or sys.stderr)

@@ -135,6 +135,11 @@ class StorageResource(dg.ConfigurableResource):
         """Whether a folder partition has its meta.json (is visible to readers), or a file exists."""
         return (path / META if path.suffix == "" else path).exists()
 
+    def materialize_command(self, asset: str, date: dt.date | None = None) -> str:
+        """The command that materializes ``asset`` (of ``date``), under this config's asset key."""
+        partition = f" --partition {date.isoformat()}" if date else ""
+        return f"dagster asset materialize -m bmlt_assets.definitions --select {self.config_name}/{asset}{partition}"
+
     def require(self, path: StoredPath, asset: str, date: dt.date | None = None) -> StoredPath:
         """``path`` if it was fully written and is readable, else an error naming what to materialize.
 
@@ -158,12 +163,7 @@ class StorageResource(dg.ConfigurableResource):
                 problem = integrity_problem(readable)
                 if problem is None:
                     return readable
-        if date is None:
-            hint = f"dagster asset materialize -m bmlt_assets.definitions --select {asset}"
-        else:
-            hint = (
-                f"dagster asset materialize -m bmlt_assets.definitions --select {asset} --partition {date.isoformat()}"
-            )
+        hint = self.materialize_command(asset, date)
         where = f" for {date.isoformat()}" if date else ""
         if problem is not None:
             raise CorruptPartitionError(f"{asset}{where} at {path} is corrupt ({problem}); re-materialize it: {hint}")

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from bmlt_assets.core.checkpoint import CHECKPOINT, load_checkpoint, spec_calibration
-from bmlt_assets.core.config import PROJECT_ROOT, PlatformConfig
+from bmlt_assets.core.config import PROJECT_ROOT, PlatformConfig, load_config
 from bmlt_assets.core.windows import calendar, with_mid_path
 from bmlt_assets.definitions import CHECKS, INGEST_ASSETS, TRAINING_ASSETS, build_definitions, build_resources
 from bmlt_assets.partitions import range_tags
@@ -45,18 +45,23 @@ def test_definitions_load_for_every_shipped_config(config: str) -> None:
 
 
 def test_the_workspace_serves_every_shipped_config_side_by_side() -> None:
-    """workspace.yaml's locations build, each under its own config's keys, with the same lineage."""
+    """workspace.yaml's locations build, each under its own config's keys (those the scripts'
+    `-m bmlt_assets.definitions` serves for that config), with the same lineage."""
     import yaml
 
     import bmlt_assets.locations
 
-    unprefixed = _graph(build_definitions(PROJECT_ROOT / "configs/default.yaml"))
+    served = {path.name: load_config(path).name for path in (PROJECT_ROOT / "configs").glob("*.yaml")}
+    lineage = None
     seen: set[str] = set()
-    for entry in yaml.safe_load((PROJECT_ROOT / "workspace.yaml").read_text())["load_from"]:
+    entries = yaml.safe_load((PROJECT_ROOT / "workspace.yaml").read_text())["load_from"]
+    assert sorted(entry["python_module"]["location_name"] for entry in entries) == sorted(served.values())
+    for entry in entries:
         module = entry["python_module"]
-        defs = getattr(bmlt_assets.locations, module["attribute"])()
-        graph = _graph(defs)
+        graph = _graph(getattr(bmlt_assets.locations, module["attribute"])())
         prefix = module["location_name"] + "/"
+        file = next(file for file, name in served.items() if name == module["location_name"])
+        assert graph == _graph(build_definitions(PROJECT_ROOT / "configs" / file))  # the scripts' keys
         assert all(key.startswith(prefix) for key in graph)
         assert not seen & set(graph)  # no asset key is defined by two locations
         seen |= set(graph)
@@ -64,8 +69,9 @@ def test_the_workspace_serves_every_shipped_config_side_by_side() -> None:
             key.removeprefix(prefix): {**node, "deps": [d.removeprefix(prefix) for d in node["deps"]]}
             for key, node in graph.items()
         }
-        assert renamed == unprefixed
-    assert len(seen) == 3 * len(unprefixed)
+        assert lineage is None or renamed == lineage
+        lineage = renamed
+    assert lineage is not None and len(seen) == len(served) * len(lineage)
 
 
 def test_asset_graph_matches_snapshot(tiny_config_path: Path) -> None:

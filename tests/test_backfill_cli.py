@@ -41,7 +41,7 @@ def test_partition_range_in_one_run_and_job_backfill_per_day(
             "-m",
             "bmlt_assets.definitions",
             "--select",
-            "orderbook_snapshots,book_tensors,forward_returns",
+            "tiny/orderbook_snapshots,tiny/book_tensors,tiny/forward_returns",
             "--partition-range",
             "2025-01-06...2025-01-07",
         ],

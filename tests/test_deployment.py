@@ -56,13 +56,13 @@ def test_by_default_steps_run_in_process_and_a_range_is_one_run(tiny_config_path
     policies = {key.to_user_string(): graph.get(key).backfill_policy for key in graph.get_all_asset_keys()}
     single = dg.BackfillPolicy.single_run()
     assert {name for name, policy in policies.items() if policy == single} == {
-        "orderbook_snapshots",
-        "book_tensors",
-        "forward_returns",
+        "tiny/orderbook_snapshots",
+        "tiny/book_tensors",
+        "tiny/forward_returns",
     }
 
 
-def test_multi_run_and_multiprocess_apply_to_every_partitioned_asset_also_under_a_prefix(tmp_path: Path) -> None:
+def test_multi_run_and_multiprocess_apply_to_every_partitioned_asset(tmp_path: Path) -> None:
     path = write_config(
         tmp_path,
         {
@@ -74,7 +74,7 @@ def test_multi_run_and_multiprocess_apply_to_every_partitioned_asset_also_under_
             }
         },
     )
-    definitions = build_definitions(path, key_prefix="tiny")
+    definitions = build_definitions(path)
     graph = definitions.resolve_asset_graph()
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
@@ -120,7 +120,7 @@ def test_a_misspelled_k8s_executor_key_fails_when_the_code_location_loads(tmp_pa
 
 
 def test_step_resources_name_exactly_the_steps(tiny_config_path: Path) -> None:
-    definitions = build_definitions(tiny_config_path, key_prefix="tiny")
+    definitions = build_definitions(tiny_config_path)
     assert set(typing.get_args(StepName)) == {asset.op.name for asset in definitions.assets}
 
 
@@ -539,7 +539,7 @@ def test_a_multi_run_backfill_runs_two_days_per_run_two_runs_at_once_on_postgres
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
         definitions = build_definitions(config_path)
         # The day-local assets: their backfill is exactly the 2 runs of 2 days.
-        assets = [dg.AssetKey("orderbook_snapshots"), dg.AssetKey("book_tensors")]
+        assets = [dg.AssetKey(["tiny", "orderbook_snapshots"]), dg.AssetKey(["tiny", "book_tensors"])]
         backfill_id = submit_asset_backfill(instance, definitions, assets, days)
         daemon = subprocess.Popen(
             [str(BIN / "dagster-daemon"), "run", "-m", "bmlt_assets.definitions"],
@@ -582,7 +582,7 @@ def test_a_multi_run_backfill_runs_two_days_per_run_two_runs_at_once_on_postgres
     assert all(end is not None for _, end in spans)
     assert max(start for start, _ in spans) < min(end for _, end in spans)
     assert max(sum(start <= moment < end for start, end in spans) for moment, _ in spans) <= 2
-    stored = instance.get_materialized_partitions(dg.AssetKey("book_tensors"))
+    stored = instance.get_materialized_partitions(dg.AssetKey(["tiny", "book_tensors"]))
     assert stored == {day.isoformat() for day in days}
 
 
@@ -601,7 +601,7 @@ def test_bmlt_backfill_queues_exactly_the_days_of_the_daily_assets(
     }
     days = ("2025-01-06", "2025-01-07")
     assert target == {
-        (name, day) for name in ("orderbook_snapshots", "book_tensors", "forward_returns") for day in days
+        (f"tiny/{name}", day) for name in ("orderbook_snapshots", "book_tensors", "forward_returns") for day in days
     }
 
     assert main(["backfill", "--config", str(path), "--from", "2025-01-07", "--to", "2025-01-06"]) == 2
@@ -649,7 +649,7 @@ def test_bmlt_backfill_goes_through_the_webserver_from_a_machine_without_an_inst
         for item in backfill.asset_backfill_data.target_subset.iterate_asset_partitions()
     }
     assert target == {
-        (name, day)
+        (f"tiny/{name}", day)
         for name in ("orderbook_snapshots", "book_tensors", "forward_returns")
         for day in ("2025-01-06", "2025-01-07")
     }

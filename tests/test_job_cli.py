@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import dagster as dg
 import mlflow
 import numpy as np
+import pytest
 
-from bmlt_assets.core.config import PROJECT_ROOT, PlatformConfig
+from bmlt_assets.core.config import PROJECT_ROOT, PlatformConfig, load_config
 from bmlt_assets.partitions import range_tags
 from bmlt_resources.storage import StorageResource
+from tests.helpers import write_config
 
 BIN = Path(sys.executable).parent
 
@@ -85,17 +90,31 @@ def test_dagster_job_execute_runs_the_full_pipeline(
     )
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
 
-    # Without -o the HTML lands under the data folder, never in the working directory.
-    default = subprocess.run(
-        [str(BIN / "bmlt"), "report", run.info.run_id, "--config", str(tiny_config_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
-    assert default.returncode == 0, default.stderr
+    # Without -o the HTML lands under the data folder, never in the working directory; -o an
+    # existing folder puts it in that folder; no download is left in the temporary folder.
+    scratch, folder = tmp_path / "tmp", tmp_path / "reports-here"
+    scratch.mkdir()
+    folder.mkdir()
+    for extra in ([], ["-o", str(folder)]):
+        default = subprocess.run(
+            [str(BIN / "bmlt"), "report", run.info.run_id, "--config", str(tiny_config_path), *extra],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+            env={**os.environ, "TMPDIR": str(scratch)},
+        )
+        assert default.returncode == 0, default.stderr
     assert (storage.root / "reports" / f"report-{run.info.run_id}.html").exists()
+    assert (folder / f"report-{run.info.run_id}.html").read_text().startswith("<!DOCTYPE html>")
     assert not list(tmp_path.glob("report-*.html"))
+    assert not list(scratch.iterdir())
+
+    # The run page says what was trained on what, from which config and Dagster run.
+    note = run.data.tags["mlflow.note.content"]
+    assert note.startswith(f"**{tiny_config.name}**: deeplob (branches) predicting ETH/USDT")
+    assert str(tiny_config_path.resolve()) in note and tiny_config.content_hash in note
+    assert run.data.tags["dagster_run_id"] in note
 
     # The summary names the run, the model version and its aliases, the verdict and the paths.
     summary = subprocess.run(
@@ -115,3 +134,41 @@ def test_dagster_job_execute_runs_the_full_pipeline(
     assert str(storage.report / "report.html") in summary.stdout
     assert f"{model_accuracy:.4f}" in summary.stdout
     assert "\x1b[" not in summary.stdout
+
+
+@pytest.mark.slow  # about a minute: a pipeline run interrupted in the middle of training
+def test_an_interrupted_run_ends_its_mlflow_run_killed_not_finished(tmp_path: Path) -> None:
+    path = write_config(tmp_path, {"training": {"epochs": 1000, "early_stopping_patience": 1000}})
+    config = load_config(path)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    env = {**os.environ, "BMLT_CONFIG": str(path), "DAGSTER_HOME": str(home)}
+    tags = json.dumps(range_tags(config.data.start_date, config.data.end_date))
+    with (tmp_path / "run.log").open("w") as log:
+        process = subprocess.Popen(
+            [str(BIN / "dagster"), "job", "execute", "-m", "bmlt_assets.definitions", "-j", "full_pipeline"]
+            + ["--tags", tags],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            instance = dg.DagsterInstance.from_config(str(home))
+            deadline = time.monotonic() + 300
+            while not _step_started(instance, "trained_model"):
+                assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "run.log").read_text()
+                time.sleep(1)
+            time.sleep(5)  # a few epochs in
+            process.send_signal(signal.SIGINT)  # Ctrl-C; a terminated run gets SIGTERM, which Dagster maps to it
+            assert process.wait(timeout=120) != 0
+        finally:
+            process.kill()
+    client = mlflow.MlflowClient(tracking_uri=config.tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name(config.mlflow.experiment).experiment_id])
+    assert run.info.status == "KILLED", (tmp_path / "run.log").read_text()[-3000:]
+
+
+def _step_started(instance: dg.DagsterInstance, step: str) -> bool:
+    records = instance.get_event_records(dg.EventRecordsFilter(event_type=dg.DagsterEventType.STEP_START))
+    return any(record.event_log_entry.step_key == step for record in records)

@@ -148,7 +148,7 @@ def test_a_later_run_of_book_tensors_alone_refuses_a_day_whose_snapshots_failed(
     assert not alone.success
     message = str(alone.get_step_failure_events()[0].event_specific_data.error)
     assert "orderbook_snapshots for 2025-01-07 failed its blocking check snapshots_are_sound" in message
-    assert "crossed or locked book" in message and "--select orderbook_snapshots --partition 2025-01-07" in message
+    assert "crossed or locked book" in message and "--select tiny/orderbook_snapshots --partition 2025-01-07" in message
     assert not (storage.tensors(DAYS[1]) / "meta.json").exists()
 
 

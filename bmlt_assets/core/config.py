@@ -13,11 +13,12 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_origin
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "configs" / "default.yaml"
@@ -27,6 +28,8 @@ SYMBOL_PATTERN = re.compile(r"^[A-Z0-9]{2,15}/[A-Z0-9]{2,10}(:[A-Z0-9]{2,10})?$"
 SYNTHETIC_SYMBOLS = ("BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/USDT", "XRP/USDT")
 
 DEEPLOB_MIN_WINDOW = 19
+# The daily partitions' first day: Binance spot opened on 2017-07-14, so no order-book day is older.
+FIRST_DAY = dt.date(2017, 7, 14)
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(gt=0, lt=1)]
@@ -34,6 +37,26 @@ Fraction = Annotated[float, Field(gt=0, lt=1)]
 
 class ConfigError(ValueError):
     """A config that cannot be used; the message is meant for a human, not a traceback."""
+
+
+def last_complete_day() -> dt.date:
+    """The newest day with a partition: a day's partition exists once the day is over (UTC)."""
+    return dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+
+
+def day_out_of_range(day: dt.date, name: str) -> str | None:
+    """Why ``day`` (given as ``name``) has no daily partition, or None when it has one."""
+    if day < FIRST_DAY:
+        return (
+            f"{name} {day} is before {FIRST_DAY}, the first day of the daily partitions (Binance spot's opening): "
+            f"use {FIRST_DAY} or later"
+        )
+    last = last_complete_day()
+    if day > last:
+        return (
+            f"{name} {day} is not over yet (UTC): a day's partition exists once the day is over; use {last} or earlier"
+        )
+    return None
 
 
 class Section(BaseModel):
@@ -121,6 +144,10 @@ class DataConfig(Section):
     def _consistent(self) -> DataConfig:
         if self.end_date < self.start_date:
             raise ValueError(f"end_date {self.end_date} is before start_date {self.start_date}")
+        for day, name in ((self.start_date, "start_date"), (self.end_date, "end_date")):
+            problem = day_out_of_range(day, name)
+            if problem:
+                raise ValueError(problem)
         if self.source == "synthetic":
             unknown = [s for s in self.symbols if s not in SYNTHETIC_SYMBOLS]
             if unknown:
@@ -349,10 +376,43 @@ class SearchDimension(Section):
                 raise ValueError("a categorical dimension needs choices")
         elif self.low is None or self.high is None or self.high <= self.low:
             raise ValueError(f"an {self.type} dimension needs low < high")
+        elif self.log and self.low <= 0:
+            raise ValueError(f"a log-scale dimension needs low > 0 (low is {self.low:g})")
+        elif self.log and self.step is not None:
+            raise ValueError("a log-scale dimension takes no step (Optuna samples it continuously)")
         return self
+
+    def values_to_check(self) -> list[Any]:
+        """Values the dimension can take that show whether a field accepts them: every choice, or
+        the bounds (and for a float a value between them, which an integer field refuses)."""
+        if self.type == "categorical":
+            return list(self.choices or [])
+        assert self.low is not None and self.high is not None  # _complete
+        if self.type == "int":
+            return [int(self.low), int(self.high)]
+        return [self.low, self.high, self.low + (self.high - self.low) / 3]
 
 
 TUNABLE_SECTIONS = ("model", "training")
+
+
+def _check_dimension(path: str, dimension: SearchDimension, field: FieldInfo) -> None:
+    """Every value a search dimension can take must be valid for its field (type, choices, range),
+    so that a bad choice fails here, not in a trial after the data was ingested."""
+    annotation: Any = field.annotation
+    adapter: TypeAdapter[Any] = TypeAdapter(Annotated[(annotation, *field.metadata)] if field.metadata else annotation)
+    for value in dimension.values_to_check():
+        try:
+            adapter.validate_python(value)
+        except ValidationError as error:
+            why = "; ".join(item["msg"] for item in error.errors())
+            kind = "choice" if dimension.type == "categorical" else f"{dimension.type} value"
+            hint = ""
+            if dimension.type != "categorical" and (get_origin(annotation) is Literal or annotation is bool):
+                hint = ": tune it as type: categorical"
+            elif dimension.type == "float" and annotation is int:
+                hint = ": it takes whole numbers, tune it as type: int"
+            raise ValueError(f"{path!r}: {kind} {value!r} is not a valid {path} ({why}){hint}") from None
 
 
 class HpoConfig(Section):
@@ -403,6 +463,7 @@ class HpoConfig(Section):
             model = models[section]
             if name not in model.model_fields:
                 raise ValueError(f"{path!r}: {section} has no field {name!r}")
+            _check_dimension(path, space[path], model.model_fields[name])
         return space
 
     @model_validator(mode="after")
@@ -775,10 +836,16 @@ class PlatformConfig(Section):
         return (self.local_dir / "mlartifacts").as_uri() if local else ""
 
     @property
+    def content_hash(self) -> str:
+        """A short hash of what the config asks for, whatever the checkout: the storage section is
+        left out, as it only says where things live (its paths are made absolute when loading)."""
+        content = self.model_dump_json(exclude={"storage"})
+        return hashlib.sha256(content.encode()).hexdigest()[:8]
+
+    @property
     def run_name(self) -> str:
         """What a tracking run of this config is called: name, date range, short config hash."""
-        digest = hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:8]
-        return f"{self.name} {self.data.start_date}..{self.data.end_date} {digest}"
+        return f"{self.name} {self.data.start_date}..{self.data.end_date} {self.content_hash}"
 
     @property
     def registered_model_name(self) -> str:
@@ -828,6 +895,25 @@ def format_validation_error(path: Path, error: ValidationError) -> str:
     return "\n".join([f"{path}: {len(problems)} invalid value(s)", *(f"  - {problem}" for problem in problems)])
 
 
+def expanded_location(source: str, key: str, value: Any) -> str:
+    """A storage location as written, with ``~`` and ``$VARIABLES`` expanded; an empty one, or one
+    naming a variable that is not set, is an error (it would become a folder named ``None`` or ``$X``)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise ConfigError(
+            f"{source}: {key} is empty: write a folder (e.g. data) or s3://bucket/prefix, or delete the key "
+            "for the default"
+        )
+    if not isinstance(value, str):
+        return str(value)  # not a location: validation names the field and the type it wants
+    where = os.path.expandvars(value)
+    unset = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", where)
+    if unset:
+        raise ConfigError(
+            f"{source}: {key} = {value!r} names ${unset[0]}, which is not set: export it, or write the location"
+        )
+    return os.path.expanduser(where)
+
+
 def parse_config(raw: Any, source: str = "<config>", folder: Path | None = None) -> PlatformConfig:
     """Validate a parsed config; a relative local ``storage.uri`` or ``cache_dir`` is taken relative to ``folder``
     (the config file's), else to the working directory."""
@@ -847,9 +933,11 @@ def parse_config(raw: Any, source: str = "<config>", folder: Path | None = None)
             )
         resolved = {}
         for key in ("uri", "cache_dir"):
-            where = str(storage.get(key, StorageConfig.model_fields[key].default))
+            written = storage.get(key, StorageConfig.model_fields[key].default)
+            where = expanded_location(source, f"storage.{key}", written)
             if "://" not in where and not Path(where).is_absolute():
-                resolved[key] = os.path.normpath((folder or Path.cwd()) / where)
+                where = os.path.normpath((folder or Path.cwd()) / where)
+            resolved[key] = where
         raw = {**raw, "storage": {**storage, **resolved}}
     try:
         return PlatformConfig.model_validate(raw)
@@ -927,7 +1015,16 @@ def read_yaml(path: Path) -> Any:
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        if "'\\t'" in str(error.problem):
+            raise ConfigError(
+                f"{path}: a tab at {where}: YAML indents and separates with spaces only; replace it with spaces"
+            ) from None
         raise ConfigError(f"{path}: YAML syntax error at {where}: {error.problem}") from None
+    except RecursionError:
+        raise ConfigError(
+            f"{path}: nested too deeply to read (hundreds of levels); a config has a few levels of "
+            "sections, as in configs/default.yaml"
+        ) from None
     except (yaml.YAMLError, ValueError) as error:  # e.g. a control character; ConfigError passes through
         if isinstance(error, ConfigError):
             raise
@@ -949,5 +1046,16 @@ def load_config(path: str | Path) -> PlatformConfig:
 
 
 def config_path_from_env() -> Path:
-    """The config a Dagster code location uses: $BMLT_CONFIG, else configs/default.yaml."""
-    return Path(os.environ.get("BMLT_CONFIG") or DEFAULT_CONFIG_PATH)
+    """The config a Dagster code location uses: $BMLT_CONFIG, else configs/default.yaml. A
+    $BMLT_CONFIG naming no file is an error naming the variable: the user may not know it is set."""
+    chosen = os.environ.get("BMLT_CONFIG")
+    if not chosen:
+        return DEFAULT_CONFIG_PATH
+    path = Path(chosen)
+    if not path.is_file():
+        problem = "is a directory" if path.is_dir() else "no such file"
+        raise ConfigError(
+            f"BMLT_CONFIG={chosen}: {problem} (relative to {Path.cwd()}): export BMLT_CONFIG=<a config file>, "
+            "or unset it for configs/default.yaml"
+        )
+    return path
