@@ -49,9 +49,11 @@ format: install
 	$(BIN)/ruff format .
 
 # Ratios against references measured in the same run; figures go to benchmarks/results.json.
+# The book engine at real size writes its tiled days (about 7 GB) into $$BMLT_BENCH_DATA or .bench-data/.
 bench: install
 	$(BIN)/python -m benchmarks.run
 	$(BIN)/python -m benchmarks.ingest
+	$(BIN)/python -m benchmarks.book_engine --reference-lengths 1h --materialize
 
 bench-quick: install
 	$(BIN)/python -m benchmarks.run --quick --out benchmarks/results-quick.json

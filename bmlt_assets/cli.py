@@ -322,6 +322,7 @@ def import_(config: PlatformConfig, args: argparse.Namespace) -> int:
     keeps the books rebuilt before the damage (they are written) and exits 2 with what happened."""
     from bmlt_assets.core.files import landing_base, landing_depth, landing_root, landing_targets, write_landing_days
     from bmlt_assets.core.sources.binance.sync import RecordingError
+    from bmlt_assets.core.sources.book_engine import time_steps_warning
     from bmlt_assets.core.sources.importer import import_recordings
 
     refuse_unwritable(config)  # before reading what may be gigabytes
@@ -402,6 +403,8 @@ def import_(config: PlatformConfig, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         status = 2
+    for step in imported.time_steps_back:  # imported in the file's order, and said so
+        print(f"warning: {time_steps_warning(step)}", file=sys.stderr)
     if args.json:
         print(json.dumps(result, indent=2))
         return status
@@ -409,7 +412,10 @@ def import_(config: PlatformConfig, args: argparse.Namespace) -> int:
         f" from {result['updates_applied']} applied depth updates "
         f"({result['updates_dropped']} dropped as older than the snapshot)"
     )
-    print(f"{result['snapshots']} snapshots of {args.levels} levels" + (source if args.format == "binance-ws" else ""))
+    print(
+        f"{result['snapshots']} snapshots of {args.levels} levels"
+        + (source if args.format != "tardis-book-snapshot" else "")
+    )
     print(
         f"gaps: {len(result['gaps'])}"
         + "".join(f"\n  {g['symbol']}: {g['from_ns']} .. {g['to_ns']}" for g in result["gaps"])
@@ -584,8 +590,9 @@ def build_parser() -> argparse.ArgumentParser:
     subs["import"].add_argument(
         "--format",
         default="binance-ws",
-        choices=["binance-ws", "tardis-book-snapshot"],
-        help="binance-ws: combined depth streams + REST snapshots; tardis-book-snapshot: book_snapshot_25 CSV",
+        choices=["binance-ws", "tardis-incremental", "tardis-book-snapshot"],
+        help="binance-ws: combined depth streams + REST snapshots; tardis-incremental: incremental_book_L2 CSV; "
+        "tardis-book-snapshot: book_snapshot_25 CSV",
     )
     subs["import"].add_argument(
         "--market", choices=["spot", "usdm"], default=None, help="default: the config's data.market"
