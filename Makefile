@@ -37,20 +37,23 @@ test-slow: install
 	@.ci/system-packages --slow
 	$(BIN)/python -m pytest -q -m slow
 
-# ruff (lint + format check, one line length) everywhere; mypy on the core and the resources.
+# ruff (lint + format check, one line length) everywhere; mypy on both packages; the import layers.
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-logo
 
 format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
 # Ratios against references measured in the same run; figures go to benchmarks/results.json.
+# The book engine at real size writes its tiled days (about 7 GB) into $$BMLT_BENCH_DATA or .bench-data/.
 bench: install
 	$(BIN)/python -m benchmarks.run
 	$(BIN)/python -m benchmarks.ingest
+	$(BIN)/python -m benchmarks.book_engine --reference-lengths 1h --materialize
 
 bench-quick: install
 	$(BIN)/python -m benchmarks.run --quick --out benchmarks/results-quick.json

@@ -18,6 +18,7 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from statistics import median
 
@@ -109,12 +110,12 @@ def main() -> None:
         scores = {name: classification_metrics(y, p[i]) for name, p in probabilities.items()}
         results["horizons"][f"{horizon_s}s"] = {
             "log_loss": {name: float(loss.mean()) for name, loss in losses.items()},
-            "accuracy": {name: s["accuracy"] for name, s in scores.items()},
-            "lightgbm_minus_hist_gradient_boosting": mean_interval(
-                losses["lightgbm"] - losses["hist_gradient_boosting"], horizon
+            "accuracy": {name: s.accuracy for name, s in scores.items()},
+            "lightgbm_minus_hist_gradient_boosting": asdict(
+                mean_interval(losses["lightgbm"] - losses["hist_gradient_boosting"], horizon)
             ),
-            "hist_gradient_boosting_minus_logistic_obi": mean_interval(
-                losses["hist_gradient_boosting"] - losses["logistic_obi"], horizon
+            "hist_gradient_boosting_minus_logistic_obi": asdict(
+                mean_interval(losses["hist_gradient_boosting"] - losses["logistic_obi"], horizon)
             ),
         }
     results["fit_seconds_median"] = {name: median(values) for name, values in seconds.items()}

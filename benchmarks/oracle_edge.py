@@ -87,8 +87,8 @@ def main() -> None:
         for name in ("readings only", "rounding blind"):
             gain = mean_interval(losses["oracle"] - losses[name], h)
             line.append(
-                f"{name} {prior_loss - losses[name].mean():.4f} (oracle - it {gain['mean']:+.4f}, 95% CI "
-                f"{gain['low']:+.4f} .. {gain['high']:+.4f})"
+                f"{name} {prior_loss - losses[name].mean():.4f} (oracle - it {gain.mean:+.4f}, 95% CI "
+                f"{gain.low:+.4f} .. {gain.high:+.4f})"
             )
         latent = full.latent(day, target)
         kappa = d.synthetic.signal_strength

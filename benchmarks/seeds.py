@@ -27,15 +27,15 @@ from dataclasses import asdict
 from pathlib import Path
 from statistics import mean, stdev
 
-import numpy as np
 import polars as pl
 import yaml
 
 from bmlt_assets.core.calibration import validation_calibration
 from bmlt_assets.core.config import PlatformConfig, load_config
 from bmlt_assets.core.dataset import build_folds, load_dataset, save_dataset
+from bmlt_assets.core.days import DayReturns, DayTensors, LabelledDay, label_days
 from bmlt_assets.core.evaluation import evaluate, oracle_for
-from bmlt_assets.core.fresh import FRESH, day_arrays, fresh_day_data, score_fresh_days
+from bmlt_assets.core.fresh import FRESH, fresh_day_data, score_fresh_days
 from bmlt_assets.core.gradient_boosting import fit_gradient_boosting
 from bmlt_assets.core.promotion import gate
 from bmlt_assets.core.sources.synthetic import SyntheticMarket
@@ -50,14 +50,17 @@ def market(config: PlatformConfig) -> SyntheticMarket:
     return SyntheticMarket(d.synthetic, config.seed, d.cadence_ms, d.depth, tuple(d.symbols))
 
 
-def simulated_day(config: PlatformConfig, date: dt.date) -> dict[str, np.ndarray]:
+def simulated_day(config: PlatformConfig, date: dt.date) -> DayTensors:
     source = market(config)
-    return day_arrays(pl.concat([source.simulate(date, symbol) for symbol in config.data.symbols]), date, config)
+    return DayTensors.from_frame(
+        pl.concat([source.simulate(date, symbol) for symbol in config.data.symbols]), date, config
+    )
 
 
 def build_data(config: PlatformConfig, folder: Path) -> None:
     """book_tensors + forward_returns of every day, then training_dataset, into ``folder``."""
-    save_dataset(build_folds([simulated_day(config, date) for date in config.data.dates], config), folder)
+    days = [simulated_day(config, date) for date in config.data.dates]
+    save_dataset(build_folds(label_days(days, config), config), folder, config)
 
 
 def fee_resolved(config: PlatformConfig) -> PlatformConfig:
@@ -96,7 +99,9 @@ def one_run(config_json: str, folder: str, seed: int, threads: int, fresh_days: 
     days = []
     for k in range(1, fresh_days + 1):
         date = config.data.end_date + dt.timedelta(days=k)
-        days.append((date.isoformat(), fresh_day_data(simulated_day(config, date), config, data)))
+        tensors = simulated_day(config, date)
+        labelled = LabelledDay(tensors, DayReturns.of(tensors, None, config))
+        days.append((date.isoformat(), fresh_day_data(labelled, config, data)))
     logits = [predict_logits(result.model, day, day.parts[FRESH].steps) for _, day in days]
     oracles = [oracle_for(source, config.target, day) for _, day in days]
     fresh = score_fresh_days(data, days, logits, calibration, baselines, oracles)  # type: ignore[arg-type]
@@ -110,16 +115,13 @@ def one_run(config_json: str, folder: str, seed: int, threads: int, fresh_days: 
         "promoted": verdict.promote,
         "reasons": verdict.reasons,
         "horizons": {
-            f"{entry['horizon_s']:g}s": {
-                "capture": entry["capture"],
-                "model_minus": {
-                    name: entry["log_loss_differences"][f"model_minus_{name}"]
-                    for name in ("logistic_obi", "gbm", "oracle")
-                },
-                "gbm_capture": entry["capture_by_predictor"]["gbm"],
-                "leak_suspected": entry["leak_suspected"],
-                "pnl_by_fee": entry["pnl_by_fee"],
-                "fresh": [scores.to_json() for scores in fresh[i]],
+            f"{entry.horizon_s:g}s": {
+                "capture": asdict(entry.capture) if entry.capture else None,
+                "model_minus": {name: asdict(entry.model_minus[name]) for name in ("logistic_obi", "gbm", "oracle")},
+                "gbm_capture": asdict(entry.predictors["gbm"].capture) if entry.predictors["gbm"].capture else None,
+                "leak_suspected": entry.leak_suspected,
+                "pnl_by_fee": [asdict(level) for level in entry.pnl_by_fee],
+                "fresh": [asdict(scores) for scores in fresh[i]],
             }
             for i, entry in enumerate(report)
         },
@@ -148,9 +150,9 @@ def summary(runs: list[dict]) -> dict:
                 f"{market}/{seed}": {
                     "logloss_capture": day["logloss_capture"],
                     "accuracy_capture": day["accuracy_capture"],
-                    "model_minus_gbm": day["differences"]["gbm"],
-                    "model_minus_temperature_alone": day["differences"].get("temperature_alone"),
-                    "model_minus_oracle": day["differences"]["oracle"],
+                    "model_minus_gbm": day["model_minus"]["gbm"],
+                    "model_minus_temperature_alone": day["model_minus"].get("temperature_alone"),
+                    "model_minus_oracle": day["model_minus"]["oracle"],
                     "gbm_logloss_capture": _capture(day, "gbm"),
                 }
                 for (market, seed), day in pooled.items()

@@ -3,15 +3,12 @@
 import datetime as dt
 
 import dagster as dg
-import polars as pl
 
-from bmlt_assets.core.book import validate_snapshots
-from bmlt_assets.core.files import read_parquet, write_json, write_parquet
+from bmlt_assets.core.days import DaySnapshots, SnapshotVerdict
 from bmlt_assets.core.quality import snapshot_quality
 from bmlt_assets.core.sources import BookSource
-from bmlt_assets.metadata import partitioned_check, partitioned_result
+from bmlt_assets.metadata import partitioned_check, partitioned_result, stored
 from bmlt_assets.partitions import DAILY, partition_dates
-from bmlt_assets.provenance import content_hash
 from bmlt_resources.settings import SettingsResource
 from bmlt_resources.storage import StorageResource
 
@@ -29,35 +26,14 @@ def orderbook_snapshots(
     storage: StorageResource,
     book_source: dg.ResourceParam[BookSource],
 ) -> dg.MaterializeResult:
-    config = settings.get()
-    per_day = []
+    symbols, per_day = settings.get().data.symbols, []
     for date in partition_dates(context):
-        raw = book_source.snapshots(date, config.data.symbols)
-        clean, quarantined = validate_snapshots(raw)
-        path = write_parquet(clean, storage.snapshots(date))
-        if quarantined.height:
-            write_parquet(quarantined, storage.quarantine(date))
-            context.log.warning(f"{date}: quarantined {quarantined.height} malformed snapshots")
-        else:  # a clean re-run must not inherit an earlier run's quarantine
-            storage.quarantine(date).unlink(missing_ok=True)
-        counts = clean.group_by("symbol").len().sort("symbol")
-        gaps = book_source.gaps(date, config.data.symbols)
-        # Stored beside the partition so that book_tensors (even in a later run) masks the lost intervals.
-        write_json(gaps, storage.snapshot_gaps(date))
-        # New content is unchecked: an earlier verdict must neither block nor vouch for it.
-        storage.snapshot_check(date).unlink(missing_ok=True)
-        per_day.append(
-            {
-                "date": date.isoformat(),
-                "rows": clean.height,
-                "quarantined": quarantined.height,
-                "recorded_gaps": len(gaps),
-                "gap_seconds": round(sum(gap["to_ns"] - gap["from_ns"] for gap in gaps) / 1e9, 3),
-                "bytes": path.stat().st_size,
-                "content_hash": content_hash(path)[:16],
-                **{row["symbol"]: row["len"] for row in counts.iter_rows(named=True)},
-            }
-        )
+        day = DaySnapshots.validate(date, book_source.snapshots(date, symbols), book_source.gaps(date, symbols))
+        files = storage.snapshot_files(date)
+        day.save(files)
+        if day.quarantined.height:
+            context.log.warning(f"{date}: quarantined {day.quarantined.height} malformed snapshots")
+        per_day.append(day.summary() | stored(files.clean) | day.rows_per_symbol())
     return partitioned_result(
         per_day,
         {
@@ -65,7 +41,7 @@ def orderbook_snapshots(
             "quarantined_rows": sum(day["quarantined"] for day in per_day),
             "recorded_gaps": sum(day["recorded_gaps"] for day in per_day),  # intervals the recorder lost and re-synced
             "bytes": sum(day["bytes"] for day in per_day),
-            "depth": config.data.depth,
+            "depth": settings.get().data.depth,
         },
     )
 
@@ -84,26 +60,22 @@ def snapshots_are_sound(
     book_source: dg.ResourceParam[BookSource],
 ) -> dg.AssetCheckResult:
     config = settings.get()
-    days, failures = {}, []
+    d, days, failures = config.data, {}, []
     for key in context.partition_keys:
         date = dt.date.fromisoformat(key)
-        clean = read_parquet(storage.require(storage.snapshots(date), "orderbook_snapshots", date))
-        quarantine = storage.quarantine(date)
-        quarantined = (
-            read_parquet(quarantine) if quarantine.exists() else clean.clear().with_columns(pl.lit("").alias("reason"))
-        )
+        files = storage.snapshot_files(date)
+        storage.require_file(files.clean, "orderbook_snapshots", date)
+        day = DaySnapshots.load(date, files)
         measured = snapshot_quality(
-            clean, quarantined, config.data.steps_per_day, config.data.cadence_ms, config.data.symbols, config.quality
+            day.clean, day.quarantined, d.steps_per_day, d.cadence_ms, d.symbols, config.quality
         )
         # A day the source lost whole (an archive's empty file) fails with the source's reason.
-        lost = [gap for gap in book_source.gaps(date, config.data.symbols) if gap.get("whole_day")]
-        measured["failures"] += [f"{gap['symbol']}: {gap['reason']}" for gap in lost]
-        days[key] = measured
-        day_failures = measured.pop("failures")
+        lost = [gap for gap in book_source.gaps(date, d.symbols) if gap.get("whole_day")]
+        day_failures = measured.pop("failures") + [f"{gap['symbol']}: {gap['reason']}" for gap in lost]
         failures += [f"{key}: {failure}" for failure in day_failures]
         # Blocking stops book_tensors in this run only; the stored verdict stops later runs too.
-        verdict = {"check": "snapshots_are_sound", "passed": not day_failures, "failures": day_failures}
-        write_json(verdict, storage.snapshot_check(date))
+        SnapshotVerdict("snapshots_are_sound", not day_failures, day_failures).save(files)
         if measured["quarantined"]:
-            measured["quarantine_file"] = str(quarantine)  # the offending rows, each with its rule
+            measured["quarantine_file"] = str(files.quarantine)  # the offending rows, each with its rule
+        days[key] = measured
     return partitioned_check(days, failures, " (rows and reasons in the quarantine files)")

@@ -22,6 +22,7 @@ from tardis_dev import download_datasets
 
 from bmlt_assets.core.book import snapshot_schema
 from bmlt_assets.core.files import StoredPath, atomic_write, storage_root
+from bmlt_assets.core.sources.book_engine import time_steps_warning
 from bmlt_assets.core.sources.tardis import (
     API_KEY_VARIABLE,
     DEFAULT_ENDPOINT,
@@ -69,6 +70,8 @@ class TardisArchiveResource(dg.ConfigurableResource):
             else:
                 books, summary = incremental_books(path, symbol, self.market, self.depth, self.keep_every_ms)
                 log.info("%s %s: %s books from %s updates", date, symbol, books.height, summary.updates_applied)
+                for step in summary.time_steps_back:
+                    log.warning(time_steps_warning(step))
                 frames.append(books)
         return pl.concat(frames) if frames else pl.DataFrame(schema=snapshot_schema(self.depth))
 

@@ -10,8 +10,18 @@ import pytest
 from bmlt_assets.core.calibration import Calibration
 from bmlt_assets.core.config import ConfigError, PlatformConfig, load_config
 from bmlt_assets.core.dataset import build_dataset
-from bmlt_assets.core.evaluation import oracle_for
-from bmlt_assets.core.fresh import FRESH, day_arrays, fresh_dates, fresh_day_data, fresh_stride, score_fresh_days
+from bmlt_assets.core.evaluation import evaluate_fresh_days, oracle_for
+from bmlt_assets.core.evaluation_report import FreshScores, Interval
+from bmlt_assets.core.fresh import (
+    FRESH,
+    fresh_dates,
+    fresh_day,
+    fresh_day_data,
+    fresh_day_lines,
+    fresh_day_warnings,
+    fresh_stride,
+    score_fresh_days,
+)
 from bmlt_assets.core.labels import classify
 from bmlt_assets.core.uncertainty import ratio_interval
 from bmlt_resources.synthetic import SyntheticMarketResource
@@ -38,12 +48,12 @@ def fitted_and_fresh(tiny_config: PlatformConfig):
     fitted = build_dataset(synthetic_days(config), config)
     source = SyntheticMarketResource.for_config(config)
     date = fresh_dates(config)[0]
-    arrays = day_arrays(source.snapshots(date, config.data.symbols), date, config)
-    return config, fitted, fresh_day_data(arrays, config, fitted), arrays, source
+    day = fresh_day(source.snapshots(date, config.data.symbols), date, config)
+    return config, fitted, fresh_day_data(day, config, fitted), day, source
 
 
 def test_a_fresh_day_is_labelled_with_the_ranges_edges_and_read_through_its_normalizer(fitted_and_fresh) -> None:
-    config, fitted, day, arrays, _ = fitted_and_fresh
+    config, fitted, day, labelled, _ = fitted_and_fresh
     part = day.parts[FRESH]
     assert day.source.normalizer is fitted.source.normalizer  # fitted on the range's training part only
     # One eligible step per shortest horizon over the whole session (dropouts cut a few windows).
@@ -53,7 +63,7 @@ def test_a_fresh_day_is_labelled_with_the_ranges_edges_and_read_through_its_norm
     for i in range(len(config.horizon_steps)):
         train_edges = fitted.parts["train"].edges[0, i]
         np.testing.assert_array_equal(part.edges[:, i], np.broadcast_to(train_edges, part.edges[:, i].shape))
-        returns = arrays["returns"][part.steps, i, target]
+        returns = labelled.returns.returns[part.steps, i, target]
         np.testing.assert_array_equal(part.classes[:, i], classify(returns, part.edges[:, i]))
         # The day's own quantiles would be other edges: the range's are kept.
         assert not np.allclose(np.quantile(returns, [0.2, 0.4, 0.6, 0.8]), train_edges)
@@ -71,8 +81,8 @@ def test_fresh_day_scores_know_the_oracle_and_the_prior(fitted_and_fresh) -> Non
     days = [("2025-01-08", day), ("again", day)]
     scores = score_fresh_days(fitted, days, [np.log(best)] * 2, identity, None, [oracle] * 2)
     for horizon, (first, _, pooled) in zip(day.horizons, scores):
-        assert first.logloss_capture["mean"] == pytest.approx(1.0)
-        assert first.differences["oracle"]["mean"] == pytest.approx(0.0, abs=1e-12)
+        assert first.logloss_capture.mean == pytest.approx(1.0)
+        assert first.model_minus["oracle"].mean == pytest.approx(0.0, abs=1e-12)
         assert first.independent_outcomes == len(np.unique(part.steps // horizon))
         assert sum(first.regimes.values()) == pytest.approx(1.0)
         assert pooled.day == "pooled" and pooled.samples == 2 * first.samples
@@ -80,7 +90,7 @@ def test_fresh_day_scores_know_the_oracle_and_the_prior(fitted_and_fresh) -> Non
     flat = np.zeros_like(best)
     for entry in score_fresh_days(fitted, days[:1], [flat], identity, None, [oracle])[0][:1]:
         # Flat logits: uniform probabilities, which even the class prior beats.
-        assert entry.logloss_capture["high"] < 0
+        assert entry.logloss_capture.high < 0
 
 
 def test_a_capture_ratio_interval_covers_the_truth() -> None:
@@ -90,12 +100,11 @@ def test_a_capture_ratio_interval_covers_the_truth() -> None:
         gain = 0.3 + rng.normal(0, 1, 2_000)
         edge = 0.5 + rng.normal(0, 1, 2_000)
         interval = ratio_interval(gain, edge, seed=int(rng.integers(1 << 30)))
-        covered += interval["low"] <= 0.6 <= interval["high"]
+        covered += interval.low <= 0.6 <= interval.high
     assert covered >= 34  # about 95 % of 40
 
 
 def test_evaluate_fresh_days_scores_each_day_from_the_source_then_pools_them(fitted_and_fresh) -> None:
-    from bmlt_assets.core.fresh import evaluate_fresh_days
     from bmlt_assets.core.train import build_model
 
     config, fitted, _, _, source = fitted_and_fresh
@@ -108,13 +117,11 @@ def test_evaluate_fresh_days_scores_each_day_from_the_source_then_pools_them(fit
 
 
 def test_the_fresh_day_section_shows_every_day_and_the_pooled_row_and_warns() -> None:
-    from bmlt_assets.core.fresh import FreshScores, fresh_day_lines, fresh_day_warnings
+    ci = Interval(0.9, 0.85, 0.95, 10.0)
+    worse = Interval(0.002, 0.001, 0.003, 10.0)
+    better = Interval(-0.04, -0.05, -0.03, 10.0)
 
-    ci = {"mean": 0.9, "low": 0.85, "high": 0.95, "block_length": 10.0}
-    worse = {"mean": 0.002, "low": 0.001, "high": 0.003, "block_length": 10.0}
-    better = {"mean": -0.04, "low": -0.05, "high": -0.03, "block_length": 10.0}
-
-    def scores(day: str, alone: dict[str, float]) -> FreshScores:
+    def scores(day: str, alone: Interval) -> FreshScores:
         differences = {"temperature_alone": alone, "gbm": better, "oracle": worse}
         regimes = {"low": 0.2, "mid": 0.3, "high": 0.5}
         return FreshScores(day, 8000, 800, regimes, {}, {}, ci, ci, differences)

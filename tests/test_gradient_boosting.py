@@ -95,8 +95,8 @@ def test_the_gradient_boosted_baseline_is_fitted_on_train_calibrated_on_validati
         probabilities = baseline.probabilities(features)
         np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-9)
         prior = prior_probabilities(data.parts["train"].classes[:, i], data.n_classes, len(test))
-        ours = classification_metrics(test.classes[:, i], probabilities)["log_loss"]
-        assert ours < classification_metrics(test.classes[:, i], prior)["log_loss"] - 0.01  # the flow carries signal
+        ours = classification_metrics(test.classes[:, i], probabilities).log_loss
+        assert ours < classification_metrics(test.classes[:, i], prior).log_loss - 0.01  # the flow carries signal
     test.classes[:] = 0  # the test labels are never read
     again = fit_gradient_boosting(data, seed=0)
     np.testing.assert_array_equal(again[0].probabilities(features), fitted[0].probabilities(features))

@@ -160,7 +160,7 @@ def test_the_oracle_uses_every_observed_reading_and_return() -> None:
     steps, classes, probabilities = _oracle_day(full, HELD_OUT, horizon)
     _, _, without_returns = _oracle_day(_market_like(ReadingsOnly, **RETURNS_MATTER), HELD_OUT, horizon)
     gain = mean_interval(_log_loss(probabilities, classes) - _log_loss(without_returns, classes), horizon)
-    assert gain["high"] < 0  # the returns carry information the old oracle left out
+    assert gain.high < 0  # the returns carry information the old oracle left out
 
 
 def _causal_summaries(m: SyntheticMarket, day: dt.date, symbols: tuple[str, ...]) -> np.ndarray:
@@ -209,9 +209,9 @@ def test_the_filters_error_is_unpredictable_from_what_a_model_sees_and_the_readi
 
     full = market(observed=OBSERVED, **RETURNS_MATTER)
     gain = _out_of_sample_gain(full, "ETH/USDT", standardized_error(full))
-    assert gain["low"] < 0 and gain["high"] < 0.005  # under 0.5 % of the error's variance, if any
+    assert gain.low < 0 and gain.high < 0.005  # under 0.5 % of the error's variance, if any
     spread = mean_interval(standardized_error(full)(HELD_OUT)[200:] ** 2, 10)
-    assert spread["low"] < 1 < spread["high"]  # the posterior variance is the error's variance
+    assert spread.low < 1 < spread.high  # the posterior variance is the error's variance
     mid_error = (full.true_log_mids(HELD_OUT, "ETH/USDT") - full.filtered(HELD_OUT, OBSERVED)["ETH/USDT"].mid_mean) / (
         np.sqrt(full.filtered(HELD_OUT, OBSERVED)["ETH/USDT"].mid_var)
     )
@@ -219,7 +219,7 @@ def test_the_filters_error_is_unpredictable_from_what_a_model_sees_and_the_readi
 
     readings_only = _market_like(ReadingsOnly, **RETURNS_MATTER)
     control = _out_of_sample_gain(readings_only, "ETH/USDT", standardized_error(readings_only))
-    assert control["low"] > 0.05  # the mids it ignores predict its error
+    assert control.low > 0.05  # the mids it ignores predict its error
 
 
 def _stacked(m: SyntheticMarket, symbol: str, horizon: int, extra: Callable[[dt.date, np.ndarray], np.ndarray]):
@@ -248,9 +248,9 @@ def test_a_richer_feasible_predictor_does_not_beat_the_oracle_but_beats_the_read
     full = market(observed=OBSERVED, **RETURNS_MATTER)
     summaries = lambda m: lambda day, steps: _causal_summaries(m, day, OBSERVED)[steps]  # noqa: E731
     richer_vs_oracle = _stacked(full, "ETH/USDT", horizon, summaries(full))
-    assert not richer_vs_oracle["high"] < -LEAK_TOLERANCE  # no edge beyond noise: the leak alarm stays quiet
+    assert not richer_vs_oracle.high < -LEAK_TOLERANCE  # no edge beyond noise: the leak alarm stays quiet
     readings_only = _market_like(ReadingsOnly, **RETURNS_MATTER)
-    assert _stacked(readings_only, "ETH/USDT", horizon, summaries(readings_only))["high"] < -0.01
+    assert _stacked(readings_only, "ETH/USDT", horizon, summaries(readings_only)).high < -0.01
 
 
 def test_the_leak_alarm_knows_a_cheat() -> None:
@@ -258,7 +258,7 @@ def test_the_leak_alarm_knows_a_cheat() -> None:
     _, classes, oracle = _oracle_day(market(observed=OBSERVED, **RETURNS_MATTER), HELD_OUT, horizon)
     cheat = np.full_like(oracle, 0.1 / (oracle.shape[1] - 1))
     cheat[np.arange(len(classes)), classes] = 0.9  # a model that saw the realized class
-    assert mean_interval(_log_loss(cheat, classes) - _log_loss(oracle, classes), horizon)["high"] < -LEAK_TOLERANCE
+    assert mean_interval(_log_loss(cheat, classes) - _log_loss(oracle, classes), horizon).high < -LEAK_TOLERANCE
 
 
 COARSE = ("BTC/USDT", "ETH/USDT", "XRP/USDT")  # XRP/USDT: a tick is 0.0001 of a price of 0.6
@@ -284,13 +284,13 @@ def test_on_a_coarse_tick_target_no_feasible_predictor_beats_the_oracle() -> Non
         return features
 
     exact = _market_like(SyntheticMarket, observed=COARSE)
-    assert not _stacked(exact, "XRP/USDT", horizon, rounding(exact))["high"] < -LEAK_TOLERANCE
+    assert not _stacked(exact, "XRP/USDT", horizon, rounding(exact)).high < -LEAK_TOLERANCE
     blind = _market_like(RoundingBlind, observed=COARSE)
-    assert _stacked(blind, "XRP/USDT", horizon, rounding(blind))["high"] < -0.005
+    assert _stacked(blind, "XRP/USDT", horizon, rounding(blind)).high < -0.005
     steps, classes, tick_exact = _oracle_day(exact, HELD_OUT, horizon, "XRP/USDT")
     rounding_blind = _oracle_day(blind, HELD_OUT, horizon, "XRP/USDT")[2]
     gain = mean_interval(_log_loss(tick_exact, classes) - _log_loss(rounding_blind, classes), horizon)
-    assert gain["high"] < -0.01  # what the grid is worth on this target: well beyond noise
+    assert gain.high < -0.01  # what the grid is worth on this target: well beyond noise
 
 
 def test_a_move_of_no_ticks_is_a_return_of_zero_whatever_the_spread() -> None:

@@ -10,25 +10,21 @@ intervals, the volatility regimes each day covered and its count of independent 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict, dataclass
-from typing import Any
 
 import numpy as np
 import polars as pl
-import torch
 
 from bmlt_assets.core.calibration import Calibration, independent_outcomes
 from bmlt_assets.core.config import PlatformConfig
 from bmlt_assets.core.dataset import Part, TrainingData
-from bmlt_assets.core.evaluation import OracleProbabilities, oracle_for
+from bmlt_assets.core.days import DayReturns, DayTensors, LabelledDay
+from bmlt_assets.core.evaluation_report import FreshScores, Interval
 from bmlt_assets.core.gradient_boosting import GradientBoosted, sample_features
-from bmlt_assets.core.labels import class_edges, classify, forward_log_returns, trailing_volatility
+from bmlt_assets.core.labels import class_edges, classify
 from bmlt_assets.core.metrics import prior_probabilities
-from bmlt_assets.core.representation import day_tensors_from_frame
-from bmlt_assets.core.sources import BookSource, Oracle
+from bmlt_assets.core.sources import OracleProbabilities
 from bmlt_assets.core.splits import eligible_steps
 from bmlt_assets.core.tables import table_lines
-from bmlt_assets.core.train import predict_logits
 from bmlt_assets.core.uncertainty import mean_interval, ratio_interval
 from bmlt_assets.core.windows import WindowSource
 
@@ -41,15 +37,12 @@ def fresh_dates(config: PlatformConfig) -> list[dt.date]:
     return [config.data.end_date + dt.timedelta(days=i) for i in range(1, config.fresh_day_count + 1)]
 
 
-def day_arrays(snapshots: pl.DataFrame, date: dt.date, config: PlatformConfig) -> dict[str, np.ndarray]:
-    """One day's ``book_tensors`` and ``forward_returns`` arrays from its snapshots, in memory.
-    A simulated day is a session of its own (nothing is published in its first minute), so no
-    label needs the next day."""
-    d = config.data
-    arrays = day_tensors_from_frame(snapshots, date, d.symbols, d.cadence_ms, d.staleness_ms, config.representation)
-    arrays["returns"] = forward_log_returns(arrays["mids"], arrays["valid"], config.horizon_steps, len(arrays["mids"]))
-    arrays["volatility"] = trailing_volatility(arrays["mids"], arrays["valid"], config.vol_lookback_steps)
-    return arrays
+def fresh_day(snapshots: pl.DataFrame, date: dt.date, config: PlatformConfig) -> LabelledDay:
+    """One day's tensors and labels from its snapshots, as the ingest assets make them. A simulated
+    day is a session of its own (nothing is published in its first minute), so no label needs the
+    next day."""
+    tensors = DayTensors.from_frame(snapshots, date, config)
+    return LabelledDay(tensors, DayReturns.of(tensors, None, config))
 
 
 def fresh_stride(config: PlatformConfig) -> int:
@@ -59,14 +52,15 @@ def fresh_stride(config: PlatformConfig) -> int:
     return min(config.horizon_steps)
 
 
-def fresh_day_data(arrays: dict[str, np.ndarray], config: PlatformConfig, fitted: TrainingData) -> TrainingData:
+def fresh_day_data(day: LabelledDay, config: PlatformConfig, fitted: TrainingData) -> TrainingData:
     """A fresh day's eligible steps, one per shortest horizon (``fresh_stride``), as the part
     ``fresh``, labelled with the training part's class edges (quantile edges as fitted there) and
     read through its normalizer."""
     target = config.data.symbols.index(config.target)
-    returns, volatility = arrays["returns"][:, :, target], arrays["volatility"][:, target]
+    tensors = day.tensors
+    returns, volatility = day.returns.returns[:, :, target], day.returns.volatility[:, target]
     label_ok = np.isfinite(returns).all(axis=1) & np.isfinite(volatility) & (volatility > 0)
-    steps = eligible_steps(np.asarray(arrays["valid"].all(axis=1)), config.dataset.window_steps, label_ok)
+    steps = eligible_steps(np.asarray(tensors.valid.all(axis=1)), config.dataset.window_steps, label_ok)
     steps = steps[steps % fresh_stride(config) == 0]
     horizons, n = config.horizon_steps, len(steps)
     edges = np.empty((n, len(horizons), config.labels.n_classes - 1))
@@ -77,30 +71,11 @@ def fresh_day_data(arrays: dict[str, np.ndarray], config: PlatformConfig, fitted
             edges[:, i] = class_edges(config.labels, returns[steps, i], volatility[steps], horizon, np.zeros(n, bool))
     classes = np.stack([classify(returns[steps, i], edges[:, i]) for i in range(len(horizons))], axis=1)
     part = Part(steps, classes, edges, returns[steps], np.full(classes.shape, -1), volatility[steps])
-    source = WindowSource(
-        arrays["base"], arrays["mids"], arrays["timestamps"], config.dataset.window_steps, fitted.source.normalizer
-    )
+    window = config.dataset.window_steps
+    source = WindowSource(tensors.base, tensors.mids, tensors.timestamps, window, fitted.source.normalizer)
     return TrainingData(
-        source, arrays["quotes"], {FRESH: part}, fitted.n_classes, horizons, config.data.symbols, config.target
+        source, tensors.quotes, {FRESH: part}, fitted.n_classes, horizons, config.data.symbols, config.target
     )
-
-
-@dataclass(frozen=True)
-class FreshScores:
-    """One horizon on one fresh day (``day``: its date) or on all of them (``day``: "pooled")."""
-
-    day: str
-    samples: int
-    independent_outcomes: int  # non-overlapping horizon-long stretches
-    regimes: dict[str, float]  # share of the samples in each trailing-volatility regime (training terciles)
-    log_loss: dict[str, float]  # per predictor (nats)
-    accuracy: dict[str, float]  # per predictor (share)
-    logloss_capture: dict[str, float]  # mean and 95% CI: (prior - model) / (prior - oracle) log loss
-    accuracy_capture: dict[str, float]  # mean and 95% CI: (model - prior) / (oracle - prior) accuracy
-    differences: dict[str, dict[str, float]]  # log loss, model minus each other predictor: mean and CI
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def fresh_scores(
@@ -129,7 +104,7 @@ def fresh_scores(
         accuracy_capture=ratio_interval(
             hits["model"] - hits["prior"], hits["oracle"] - hits["prior"], minimum_block=horizon
         ),
-        differences={
+        model_minus={
             name: mean_interval(losses["model"] - loss, horizon) for name, loss in losses.items() if name != "model"
         },
     )
@@ -191,35 +166,11 @@ def score_fresh_days(
     ]
 
 
-def evaluate_fresh_days(
-    config: PlatformConfig,
-    fitted: TrainingData,
-    model: torch.nn.Module,
-    calibration: list[Calibration],
-    baselines: list[GradientBoosted] | None,
-    source: BookSource,
-    oracle: Oracle | None,
-) -> list[list[FreshScores]]:
-    """The model fitted on ``fitted`` on each of the config's fresh days, from ``source`` (per
-    horizon: each day, then pooled); nothing where there are no fresh days or no oracle to measure
-    the capture against."""
-    dates = fresh_dates(config)
-    if not dates or oracle is None:
-        return []
-    days = []
-    for date in dates:
-        arrays = day_arrays(source.snapshots(date, config.data.symbols), date, config)
-        days.append((date.isoformat(), fresh_day_data(arrays, config, fitted)))
-    logits = [predict_logits(model, day, day.parts[FRESH].steps) for _, day in days]
-    oracles = [oracle_for(oracle, config.target, day) for _, day in days]
-    return score_fresh_days(fitted, days, logits, calibration, baselines, oracles)  # type: ignore[arg-type]
+def _interval(d: Interval, digits: int = 3) -> str:
+    return f"{d.mean:.{digits}f} [{d.low:.{digits}f}, {d.high:.{digits}f}]"
 
 
-def _interval(d: dict[str, float], digits: int = 3) -> str:
-    return f"{d['mean']:.{digits}f} [{d['low']:.{digits}f}, {d['high']:.{digits}f}]"
-
-
-def fresh_day_lines(fresh: list[list[FreshScores]], horizons_s: list[int]) -> list[str]:
+def fresh_day_lines(fresh: list[list[FreshScores]], horizons_s: list[int | float]) -> list[str]:
     """The fresh-day section of the report: per horizon, a row per day and one pooled."""
     if not fresh:
         return []
@@ -242,31 +193,31 @@ def fresh_day_lines(fresh: list[list[FreshScores]], horizons_s: list[int]) -> li
             "log-loss capture [95% CI]",
             "accuracy capture [95% CI]",
         ]
-        comparators = [name for name in ("temperature_alone", "gbm", "oracle") if name in scores[0].differences]
+        comparators = [name for name in ("temperature_alone", "gbm", "oracle") if name in scores[0].model_minus]
         header += [f"model − {name.replace('_', ' ')} (nats) [95% CI]" for name in comparators]
         rows = []
         for s in scores:
             regimes = " / ".join(f"{s.regimes[r]:.2f}" for r in REGIMES)
             row = [s.day, s.samples, s.independent_outcomes, regimes]
             row += [_interval(s.logloss_capture), _interval(s.accuracy_capture)]
-            row += [_interval(s.differences[name], 4) for name in comparators]
+            row += [_interval(s.model_minus[name], 4) for name in comparators]
             rows.append(row)
         lines += [f"### {horizon_s:g} s horizon", "", *table_lines(header, rows), ""]
     return lines
 
 
-def fresh_day_warnings(fresh: list[list[FreshScores]], horizons_s: list[int]) -> list[str]:
+def fresh_day_warnings(fresh: list[list[FreshScores]], horizons_s: list[int | float]) -> list[str]:
     """What the pooled fresh days say against the shipped model, one line each."""
     lines = []
     for horizon_s, scores in zip(horizons_s, fresh):
-        pooled = scores[-1].differences
+        pooled = scores[-1].model_minus
         gbm, alone = pooled.get("gbm"), pooled.get("temperature_alone")
-        if gbm is not None and not gbm["high"] < 0:
+        if gbm is not None and not gbm.below_zero:
             lines.append(
                 f"{horizon_s:g} s: on the fresh days the model does not beat the gradient-boosted baseline: log-loss "
                 f"difference {_interval(gbm, 4)} nats."
             )
-        if alone is not None and alone["low"] > 0:
+        if alone is not None and alone.above_zero:
             lines.append(
                 f"{horizon_s:g} s: on the fresh days the calibration's class bias does worse than the temperature "
                 f"alone: log-loss difference {_interval(alone, 4)} nats."

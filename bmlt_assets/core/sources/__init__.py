@@ -8,10 +8,14 @@ lost. Only a simulation knows the truth, so only it offers an :class:`Oracle`.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
 import polars as pl
+
+# (horizon index, sample steps, their edges (N, C-1)) -> (N, C): an oracle at a dataset's samples
+OracleProbabilities = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
 
 
 class Oracle(Protocol):

@@ -1,7 +1,8 @@
 """``bmlt import``: recordings in either accepted format rebuilt into landing-schema books.
 
 ``binance-ws`` files (raw WebSocket depth streams and REST snapshots) go through Binance's sync
-rules (``binance.sync``); tardis.dev ``book_snapshot_25`` CSVs already hold books (``tardis``).
+rules (``binance.sync``), tardis.dev ``incremental_book_L2`` CSVs through their row groups, both
+into the one book engine (``book_engine``); tardis.dev ``book_snapshot_25`` CSVs already hold books.
 """
 
 from __future__ import annotations
@@ -17,28 +18,32 @@ from bmlt_assets.core.sources.binance.sync import (
     AmbiguousSnapshot,
     BookBuilder,
     ImportSummary,
+    LevelError,
     MarketMismatch,
     Progress,
     RecordingError,
     TruncatedRecording,
     read_recording,
 )
-from bmlt_assets.core.sources.tardis import tardis_book_snapshots
+from bmlt_assets.core.sources.book_engine import TimeSteps
+from bmlt_assets.core.sources.tardis import incremental_books, tardis_book_snapshots
 
 log = logging.getLogger(__name__)
 
-IMPORT_FORMATS = ("binance-ws", "tardis-book-snapshot")
+IMPORT_FORMATS = ("binance-ws", "tardis-incremental", "tardis-book-snapshot")
 
 
 def _replay(builder: BookBuilder, path: Path, progress: Progress | None) -> None:
     """Feed one recording; what it holds that the builder cannot use becomes a RecordingError
     naming the file (and the line)."""
-    books_before, line = builder.summary.snapshots, 0
+    books_before, fed_before, line = builder.summary.snapshots, builder.fed, 0
+    steps = TimeSteps(path)
 
     def counted() -> Iterator[tuple[int, dict[str, Any]]]:
         nonlocal line
         for message in read_recording(path, progress):
             line += 1
+            steps.see(message[0], line)
             yield message
 
     try:
@@ -52,6 +57,11 @@ def _replay(builder: BookBuilder, path: Path, progress: Progress | None) -> None
         raise RecordingError(f"{path} {error}") from None
     except AmbiguousSnapshot as error:
         raise RecordingError(f"{path}:{line}: {error}") from None
+    except LevelError as error:
+        raise RecordingError(
+            f"{path}:{error.message - fed_before}: {error}: pass a recording of Binance depth messages, whose "
+            'levels are ["price", "quantity"] pairs'
+        ) from None
     except RecordingError:
         raise
     except (KeyError, TypeError, AttributeError, ValueError) as error:
@@ -60,6 +70,9 @@ def _replay(builder: BookBuilder, path: Path, progress: Progress | None) -> None
             f"{path}:{line}: not a Binance depth update or REST depth snapshot ({detail}): pass a recording of "
             "combined depth streams (<symbol>@depth) and REST snapshots"
         ) from None
+    finally:
+        if steps.steps:
+            builder.summary.time_steps_back.append(steps.as_dict())
 
 
 def import_recordings(
@@ -94,7 +107,33 @@ def import_recordings(
             len(builder.summary.gaps),
         )
         return builder.frame(), builder.summary
-    frame = pl.concat([tardis_book_snapshots(path, levels) for path in files])
+    if fmt == "tardis-incremental":
+        summary = ImportSummary()
+        frames = []
+        for path in files:
+            log.info("replaying %s", path)
+            books, read_summary = incremental_books(path, None, market, levels)
+            frames.append(books)
+            for name in ("snapshots", "updates_applied", "crossed"):
+                setattr(summary, name, getattr(summary, name) + getattr(read_summary, name))
+            for ns in (read_summary.first_receive_ns, read_summary.last_receive_ns):
+                if ns is not None:
+                    summary.first_receive_ns = min(summary.first_receive_ns or ns, ns)
+                    summary.last_receive_ns = max(summary.last_receive_ns or ns, ns)
+            summary.time_steps_back += read_summary.time_steps_back
+        if not summary.snapshots:
+            raise RecordingError(
+                f"{', '.join(str(path) for path in files)}: no book of {levels} levels per side (no row, no snapshot "
+                "row, or books too shallow): pass a day's incremental_book_L2 file, or lower --levels"
+            )
+        return pl.concat(frames), summary
+    read = [tardis_book_snapshots(path, levels) for path in files]
+    frame = pl.concat([books for books, _ in read])
+    if not frame.height:
+        names = ", ".join(str(path) for path in files)
+        raise RecordingError(
+            f"{names}: no rows below the header: nothing to import; pass a day's book_snapshot_25 file"
+        )
     crossed = int((frame["bid_px"].arr.first() >= frame["ask_px"].arr.first()).sum())
     summary = ImportSummary(
         snapshots=frame.height,
@@ -102,5 +141,6 @@ def import_recordings(
         # receive_ts is Int64 (snapshot schema): its min/max are ints, or None for no rows.
         first_receive_ns=cast("int | None", frame["receive_ts"].min()),
         last_receive_ns=cast("int | None", frame["receive_ts"].max()),
+        time_steps_back=[step for _, steps in read for step in steps],
     )
     return frame, summary

@@ -19,39 +19,45 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import json
+import logging
 import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 import polars as pl
 
 from bmlt_assets.core.book import snapshot_frame, snapshot_schema
+from bmlt_assets.core.representation import read_ahead
 from bmlt_assets.core.sources.binance.sync import (
+    GZIP_MAGIC,
     TARDIS_HEADER,
-    BookBuilder,
     ImportSummary,
     RecordingError,
     first_line,
     unified_symbol,
 )
+from bmlt_assets.core.sources.book_engine import SNAPSHOT, UPDATE, BookEngine, TimeSteps, time_steps_warning
 
+log = logging.getLogger(__name__)
 DEFAULT_ENDPOINT = "https://datasets.tardis.dev/v1"
 API_KEY_VARIABLE = "TARDIS_API_KEY"
 EXCHANGE_OF_MARKET = {"spot": "binance", "usdm": "binance-futures"}
 DATA_TYPES = ("incremental_book_L2", "book_snapshot_25")
 CSV_HEADER = "exchange,symbol,timestamp,local_timestamp"
-INCREMENTAL_COLUMNS = {
-    "timestamp": pl.Int64,
-    "local_timestamp": pl.Int64,
-    "is_snapshot": pl.Boolean,
-    "side": pl.String,
-    "price": pl.Float64,
-    "amount": pl.Float64,
+INCREMENTAL_COLUMNS: dict[str, pl.DataType] = {
+    "timestamp": pl.Int64(),
+    "local_timestamp": pl.Int64(),
+    "is_snapshot": pl.Boolean(),
+    "side": pl.String(),
+    "price": pl.Float64(),
+    "amount": pl.Float64(),
 }
+CHUNK_BYTES = 1 << 24  # CSV text parsed at a time: about 300,000 incremental_book_L2 rows
 VERIFIED_SUFFIX = ".verified.json"
 DAY_NS = 86_400 * 10**9
 
@@ -169,143 +175,255 @@ def empty_day_gap(date: dt.date, symbol: str, url: str) -> dict[str, Any]:
     }
 
 
-def read_incremental(path: Path) -> pl.DataFrame:
-    """An ``incremental_book_L2`` CSV, in file order (which is the archive's receive order)."""
-    return pl.read_csv(path, columns=list(INCREMENTAL_COLUMNS), schema_overrides=INCREMENTAL_COLUMNS)
+def _open_binary(raw: BinaryIO) -> BinaryIO:
+    """``raw`` itself, or a gzip reader over it when it starts with the gzip magic bytes."""
+    magic = raw.read(2)
+    raw.seek(0)
+    return cast(BinaryIO, gzip.GzipFile(fileobj=raw)) if magic == GZIP_MAGIC else raw
 
 
-def book_messages(rows: pl.DataFrame, symbol_id: str, usdm: bool) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Tardis rows as the messages BookBuilder reads: each snapshot run as a REST snapshot, each
-    group of rows sharing both timestamps as one depth update.
+@dataclass(frozen=True)
+class CsvBatch:
+    frame: pl.DataFrame
+    first_line: int  # the file line of the frame's first row (the header is line 1)
 
-    Tardis carries no exchange update ids, so each update gets the next id and each snapshot the
-    id that the next update syncs to by the market's rule (spot: ``U == lastUpdateId + 1``; USD-M:
-    ``U <= lastUpdateId <= u``). The chain never breaks inside a file."""
-    if rows.height == 0:
-        return
-    snapshot = rows["is_snapshot"].to_numpy()
-    exchange_us, local_us = rows["timestamp"].to_numpy(), rows["local_timestamp"].to_numpy()
-    changed = (snapshot[1:] != snapshot[:-1]) | (exchange_us[1:] != exchange_us[:-1]) | (local_us[1:] != local_us[:-1])
-    starts = np.flatnonzero(np.r_[True, changed])
-    bid = (rows["side"] == "bid").to_numpy().tolist()
-    prices, amounts = rows["price"].to_list(), rows["amount"].to_list()
-    ends = np.r_[starts[1:], rows.height].tolist()
-    last_id = 0
-    for start, end in zip(starts.tolist(), ends):
-        bids = [(prices[i], amounts[i]) for i in range(start, end) if bid[i]]
-        asks = [(prices[i], amounts[i]) for i in range(start, end) if not bid[i]]
-        receive_ns = int(local_us[start]) * 1000
-        if snapshot[start]:
-            snapshot_id = last_id + 1
-            last_id = snapshot_id - 1 if usdm else snapshot_id
-            yield receive_ns, {"lastUpdateId": snapshot_id, "bids": bids, "asks": asks}
+
+def read_csv_batches(
+    path: Path, columns: dict[str, pl.DataType], what: str, chunk_bytes: int = CHUNK_BYTES, lacking_hint: str = ""
+) -> Iterator[CsvBatch]:
+    """``columns`` of a tardis CSV (gzip or plain, LF or CRLF), about ``chunk_bytes`` of text at a
+    time: memory holds one batch, never the file. ``what`` names the expected file for messages;
+    ``lacking_hint`` is added to the fix for missing columns.
+
+    A header without some of ``columns``, a value that is not of its column's type, an empty value
+    and damaged gzip data raise RecordingError naming the file (and the line)."""
+    header = first_line(path, what).rstrip("\r")
+    if re.match(r"\d+ [{\[]", header):
+        raise RecordingError(
+            f"{path} is not {what} (its lines are '<receive ns> <JSON>', a Binance WebSocket recording): "
+            "use --format binance-ws"
+        )
+    names = header.split(",")
+    missing = [column for column in columns if column not in names]
+    if missing:
+        raise RecordingError(
+            f"{path}: not {what}: its header lacks {', '.join(missing)}: pass a file whose header starts "
+            f"{TARDIS_HEADER!r} and holds those columns{lacking_hint}"
+        )
+    line = 2
+    with open(path, "rb") as raw:
+        stream = _open_binary(raw)
+        try:
+            head = stream.readline()
+            rest = b""
+            while True:
+                chunk = stream.read(chunk_bytes)
+                data = rest + chunk
+                cut = data.rfind(b"\n") + 1 if chunk else len(data)
+                if chunk and cut == 0:
+                    rest = data
+                    continue
+                data, rest = data[:cut], data[cut:]
+                if data.strip():
+                    yield CsvBatch(_parse_batch(path, head + data, columns, line), line)
+                    line += data.count(b"\n") + (not data.endswith(b"\n"))
+                if not chunk:
+                    return
+        except (EOFError, OSError, zlib.error) as error:
+            reason = str(error) or type(error).__name__
+            raise RecordingError(f"{path}: damaged after line {line - 1} ({reason}): re-download it") from None
+
+
+def _parse_batch(path: Path, data: bytes, columns: dict[str, pl.DataType], first_line: int) -> pl.DataFrame:
+    """One batch (with the header) parsed; a value that is not a number, or none, names its line."""
+    try:
+        frame = pl.read_csv(data, columns=list(columns), schema_overrides=columns)
+    except pl.exceptions.PolarsError as error:
+        raise _bad_value(path, data, columns, first_line) or _unreadable(path, error, first_line) from None
+    nulls = [column for column in columns if frame[column].null_count()]
+    if nulls:
+        row = int(frame[nulls[0]].is_null().arg_true()[0])
+        raise RecordingError(
+            f"{path}:{first_line + row}: no {nulls[0]} value: the file is damaged or not a tardis CSV; re-download it"
+        )
+    return frame
+
+
+def _bad_value(path: Path, data: bytes, columns: dict[str, pl.DataType], first_line: int) -> RecordingError | None:
+    """The first value of ``data`` that its column's type cannot hold, as an error naming its line."""
+    try:
+        text = pl.read_csv(data, columns=list(columns), infer_schema=False)
+    except pl.exceptions.PolarsError:
+        return None
+    for column, dtype in columns.items():
+        values = text[column]
+        if dtype == pl.Boolean:
+            bad = ~values.str.to_lowercase().is_in(["true", "false"]) & values.is_not_null()
+        elif dtype == pl.String:
             continue
-        last_id += 1
-        event = {"e": "depthUpdate", "s": symbol_id, "E": int(exchange_us[start]) // 1000, "U": last_id}
-        event |= {"u": last_id, "b": bids, "a": asks}
-        if usdm:
-            event["pu"] = last_id - 1
-        yield receive_ns, event
+        else:
+            bad = values.cast(dtype, strict=False).is_null() & values.is_not_null()
+        if bad.any():
+            row = int(bad.arg_true()[0])
+            expected = "true or false" if dtype == pl.Boolean else "a number"
+            return RecordingError(
+                f"{path}:{first_line + row}: {column} is {values[row]!r}, not {expected}: the file is damaged or "
+                "not a tardis CSV; re-download it"
+            )
+    return None
+
+
+def _unreadable(path: Path, error: Exception, first_line: int) -> RecordingError:
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return RecordingError(f"{path}: not a readable CSV from line {first_line} on ({reason}): re-download it")
+
+
+def _updates(
+    batch: CsvBatch, usdm: bool, ids: list[int], final: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """A batch of ``incremental_book_L2`` rows as the engine's level rows and operations, and the
+    row where the last, possibly unfinished, operation starts (``final``: none is unfinished).
+
+    A run of ``is_snapshot`` rows is one snapshot (a fresh book, as tardis documents it); each run
+    of other rows sharing both timestamps is one update. Tardis carries no exchange update ids, so
+    each update gets the next id, and so does each snapshot on spot (``ids``: the last one given)."""
+    frame = batch.frame
+    snapshot = frame["is_snapshot"].to_numpy()
+    exchange_us, local_us = frame["timestamp"].to_numpy(), frame["local_timestamp"].to_numpy()
+    changed = (snapshot[1:] != snapshot[:-1]) | (
+        ~snapshot[1:] & ((exchange_us[1:] != exchange_us[:-1]) | (local_us[1:] != local_us[:-1]))
+    )
+    starts = np.flatnonzero(np.r_[True, changed])
+    held = len(snapshot) if final else int(starts[-1])
+    starts = starts if final else starts[:-1]
+    ends = np.r_[starts[1:], held] if len(starts) else starts
+    kinds = np.where(snapshot[starts], SNAPSHOT, UPDATE)
+    numbered = kinds == UPDATE if usdm else np.ones(len(kinds), dtype=bool)
+    update_ids = ids[0] + np.cumsum(numbered)
+    if len(update_ids):
+        ids[0] = int(update_ids[-1])
+    operations = np.column_stack(
+        [kinds, starts, ends, local_us[starts] * 1000, exchange_us[starts] // 1000 * 1_000_000, update_ids]
+    ).astype(np.int64)
+    is_bid = (frame["side"] == "bid").to_numpy()
+    return is_bid, frame["price"].to_numpy(), frame["amount"].to_numpy(), operations, held
+
+
+def incremental_books(
+    path: Path, symbol: str | None, market: str, levels: int, every_ms: int = 0, chunk_bytes: int = CHUNK_BYTES
+) -> tuple[pl.DataFrame, ImportSummary]:
+    """Books of ``levels`` levels rebuilt from an ``incremental_book_L2`` file, the last of each
+    ``every_ms`` interval (0: every update), read ``chunk_bytes`` of text at a time. Updates
+    before the file's first snapshot change no book (they would need an earlier day's).
+
+    The books are named ``symbol``; None takes it from the file's ``symbol`` column, which must
+    then name one symbol (the archive's files each hold one)."""
+    columns = INCREMENTAL_COLUMNS if symbol else {"symbol": pl.String(), **INCREMENTAL_COLUMNS}
+    named = symbol
+    engine: BookEngine | None = None
+    steps = TimeSteps(path)
+    ids = [0]
+    carried: CsvBatch | None = None
+    what = f"a tardis incremental_book_L2 CSV (header {CSV_HEADER},...)"
+    batches = read_ahead(read_csv_batches(path, columns, what, chunk_bytes))
+    for batch in chain(batches, [None]):
+        final = batch is None
+        if batch is not None:
+            steps.see_many(batch.frame["local_timestamp"].to_numpy() * 1000, batch.first_line)
+            if symbol is None:
+                named = _one_symbol(path, batch, named)
+            if engine is None:
+                engine = BookEngine(cast(str, named), levels, every_ms)
+        if carried is not None:  # the previous batch's last update may go on in this one
+            frame = carried.frame if batch is None else pl.concat([carried.frame, batch.frame])
+            batch = CsvBatch(frame, carried.first_line)
+        if batch is None or engine is None or not batch.frame.height:
+            break
+        is_bid, prices, amounts, operations, held = _updates(batch, market == "usdm", ids, final)
+        engine.apply(is_bid, prices, amounts, operations)
+        carried = None if final else CsvBatch(batch.frame[held:], batch.first_line + held)
+    summary = ImportSummary()
+    if steps.steps:
+        summary.time_steps_back.append(steps.as_dict())
+    if engine is None:  # a header and no row
+        return pl.DataFrame(schema=snapshot_schema(levels)), summary
+    summary.add_engine(engine.summary())
+    return engine.frame(), summary
+
+
+def _one_symbol(path: Path, batch: CsvBatch, named: str | None) -> str:
+    """The unified symbol the batch's rows name; RecordingError for a second one in the file."""
+    raw = batch.frame["symbol"]
+    symbols = [unified_symbol(s.upper().replace("-", "")) for s in raw.unique(maintain_order=True).to_list()]
+    if named is not None:
+        symbols = [named, *(s for s in symbols if s != named)]
+    if len(symbols) > 1:
+        row = int((raw.str.to_uppercase().str.replace_all("-", "") != raw[0].upper().replace("-", "")).arg_true()[0])
+        raise RecordingError(
+            f"{path}:{batch.first_line + row}: a second symbol ({symbols[1]} after {symbols[0]}): an "
+            "incremental_book_L2 file holds one symbol's book; split the file by its symbol column"
+        )
+    return symbols[0]
 
 
 def last_per_interval(frame: pl.DataFrame, every_ms: int) -> pl.DataFrame:
-    """The last book of each ``every_ms`` interval (what the cadence grid samples); 0 keeps all."""
+    """The last book of each run of ``every_ms`` intervals (what the cadence grid samples); 0 keeps all."""
     if not every_ms or frame.height == 0:
         return frame
     interval = pl.col("receive_ts") // (every_ms * 1_000_000)
     return frame.filter(interval != interval.shift(-1).fill_null(-1))
 
 
-def incremental_books(
-    path: Path, symbol: str, market: str, levels: int, every_ms: int = 0, chunk_updates: int = 200_000
-) -> tuple[pl.DataFrame, ImportSummary]:
-    """Books of ``levels`` levels rebuilt from an ``incremental_book_L2`` file, the last of each
-    ``every_ms`` interval (0: every update); rows are drained every ``chunk_updates`` updates so a
-    busy day never holds all its books at once."""
-    builder = BookBuilder(market, levels)
-    kept: list[pl.DataFrame] = []
-
-    def drain() -> None:
-        frame = builder.frame()
-        builder.rows.clear()
-        if frame.height:
-            kept.append(last_per_interval(frame.with_columns(pl.lit(symbol).alias("symbol")), every_ms))
-
-    book_key = unified_symbol(exchange_symbol(symbol))  # the builder names books by the updates' own symbol
-    batch: list[tuple[int, dict[str, Any]]] = []
-    for message in book_messages(read_incremental(path), exchange_symbol(symbol), market == "usdm"):
-        if "lastUpdateId" in message[1]:
-            # A run of snapshot rows starts a fresh book; the builder keeps an in-sync book otherwise.
-            builder.feed(batch, snapshot_symbol=book_key)
-            batch = []
-            builder.books.pop(book_key, None)
-        batch.append(message)
-        if len(batch) >= chunk_updates:
-            builder.feed(batch, snapshot_symbol=book_key)
-            batch = []
-            drain()
-    builder.feed(batch, snapshot_symbol=book_key)
-    drain()
-    frame = pl.concat(kept) if kept else pl.DataFrame(schema=snapshot_schema(levels))
-    return last_per_interval(frame, every_ms), builder.summary
-
-
 def snapshot25_books(path: Path, symbol: str, levels: int, every_ms: int = 0) -> pl.DataFrame:
     """Books from a ``book_snapshot_25`` file, named by the configured ``symbol``."""
-    frame = tardis_book_snapshots(path, levels).with_columns(pl.lit(symbol).alias("symbol"))
-    return last_per_interval(frame, every_ms)
+    frame, steps = tardis_book_snapshots(path, levels, every_ms)
+    for step in steps:
+        log.warning(time_steps_warning(step))
+    return frame.with_columns(pl.lit(symbol).alias("symbol"))
 
 
-def tardis_book_snapshots(path: Path, levels: int) -> pl.DataFrame:
-    """A tardis.dev ``book_snapshot_25`` CSV (gzip or plain) in the landing schema.
+def tardis_book_snapshots(path: Path, levels: int, every_ms: int = 0) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
+    """A tardis.dev ``book_snapshot_25`` CSV (gzip or plain) in the landing schema, read in batches
+    (with ``every_ms``, only the last book of each interval is kept), and where its receive times
+    step back (``TimeSteps.as_dict``, at most one entry).
 
     Columns: ``exchange, symbol, timestamp, local_timestamp`` (microseconds), then
     ``asks[i].price, asks[i].amount, bids[i].price, bids[i].amount`` for i < 25. Tardis carries no
     exchange update id, so ``update_id`` is the row's position within its symbol (monotone, as
-    the snapshot validation requires).
+    the snapshot validation requires). Rows keep the file's order, which is tardis's receive order.
     """
     if not 1 <= levels <= 25:
         raise ValueError(f"--levels {levels}: book_snapshot_25 holds at most 25 levels per side")
-    header = first_line(path, f"a tardis book_snapshot_25 CSV (header {TARDIS_HEADER},...)")
-    if re.match(r"\d+ [{\[]", header):
-        raise RecordingError(
-            f"{path} is not a tardis book_snapshot_25 CSV (its lines are '<receive ns> <JSON>', a Binance "
-            "WebSocket recording): use --format binance-ws"
-        )
-    columns = header.split(",")
-    missing = [
-        c
-        for c in ("symbol", "timestamp", "local_timestamp", f"asks[{levels - 1}].price", f"bids[{levels - 1}].amount")
-        if c not in columns
-    ]
-    if missing:
-        raise RecordingError(
-            f"{path}: not a tardis book_snapshot_25 CSV, or fewer than {levels} levels (its header lacks {missing}): "
-            f"pass a file whose header starts {TARDIS_HEADER!r}, or lower --levels"
-        )
-    try:
-        raw = pl.read_csv(path)
-    except (pl.exceptions.PolarsError, OSError, EOFError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise RecordingError(f"{path}: not a readable CSV ({reason}): re-download it") from None
-    frames = []
-    for (symbol,), rows in (
-        raw.sort("local_timestamp").partition_by("symbol", as_dict=True, maintain_order=True).items()
-    ):
-
-        def side(name: str, field: str, rows: pl.DataFrame = rows) -> np.ndarray:
-            return rows.select([f"{name}[{i}].{field}" for i in range(levels)]).to_numpy().astype(np.float64)
-
-        frames.append(
-            snapshot_frame(
+    sides = {
+        "bid_px": [f"bids[{i}].price" for i in range(levels)],
+        "bid_qty": [f"bids[{i}].amount" for i in range(levels)],
+        "ask_px": [f"asks[{i}].price" for i in range(levels)],
+        "ask_qty": [f"asks[{i}].amount" for i in range(levels)],
+    }
+    columns: dict[str, pl.DataType] = {"symbol": pl.String(), "timestamp": pl.Int64(), "local_timestamp": pl.Int64()}
+    columns |= {column: pl.Float64() for names in sides.values() for column in names}
+    what = f"a tardis book_snapshot_25 CSV with {levels} levels (header {TARDIS_HEADER},...)"
+    steps = TimeSteps(path)
+    positions: dict[str, int] = {}
+    frames: dict[str, list[pl.DataFrame]] = {}
+    for batch in read_ahead(read_csv_batches(path, columns, what, lacking_hint=", or lower --levels")):
+        steps.see_many(batch.frame["local_timestamp"].to_numpy() * 1000, batch.first_line)
+        for (raw_symbol,), rows in batch.frame.partition_by("symbol", as_dict=True, maintain_order=True).items():
+            symbol = unified_symbol(str(raw_symbol).upper().replace("-", ""))
+            start = positions.get(symbol, 0)
+            positions[symbol] = start + rows.height
+            level = {side: rows.select(names).to_numpy().astype(np.float64) for side, names in sides.items()}
+            books = snapshot_frame(
                 exchange_ns=rows["timestamp"].to_numpy() * 1000,
                 receive_ns=rows["local_timestamp"].to_numpy() * 1000,
-                symbol=unified_symbol(symbol.upper().replace("-", "")),
-                update_id=np.arange(rows.height),
-                bid_px=side("bids", "price"),
-                bid_qty=side("bids", "amount"),
-                ask_px=side("asks", "price"),
-                ask_qty=side("asks", "amount"),
+                symbol=symbol,
+                update_id=np.arange(start, start + rows.height),
+                bid_px=level["bid_px"],
+                bid_qty=level["bid_qty"],
+                ask_px=level["ask_px"],
+                ask_qty=level["ask_qty"],
             )
-        )
-    return pl.concat(frames)
+            frames.setdefault(symbol, []).append(last_per_interval(books, every_ms))
+    kept = [last_per_interval(pl.concat(parts), every_ms) for parts in frames.values()]
+    frame = pl.concat(kept) if kept else pl.DataFrame(schema=snapshot_schema(levels))
+    return frame, [steps.as_dict()] if steps.steps else []

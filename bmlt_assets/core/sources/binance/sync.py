@@ -25,18 +25,20 @@ from __future__ import annotations
 import codecs
 import gzip
 import io
-import json
 import logging
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import polars as pl
 
-from bmlt_assets.core.book import snapshot_frame
+from bmlt_assets.core.book import snapshot_schema
+from bmlt_assets.core.sources.book_engine import RESET, SNAPSHOT, UPDATE, BookEngine, EngineStats
 
 log = logging.getLogger(__name__)
 GZIP_MAGIC = b"\x1f\x8b"
@@ -123,7 +125,7 @@ def read_recording(path: Path, progress: Progress | None = None) -> Iterator[tup
             for number, line in enumerate(io.TextIOWrapper(_open_binary(raw), encoding="utf-8"), 1):
                 stamp, _, payload = line.partition(" ")
                 try:
-                    message = int(stamp), json.loads(payload)
+                    message = int(stamp), orjson.loads(payload)
                 except ValueError as error:
                     if not line.endswith("\n"):  # the last line, cut off by a killed writer
                         raise TruncatedRecording(path, number - 1, "its last line is cut off") from None
@@ -148,9 +150,9 @@ def read_recording(path: Path, progress: Progress | None = None) -> Iterator[tup
 
 
 @dataclass
-class BookState:
-    bids: dict[float, float] = field(default_factory=dict)
-    asks: dict[float, float] = field(default_factory=dict)
+class SyncState:
+    """Where one symbol's stream stands under the sync rules (its book lives in the engine)."""
+
     last_update_id: int | None = None  # None: waiting for a snapshot
     first_after_snapshot: bool = False
     buffer: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
@@ -168,6 +170,8 @@ class ImportSummary:
     last_receive_ns: int | None = None
     # Files whose end is damaged: {"file", "lines" (good ones), "books" (rebuilt from them), "reason"}.
     damaged: list[dict[str, Any]] = field(default_factory=list)
+    # Files whose receive times step back: {"file", "line" (the first step), "steps", "largest_s"}.
+    time_steps_back: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         def iso(ns: int | None) -> str | None:
@@ -182,43 +186,88 @@ class ImportSummary:
             "first": iso(self.first_receive_ns),
             "last": iso(self.last_receive_ns),
             "damaged": self.damaged,
+            "time_steps_back": self.time_steps_back,
         }
+
+    def add_engine(self, stats: EngineStats) -> None:
+        """Count in what one book's engine emitted."""
+        self.updates_applied += stats.applied
+        self.snapshots += stats.emitted
+        self.crossed += stats.crossed
+        for ns in (stats.first_receive_ns, stats.last_receive_ns):
+            if ns is not None:
+                self.first_receive_ns = ns if self.first_receive_ns is None else min(self.first_receive_ns, ns)
+                self.last_receive_ns = ns if self.last_receive_ns is None else max(self.last_receive_ns, ns)
+
+
+class LevelError(ValueError):
+    """A level of the ``message``-th fed message is not a [price, quantity] pair of numbers."""
+
+    def __init__(self, message: int, detail: str):
+        super().__init__(detail)
+        self.message = message
 
 
 class BookBuilder:
-    """Feeds recorded messages through the sync rules and collects N-level snapshots."""
+    """Feeds recorded messages through the sync rules; the book engine applies them and collects
+    N-level snapshots (every update's, or with ``every_ms`` the last of each interval).
 
-    def __init__(self, market: str, levels: int):
+    The rules need only update ids, so they run here per message while the levels wait in a
+    batch of at most :data:`FLUSH_LEVELS` level changes for the compiled engine."""
+
+    FLUSH_LEVELS = 1 << 18
+
+    def __init__(self, market: str, levels: int, every_ms: int = 0):
         if market not in ("spot", "usdm"):
             raise ValueError(f"market must be 'spot' or 'usdm', got {market!r}")
         if levels < 1:
             raise ValueError(f"levels must be at least 1 per side, got {levels}")
-        self.market, self.levels = market, levels
-        self.books: dict[str, BookState] = {}
-        self.rows: dict[str, list[tuple]] = {}
+        self.market, self.levels, self.every_ms = market, levels, every_ms
+        self.books: dict[str, SyncState] = {}
+        self.engines: dict[str, BookEngine] = {}  # in the order of their first operation
         self.summary = ImportSummary()
         self.rest_snapshots = 0  # REST snapshots seen
-        self.deepest = 0  # the most levels (the shorter side) of any book too shallow to emit
         self.seen_ids: dict[str, tuple[int, int]] = {}  # per symbol: (first U, last u) of every event seen
         self.unclaimed: list[tuple[int, dict[str, Any]]] = []  # snapshots ahead of every symbol's stream
+        self.fed = 0  # messages fed so far: a LevelError names one by this count
+        # Operations waiting for the engine: (symbol, kind, receive ns, exchange ns, update id,
+        # bid level count, ask level count, the levels as "price,quantity" lines, message number).
+        self._pending: list[tuple[str, int, int, int, int, int, int, str, int]] = []
+        self._pending_levels = 0
+
+    @property
+    def deepest(self) -> int:
+        """The most levels (the shorter side) of any book too shallow to emit."""
+        return max((engine.summary().deepest for engine in self.engines.values()), default=0)
 
     def feed(self, messages: Iterable[tuple[int, dict[str, Any]]], snapshot_symbol: str | None = None) -> None:
-        for receive_ns, message in messages:
-            if "lastUpdateId" in message:
-                self.rest_snapshots += 1
-                symbol = snapshot_symbol or self._owner(int(message["lastUpdateId"]))
-                if symbol is None:
-                    self.unclaimed.append((receive_ns, message))  # claimed by the first event reaching it
-                else:
-                    self._snapshot(symbol, receive_ns, message)
+        try:
+            for receive_ns, message in messages:
+                self.fed += 1
+                self._message(receive_ns, message, snapshot_symbol)
+                if self._pending_levels >= self.FLUSH_LEVELS:
+                    self._flush()
+        except TruncatedRecording:
+            self._flush()  # the books before the damage are kept
+            raise
+        self._flush()
+
+    def _message(self, receive_ns: int, message: dict[str, Any], snapshot_symbol: str | None) -> None:
+        if "lastUpdateId" in message:
+            self.rest_snapshots += 1
+            symbol = snapshot_symbol or self._owner(int(message["lastUpdateId"]))
+            if symbol is None:
+                self.unclaimed.append((receive_ns, message))  # claimed by the first event reaching it
             else:
-                data = message.get("data", message)
-                if data.get("e") == "depthUpdate":
-                    symbol = unified_symbol(data["s"])
-                    first, last = self.seen_ids.get(symbol, (int(data["U"]), int(data["u"])))
-                    self.seen_ids[symbol] = (min(first, int(data["U"])), max(last, int(data["u"])))
-                    self._event(symbol, receive_ns, data)
-                    self._claim(symbol)
+                self._snapshot(symbol, receive_ns, message)
+        else:
+            data = message.get("data", message)
+            if data.get("e") == "depthUpdate":
+                symbol = unified_symbol(data["s"])
+                first, last = self.seen_ids.get(symbol, (int(data["U"]), int(data["u"])))
+                self.seen_ids[symbol] = (min(first, int(data["U"])), max(last, int(data["u"])))
+                self._event(symbol, receive_ns, data)
+                self._claim(symbol)
 
     def _owner(self, last_update_id: int) -> str | None:
         """The symbol a REST snapshot belongs to. It names none, so: the only symbol seen, else the one
@@ -247,15 +296,24 @@ class BookBuilder:
                 self.unclaimed.remove((receive_ns, message))
                 self._snapshot(symbol, receive_ns, message)
 
+    def _queue(self, symbol: str, kind: int, receive_ns: int, exchange_ns: int, update_id: int, bids, asks) -> None:
+        """Queue an operation; its levels wait as CSV text (one str object, which the garbage collector
+        need not track as it would a list per level), parsed a batch at a time."""
+        try:
+            text = "\n".join(map(",".join, chain(bids, asks)))
+        except TypeError:  # numbers rather than strings, or not lists: read as the old engine read them
+            text = "\n".join(f"{price!r},{quantity!r}" for price, quantity in _levels(chain(bids, asks), self.fed))
+        self._pending.append((symbol, kind, receive_ns, exchange_ns, update_id, len(bids), len(asks), text, self.fed))
+        self._pending_levels += len(bids) + len(asks)
+
     def _snapshot(self, symbol: str, receive_ns: int, message: dict[str, Any]) -> None:
-        book = self.books.setdefault(symbol, BookState(last_receive_ns=receive_ns))
+        book = self.books.setdefault(symbol, SyncState(last_receive_ns=receive_ns))
         snapshot_id = int(message["lastUpdateId"])
         if book.last_update_id is not None and (not book.first_after_snapshot or snapshot_id <= book.last_update_id):
             # In sync (or holding a newer snapshot): an older snapshot would roll the book back, a newer one
             # only repeats what the chained stream is about to deliver. Resetting would fake a gap.
             return
-        book.bids = {float(p): float(q) for p, q in message["bids"] if float(q) > 0}
-        book.asks = {float(p): float(q) for p, q in message["asks"] if float(q) > 0}
+        self._queue(symbol, SNAPSHOT, receive_ns, 0, snapshot_id, message["bids"], message["asks"])
         book.last_update_id = snapshot_id
         book.first_after_snapshot = True
         buffered, book.buffer = book.buffer, []
@@ -269,7 +327,7 @@ class BookBuilder:
                 if self.market == "usdm"
                 else "looks like a USD-M futures recording (depth updates carry 'pu'): use --market usdm"
             )
-        book = self.books.setdefault(symbol, BookState(last_receive_ns=receive_ns))
+        book = self.books.setdefault(symbol, SyncState(last_receive_ns=receive_ns))
         if book.last_update_id is None:
             book.buffer.append((receive_ns, event))
             return
@@ -297,57 +355,82 @@ class BookBuilder:
                 }
             )
             # Re-sync at the next snapshot; a later gap still starts at this book's last update.
-            self.books[symbol] = BookState(buffer=[(receive_ns, event)], last_receive_ns=book.last_receive_ns)
+            self.books[symbol] = SyncState(buffer=[(receive_ns, event)], last_receive_ns=book.last_receive_ns)
+            self._queue(symbol, RESET, receive_ns, 0, 0, (), ())
             return
-        for side, changes in ((book.bids, event["b"]), (book.asks, event["a"])):
-            for price, quantity in changes:
-                p, q = float(price), float(quantity)
-                if q == 0:
-                    side.pop(p, None)
-                else:
-                    side[p] = q
+        self._queue(symbol, UPDATE, receive_ns, int(event["E"]) * 1_000_000, last, event["b"], event["a"])
         book.last_update_id, book.first_after_snapshot, book.last_receive_ns = last, False, receive_ns
-        self.summary.updates_applied += 1
-        self._emit(symbol, receive_ns, int(event["E"]) * 1_000_000, last, book)
 
-    def _emit(self, symbol: str, receive_ns: int, exchange_ns: int, update_id: int, book: BookState) -> None:
-        if len(book.bids) < self.levels or len(book.asks) < self.levels:
-            self.deepest = max(self.deepest, min(len(book.bids), len(book.asks)))
+    def _flush(self) -> None:
+        """Hand the queued operations to each symbol's engine."""
+        pending, self._pending, self._pending_levels = self._pending, [], 0
+        if not pending:
             return
-        bid_prices = sorted(book.bids, reverse=True)[: self.levels]
-        ask_prices = sorted(book.asks)[: self.levels]
-        if bid_prices[0] >= ask_prices[0]:
-            self.summary.crossed += 1
-        self.rows.setdefault(symbol, []).append(
-            (
-                exchange_ns,
-                receive_ns,
-                update_id,
-                bid_prices,
-                [book.bids[p] for p in bid_prices],
-                ask_prices,
-                [book.asks[p] for p in ask_prices],
-            )
+        bid_counts = np.fromiter((op[5] for op in pending), dtype=np.int64, count=len(pending))
+        ask_counts = np.fromiter((op[6] for op in pending), dtype=np.int64, count=len(pending))
+        prices, quantities = _parse_levels(pending, int(bid_counts.sum() + ask_counts.sum()))
+        is_bid = np.repeat(
+            np.tile(np.array([True, False]), len(pending)), np.column_stack([bid_counts, ask_counts]).ravel()
         )
-        s = self.summary
-        s.snapshots += 1
-        s.first_receive_ns = receive_ns if s.first_receive_ns is None else min(s.first_receive_ns, receive_ns)
-        s.last_receive_ns = receive_ns if s.last_receive_ns is None else max(s.last_receive_ns, receive_ns)
+        ends = np.cumsum(bid_counts + ask_counts)
+        operations = np.empty((len(pending), 6), dtype=np.int64)
+        operations[:, 0] = [op[1] for op in pending]
+        operations[:, 1], operations[:, 2] = ends - bid_counts - ask_counts, ends
+        operations[:, 3] = [op[2] for op in pending]
+        operations[:, 4] = [op[3] for op in pending]
+        operations[:, 5] = [op[4] for op in pending]
+        symbols = [op[0] for op in pending]
+        distinct = list(dict.fromkeys(symbols))
+        for symbol in distinct:
+            engine = self.engines.get(symbol)
+            if engine is None:
+                engine = self.engines[symbol] = BookEngine(symbol, self.levels, self.every_ms)
+            mine = np.flatnonzero(np.array(symbols) == symbol) if len(distinct) > 1 else slice(None)
+            engine.apply(is_bid, prices, quantities, np.ascontiguousarray(operations[mine]))
+        self._recount()
+
+    def _recount(self) -> None:
+        """The summary's figures of emitted books, from the engines (the rules count gaps and drops)."""
+        total = ImportSummary()
+        for engine in self.engines.values():
+            total.add_engine(engine.summary())
+        for name in ("updates_applied", "snapshots", "crossed", "first_receive_ns", "last_receive_ns"):
+            setattr(self.summary, name, getattr(total, name))
 
     def frame(self) -> pl.DataFrame:
-        frames = []
-        for symbol, rows in self.rows.items():
-            exchange, receive, update, bid_px, bid_qty, ask_px, ask_qty = (np.asarray(column) for column in zip(*rows))
-            frames.append(
-                snapshot_frame(
-                    exchange_ns=exchange,
-                    receive_ns=receive,
-                    symbol=symbol,
-                    update_id=update,
-                    bid_px=bid_px,
-                    bid_qty=bid_qty,
-                    ask_px=ask_px,
-                    ask_qty=ask_qty,
-                )
+        self._flush()
+        frames = [engine.frame() for engine in self.engines.values()]
+        frames = [frame for frame in frames if frame.height]
+        if not frames:
+            return pl.DataFrame(schema=snapshot_schema(self.levels))
+        return pl.concat(frames) if len(frames) > 1 else frames[0]
+
+
+def _levels(levels: Iterable[Any], message: int) -> Iterator[tuple[float, float]]:
+    """Each ``[price, quantity]`` pair as floats, as the old engine read them; LevelError otherwise."""
+    try:
+        for price, quantity in levels:
+            yield float(price), float(quantity)
+    except (TypeError, ValueError) as error:
+        raise LevelError(message, f"a level is not a [price, quantity] pair of numbers: {error}") from None
+
+
+def _parse_levels(pending: list[tuple], rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """The prices and quantities of the queued operations' levels, in order. One CSV parse for the
+    batch; where it fails (a level that is no pair of numbers), operation by operation, so the
+    LevelError names the message."""
+    texts = [op[7] for op in pending if op[7]]
+    if rows:
+        try:
+            frame = pl.read_csv(
+                "\n".join(texts).encode(), has_header=False, schema={"price": pl.Float64, "quantity": pl.Float64}
             )
-        return pl.concat(frames) if frames else pl.DataFrame()
+            if frame.height == rows and not frame.null_count().sum_horizontal().item():
+                return frame["price"].to_numpy(), frame["quantity"].to_numpy()
+        except pl.exceptions.PolarsError:
+            pass
+    pairs = [
+        pair for op in pending if op[7] for pair in _levels((line.split(",") for line in op[7].split("\n")), op[8])
+    ]
+    values = np.array(pairs, dtype=np.float64).reshape(-1, 2)
+    return values[:, 0].copy(), values[:, 1].copy()
