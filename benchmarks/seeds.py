@@ -191,6 +191,7 @@ def main() -> None:
         jobs = []
         for config in configs:
             folder = Path(root) / f"market{config.seed}"
+            folder.mkdir()
             build_data(config, folder)
             for seed in args.seeds:
                 jobs.append(

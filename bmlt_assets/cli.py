@@ -153,9 +153,13 @@ def summary(config: PlatformConfig, args: argparse.Namespace) -> int:
         console.print(f"{label:<10} " + (f"[{style}]{escape(value)}[/]" if style else escape(value)))
     metrics = storage.report / "metrics.json"
     if metrics.exists():
-        for entry in EvaluationReport.from_json(json.loads(metrics.read_text())).horizons:
+        saved = EvaluationReport.from_json(json.loads(metrics.read_text()))
+        for i, entry in enumerate(saved.horizons):
             m, capture = entry.model.metrics, entry.capture
             shown = f", capture {capture.accuracy_capture:.3f} / {capture.logloss_capture:.3f}" if capture else ""
+            if saved.fresh:  # the days after the range, pooled
+                pooled = saved.fresh[i][-1]
+                shown += f"; fresh days {pooled.accuracy_capture.mean:.3f} / {pooled.logloss_capture.mean:.3f}"
             leak = "  [bold red]PROBABLE LEAK[/]" if entry.leak_suspected else ""
             console.print(
                 f"{entry.horizon_s:>6} s    accuracy {m.accuracy:.4f}, log loss {m.log_loss:.4f} nats{shown}{leak}"
@@ -242,7 +246,7 @@ def report(config: PlatformConfig, args: argparse.Namespace) -> int:
             return 2
         saved = EvaluationReport.from_json(json.loads((folder / "metrics.json").read_text()))
         html = (folder / "report.html").read_text()
-    for entry in saved.horizons:
+    for i, entry in enumerate(saved.horizons):
         leak = "   ** PROBABLE LEAK **" if entry.leak_suspected else ""
         print(f"\nHorizon {entry.horizon_s}s, {entry.samples} test samples{leak}")
         print(f"  {'predictor':<14}{'accuracy':>10}{'log loss':>10}{'ECE':>8}{'Sharpe':>9}")
@@ -252,6 +256,13 @@ def report(config: PlatformConfig, args: argparse.Namespace) -> int:
         if entry.capture is not None:
             capture = entry.capture
             print(f"  signal capture: accuracy {capture.accuracy_capture:.3f}, log loss {capture.logloss_capture:.3f}")
+        if saved.fresh:
+            accuracy, log_loss = saved.fresh[i][-1].accuracy_capture, saved.fresh[i][-1].logloss_capture
+            print(
+                f"  on {len(saved.fresh[i]) - 1} fresh days: accuracy capture {accuracy.mean:.3f} "
+                f"[{accuracy.low:.3f}, {accuracy.high:.3f}], log loss {log_loss.mean:.3f} "
+                f"[{log_loss.low:.3f}, {log_loss.high:.3f}]"
+            )
     name = f"report-{args.run_id}.html"
     target = args.out or config.local_dir / config.name / "reports" / name
     if target.is_dir():  # -o a folder: the report goes in it, as cp would put it

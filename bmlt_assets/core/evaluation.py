@@ -51,6 +51,7 @@ from bmlt_assets.core.evaluation_report import (
 )
 from bmlt_assets.core.fresh import FRESH, fresh_dates, fresh_day, fresh_day_data, score_fresh_days
 from bmlt_assets.core.gradient_boosting import GradientBoosted, fit_gradient_boosting, sample_features
+from bmlt_assets.core.labels import REGIMES, volatility_regimes
 from bmlt_assets.core.metrics import (
     classification_metrics,
     confusion,
@@ -66,7 +67,6 @@ from bmlt_assets.core.train import predict_logits
 from bmlt_assets.core.uncertainty import mean_interval
 from bmlt_assets.core.walk_forward import fold_checkpoint
 
-REGIMES = ("low", "mid", "high")
 # Beating the Bayes-optimal forecaster beyond noise means information from the future. The oracle
 # is tick-exact (the class probabilities of the shown, rounded mids), so this holds for coarse-tick
 # targets too: on XRP/USDT, whose tick is about a 1 s move's standard deviation, a stacker that
@@ -151,7 +151,7 @@ class TestPart:
         target = data.symbols.index(data.target)
         spread_bps = quoted_spread_bps(np.asarray(data.quotes[test.steps][:, :, target], dtype=np.float64))
         costs = Costs(config.fee_bps, True, float(np.median(spread_bps)), config.pnl_threshold)
-        regime = np.searchsorted(np.quantile(train.volatility, [1 / 3, 2 / 3]), test.volatility)
+        regime = volatility_regimes(train.volatility, test.volatility)
         features = (order_book_features(data.quotes, train.steps), order_book_features(data.quotes, test.steps))
         flow = sample_features(data, test.steps)
         fitted = baselines or fit_gradient_boosting(data, seed=0)

@@ -20,7 +20,7 @@ from bmlt_assets.core.dataset import Part, TrainingData
 from bmlt_assets.core.days import DayReturns, DayTensors, LabelledDay
 from bmlt_assets.core.evaluation_report import FreshScores, Interval
 from bmlt_assets.core.gradient_boosting import GradientBoosted, sample_features
-from bmlt_assets.core.labels import class_edges, classify
+from bmlt_assets.core.labels import REGIMES, class_edges, classify, volatility_regimes
 from bmlt_assets.core.metrics import prior_probabilities
 from bmlt_assets.core.sources import OracleProbabilities
 from bmlt_assets.core.splits import eligible_steps
@@ -28,8 +28,7 @@ from bmlt_assets.core.tables import table_lines
 from bmlt_assets.core.uncertainty import mean_interval, ratio_interval
 from bmlt_assets.core.windows import WindowSource
 
-REGIMES = ("low", "mid", "high")
-FRESH = "fresh"  # the one part of a fresh day's data: every eligible step
+FRESH = "fresh"  # the one part of a fresh day's data
 
 
 def fresh_dates(config: PlatformConfig) -> list[dt.date]:
@@ -138,12 +137,11 @@ def score_fresh_days(
     shipped, the model with its temperature alone (the calibration's comparator), the class prior,
     the gradient-boosted baseline and the oracle; the regimes are the training part's terciles."""
     train = fitted.parts["train"]
-    thresholds = np.quantile(train.volatility, [1 / 3, 2 / 3])
     scores: list[list[FreshScores]] = [[] for _ in fitted.horizons]
     inputs: list[list[tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, int]]] = [[] for _ in fitted.horizons]
     for (label, data), logits, oracle in zip(days, day_logits, oracles):
         part = data.parts[FRESH]
-        regime = np.searchsorted(thresholds, part.volatility)
+        regime = volatility_regimes(train.volatility, part.volatility)
         features = sample_features(data, part.steps) if baselines else None
         for i, horizon in enumerate(fitted.horizons):
             classes = part.classes[:, i]

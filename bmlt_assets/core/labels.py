@@ -89,3 +89,12 @@ def class_edges(
 def classify(returns: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Class c holds returns in [edges[c-1], edges[c]) (first and last classes open-ended)."""
     return (returns[:, None] >= edges).sum(axis=1)
+
+
+REGIMES = ("low", "mid", "high")
+
+
+def volatility_regimes(train_volatility: np.ndarray, volatility: np.ndarray) -> np.ndarray:
+    """0, 1 or 2 (``REGIMES``) per sample: its trailing volatility against the terciles of the
+    training part's, so that every part and every fresh day is cut at the same levels."""
+    return np.searchsorted(np.quantile(train_volatility, [1 / 3, 2 / 3]), volatility)
