@@ -35,6 +35,18 @@ def test_the_champion_must_be_beaten_beyond_noise() -> None:
     assert not worse.promote and "champion" in worse.reasons[0]
 
 
+def test_the_same_model_through_float32_does_not_beat_the_champion() -> None:
+    """The champion is scored through its logged model (float32 probabilities): an identical
+    challenger then "beats" it by about 1e-8 nats a sample, with a CI below 0, which is rounding."""
+    rounding = Interval(mean=-5.7e-09, low=-8.0e-09, high=-3.4e-09)
+    verdict = promotion_verdict({"prior": BETTER}, rounding, ece=0.02, max_ece=0.05)
+    assert not verdict.promote
+    assert verdict.reasons == [
+        "does not beat the champion: log-loss difference (challenger minus it) CI [-0.0000, -0.0000] is within "
+        "1e-06 nats of 0 (float32 rounding: a tie)"
+    ]
+
+
 def test_a_miscalibrated_challenger_is_not_promoted() -> None:
     verdict = promotion_verdict({"prior": BETTER}, None, ece=0.08, max_ece=0.05)
     assert not verdict.promote and verdict.reasons == ["ECE 0.0800 is not below 0.0500"]

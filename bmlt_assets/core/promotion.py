@@ -22,9 +22,14 @@ class Verdict:
     numbers: dict[str, Any] = field(default_factory=dict)
 
 
+FLOAT32_TIE = 1e-6  # nats: below this, a challenger-minus-champion difference is rounding (see promotion_verdict)
+
+
 def _not_below_zero(d: Interval) -> str:
     """Why a challenger-minus-other log-loss interval fails: a tie, or the challenger is worse."""
     where = "includes 0 (a tie)" if d.low <= 0 else "lies entirely above 0 (the challenger is worse)"
+    if d.high < 0:  # below zero by rounding only
+        where = f"is within {FLOAT32_TIE:g} nats of 0 (float32 rounding: a tie)"
     return f"log-loss difference (challenger minus it) CI [{d.low:.4f}, {d.high:.4f}] {where}"
 
 
@@ -39,7 +44,9 @@ def promotion_verdict(
     for name, d in baseline_differences.items():
         if not d.below_zero:
             reasons.append(f"does not beat {name}: {_not_below_zero(d)}")
-    if champion_difference is not None and not champion_difference.below_zero:
+    # The champion is scored through its logged model, whose probabilities are float32: the same
+    # model then differs from itself by about 1e-8 nats a sample, which is no win.
+    if champion_difference is not None and not champion_difference.high < -FLOAT32_TIE:
         reasons.append(f"does not beat the champion: {_not_below_zero(champion_difference)}")
     if not ece < max_ece:
         reasons.append(f"ECE {ece:.4f} is not below {max_ece:.4f}")
