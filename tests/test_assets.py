@@ -157,7 +157,7 @@ def test_training_assets_log_register_and_report(tiny_config_path: Path, tiny_co
         entry["log_loss_differences"][f"model_minus_{b}"]["high"] < 0
         for entry in report
         for b in ("prior", "persistence", "logistic_obi")
-    ) and all(entry["metrics"]["model"]["ece"] < tiny_config.evaluation.promotion_max_ece for entry in report)
+    ) and all(entry["metrics"]["model"]["ece"] < tiny_config.promotion.max_ece for entry in report)
     promoted = version.tags["bmlt.promotion"] == "promoted"
     assert promoted == deserved
     aliases = client.get_registered_model(tiny_config.registered_model_name).aliases

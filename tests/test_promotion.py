@@ -118,7 +118,7 @@ def test_an_identical_challenger_does_not_replace_the_champion(tmp_path) -> None
     from bmlt_assets.partitions import range_tags
     from tests.helpers import write_config
 
-    path = write_config(tmp_path, {"evaluation": {"promotion_max_ece": 1.0}})
+    path = write_config(tmp_path, {"promotion": {"max_ece": 1.0}})
     config = load_config(path)
     assets, instance = INGEST_ASSETS + TRAINING_ASSETS, dg.DagsterInstance.ephemeral()
     tags = range_tags(config.data.start_date, config.data.end_date)
