@@ -62,7 +62,7 @@ class Verdict:
 def _not_below_zero(d: Interval) -> str:
     """Why a challenger-minus-other log-loss interval fails: a tie, or the challenger is worse."""
     where = "includes 0 (a tie)" if d.low <= 0 else "lies entirely above 0 (the challenger is worse)"
-    return f"log-loss difference (challenger minus it) CI {interval(d.low, d.high)} {where}"
+    return f"log-loss difference (challenger minus it) CI {interval(d.low, d.high, PROSE)} {where}"
 
 
 def net_ci(pnl: Pnl) -> str:
@@ -119,7 +119,7 @@ def promotion_verdict(
     if champion_difference is not None and not champion_difference.below_zero:
         reasons.append(f"does not beat the champion: {_not_below_zero(champion_difference)}")
     if not ece < max_ece:
-        reasons.append(f"ECE {number(ece)} is not below {max_ece:g}")
+        reasons.append(f"ECE {number(ece, PROSE)} is not below {max_ece:g}")
     numbers: dict[str, Any] = {"ece": ece, "max_ece": max_ece}
     numbers |= {f"vs_{k}": asdict(v) for k, v in baseline_differences.items()}
     if champion_difference is not None:

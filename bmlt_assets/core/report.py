@@ -524,11 +524,13 @@ def _money_line(entry: HorizonReport) -> str:
     pnl, costs = entry.model.pnl, entry.costs
     stated = f"at the stated costs ({costs.fee_bps_per_side:g} bps per side plus half the spread)"
     if not pnl.trades:
-        return f"Money: no trade {stated}: no direction's probability mass exceeded {costs.pnl_threshold:g}."
+        return (
+            f"Money: {stated} the model never traded: no direction's probability mass exceeded {costs.pnl_threshold:g}."
+        )
     verb = "makes" if pnl.profitable else "LOSES"
     said = (
-        f"Money: {verb} {number(abs(pnl.mean_return_bps), PROSE)} bps per trade net {stated}{net_ci(pnl)}, over "
-        f"{number(pnl.trades)} trades (hit rate {number(pnl.hit_rate, PROSE)})"
+        f"Money: {stated} the model {verb} {number(abs(pnl.mean_return_bps), PROSE)} bps per trade net"
+        f"{net_ci(pnl)} over {number(pnl.trades)} trades (hit rate {number(pnl.hit_rate, PROSE)})"
     )
     if pnl.gross_mean_bps is None:  # a report of an earlier version
         return f"{said}."
