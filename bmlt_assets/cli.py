@@ -254,6 +254,10 @@ def report(config: PlatformConfig, args: argparse.Namespace) -> int:
             return 2
         saved = EvaluationReport.from_json(json.loads((folder / "metrics.json").read_text()))
         html = (folder / "report.html").read_text()
+        gated = folder / "promotion.json"  # the gate's verdict, once the evaluation has run it
+        verdict = json.loads(gated.read_text()).get("sentence") if gated.exists() else None
+    if verdict:
+        print(f"Verdict: {verdict}")
     for entry in saved.horizons:
         leak = "   ** PROBABLE LEAK **" if entry.leak_suspected else ""
         print(f"\nHorizon {entry.horizon_s}s, {counts(entry.samples, entry.independent_outcomes)}{leak}")

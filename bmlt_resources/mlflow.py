@@ -165,7 +165,12 @@ class TrackedMlflow(MlFlow):
         )
         mlflow.log_metric("promotion_promoted", float(verdict.promote))
         mlflow.log_dict(
-            {"promote": verdict.promote, "reasons": verdict.reasons, "numbers": verdict.numbers},
+            {
+                "promote": verdict.promote,
+                "sentence": verdict.sentence,
+                "reasons": verdict.reasons,
+                "numbers": verdict.numbers,
+            },
             "report/promotion.json",
         )
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bmlt_assets.core.config import PromotionConfig
+from bmlt_assets.core.config import PromotionConfig, load_config
 from bmlt_assets.core.evaluation_report import (
     Classification,
     EvaluationReport,
@@ -19,7 +21,7 @@ from bmlt_assets.core.evaluation_report import (
 )
 from bmlt_assets.core.promotion import Verdict, gate
 from bmlt_assets.core.report import FrontMatter, markdown, write_report
-from tests.helpers import BETTER, LOSING_PNL, START_NS, TIED, report_entry
+from tests.helpers import BETTER, LOSING_PNL, START_NS, TIED, report_entry, tracked_run, write_config
 
 FRONT = FrontMatter(
     model="bmlt-synthetic-default",
@@ -290,3 +292,45 @@ def test_the_verdict_says_in_one_sentence_what_it_rests_on_and_whether_the_model
     assert line.startswith(f"**Verdict: {outcome}** {basis}")
     assert money in line  # in the same sentence as the verdict
     assert line.count(". ") == 0 and line.endswith(".")
+
+
+def test_bmlt_report_prints_the_headline_counts_and_warnings_most_material_first(tmp_path: Path) -> None:
+    """The terminal view of a report logged to a real MLflow store reads like the Markdown."""
+    config_path = write_config(tmp_path)
+    tracker = tracked_run(load_config(config_path))
+    entry = report_entry(model_pnl=_losing(**LONG), ece_before=0.021, ece_after=0.0344)
+    report, folder = EvaluationReport([HorizonReport.from_json(entry)]), tmp_path / "report"
+    folder.mkdir()
+    write_report(folder, report, "t", front_matter=FRONT)
+    tracker.client.log_artifacts(tracker.run_id, str(folder), "report")
+    verdict = gate(report.horizons, False, False, PromotionConfig(), "no champion yet")
+    tracker.client.log_dict(tracker.run_id, {"sentence": verdict.sentence}, "report/promotion.json")
+    shown = subprocess.run(
+        [str(Path(sys.executable).parent / "bmlt"), "report", tracker.run_id, "--config", str(config_path)]
+        + ["--out", str(tmp_path / "report.html")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0] == f"Verdict: {verdict.sentence}" and "LOSES money" in lines[0]
+    assert "Horizon 30s, 500 samples, 17 independent outcomes" in lines
+    start = lines.index("Horizon 30s, 500 samples, 17 independent outcomes")
+    assert [line.split(":")[0] for line in lines[start + 1 : start + 5]] == [
+        "  Capture",
+        "  Best baseline",
+        "  Money",
+        "  Intervals",
+    ]
+    table = lines[start + 5 : start + 11]
+    assert [row.split()[0] for row in table] == ["predictor", "model", "prior", "persistence", "logistic_obi", "oracle"]
+    assert table[1].split() == ["model", "0.2500", "1.900", "0.2500", "-16.40", "-5,299"]
+    warnings = lines[lines.index("Warnings, most material first:") + 1 :]
+    assert [w.split(": ")[1][:24] for w in warnings if w.startswith("  - ")] == [
+        "the model loses money at",
+        "the model ties logistic_",
+        "the validation-fitted ca",
+    ]
+    decimals = re.findall(r"(?<![\w.])[-+]?\d[\d,]*\.\d+(?![\w.])", shown.stdout)
+    assert decimals and [d for d in decimals if _significant_digits(d) > 4] == []

@@ -275,7 +275,7 @@ class HorizonReport:
         sensitivity, or with the model's capture alone)."""
         plain = {k: v for k, v in entry.items() if k not in _GROUPED}
         captured = entry.get("capture_by_predictor") or ({MODEL: entry["capture"]} if "capture" in entry else {})
-        plain["predictors"] = {
+        plain["predictors"] = {  # metrics.json sorts its keys: back in reading order, the model first
             name: {
                 "metrics": metrics,
                 "intervals": entry["intervals"][name],
@@ -283,11 +283,17 @@ class HorizonReport:
                 "equity": entry["equity"][name],
                 "capture": captured.get(name),
             }
-            for name, metrics in entry["metrics"].items()
+            for name, metrics in sorted(entry["metrics"].items(), key=lambda item: _reading_order(item[0]))
         }
         differences = entry["log_loss_differences"].items()
         plain["model_minus"] = {name.removeprefix("model_minus_"): d for name, d in differences}
         return _adapter(HorizonReport).validate_python(plain)
+
+
+def _reading_order(predictor: str) -> int:
+    """The model, the baselines, any other comparator, the champion, the oracle."""
+    order = (MODEL, *BASELINES, "", CHAMPION, ORACLE)  # "": where any other comparator goes
+    return order.index(predictor if predictor in order else "")
 
 
 # metrics.json keys that from_json regroups into ``predictors`` and ``model_minus``
