@@ -76,11 +76,12 @@ def test_a_stronger_champion_refuses_the_challenger() -> None:
     )
 
 
-# Over LOSING_PNL (1,865 trades at 1 bps per side): profitable beyond noise, and within noise.
-PROFIT = LOSING_PNL | {"mean_return_bps": 2.5, "total_return_bps": 4662.5, "mean_return_low_bps": 0.8}
-PROFIT |= {"mean_return_high_bps": 4.1}
-NOISY = LOSING_PNL | {"mean_return_bps": 0.4, "total_return_bps": 746.0, "mean_return_low_bps": -0.9}
-NOISY |= {"mean_return_high_bps": 1.7}
+# 1,865 trades at 1 bps per side and 3.2 bps of costs per trade, as LOSING_PNL, but profitable
+# beyond noise, and profitable within noise.
+PROFIT = LOSING_PNL | {"mean_return_bps": 2.5, "total_return_bps": 4662.5, "gross_mean_bps": 5.7}
+PROFIT |= {"break_even_fee_bps": 2.25, "mean_return_low_bps": 0.8, "mean_return_high_bps": 4.1}
+NOISY = LOSING_PNL | {"mean_return_bps": 0.4, "total_return_bps": 746.0, "gross_mean_bps": 3.6}
+NOISY |= {"break_even_fee_bps": 1.2, "mean_return_low_bps": -0.9, "mean_return_high_bps": 1.7}
 FORECASTS = "on forecast quality (log loss against every baseline and the champion, and calibration)"
 
 
@@ -91,9 +92,9 @@ def test_by_default_the_verdict_is_on_forecasts_and_says_when_the_model_loses_mo
     assert verdict.sentence == (
         f"PROMOTED to @champion {FORECASTS} alone, a statistical verdict and not a trading one: at the stated "
         "costs the model LOSES money: 20 s: -16.4 bps per trade net (95% CI [-16.9, -15.9]) over 1,865 trades at "
-        "1 bps per side, an edge of -13.2 bps before costs, break-even at -7.20 bps per side; 60 s: +2.50 bps per "
-        "trade net (95% CI [0.800, 4.10]) over 1,865 trades at 1 bps per side, an edge of -13.2 bps before costs, "
-        "break-even at -7.20 bps per side."
+        "1 bps per side, an edge of -13.2 bps per trade before costs of 3.20 bps, break-even at a fee of -7.20 bps "
+        "per side; 60 s: +2.50 bps per trade net (95% CI [0.800, 4.10]) over 1,865 trades at 1 bps per side, an "
+        "edge of +5.70 bps per trade before costs of 3.20 bps, break-even at a fee of 2.25 bps per side."
     )
     assert verdict.numbers["20s"]["net_bps_per_trade"] == -16.4 and verdict.numbers["20s"]["fee_bps"] == 1.0
     profitable = gate([_entry(BETTER, model_pnl=PROFIT)], True, True, RULES, "")

@@ -145,9 +145,8 @@ def _losing(**pnl: float) -> dict[str, float]:
 
 LOSES = (
     "> **WARNING** 30 s: **the model loses money at the stated costs**: -16.4 bps per trade net (95% CI [-16.9, "
-    "-15.9]) over 1,865 trades (hit rate 0.000536), paying 1 bps per side plus half the spread. Its edge before "
-    "costs, -13.2 bps per trade, is below the costs of 3.20 bps per trade; it breaks even at a fee of -7.20 bps "
-    "per side."
+    "-15.9]) over 1,865 trades (hit rate 0.000536), paying 1 bps per side plus half the spread: an edge of -13.2 "
+    "bps per trade before costs of 3.20 bps, break-even at a fee of -7.20 bps per side."
 )
 
 
@@ -261,8 +260,8 @@ def test_the_headline_comes_first_with_capture_the_best_baseline_and_the_margin(
         "- Best baseline: logistic_obi. The model's margin over it: +0.0123 nats of log loss per sample, 95% CI "
         "[0.00810, 0.0166] (the model is better beyond noise).",
         "- Money: at the stated costs (1 bps per side plus half the spread) the model LOSES 16.4 bps per trade net "
-        "(95% CI [-16.9, -15.9]) over 1,865 trades (hit rate 0.000536); edge before costs -13.2 bps per trade, "
-        "costs 3.20 bps per trade; break-even fee -7.20 bps per side.",
+        "(95% CI [-16.9, -15.9]) over 1,865 trades (hit rate 0.000536): an edge of -13.2 bps per trade before "
+        "costs of 3.20 bps, break-even at a fee of -7.20 bps per side.",
         "- Intervals: a stationary block bootstrap of the 500 overlapping samples, expected block length 31.5 "
         "samples (Politis-White), at least the horizon's 30 steps: the overlap is not counted as independent.",
     ]

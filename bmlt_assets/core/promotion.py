@@ -73,6 +73,18 @@ def net_ci(pnl: Pnl) -> str:
     return f" (95% CI {interval(pnl.mean_return_low_bps, pnl.mean_return_high_bps, PROSE)})"
 
 
+def economics(pnl: Pnl) -> str:
+    """Where the money goes per trade: the edge before costs, the costs and the break-even fee
+    ('' where not recorded: no trade, or a report of an earlier version)."""
+    if pnl.gross_mean_bps is None:
+        return ""
+    return (
+        f"an edge of {number(pnl.gross_mean_bps, PROSE, sign=True)} bps per trade before costs of "
+        f"{number(pnl.costs_per_trade_bps, PROSE)} bps, break-even at a fee of "
+        f"{number(pnl.break_even_fee_bps, PROSE)} bps per side"
+    )
+
+
 def trading_line(horizon_s: float, pnl: Pnl, fee_bps: float) -> str:
     """The model's P&L at one horizon in a few words: net per trade with its interval, the
     trades, the edge before costs and the break-even fee."""
@@ -80,9 +92,7 @@ def trading_line(horizon_s: float, pnl: Pnl, fee_bps: float) -> str:
         return f"{horizon_s:g} s: no trade (no direction's probability mass passed the threshold)"
     return (
         f"{horizon_s:g} s: {number(pnl.mean_return_bps, PROSE, sign=True)} bps per trade net{net_ci(pnl)} over "
-        f"{number(pnl.trades)} trades at {fee_bps:g} bps per side, an edge of "
-        f"{number(pnl.gross_mean_bps, PROSE, sign=True)} bps before costs, break-even at "
-        f"{number(pnl.break_even_fee_bps, PROSE)} bps per side"
+        f"{number(pnl.trades)} trades at {fee_bps:g} bps per side, {economics(pnl)}"
     )
 
 

@@ -28,7 +28,7 @@ from bmlt_assets.core.evaluation_report import (
     PnlAtFee,
 )
 from bmlt_assets.core.files import write_json
-from bmlt_assets.core.promotion import Verdict, net_ci
+from bmlt_assets.core.promotion import Verdict, economics, net_ci
 from bmlt_assets.core.readable import DIGITS, PROSE, interval, number
 from bmlt_assets.core.tables import table_lines
 
@@ -291,17 +291,12 @@ def _money_warning(entry: HorizonReport) -> str:
             f"{h}: **the model never traded**: no direction's probability mass exceeded {costs.pnl_threshold:g}, "
             "so what it is worth to a trader is unmeasured."
         )
+    spent = economics(pnl)
     text = (
         f"{h}: **the model loses money at the stated costs**: {number(pnl.mean_return_bps, PROSE, sign=True)} bps "
         f"per trade net{net_ci(pnl)} over {number(pnl.trades)} trades (hit rate {number(pnl.hit_rate, PROSE)}), "
-        f"paying {costs.fee_bps_per_side:g} bps per side plus half the spread."
+        f"paying {costs.fee_bps_per_side:g} bps per side plus half the spread{': ' + spent if spent else ''}."
     )
-    if pnl.gross_mean_bps is not None:  # None in reports of earlier versions
-        text += (
-            f" Its edge before costs, {number(pnl.gross_mean_bps, PROSE, sign=True)} bps per trade, is below the "
-            f"costs of {number(pnl.costs_per_trade_bps, PROSE)} bps per trade; it breaks even at a fee of "
-            f"{number(pnl.break_even_fee_bps, PROSE)} bps per side."
-        )
     oracle = entry.predictors.get(ORACLE)
     if oracle is not None and oracle.pnl.trades:
         if oracle.pnl.profitable:
@@ -528,16 +523,11 @@ def _money_line(entry: HorizonReport) -> str:
             f"Money: {stated} the model never traded: no direction's probability mass exceeded {costs.pnl_threshold:g}."
         )
     verb = "makes" if pnl.profitable else "LOSES"
-    said = (
+    spent = economics(pnl)
+    return (
         f"Money: {stated} the model {verb} {number(abs(pnl.mean_return_bps), PROSE)} bps per trade net"
         f"{net_ci(pnl)} over {number(pnl.trades)} trades (hit rate {number(pnl.hit_rate, PROSE)})"
-    )
-    if pnl.gross_mean_bps is None:  # a report of an earlier version
-        return f"{said}."
-    return (
-        f"{said}; edge before costs {number(pnl.gross_mean_bps, PROSE, sign=True)} bps per trade, costs "
-        f"{number(pnl.costs_per_trade_bps, PROSE)} bps per trade; break-even fee "
-        f"{number(pnl.break_even_fee_bps, PROSE)} bps per side."
+        f"{': ' + spent if spent else ''}."
     )
 
 
