@@ -65,8 +65,6 @@ PNL_COLUMNS = {
     "mean_return_low_bps": "mean net return, 95% CI low (bps per trade)",
     "mean_return_high_bps": "mean net return, 95% CI high (bps per trade)",
 }
-HEADLINE = tuple(METRIC_COLUMNS)
-PNL = tuple(PNL_COLUMNS)
 SHORT_TEST_DAYS = 7.0  # a test window shorter than this gets a warning
 # A calibration that raised the test ECE by less than this is noise, not a warning: the top-label
 # ECE of a few thousand independent outcomes moves by about a percentage point between resamples.
