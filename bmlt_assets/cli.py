@@ -138,7 +138,12 @@ def summary(config: PlatformConfig, args: argparse.Namespace) -> int:
     except MlflowException as error:
         console.print(f"{config.tracking_uri}: cannot read the registry ({error.message})", style="red")
         return 2
-    verdict_style = "bold green" if verdict == "promoted" else "bold yellow"
+    metrics = storage.report / "metrics.json"
+    saved = EvaluationReport.from_json(json.loads(metrics.read_text())) if metrics.exists() else None
+    # Green only for a model that is promoted and also earns at the stated costs: a statistical
+    # verdict on a model that loses money is no good news.
+    earns = saved is not None and all(entry.model.pnl.profitable for entry in saved.horizons)
+    verdict_style = "bold green" if verdict == "promoted" and earns else "bold yellow"
     served = config.tracking_uri.startswith(("http://", "https://"))  # a tracking server serves its own UI
     ui = config.mlflow.ui_url if served else f"mlflow ui --backend-store-uri {config.tracking_uri}"
     rows = [
@@ -156,9 +161,7 @@ def summary(config: PlatformConfig, args: argparse.Namespace) -> int:
             _, _, reasons = value.partition(": ")
             value = stated + "".join(f"\n           - {reason}" for reason in reasons.split("; ") if reason)
         console.print(f"{label:<10} " + (f"[{style}]{escape(value)}[/]" if style else escape(value)))
-    metrics = storage.report / "metrics.json"
-    if metrics.exists():
-        saved = EvaluationReport.from_json(json.loads(metrics.read_text()))
+    if saved is not None:
         for entry in saved.horizons:
             m = entry.model.metrics
             leak = "  [bold red]PROBABLE LEAK[/]" if entry.leak_suspected else ""
