@@ -26,12 +26,12 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from benchmarks.seeds import build_data
-from bmlt_assets.core.calibration import fit_calibration, independent_outcomes
+from bmlt_assets.core.calibration import fit_calibration
 from bmlt_assets.core.config import load_config
 from bmlt_assets.core.dataset import load_dataset
 from bmlt_assets.core.gradient_boosting import SETTINGS, fit_gradient_boosting, sample_features
 from bmlt_assets.core.metrics import classification_metrics, logistic_baseline, order_book_features
-from bmlt_assets.core.uncertainty import mean_interval
+from bmlt_assets.core.uncertainty import independent_outcomes, mean_interval
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -23,7 +23,7 @@ import json
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import mean, stdev
 
@@ -33,9 +33,8 @@ import yaml
 from bmlt_assets.core.calibration import validation_calibration
 from bmlt_assets.core.config import PlatformConfig, load_config
 from bmlt_assets.core.dataset import build_folds, load_dataset, save_dataset
-from bmlt_assets.core.days import DayReturns, DayTensors, LabelledDay, label_days
-from bmlt_assets.core.evaluation import evaluate, oracle_for
-from bmlt_assets.core.fresh import FRESH, fresh_day_data, score_fresh_days
+from bmlt_assets.core.days import DayTensors, label_days
+from bmlt_assets.core.evaluation import evaluate, evaluate_fresh_days, oracle_for
 from bmlt_assets.core.gradient_boosting import fit_gradient_boosting
 from bmlt_assets.core.promotion import gate
 from bmlt_assets.core.sources.synthetic import SyntheticMarket
@@ -45,21 +44,34 @@ ROOT = Path(__file__).resolve().parent.parent
 SPOT_TAKER_FEE_BPS = 10.0  # ccxt's Binance spot taker fee; used only where ccxt is not installed
 
 
-def market(config: PlatformConfig) -> SyntheticMarket:
-    d = config.data
-    return SyntheticMarket(d.synthetic, config.seed, d.cadence_ms, d.depth, tuple(d.symbols))
+@dataclass(frozen=True)
+class Simulated:
+    """The config's synthetic market as a :class:`~bmlt_assets.core.sources.BookSource`, as
+    ``bmlt_resources.synthetic`` serves it, without Dagster (a machine may run this without it)."""
 
+    market: SyntheticMarket
 
-def simulated_day(config: PlatformConfig, date: dt.date) -> DayTensors:
-    source = market(config)
-    return DayTensors.from_frame(
-        pl.concat([source.simulate(date, symbol) for symbol in config.data.symbols]), date, config
-    )
+    @classmethod
+    def of(cls, config: PlatformConfig) -> Simulated:
+        d = config.data
+        return cls(SyntheticMarket(d.synthetic, config.seed, d.cadence_ms, d.depth, tuple(d.symbols)))
+
+    def snapshots(self, date: dt.date, symbols: list[str]) -> pl.DataFrame:
+        return pl.concat([self.market.simulate(date, symbol) for symbol in symbols])
+
+    def gaps(self, date: dt.date, symbols: list[str]) -> list[dict]:
+        return []
+
+    def oracle(self) -> SyntheticMarket:
+        return self.market
 
 
 def build_data(config: PlatformConfig, folder: Path) -> None:
     """book_tensors + forward_returns of every day, then training_dataset, into ``folder``."""
-    days = [simulated_day(config, date) for date in config.data.dates]
+    source = Simulated.of(config)
+    days = [
+        DayTensors.from_frame(source.snapshots(date, config.data.symbols), date, config) for date in config.data.dates
+    ]
     save_dataset(build_folds(label_days(days, config), config), folder, config)
 
 
@@ -76,6 +88,7 @@ def fee_resolved(config: PlatformConfig) -> PlatformConfig:
 def one_run(config_json: str, folder: str, seed: int, threads: int, fresh_days: int) -> dict:
     raw = json.loads(config_json)
     raw["training"] |= {"seed": seed, "threads": threads, "progress_bar": False}
+    raw["evaluation"] |= {"fresh_days": fresh_days}
     config = PlatformConfig.model_validate(raw)
     data = load_dataset(Path(folder), config)
     started = time.perf_counter()
@@ -84,27 +97,19 @@ def one_run(config_json: str, folder: str, seed: int, threads: int, fresh_days: 
     calibration = validation_calibration(result.model, data)
     baselines = fit_gradient_boosting(data, seed, threads)
     test_logits = predict_logits(result.model, data, data.parts["test"].steps)
-    source = market(config)
+    source = Simulated.of(config)
     report = evaluate(
         data,
         test_logits,
         calibration,
-        oracle_for(source, config.target, data),
+        oracle_for(source.market, config.target, data),
         config.evaluation,
         config.data.cadence_ms / 1000,
         labels=config.labels,
         baselines=baselines,
     )
-    verdict = gate(report, False, False, config.evaluation.promotion_max_ece, "no champion (a fresh registry)")
-    days = []
-    for k in range(1, fresh_days + 1):
-        date = config.data.end_date + dt.timedelta(days=k)
-        tensors = simulated_day(config, date)
-        labelled = LabelledDay(tensors, DayReturns.of(tensors, None, config))
-        days.append((date.isoformat(), fresh_day_data(labelled, config, data)))
-    logits = [predict_logits(result.model, day, day.parts[FRESH].steps) for _, day in days]
-    oracles = [oracle_for(source, config.target, day) for _, day in days]
-    fresh = score_fresh_days(data, days, logits, calibration, baselines, oracles)  # type: ignore[arg-type]
+    verdict = gate(report, False, False, config.promotion, "no champion (a fresh registry)")
+    fresh = evaluate_fresh_days(config, data, result.model, calibration, baselines, source, source.oracle())
     return {
         "market": config.seed,
         "seed": seed,

@@ -18,12 +18,12 @@ from bmlt_assets.core.fresh import (
     fresh_day,
     fresh_day_data,
     fresh_day_lines,
-    fresh_day_warnings,
     fresh_stride,
     score_fresh_days,
 )
 from bmlt_assets.core.labels import classify
-from bmlt_assets.core.uncertainty import ratio_interval
+from bmlt_assets.core.report import Materiality, fresh_day_warnings
+from bmlt_assets.core.uncertainty import independent_outcomes, ratio_interval
 from bmlt_resources.synthetic import SyntheticMarketResource
 from tests.helpers import synthetic_days, write_config
 
@@ -83,7 +83,7 @@ def test_fresh_day_scores_know_the_oracle_and_the_prior(fitted_and_fresh) -> Non
     for horizon, (first, _, pooled) in zip(day.horizons, scores):
         assert first.logloss_capture.mean == pytest.approx(1.0)
         assert first.model_minus["oracle"].mean == pytest.approx(0.0, abs=1e-12)
-        assert first.independent_outcomes == len(np.unique(part.steps // horizon))
+        assert first.independent_outcomes == independent_outcomes(part.steps, horizon)
         assert sum(first.regimes.values()) == pytest.approx(1.0)
         assert pooled.day == "pooled" and pooled.samples == 2 * first.samples
         assert pooled.independent_outcomes == 2 * first.independent_outcomes
@@ -129,11 +129,14 @@ def test_the_fresh_day_section_shows_every_day_and_the_pooled_row_and_warns() ->
     fresh = [[scores("2025-01-08", better), scores("pooled", better)]] * 2
     text = "\n".join(fresh_day_lines(fresh, [10, 30]))
     assert "### 10 s horizon" in text and "### 30 s horizon" in text
-    assert "| pooled | 8000 | 800 | 0.20 / 0.30 / 0.50 | 0.900 [0.850, 0.950]" in text
+    assert "| pooled | 8,000 | 800 | 0.20 / 0.30 / 0.50 | 0.9000 [0.8500, 0.9500]" in text
     assert "model − gbm (nats)" in text and "model − temperature alone (nats)" in text
     assert fresh_day_warnings(fresh, [10, 30]) == []
     bias_hurts = [[scores("2025-01-08", better), scores("pooled", worse)]]
     assert fresh_day_warnings(bias_hurts, [10]) == [
-        "10 s: on the fresh days the calibration's class bias does worse than the temperature alone: log-loss "
-        "difference 0.0020 [0.0010, 0.0030] nats."
+        (
+            Materiality.CALIBRATION,
+            "10 s: on the fresh days the calibration's class bias does worse than the temperature alone: the 95% CI "
+            "of the log-loss difference (shipped minus temperature alone) [0.00100, 0.00300] lies entirely above 0.",
+        )
     ]

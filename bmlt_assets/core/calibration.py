@@ -10,11 +10,11 @@ The bias is also what overfits: the class balance of one validation window follo
 realized drift, which the next day does not repeat. Fitted by maximum likelihood, a bias of +0.29
 on the top class from about 870 independent 30 s outcomes cost 0.007 nats on the next day
 (docs/benchmarks.md). So the bias has a Gaussian prior ``N(0, tau^2)`` in the sum-zero subspace,
-and the likelihood counts independent outcomes (one per horizon-long stretch of the validation
-part), not overlapping samples: ``tau`` is the empirical-Bayes estimate, the one that makes the
-maximum-likelihood bias most probable given its sampling error. A bias the outcomes do not
-support beyond noise is shrunk to 0 (``tau = 0``: temperature alone); a real one, such as class
-weights leave, is kept.
+and the likelihood counts independent outcomes (``core.uncertainty.independent_outcomes``: the
+most validation samples whose outcome windows do not overlap), not overlapping samples: ``tau``
+is the empirical-Bayes estimate, the one that makes the maximum-likelihood bias most probable
+given its sampling error. A bias the outcomes do not support beyond noise is shrunk to 0
+(``tau = 0``: temperature alone); a real one, such as class weights leave, is kept.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from sklearn.calibration import calibration_curve
 from bmlt_assets.core.dataset import TrainingData
 from bmlt_assets.core.evaluation_report import ReliabilityCurve
 from bmlt_assets.core.train import predict_logits
+from bmlt_assets.core.uncertainty import independent_outcomes
 
 ECE_BINS = 15
 
@@ -86,12 +87,6 @@ class Calibration:
     @classmethod
     def identity(cls, n_classes: int) -> Calibration:
         return cls(1.0, (0.0,) * n_classes)
-
-
-def independent_outcomes(steps: np.ndarray, horizon: int) -> int:
-    """How many non-overlapping horizon-long stretches the samples at ``steps`` span: the number
-    of independent outcomes their labels hold (overlapping labels repeat the same move)."""
-    return len(np.unique(np.asarray(steps) // horizon))
 
 
 def _fit(logits: np.ndarray, classes: np.ndarray, bias_penalty: float | None) -> tuple[float, np.ndarray]:

@@ -64,7 +64,7 @@ from bmlt_assets.core.metrics import (
 from bmlt_assets.core.representation import quoted_spread_bps
 from bmlt_assets.core.sources import BookSource, Oracle, OracleProbabilities
 from bmlt_assets.core.train import predict_logits
-from bmlt_assets.core.uncertainty import mean_interval
+from bmlt_assets.core.uncertainty import independent_outcomes, mean_interval
 from bmlt_assets.core.walk_forward import fold_checkpoint
 
 # Beating the Bayes-optimal forecaster beyond noise means information from the future. The oracle
@@ -271,10 +271,11 @@ def assemble_horizon(
             np.bincount(y, minlength=test.data.n_classes).tolist(),
             np.bincount(model.argmax(axis=1), minlength=test.data.n_classes).tolist(),
         ),
-        regimes=regime_scores(model, y, losses[MODEL], test.regime),
+        regimes=regime_scores(model, y, losses[MODEL], test.regime, part.steps, horizon),
         beats_baselines=all(model_minus[b].below_zero for b in BASELINES),
         pnl_by_fee=fee_sensitivity(model, outcomes, test),
         leak_suspected=model_minus[ORACLE].high < -LEAK_TOLERANCE if ORACLE in model_minus else None,
+        independent_outcomes=independent_outcomes(part.steps, horizon),
     )
 
 
@@ -313,16 +314,23 @@ def fee_sensitivity(model: np.ndarray, outcomes: Outcomes, test: TestPart) -> li
 
 
 def regime_scores(
-    model: np.ndarray, classes: np.ndarray, losses: np.ndarray, regime: np.ndarray
+    model: np.ndarray,
+    classes: np.ndarray,
+    losses: np.ndarray,
+    regime: np.ndarray,
+    steps: np.ndarray,
+    horizon: int,
 ) -> dict[str, RegimeScores]:
-    """The model's accuracy and log loss within each volatility regime (NaN where it has no sample)."""
+    """The model's accuracy and log loss within each volatility regime (NaN where it has no
+    sample), with the regime's independent outcomes (its samples at ``steps``)."""
     scores = {}
     for r, label in enumerate(REGIMES):
         inside = regime == r
         hits = (model.argmax(axis=1) == classes)[inside]
         accuracy = float(hits.mean()) if inside.any() else float("nan")
         log_loss = float(losses[inside].mean()) if inside.any() else float("nan")
-        scores[label] = RegimeScores(int(inside.sum()), accuracy, log_loss)
+        outcomes = independent_outcomes(steps[inside], horizon)
+        scores[label] = RegimeScores(int(inside.sum()), accuracy, log_loss, outcomes)
     return scores
 
 
@@ -434,14 +442,15 @@ def fold_summary(
         probabilities = calibration[i].probabilities(test_logits[:, i])
         model = classification_metrics(y, probabilities)
         prior = classification_metrics(y, prior_probabilities(train.classes[:, i], data.n_classes, len(y)))
+        outcomes = independent_outcomes(test.steps, horizon)
         if oracle is None:
-            horizons.append(FoldHorizon(model, prior))
+            horizons.append(FoldHorizon(model, prior, independent_outcomes=outcomes))
             continue
         best = oracle(i, test.steps, test.edges[:, i])
         # Every fold's model is checked for a leak, not only the registered one's.
         beyond = mean_interval(per_sample_log_loss(probabilities, y) - per_sample_log_loss(best, y), horizon)
         capture = signal_capture(model, prior, classification_metrics(y, best))
-        horizons.append(FoldHorizon(model, prior, capture, beyond.high < -LEAK_TOLERANCE))
+        horizons.append(FoldHorizon(model, prior, capture, beyond.high < -LEAK_TOLERANCE, outcomes))
     period = purged_test_period(data)
     return FoldSummary(fold, period.first_ns, period.last_ns, len(test), horizons)
 
@@ -453,10 +462,14 @@ def flat_metrics(report: EvaluationReport) -> dict[str, float]:
         horizon = f"{entry.horizon_s}s"
         for predictor, scores in entry.predictors.items():
             metrics |= {f"test_{predictor}_{name}_{horizon}": v for name, v in asdict(scores.metrics).items()}
-            metrics |= {f"pnl_{predictor}_{name}_{horizon}": v for name, v in asdict(scores.pnl).items()}
+            pnl = asdict(scores.pnl).items()
+            metrics |= {f"pnl_{predictor}_{name}_{horizon}": v for name, v in pnl if v is not None}
         if entry.capture is not None:
             metrics |= {f"test_{name}_{horizon}": v for name, v in asdict(entry.capture).items()}
         metrics[f"test_leak_suspected_{horizon}"] = float(bool(entry.leak_suspected))
+        metrics[f"test_samples_{horizon}"] = float(entry.samples)
+        if entry.independent_outcomes is not None:
+            metrics[f"test_independent_outcomes_{horizon}"] = float(entry.independent_outcomes)
         if report.fresh:  # the fresh days pooled: capture, and the model against the others
             pooled = report.fresh[i][-1]
             metrics[f"fresh_logloss_capture_{horizon}"] = pooled.logloss_capture.mean

@@ -14,7 +14,7 @@ import datetime as dt
 import numpy as np
 import polars as pl
 
-from bmlt_assets.core.calibration import Calibration, independent_outcomes
+from bmlt_assets.core.calibration import Calibration
 from bmlt_assets.core.config import PlatformConfig
 from bmlt_assets.core.dataset import Part, TrainingData
 from bmlt_assets.core.days import DayReturns, DayTensors, LabelledDay
@@ -22,10 +22,11 @@ from bmlt_assets.core.evaluation_report import FreshScores, Interval
 from bmlt_assets.core.gradient_boosting import GradientBoosted, sample_features
 from bmlt_assets.core.labels import REGIMES, class_edges, classify, volatility_regimes
 from bmlt_assets.core.metrics import prior_probabilities
+from bmlt_assets.core.readable import DIGITS, PROSE, interval, number
 from bmlt_assets.core.sources import OracleProbabilities
 from bmlt_assets.core.splits import eligible_steps
 from bmlt_assets.core.tables import table_lines
-from bmlt_assets.core.uncertainty import mean_interval, ratio_interval
+from bmlt_assets.core.uncertainty import independent_outcomes, mean_interval, ratio_interval
 from bmlt_assets.core.windows import WindowSource
 
 FRESH = "fresh"  # the one part of a fresh day's data
@@ -164,8 +165,19 @@ def score_fresh_days(
     ]
 
 
-def _interval(d: Interval, digits: int = 3) -> str:
-    return f"{d.mean:.{digits}f} [{d.low:.{digits}f}, {d.high:.{digits}f}]"
+def _interval(d: Interval, digits: int = PROSE) -> str:
+    """``mean [low, high]``, as the report writes an estimate with its interval."""
+    return f"{number(d.mean, digits)} {interval(d.low, d.high, digits)}"
+
+
+def fresh_headline(scores: list[FreshScores]) -> str:
+    """One horizon's pooled fresh days in a sentence, for the headline and the terminal."""
+    pooled = scores[-1]
+    return (
+        f"On {len(scores) - 1} fresh days after the range: log-loss capture {_interval(pooled.logloss_capture)}, "
+        f"accuracy capture {_interval(pooled.accuracy_capture)} (95% CIs; {number(pooled.independent_outcomes)} "
+        "independent outcomes)."
+    )
 
 
 def fresh_day_lines(fresh: list[list[FreshScores]], horizons_s: list[int | float]) -> list[str]:
@@ -195,29 +207,10 @@ def fresh_day_lines(fresh: list[list[FreshScores]], horizons_s: list[int | float
         header += [f"model − {name.replace('_', ' ')} (nats) [95% CI]" for name in comparators]
         rows = []
         for s in scores:
-            regimes = " / ".join(f"{s.regimes[r]:.2f}" for r in REGIMES)
+            regimes = " / ".join(number(s.regimes[r], 2) for r in REGIMES)
             row = [s.day, s.samples, s.independent_outcomes, regimes]
-            row += [_interval(s.logloss_capture), _interval(s.accuracy_capture)]
-            row += [_interval(s.model_minus[name], 4) for name in comparators]
+            row += [_interval(s.logloss_capture, DIGITS), _interval(s.accuracy_capture, DIGITS)]
+            row += [_interval(s.model_minus[name], DIGITS) for name in comparators]
             rows.append(row)
         lines += [f"### {horizon_s:g} s horizon", "", *table_lines(header, rows), ""]
-    return lines
-
-
-def fresh_day_warnings(fresh: list[list[FreshScores]], horizons_s: list[int | float]) -> list[str]:
-    """What the pooled fresh days say against the shipped model, one line each."""
-    lines = []
-    for horizon_s, scores in zip(horizons_s, fresh):
-        pooled = scores[-1].model_minus
-        gbm, alone = pooled.get("gbm"), pooled.get("temperature_alone")
-        if gbm is not None and not gbm.below_zero:
-            lines.append(
-                f"{horizon_s:g} s: on the fresh days the model does not beat the gradient-boosted baseline: log-loss "
-                f"difference {_interval(gbm, 4)} nats."
-            )
-        if alone is not None and alone.above_zero:
-            lines.append(
-                f"{horizon_s:g} s: on the fresh days the calibration's class bias does worse than the temperature "
-                f"alone: log-loss difference {_interval(alone, 4)} nats."
-            )
     return lines

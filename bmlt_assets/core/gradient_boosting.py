@@ -16,9 +16,10 @@ import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
 from threadpoolctl import threadpool_limits
 
-from bmlt_assets.core.calibration import Calibration, fit_calibration, independent_outcomes
+from bmlt_assets.core.calibration import Calibration, fit_calibration
 from bmlt_assets.core.dataset import TrainingData
 from bmlt_assets.core.order_flow import order_flow_features
+from bmlt_assets.core.uncertainty import independent_outcomes
 
 # Settings chosen on the synthetic default's validation part (docs/benchmarks.md): 15-leaf trees
 # beat 31-leaf ones there, and early stopping ends near 80 rounds at this learning rate.
