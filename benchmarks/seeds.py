@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import multiprocessing
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -192,7 +193,10 @@ def main() -> None:
     base = fee_resolved(PlatformConfig.model_validate(raw))
     configs = [base.model_copy(update={"seed": m}) for m in (args.markets or [base.seed])]
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as root, ProcessPoolExecutor(args.parallel) as pool:
+    # Spawned, not forked: a forked worker inherits polars' and OpenMP's thread pools without their
+    # threads and deadlocks in its first parallel call (pl.concat of a fresh day's symbols).
+    spawned = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory() as root, ProcessPoolExecutor(args.parallel, mp_context=spawned) as pool:
         jobs = []
         for config in configs:
             folder = Path(root) / f"market{config.seed}"
