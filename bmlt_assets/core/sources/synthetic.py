@@ -69,11 +69,9 @@ across one is dropped by the pipeline, which the oracle does not condition on).
 from __future__ import annotations
 
 import datetime as dt
-import math
 import zlib
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 import polars as pl
 from scipy.signal import lfilter
@@ -90,7 +88,6 @@ SPREAD_EXCURSION = 0.75  # the excursion is geometric(this) - 1 ticks, drawn afr
 # The excursion is even with probability p / (1 - (1 - p)^2): the share of odd spreads by regime.
 _EVEN_EXCURSION = SPREAD_EXCURSION / (1 - (1 - SPREAD_EXCURSION) ** 2)
 ODD_SPREAD = np.where(SPREAD_TICKS % 2 == 1, _EVEN_EXCURSION, 1 - _EVEN_EXCURSION)
-SQRT2, SQRT_2PI = math.sqrt(2.0), math.sqrt(2 * math.pi)  # for the normal law in the compiled filter
 
 
 @dataclass(frozen=True)
@@ -237,8 +234,12 @@ class SyntheticMarket:
             scale = sigma * VOL_MULTIPLIER[g]
             process[g, k:, k:] = scale[:, None] * correlation * scale[None, :]
 
+        # Imported here, not with this module: numba's import is not paid by every load of the code
+        # location, only by the first filter (as the book engine's kernels, docs/design.md).
+        from bmlt_assets.core.sources.synthetic_filter import filter_steps
+
         noise_var = p.imbalance_noise**2
-        signal_mean, signal_var, mid_mean, mid_var, cross = _filter_steps(
+        signal_mean, signal_var, mid_mean, mid_var, cross = filter_steps(
             transition, process, regime, published, readings, np.array(rows), noise_var, low, high, mixing
         )
         posteriors = {
@@ -406,110 +407,6 @@ class SyntheticMarket:
             date = dt.date(1970, 1, 1) + dt.timedelta(days=int(value))
             probs[rows] = self.oracle_probabilities(date, symbol, step[rows], horizon, edges[rows])
         return probs
-
-
-# Compiled: the filter (see SyntheticMarket.filtered) goes one step at a time through a day
-# (86,400 steps at 1 s), which took about 9 s a day in numpy; the oracle filters the test day and
-# every fresh day.
-@numba.njit(cache=True, nogil=True)
-def _filter_steps(
-    transition: np.ndarray,
-    process: np.ndarray,
-    regime: np.ndarray,
-    published: np.ndarray,
-    readings: np.ndarray,
-    rows: np.ndarray,
-    noise_var: float,
-    low: np.ndarray,
-    high: np.ndarray,
-    mixing: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per step: the mean and variance of every state symbol's signal ``mixing @ z``, and of each
-    observed symbol's true log mid, with the covariance of its own signal and its mid. The state
-    is the flows ``z`` (k), then the observed symbols' true log mids (``rows``: each one's flow)."""
-    n, n_mids = published.shape
-    k = mixing.shape[0]
-    transposed = np.ascontiguousarray(transition.T)
-    signal_mean, signal_var = np.empty((n, k)), np.empty((n, k))
-    mid_mean, mid_var, cross = np.full((n, n_mids), np.nan), np.full((n, n_mids), np.nan), np.full((n, n_mids), np.nan)
-    m, cov = np.zeros(transition.shape[0]), np.zeros(transition.shape)
-    for i in range(k):
-        cov[i, i] = 1.0  # the stationary prior of the flows at midnight
-    started = np.zeros(n_mids, dtype=np.bool_)  # a mid is unknown until its symbol's first book
-    for j in range(n):
-        if j:
-            m = transition @ m
-            cov = transition @ cov @ transposed + process[regime[j - 1]]
-        for i in range(n_mids):
-            # Each reading is one flow plus its own noise: conditioning on them one at a time is
-            # the joint update.
-            if published[j, i]:
-                m, cov = _reading_update(m, cov, rows[i], readings[j, i], noise_var)
-        for i in range(n_mids):
-            if np.isfinite(low[j, i]):
-                x, lo, hi = k + i, low[j, i], high[j, i]
-                if started[i]:
-                    m, cov = _interval_update(m, cov, x, lo, hi)
-                else:  # a diffuse prior: uniform on the first interval, independent of the flows
-                    started[i] = True
-                    cov[x, :] = 0.0
-                    cov[:, x] = 0.0
-                    m[x], cov[x, x] = (lo + hi) / 2, (hi - lo) ** 2 / 12
-        flows = np.ascontiguousarray(cov[:k, :k])
-        signal_mean[j] = mixing @ np.ascontiguousarray(m[:k])
-        for a in range(k):
-            signal_var[j, a] = mixing[a] @ flows @ mixing[a]
-        for i in range(n_mids):
-            if started[i]:
-                mid_mean[j, i], mid_var[j, i] = m[k + i], cov[k + i, k + i]
-                cross[j, i] = mixing[rows[i]] @ np.ascontiguousarray(cov[:k, k + i])
-    return signal_mean, signal_var, mid_mean, mid_var, cross
-
-
-@numba.njit(cache=True, nogil=True)
-def _reading_update(
-    mean: np.ndarray, cov: np.ndarray, index: int, value: float, noise_var: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Condition N(mean, cov) on ``value = state[index] + N(0, noise_var)``."""
-    gain = cov[:, index] / (cov[index, index] + noise_var)
-    updated = cov - np.outer(gain, cov[index, :])
-    return mean + gain * (value - mean[index]), (updated + updated.T) / 2
-
-
-@numba.njit(cache=True, nogil=True)
-def _interval_update(
-    mean: np.ndarray, cov: np.ndarray, index: int, low: float, high: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Condition N(mean, cov) on ``low <= state[index] < high`` and project the result back on a
-    Gaussian with its exact mean and covariance (assumed-density filtering): the rest of the
-    state moves with ``state[index]`` by linear regression, which holds for the truncated law too."""
-    prior_mean, prior_var = mean[index], cov[index, index]
-    sd = np.sqrt(prior_var)
-    shift, shrink = _truncated_moments((low - prior_mean) / sd, (high - prior_mean) / sd)
-    gain = cov[:, index] / prior_var
-    mean = mean + gain * sd * shift
-    cov = cov - np.outer(gain, gain) * prior_var * (1 - shrink)
-    return mean, (cov + cov.T) / 2
-
-
-@numba.njit(cache=True, nogil=True)
-def _truncated_moments(a: float, b: float) -> tuple[float, float]:
-    """Mean and variance of a standard normal truncated to [a, b): the textbook formulas, on the
-    tail nearer zero for accuracy (scipy.stats.truncnorm takes tens of microseconds a call and the
-    filter makes one per book)."""
-    sign = 1.0
-    if a > 0:  # the same law mirrored: keep the computation in the left half, where Phi is small
-        a, b, sign = -b, -a, -1.0
-    width, centre = b - a, (a + b) / 2
-    if width < 1e-3:  # nearly uniform on the interval: the expansion is exact to O(width^4)
-        return sign * (centre - centre * width**2 / 12), width**2 / 12
-    mass = (math.erfc(-b / SQRT2) - math.erfc(-a / SQRT2)) / 2  # Phi(b) - Phi(a)
-    if not mass > 1e-300:  # far outside the prediction: the interval alone
-        return sign * centre, width**2 / 12
-    density_a, density_b = math.exp(-a * a / 2) / SQRT_2PI, math.exp(-b * b / 2) / SQRT_2PI
-    mean = (density_a - density_b) / mass
-    var = 1 + (a * density_a - b * density_b) / mass - mean**2
-    return sign * mean, max(var, width**2 * 1e-6)
 
 
 def _forward_filled(values: np.ndarray) -> np.ndarray:
