@@ -34,6 +34,7 @@ output held so far: one book a cadence step, or every update's book for ``bmlt i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -359,10 +360,14 @@ class EngineStats:
     deepest: int
 
 
-class BookEngine:
-    """One symbol's book, fed batches of level rows and operations; collects the emitted books."""
+BookSink = Callable[[pl.DataFrame], None]
 
-    def __init__(self, symbol: str, levels: int, every_ms: int = 0, out_rows: int = 8192):
+
+class BookEngine:
+    """One symbol's book, fed batches of level rows and operations; collects the emitted books, or
+    hands them to ``sink`` a batch at a time (so that a caller writing them holds none)."""
+
+    def __init__(self, symbol: str, levels: int, every_ms: int = 0, out_rows: int = 8192, sink: BookSink | None = None):
         if levels < 1:
             raise ValueError(f"levels must be at least 1 per side, got {levels}")
         self.symbol, self.levels, self.every_ns = symbol, levels, every_ms * 1_000_000
@@ -372,6 +377,7 @@ class BookEngine:
         self.out_books = np.empty((out_rows, 4, levels))
         self.out_meta = np.empty((out_rows, 3), dtype=np.int64)
         self.frames: list[pl.DataFrame] = []
+        self.sink = sink
 
     def apply(self, is_bid: np.ndarray, prices: np.ndarray, quantities: np.ndarray, operations: np.ndarray) -> None:
         """Apply ``operations`` (rows of KIND, START, END, RECEIVE_NS, EXCHANGE_NS, UPDATE_ID) over
@@ -439,7 +445,7 @@ class BookEngine:
         taken = rows - keep
         if taken:
             books, meta = self.out_books[:taken], self.out_meta[:taken]
-            self.frames.append(
+            (self.sink or self.frames.append)(
                 snapshot_frame(
                     exchange_ns=meta[:, 0],
                     receive_ns=meta[:, 1],
@@ -456,16 +462,13 @@ class BookEngine:
         self.stats[OUT_ROWS] = keep
 
     def frame(self) -> pl.DataFrame:
-        """Every book kept so far (and no longer held here)."""
+        """Every book kept so far (and no longer held here); with a sink, the last ones go to it and
+        the frame is empty."""
         self._drain(keep_last=False)
         frames, self.frames = self.frames, []
         if not frames:
             return pl.DataFrame(schema=snapshot_schema(self.levels))
         return pl.concat(frames, rechunk=False) if len(frames) > 1 else frames[0]
-
-    @property
-    def emitted_rows(self) -> int:
-        return sum(frame.height for frame in self.frames) + int(self.stats[OUT_ROWS])
 
     def summary(self) -> EngineStats:
         s = self.stats

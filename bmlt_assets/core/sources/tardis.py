@@ -41,7 +41,14 @@ from bmlt_assets.core.sources.binance.sync import (
     first_line,
     unified_symbol,
 )
-from bmlt_assets.core.sources.book_engine import SNAPSHOT, UPDATE, BookEngine, TimeSteps, time_steps_warning
+from bmlt_assets.core.sources.book_engine import (
+    SNAPSHOT,
+    UPDATE,
+    BookEngine,
+    BookSink,
+    TimeSteps,
+    time_steps_warning,
+)
 
 log = logging.getLogger(__name__)
 DEFAULT_ENDPOINT = "https://datasets.tardis.dev/v1"
@@ -310,11 +317,18 @@ def _updates(
 
 
 def incremental_books(
-    path: Path, symbol: str | None, market: str, levels: int, every_ms: int = 0, chunk_bytes: int = CHUNK_BYTES
+    path: Path,
+    symbol: str | None,
+    market: str,
+    levels: int,
+    every_ms: int = 0,
+    chunk_bytes: int = CHUNK_BYTES,
+    sink: BookSink | None = None,
 ) -> tuple[pl.DataFrame, ImportSummary]:
     """Books of ``levels`` levels rebuilt from an ``incremental_book_L2`` file, the last of each
     ``every_ms`` interval (0: every update), read ``chunk_bytes`` of text at a time. Updates
-    before the file's first snapshot change no book (they would need an earlier day's).
+    before the file's first snapshot change no book (they would need an earlier day's). With a
+    ``sink``, the books go to it a batch at a time and the frame returned is empty.
 
     The books are named ``symbol``; None takes it from the file's ``symbol`` column, which must
     then name one symbol (the archive's files each hold one)."""
@@ -333,7 +347,7 @@ def incremental_books(
             if symbol is None:
                 named = _one_symbol(path, batch, named)
             if engine is None:
-                engine = BookEngine(cast(str, named), levels, every_ms)
+                engine = BookEngine(cast(str, named), levels, every_ms, sink=sink)
         if carried is not None:  # the previous batch's last update may go on in this one
             frame = carried.frame if batch is None else pl.concat([carried.frame, batch.frame])
             batch = CsvBatch(frame, carried.first_line)
@@ -382,10 +396,13 @@ def snapshot25_books(path: Path, symbol: str, levels: int, every_ms: int = 0) ->
     return frame.with_columns(pl.lit(symbol).alias("symbol"))
 
 
-def tardis_book_snapshots(path: Path, levels: int, every_ms: int = 0) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
+def tardis_book_snapshots(
+    path: Path, levels: int, every_ms: int = 0, sink: BookSink | None = None
+) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
     """A tardis.dev ``book_snapshot_25`` CSV (gzip or plain) in the landing schema, read in batches
     (with ``every_ms``, only the last book of each interval is kept), and where its receive times
-    step back (``TimeSteps.as_dict``, at most one entry).
+    step back (``TimeSteps.as_dict``, at most one entry). With a ``sink``, the books go to it a
+    batch at a time and the frame returned is empty.
 
     Columns: ``exchange, symbol, timestamp, local_timestamp`` (microseconds), then
     ``asks[i].price, asks[i].amount, bids[i].price, bids[i].amount`` for i < 25. Tardis carries no
@@ -405,7 +422,16 @@ def tardis_book_snapshots(path: Path, levels: int, every_ms: int = 0) -> tuple[p
     what = f"a tardis book_snapshot_25 CSV with {levels} levels (header {TARDIS_HEADER},...)"
     steps = TimeSteps(path)
     positions: dict[str, int] = {}
-    frames: dict[str, list[pl.DataFrame]] = {}
+    kept: dict[str, list[pl.DataFrame]] = {}  # without a sink: a symbol's books together, as the file's order has them
+
+    def emit(books: pl.DataFrame) -> None:
+        if sink is not None:
+            sink(books)
+        else:
+            kept.setdefault(books["symbol"][0], []).append(books)
+
+    # Per symbol, the last book kept: the next batch may hold a later book of its interval.
+    held: dict[str, pl.DataFrame] = {}
     for batch in read_ahead(read_csv_batches(path, columns, what, lacking_hint=", or lower --levels")):
         steps.see_many(batch.frame["local_timestamp"].to_numpy() * 1000, batch.first_line)
         for (raw_symbol,), rows in batch.frame.partition_by("symbol", as_dict=True, maintain_order=True).items():
@@ -423,7 +449,13 @@ def tardis_book_snapshots(path: Path, levels: int, every_ms: int = 0) -> tuple[p
                 ask_px=level["ask_px"],
                 ask_qty=level["ask_qty"],
             )
-            frames.setdefault(symbol, []).append(last_per_interval(books, every_ms))
-    kept = [last_per_interval(pl.concat(parts), every_ms) for parts in frames.values()]
-    frame = pl.concat(kept) if kept else pl.DataFrame(schema=snapshot_schema(levels))
+            if every_ms:
+                books = last_per_interval(pl.concat([held[symbol], books]) if symbol in held else books, every_ms)
+                books, held[symbol] = books[:-1], books[-1:]
+            if books.height:
+                emit(books)
+    for books in held.values():
+        emit(books)
+    parts = [books for symbol_books in kept.values() for books in symbol_books]
+    frame = pl.concat(parts) if parts else pl.DataFrame(schema=snapshot_schema(levels))
     return frame, [steps.as_dict()] if steps.steps else []
