@@ -5,8 +5,8 @@ import datetime as dt
 import dagster as dg
 import polars as pl
 
-from bmlt_assets.core.book import validate_snapshots
-from bmlt_assets.core.files import read_parquet, write_json, write_parquet
+from bmlt_assets.core.book import snapshot_schema, validate_parts
+from bmlt_assets.core.files import ParquetStream, local_files, parquet_batches, read_parquet, readable, write_json
 from bmlt_assets.core.quality import snapshot_quality
 from bmlt_assets.core.sources import BookSource
 from bmlt_assets.metadata import partitioned_check, partitioned_result
@@ -30,18 +30,25 @@ def orderbook_snapshots(
     book_source: dg.ResourceParam[BookSource],
 ) -> dg.MaterializeResult:
     config = settings.get()
+    symbols, depth = config.data.symbols, config.data.depth
     per_day = []
     for date in partition_dates(context):
-        raw = book_source.snapshots(date, config.data.symbols)
-        clean, quarantined = validate_snapshots(raw)
-        path = write_parquet(clean, storage.snapshots(date))
-        if quarantined.height:
-            write_parquet(quarantined, storage.quarantine(date))
-            context.log.warning(f"{date}: quarantined {quarantined.height} malformed snapshots")
-        else:  # a clean re-run must not inherit an earlier run's quarantine
-            storage.quarantine(date).unlink(missing_ok=True)
-        counts = clean.group_by("symbol").len().sort("symbol")
-        gaps = book_source.gaps(date, config.data.symbols)
+        schema = snapshot_schema(depth)
+        # Streamed: the parts are read a row group at a time and the partition written as validated.
+        with (
+            local_files(book_source.snapshot_parts(date, symbols)) as parts,
+            ParquetStream(storage.snapshots(date), schema) as clean,
+            ParquetStream(storage.quarantine(date), schema | {"reason": pl.String()}) as quarantine,
+        ):
+            validated = validate_parts(parts, clean.write, quarantine.write, symbols, depth)
+            path = clean.publish()
+            if validated.quarantined:
+                quarantine.publish()
+                context.log.warning(f"{date}: quarantined {validated.quarantined} malformed snapshots")
+            else:  # a clean re-run must not inherit an earlier run's quarantine
+                quarantine.discard()
+                storage.quarantine(date).unlink(missing_ok=True)
+        gaps = book_source.gaps(date, symbols)
         # Stored beside the partition so that book_tensors (even in a later run) masks the lost intervals.
         write_json(gaps, storage.snapshot_gaps(date))
         # New content is unchecked: an earlier verdict must neither block nor vouch for it.
@@ -49,13 +56,13 @@ def orderbook_snapshots(
         per_day.append(
             {
                 "date": date.isoformat(),
-                "rows": clean.height,
-                "quarantined": quarantined.height,
+                "rows": validated.rows,
+                "quarantined": validated.quarantined,
                 "recorded_gaps": len(gaps),
                 "gap_seconds": round(sum(gap["to_ns"] - gap["from_ns"] for gap in gaps) / 1e9, 3),
                 "bytes": path.stat().st_size,
                 "content_hash": content_hash(path)[:16],
-                **{row["symbol"]: row["len"] for row in counts.iter_rows(named=True)},
+                **validated.rows_per_symbol,
             }
         )
     return partitioned_result(
@@ -87,14 +94,16 @@ def snapshots_are_sound(
     days, failures = {}, []
     for key in context.partition_keys:
         date = dt.date.fromisoformat(key)
-        clean = read_parquet(storage.require(storage.snapshots(date), "orderbook_snapshots", date))
+        clean = storage.require(storage.snapshots(date), "orderbook_snapshots", date)
         quarantine = storage.quarantine(date)
-        quarantined = (
-            read_parquet(quarantine) if quarantine.exists() else clean.clear().with_columns(pl.lit("").alias("reason"))
+        reasons = (
+            read_parquet(quarantine, ["reason"])["reason"] if quarantine.exists() else pl.Series([], dtype=pl.String)
         )
-        measured = snapshot_quality(
-            clean, quarantined, config.data.steps_per_day, config.data.cadence_ms, config.data.symbols, config.quality
-        )
+        with readable(clean) as local:  # streamed: the day's books are never held whole
+            d = config.data
+            measured = snapshot_quality(
+                parquet_batches(local), reasons, d.steps_per_day, d.cadence_ms, d.symbols, config.quality
+            )
         # A day the source lost whole (an archive's empty file) fails with the source's reason.
         lost = [gap for gap in book_source.gaps(date, config.data.symbols) if gap.get("whole_day")]
         measured["failures"] += [f"{gap['symbol']}: {gap['reason']}" for gap in lost]

@@ -61,6 +61,11 @@ class TardisArchiveResource(dg.ConfigurableResource):
     keep_every_ms: int = 0  # the last book per interval (the cadence grid's rate); 0 keeps every update
 
     def snapshots(self, date: dt.date, symbols: list[str]) -> pl.DataFrame:
+        frames = self.snapshot_parts(date, symbols)
+        return pl.concat(frames) if frames else pl.DataFrame(schema=snapshot_schema(self.depth))
+
+    def snapshot_parts(self, date: dt.date, symbols: list[str]) -> list[pl.DataFrame]:
+        """Each symbol's books of the day (one per ``keep_every_ms`` interval: small, in memory)."""
         frames = []
         for symbol, (path, state) in self.download(date, symbols).items():
             if state.empty:
@@ -73,7 +78,7 @@ class TardisArchiveResource(dg.ConfigurableResource):
                 for step in summary.time_steps_back:
                     log.warning(time_steps_warning(step))
                 frames.append(books)
-        return pl.concat(frames) if frames else pl.DataFrame(schema=snapshot_schema(self.depth))
+        return frames
 
     def gaps(self, date: dt.date, symbols: list[str]) -> list[dict]:
         """A symbol whose day the archive served as an empty file is lost for the whole day."""

@@ -41,8 +41,8 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -57,6 +57,7 @@ from upath import UPath
 from bmlt_assets.core.config import PlatformConfig
 
 META = "meta.json"
+ROW_GROUP_BYTES = 16 * 2**20  # uncompressed, of a Parquet row group we write and of a batch we read
 log = logging.getLogger(__name__)
 StoredPath = Path | UPath  # a local Path, or a remote UPath (which is not a Path)
 P = TypeVar("P", bound=StoredPath)
@@ -167,9 +168,28 @@ def readable(path: StoredPath) -> Iterator[Path]:
         yield local
 
 
-def read_parquet(path: StoredPath) -> pl.DataFrame:
+@contextmanager
+def local_files(parts: Sequence[StoredPath | pl.DataFrame]) -> Iterator[list[Path | pl.DataFrame]]:
+    """The parts with each remote file downloaded (``readable``: deleted afterwards), local files
+    and frames as they are."""
+    with ExitStack() as stack:
+        yield [part if isinstance(part, pl.DataFrame | Path) else stack.enter_context(readable(part)) for part in parts]
+
+
+def read_parquet(path: StoredPath, columns: list[str] | None = None) -> pl.DataFrame:
     with readable(path) as source:
-        return pl.read_parquet(source)
+        return pl.read_parquet(source, columns=columns)
+
+
+def parquet_batches(path: Path, batch_bytes: int = ROW_GROUP_BYTES) -> Iterator[pl.DataFrame]:
+    """A local Parquet file's rows in order, about ``batch_bytes`` of them at a time."""
+    file = pq.ParquetFile(path, pre_buffer=False)
+    row_bytes = max(1, sum(rg.total_byte_size for rg in map(file.metadata.row_group, range(file.num_row_groups))))
+    rows = max(256, batch_bytes * max(file.metadata.num_rows, 1) // row_bytes)
+    for batch in file.iter_batches(batch_size=rows):
+        frame = pl.from_arrow(batch)
+        assert isinstance(frame, pl.DataFrame)
+        yield frame
 
 
 def _temporary_sibling(path: Path) -> Path:
@@ -213,9 +233,6 @@ def _fsync_directory(folder: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
-
-
-ROW_GROUP_BYTES = 16 * 2**20
 
 
 def write_parquet(frame: pl.DataFrame, path: P) -> P:
