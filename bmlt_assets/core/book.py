@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 BOOK_SIDES = ("bid_px", "bid_qty", "ask_px", "ask_qty")
 # Books validated at a time (validate_parts): a window of about this many bytes of levels, in order.
-WINDOW_BYTES = 16 * 2**20
+WINDOW_BYTES = 4 * 2**20
 # Decoded Parquet row groups kept for the windows still to come; beyond it the least recently used
 # go, and are read again if a later window needs them.
 ROW_GROUP_CACHE_BYTES = 256 * 2**20
@@ -133,7 +134,7 @@ def validate_parts(
     quarantine: Callable[[pl.DataFrame], None],
     symbols: Collection[str] | None = None,
     depth: int | None = None,
-    window_bytes: int = WINDOW_BYTES,
+    window_bytes: int | None = None,
 ) -> ValidatedRows:
     """The rows of ``parts`` (those of ``symbols``, trimmed to ``depth`` levels; None: all of them)
     validated as one frame, in bounded memory: sorted by (symbol, receive_ts, update_id), rows that
@@ -145,36 +146,26 @@ def validate_parts(
     already seen among the symbol's sound rows ("goes backwards").
 
     Memory: the sort runs on the index columns alone (symbol, receive_ts, update_id: about 40
-    bytes a row with the order); the books are gathered a window of ``window_bytes`` at a time,
+    bytes a row with the order); the books are gathered a window of ``window_bytes`` (default
+    :data:`WINDOW_BYTES`) at a time,
     reading the Parquet row groups that hold them (cached up to ``ROW_GROUP_CACHE_BYTES``). Files
     sorted in time, and files that overlap in time (two recorder hosts), are each read about once."""
-    index = _SnapshotIndex(parts, symbols, depth)
-    n = len(index.receive_ns)
-    order = np.argsort(index.update_id, kind="stable")
-    order = order[np.argsort(index.receive_ns[order], kind="stable")]
-    order = order[np.argsort(index.rank[order], kind="stable")]
-    rank, update_id = index.rank[order], index.update_id[order]
-    # Every (symbol, update_id) after its first occurrence in the sorted order.
-    by_id = np.argsort(update_id, kind="stable")
-    by_id = by_id[np.argsort(rank[by_id], kind="stable")]
-    same = (rank[by_id][1:] == rank[by_id][:-1]) & (update_id[by_id][1:] == update_id[by_id][:-1])
-    repeated = np.zeros(n, dtype=bool)
-    repeated[by_id[1:][same]] = True
-    del by_id, same
-
-    window = max(1, window_bytes // index.row_bytes)
-    rows = _RowGroups(parts, index, order, window, depth)
+    index = _SortedIndex(parts, symbols, depth)
+    rank, update_id, n = index.rank, index.update_id, len(index.rank)
+    window = max(1, (window_bytes or WINDOW_BYTES) // index.row_bytes)
+    rows = _RowGroups(parts, index, window, depth)
     kept = np.zeros(len(index.names), dtype=np.int64)
     quarantined, last_rank, last_max = 0, -1, np.iinfo(np.int64).min
     for number, start in enumerate(range(0, n, window)):
-        books = rows.gather(number, start, min(start + window, n))
+        end = min(start + window, n)
+        books = rows.gather(number, start, end)
         reasons = _row_problems(books)
-        reasons[(reasons == "") & repeated[start : start + window]] = "duplicate update id"
+        reasons[(reasons == "") & index.repeated[start:end]] = "duplicate update id"
         sound = np.flatnonzero(reasons == "")
-        ids, ranks = update_id[start : start + window][sound], rank[start : start + window][sound]
+        ids, ranks = update_id[start:end][sound], rank[start:end][sound]
         previous_max = np.empty_like(ids)
-        runs = np.r_[0, np.flatnonzero(np.diff(ranks)) + 1, len(ids)]
-        for lo, hi in zip(runs[:-1], runs[1:]):  # one run per symbol, in order: the running max carries on
+        starts = np.flatnonzero(np.diff(ranks, prepend=-1))  # ranks are >= 0
+        for lo, hi in zip(starts, np.r_[starts[1:], len(ids)]):  # a run per symbol, in order: the max carries on
             before = last_max if ranks[lo] == last_rank else np.iinfo(np.int64).min
             running = np.maximum.accumulate(np.r_[before, ids[lo:hi]])
             previous_max[lo:hi] = running[:-1]
@@ -183,7 +174,7 @@ def validate_parts(
         good = reasons == ""
         if good.any():
             keep(books.filter(pl.Series(good)))
-            kept += np.bincount(rank[start : start + window][good], minlength=len(kept))
+            kept += np.bincount(rank[start:end][good], minlength=len(kept))
         if not good.all():
             bad = ~good
             quarantine(books.filter(pl.Series(bad)).with_columns(pl.Series("reason", reasons[bad], dtype=pl.String)))
@@ -192,57 +183,63 @@ def validate_parts(
     return ValidatedRows(per_symbol, quarantined)
 
 
-class _SnapshotIndex:
-    """The sort keys of every row of the parts that is kept: part, row within it, the symbol's
-    rank (symbols sorted by name, as polars sorts strings), receive_ts and update_id."""
+class _SortedIndex:
+    """The kept rows of the parts in the validation's order, by their index columns alone. A row is
+    numbered across the parts (part ``p``'s row ``r`` is ``offsets[p] + r``); ``row``, ``rank``
+    (of the symbol, symbols sorted by name as polars sorts strings), ``update_id`` and
+    ``repeated`` (a (symbol, update_id) seen before in this order) are given in sorted order.
+    Rows of other symbols rank last and are cut off. About 21 bytes a row are kept, 50 while sorting."""
 
     COLUMNS = ("symbol", "receive_ts", "update_id")
 
     def __init__(self, parts: Sequence[SnapshotPart], symbols: Collection[str] | None, depth: int | None):
+        sizes = [part.height if isinstance(part, pl.DataFrame) else pq.read_metadata(part).num_rows for part in parts]
+        self.offsets = np.r_[0, np.cumsum(sizes, dtype=np.int64)]
+        code = np.empty(self.offsets[-1], dtype=np.int32)
+        receive_ns, update_id = (np.empty(self.offsets[-1], dtype=np.int64) for _ in range(2))
         codes: dict[str, int] = {}
-        blocks: list[tuple[np.ndarray, ...]] = []  # per batch: part, row, symbol code, receive_ts, update_id
-        self.held: list[int] = []  # levels per side of each part
+        held = []  # levels per side of each part
         for number, part in enumerate(parts):
             if isinstance(part, pl.DataFrame):
-                held = part.schema["bid_px"].size  # type: ignore[attr-defined]
+                held.append(part.schema["bid_px"].size)  # type: ignore[attr-defined]
                 batches = part.select(self.COLUMNS).to_arrow().to_batches()
             else:
-                file = pq.ParquetFile(part, pre_buffer=False)
-                held = file.schema_arrow.field("bid_px").type.list_size
-                batches = file.iter_batches(batch_size=1 << 20, columns=list(self.COLUMNS))
-            self.held.append(held)
-            first = 0
+                file = pq.ParquetFile(part, pre_buffer=False, read_dictionary=["symbol"])
+                held.append(file.schema_arrow.field("bid_px").type.list_size)
+                batches = file.iter_batches(batch_size=1 << 18, columns=list(self.COLUMNS))
+            at = int(self.offsets[number])
             for batch in batches:
-                symbol = pc.dictionary_encode(batch.column("symbol"))
+                symbol = batch.column("symbol")
+                symbol = symbol if pa.types.is_dictionary(symbol.type) else pc.dictionary_encode(symbol)
                 names = [str(name) for name in symbol.dictionary.to_pylist()]
-                wanted = np.array([symbols is None or name in symbols for name in names], dtype=bool)
-                lookup = np.array([codes.setdefault(name, len(codes)) if ok else -1 for name, ok in zip(names, wanted)])
-                code = lookup[symbol.indices.to_numpy(zero_copy_only=False)] if len(names) else np.empty(0, int)
-                rows = np.flatnonzero(code >= 0)
-                if len(rows) and depth is not None and held < depth:
-                    raise ValueError(
-                        f"the snapshots hold {held} levels per side but data.depth={depth}; lower data.depth"
-                    )
-                blocks.append(
-                    (
-                        np.full(len(rows), number, dtype=np.int32),
-                        first + rows,
-                        code[rows].astype(np.int32),
-                        batch.column("receive_ts").to_numpy()[rows],
-                        batch.column("update_id").to_numpy()[rows],
-                    )
+                lookup = np.array(
+                    [codes.setdefault(name, len(codes)) if symbols is None or name in symbols else -1 for name in names]
                 )
-                first += batch.num_rows
+                batch_code = lookup[symbol.indices.to_numpy(zero_copy_only=False)] if names else np.empty(0, np.int32)
+                if depth is not None and held[-1] < depth and (batch_code >= 0).any():
+                    raise ValueError(
+                        f"the snapshots hold {held[-1]} levels per side but data.depth={depth}; lower data.depth"
+                    )
+                code[at : at + batch.num_rows] = batch_code
+                receive_ns[at : at + batch.num_rows] = batch.column("receive_ts").to_numpy()
+                update_id[at : at + batch.num_rows] = batch.column("update_id").to_numpy()
+                at += batch.num_rows
         self.names = sorted(codes)
-        rank_of_code = np.empty(len(codes), dtype=np.int32)
+        rank_of_code = np.full(len(codes) + 1, len(codes), dtype=np.int32)  # code -1: other symbols, last
         rank_of_code[[codes[name] for name in self.names]] = np.arange(len(codes), dtype=np.int32)
-        columns: list[np.ndarray] = (
-            [np.concatenate(column) for column in zip(*blocks, strict=True)] if blocks else [np.empty(0, np.int64)] * 5
-        )
-        self.part, self.row, code, self.receive_ns, self.update_id = columns
-        self.rank: np.ndarray = rank_of_code[code]
-        levels = depth if depth is not None else max(self.held, default=0)
-        self.row_bytes = 4 * 8 * max(levels, 1) + 48
+        rank = rank_of_code[code]
+        del code
+        kept = int((rank < len(codes)).sum())
+        order = np.lexsort((update_id, receive_ns, rank))[:kept]  # stable: ties keep the parts' order
+        del receive_ns
+        self.row, self.rank, self.update_id = order, rank[order], update_id[order]
+        del rank, update_id
+        by_id = np.lexsort((self.update_id, self.rank))  # stable: the first occurrence comes first
+        same = (np.diff(self.rank[by_id]) == 0) & (np.diff(self.update_id[by_id]) == 0)
+        self.repeated = np.zeros(kept, dtype=bool)
+        self.repeated[by_id[1:][same]] = True
+        levels = depth if depth is not None else max(held, default=0)
+        self.row_bytes = 4 * 8 * max(levels, 1) + 48  # of a gathered book, its time, symbol and id columns
 
 
 class _RowGroups:
@@ -251,40 +248,34 @@ class _RowGroups:
     ``ROW_GROUP_CACHE_BYTES``; beyond, the least recently used go and are read again if needed).
     Each part's books are trimmed to ``depth`` levels (None: as they are)."""
 
-    def __init__(
-        self, parts: Sequence[SnapshotPart], index: _SnapshotIndex, order: np.ndarray, window: int, depth: int | None
-    ):
-        self.parts, self.order, self.index, self.depth = parts, order, index, depth
+    def __init__(self, parts: Sequence[SnapshotPart], index: _SortedIndex, window: int, depth: int | None):
+        self.parts, self.index, self.depth = parts, index, depth
         self.files: dict[int, pq.ParquetFile] = {}
-        firsts = []  # per group: (part, row group, first row of the part in it)
+        groups = []  # (part, row group or -1 for a frame, its first row across the parts)
         for number, part in enumerate(parts):
             if isinstance(part, pl.DataFrame):
-                firsts.append((number, -1, 0))
+                groups.append((number, -1, int(index.offsets[number])))
                 continue
             file = self.files[number] = pq.ParquetFile(part, pre_buffer=False)
-            first = 0
+            first = int(index.offsets[number])
             for group in range(file.num_row_groups):
-                firsts.append((number, group, first))
+                groups.append((number, group, first))
                 first += file.metadata.row_group(group).num_rows
-        self.groups = np.array(firsts, dtype=np.int64).reshape(-1, 3)
-        # Each row's group: the last group of its part that starts at or before it.
-        key = self.groups[:, 0] * (1 << 40) + self.groups[:, 2]
-        self.group = np.searchsorted(key, index.part.astype(np.int64) * (1 << 40) + index.row, side="right") - 1
-        position = np.empty(len(order), dtype=np.int64)
-        position[order] = np.arange(len(order))
+        self.groups = np.array(groups, dtype=np.int64).reshape(-1, 3)
+        # Each sorted row's group: the last one starting at or before it (empty groups never hold one).
+        self.group = (np.searchsorted(self.groups[:, 2], index.row, side="right") - 1).astype(np.int32)
         self.last_window = np.full(len(self.groups), -1, dtype=np.int64)
-        np.maximum.at(self.last_window, self.group, position // window)
+        np.maximum.at(self.last_window, self.group, np.arange(len(index.row)) // window)
         self.cache: OrderedDict[int, pl.DataFrame] = OrderedDict()
         self.cached_bytes = 0
 
     def gather(self, number: int, start: int, end: int) -> pl.DataFrame:
         """The books of sorted rows ``start:end`` (window ``number``), in that order."""
-        rows = self.order[start:end]
-        group = self.group[rows]
+        group = self.group[start:end]
         pieces, places = [], []
         for key in np.unique(group):
             at = np.flatnonzero(group == key)
-            local = self.index.row[rows[at]] - self.groups[key, 2]
+            local = self.index.row[start:end][at] - self.groups[key, 2]
             books = self._group(int(key))[local]
             pieces.append(books if self.depth is None else trim_depth(books, self.depth))
             places.append(at)
