@@ -37,11 +37,12 @@ test-slow: install
 	@.ci/system-packages --slow
 	$(BIN)/python -m pytest -q -m slow
 
-# ruff (lint + format check, one line length) everywhere; mypy on the core and the resources.
+# ruff (lint + format check, one line length) everywhere; mypy on both packages; the import layers.
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-logo
 
 format: install
 	$(BIN)/ruff check --fix .

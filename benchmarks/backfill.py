@@ -34,11 +34,11 @@ import time
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.execution.backfill import BulkActionStatus
 
 from bmlt_assets.backfill import submit_asset_backfill
 from bmlt_assets.core.config import PROJECT_ROOT, load_config
 from bmlt_assets.definitions import build_definitions, daily_asset_keys
+from bmlt_resources.dagster_private import BulkActionStatus
 from tests.helpers import write_config
 from tests.services import Postgres, running_postgres
 

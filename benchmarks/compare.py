@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,8 @@ import numpy as np
 from bmlt_assets.core.calibration import Calibration
 from bmlt_assets.core.config import PlatformConfig, load_config
 from bmlt_assets.core.dataset import build_dataset
+from bmlt_assets.core.days import DayTensors, label_days
 from bmlt_assets.core.evaluation import evaluate
-from bmlt_assets.core.labels import forward_log_returns, trailing_volatility
-from bmlt_assets.core.representation import day_tensors_from_frame
 from bmlt_assets.core.train import predict_logits, train
 from bmlt_resources.binance import with_market_fee
 from bmlt_resources.synthetic import SyntheticMarketResource
@@ -34,16 +34,7 @@ def _with(config: PlatformConfig, section: str, **values) -> PlatformConfig:
 
 def run(config: PlatformConfig, snapshots: dict) -> dict:
     d = config.data
-    days = []
-    for date in d.dates:
-        arrays = day_tensors_from_frame(
-            snapshots[date], date, d.symbols, d.cadence_ms, d.staleness_ms, config.representation
-        )
-        arrays["returns"] = forward_log_returns(
-            arrays["mids"], arrays["valid"], config.horizon_steps, len(arrays["mids"])
-        )
-        arrays["volatility"] = trailing_volatility(arrays["mids"], arrays["valid"], config.vol_lookback_steps)
-        days.append(arrays)
+    days = label_days([DayTensors.from_frame(snapshots[date], date, config) for date in d.dates], config)
     data = build_dataset(days, config)
     result = train(config, data)
     source = SyntheticMarketResource.for_config(config)
@@ -60,14 +51,14 @@ def run(config: PlatformConfig, snapshots: dict) -> dict:
         "seconds_per_epoch": float(np.mean([r.seconds for r in result.history])),
         "epochs": len(result.history),
         "horizons": {
-            f"{h}s": {
-                "accuracy": e["metrics"]["model"]["accuracy"],
-                "oracle_accuracy": e["metrics"]["oracle"]["accuracy"],
-                "log_loss": e["metrics"]["model"]["log_loss"],
-                "oracle_log_loss": e["metrics"]["oracle"]["log_loss"],
-                **e["capture"],
+            f"{e.horizon_s}s": {
+                "accuracy": e.model.metrics.accuracy,
+                "oracle_accuracy": e.predictors["oracle"].metrics.accuracy,
+                "log_loss": e.model.metrics.log_loss,
+                "oracle_log_loss": e.predictors["oracle"].metrics.log_loss,
+                **(asdict(e.capture) if e.capture else {}),
             }
-            for h, e in zip(config.labels.horizons_s, report)
+            for e in report
         },
     }
 

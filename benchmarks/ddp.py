@@ -9,7 +9,7 @@ fresh process:
 - ``1 process, 1 thread`` and ``1 process, 2 threads``: ``core.train.train``, as
   ``training.launcher: inprocess`` runs it;
 - ``torchrun, 2 gloo ranks x 1 thread``: ``torchrun --standalone --nproc_per_node 2 -m
-  bmlt_assets.training_worker``, the worker ``trained_model`` launches (here without Dagster).
+  bmlt_assets.training.training_worker``, the worker ``trained_model`` launches (here without Dagster).
 
 For each: the training pass's samples/s per epoch, the epoch with its validation pass, the whole
 process with its start-up, and the last validation log loss. The ways take turns for ``--rounds``
@@ -33,11 +33,11 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.month_epoch import build
+from benchmarks.seeds import build_data
 from bmlt_assets.core.config import PlatformConfig, load_config
 from bmlt_assets.core.dataset import load_dataset
 from bmlt_assets.core.train import save_result, train
-from bmlt_assets.training_worker import TrainingJob
+from bmlt_assets.training.training_worker import TrainingJob
 
 ROOT = Path(__file__).resolve().parent.parent
 WAYS = {  # name: the training fields that differ
@@ -66,7 +66,7 @@ def run_one(folder: Path, config: PlatformConfig, out: Path) -> dict:
     )  # no resumable state: each run trains
     if config.training.launcher == "torchrun":
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-        command += [f"--nproc_per_node={config.training.nproc_per_node}", "-m", "bmlt_assets.training_worker"]
+        command += [f"--nproc_per_node={config.training.nproc_per_node}", "-m", "bmlt_assets.training.training_worker"]
     else:
         command = [sys.executable, "-m", "benchmarks.ddp", "--inprocess"]
     started = time.perf_counter()
@@ -100,7 +100,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "dataset"
         folder.mkdir()
-        build(bench_config(args.samples, args.epochs), folder)
+        build_data(bench_config(args.samples, args.epochs), folder)
         load_at_start = [round(x, 2) for x in os.getloadavg()]
         results: dict[str, list[dict]] = {name: [] for name in WAYS}
         for _ in range(args.rounds):

@@ -60,7 +60,7 @@ def main() -> None:
         print(
             f"{horizon_s:>5} s {target}: edge over the prior {edge_new:.4f} nats "
             f"(readings only {edge_old:.4f}, ratio {edge_new / edge_old:.3f}); "
-            f"per sample new - old {gain['mean']:.4f} (95% CI {gain['low']:.4f} .. {gain['high']:.4f}); "
+            f"per sample new - old {gain.mean:.4f} (95% CI {gain.low:.4f} .. {gain.high:.4f}); "
             f"with edges from the regime's nominal volatility {prior_loss - guessed.mean():.4f} "
             f"({(prior_loss - guessed.mean()) / edge_new:.3f} of the edge)"
         )

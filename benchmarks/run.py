@@ -41,9 +41,9 @@ from benchmarks.tensor_build import SYMBOLS
 from bmlt_assets.core.book import validate_snapshots
 from bmlt_assets.core.config import load_config
 from bmlt_assets.core.dataset import build_dataset, load_dataset, save_dataset
+from bmlt_assets.core.days import DayTensors, label_days
 from bmlt_assets.core.files import write_parquet
-from bmlt_assets.core.labels import forward_log_returns, trailing_volatility
-from bmlt_assets.core.representation import day_tensors_from_frame, day_tensors_from_parquet
+from bmlt_assets.core.representation import day_tensors_from_parquet
 from bmlt_assets.core.sources.synthetic import SyntheticMarket
 from bmlt_assets.core.train import build_model
 
@@ -122,24 +122,13 @@ def sampling_vs_train_step(folder: Path, quick: bool) -> dict:
         config = config.model_copy(update={"data": config.data.model_copy(update={"cadence_ms": 5000})})
     d = config.data
     market = SyntheticMarket(d.synthetic, config.seed, d.cadence_ms, d.depth)
-    days = []
-    for date in d.dates:
-        arrays = day_tensors_from_frame(
-            pl.concat([market.simulate(date, s) for s in d.symbols]),
-            date,
-            d.symbols,
-            d.cadence_ms,
-            d.staleness_ms,
-            config.representation,
-        )
-        arrays["returns"] = forward_log_returns(
-            arrays["mids"], arrays["valid"], config.horizon_steps, len(arrays["mids"])
-        )
-        arrays["volatility"] = trailing_volatility(arrays["mids"], arrays["valid"], config.vol_lookback_steps)
-        days.append(arrays)
+    days = [
+        DayTensors.from_frame(pl.concat([market.simulate(date, s) for s in d.symbols]), date, config)
+        for date in d.dates
+    ]
     dataset_dir = folder / "dataset"
     dataset_dir.mkdir(exist_ok=True)
-    save_dataset([build_dataset(days, config)], dataset_dir)
+    save_dataset([build_dataset(label_days(days, config), config)], dataset_dir, config)
     del days
 
     config_path = folder / "sampling.yaml"

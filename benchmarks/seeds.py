@@ -16,6 +16,7 @@ import json
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 from statistics import mean, stdev
 
@@ -25,10 +26,9 @@ import yaml
 from bmlt_assets.core.calibration import validation_calibration
 from bmlt_assets.core.config import PlatformConfig, load_config
 from bmlt_assets.core.dataset import build_folds, load_dataset, save_dataset
+from bmlt_assets.core.days import DayTensors, label_days
 from bmlt_assets.core.evaluation import evaluate, oracle_for
-from bmlt_assets.core.labels import forward_log_returns, trailing_volatility
 from bmlt_assets.core.promotion import gate
-from bmlt_assets.core.representation import day_tensors_from_frame
 from bmlt_assets.core.sources.synthetic import SyntheticMarket
 from bmlt_assets.core.train import predict_logits, train
 
@@ -44,16 +44,11 @@ def market(config: PlatformConfig) -> SyntheticMarket:
 def build_data(config: PlatformConfig, folder: Path) -> None:
     """book_tensors + forward_returns of every day, then training_dataset, into ``folder``."""
     d, source = config.data, market(config)
-    days = []
-    for date in d.dates:
-        frame = pl.concat([source.simulate(date, symbol) for symbol in d.symbols])
-        arrays = day_tensors_from_frame(frame, date, d.symbols, d.cadence_ms, d.staleness_ms, config.representation)
-        arrays["returns"] = forward_log_returns(
-            arrays["mids"], arrays["valid"], config.horizon_steps, len(arrays["mids"])
-        )
-        arrays["volatility"] = trailing_volatility(arrays["mids"], arrays["valid"], config.vol_lookback_steps)
-        days.append(arrays)
-    save_dataset(build_folds(days, config), folder)
+    days = [
+        DayTensors.from_frame(pl.concat([source.simulate(date, symbol) for symbol in d.symbols]), date, config)
+        for date in d.dates
+    ]
+    save_dataset(build_folds(label_days(days, config), config), folder, config)
 
 
 def fee_resolved(config: PlatformConfig) -> PlatformConfig:
@@ -90,12 +85,12 @@ def one_seed(config_json: str, folder: str, seed: int, threads: int) -> dict:
         "promoted": verdict.promote,
         "reasons": verdict.reasons,
         "horizons": {
-            f"{entry['horizon_s']:g}s": {
-                "capture": entry["capture"],
-                "model_minus_logistic_obi": entry["log_loss_differences"]["model_minus_logistic_obi"],
-                "model_minus_oracle": entry["log_loss_differences"]["model_minus_oracle"],
-                "leak_suspected": entry["leak_suspected"],
-                "pnl_by_fee": entry["pnl_by_fee"],
+            f"{entry.horizon_s:g}s": {
+                "capture": asdict(entry.capture) if entry.capture else None,
+                "model_minus_logistic_obi": asdict(entry.model_minus["logistic_obi"]),
+                "model_minus_oracle": asdict(entry.model_minus["oracle"]),
+                "leak_suspected": entry.leak_suspected,
+                "pnl_by_fee": [asdict(level) for level in entry.pnl_by_fee],
             }
             for entry in report
         },

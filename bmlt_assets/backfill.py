@@ -13,10 +13,13 @@ import time
 from collections.abc import Sequence
 
 import dagster as dg
-from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
-from dagster._core.definitions.events import AssetKeyPartitionKey
-from dagster._core.execution.backfill import PartitionBackfill  # what the UI's backfill mutation stores
-from dagster._core.utils import make_new_backfill_id
+
+from bmlt_resources.dagster_private import (
+    AssetGraphSubset,
+    AssetKeyPartitionKey,
+    PartitionBackfill,  # what the UI's backfill mutation stores
+    make_new_backfill_id,
+)
 
 
 def submit_asset_backfill(

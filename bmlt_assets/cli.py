@@ -68,10 +68,10 @@ def backfill(config: PlatformConfig, args: argparse.Namespace) -> int:
             return 2
 
     import dagster as dg  # after the checks: importing Dagster takes seconds
-    from dagster._core.errors import DagsterHomeNotSetError
 
     from bmlt_assets.backfill import WebserverError, submit_asset_backfill, submit_through_webserver
     from bmlt_assets.definitions import build_definitions, daily_asset_keys
+    from bmlt_resources.dagster_private import DagsterHomeNotSetError
 
     dates = [start + dt.timedelta(days=offset) for offset in range((end - start).days + 1)]
     keys = daily_asset_keys(config)
@@ -111,23 +111,24 @@ def summary(config: PlatformConfig, args: argparse.Namespace) -> int:
 
     colour = colour_enabled(sys.stdout)  # soft_wrap: paths and links stay whole when piped
     console = Console(highlight=False, no_color=not colour, force_terminal=colour, soft_wrap=True)
+    from bmlt_assets.core.checkpoint import ModelMeta
+    from bmlt_assets.core.evaluation_report import EvaluationReport
     from bmlt_resources.storage import StorageResource
     from bmlt_resources.tracking_probe import tracking_reachable
 
     storage = StorageResource.for_config(config)
     root = storage.store
-    model_meta, metrics = storage.model / "meta.json", storage.report / "metrics.json"
-    if not model_meta.exists():
+    if not storage.committed(storage.model):
         console.print(f"no trained model yet for {config.name} under {root}: run `make demo` or the full_pipeline job")
         return 1
-    meta = json.loads(model_meta.read_text())
+    meta = ModelMeta.load(storage.model)
     tracking_reachable(config.tracking_uri)  # seconds, not minutes of retries, when it is down
     client = MlflowClient(tracking_uri=config.tracking_uri)
-    name, version = config.registered_model_name, meta["registered_version"]
+    name, version = config.registered_model_name, meta.registered_version
     try:
         aliases = sorted(a for a, v in client.get_registered_model(name).aliases.items() if str(v) == version)
         verdict = client.get_model_version(name, version).tags.get("bmlt.promotion", "not evaluated yet")
-        run = client.get_run(meta["mlflow_run_id"])
+        run = client.get_run(meta.mlflow_run_id)
         link = f"{config.mlflow.ui_url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
     except MlflowException as error:
         console.print(f"{config.tracking_uri}: cannot read the registry ({error.message})", style="red")
@@ -150,15 +151,14 @@ def summary(config: PlatformConfig, args: argparse.Namespace) -> int:
             head, _, reasons = value.partition(": ")
             value = head + "".join(f"\n           - {reason}" for reason in reasons.split("; ") if reason)
         console.print(f"{label:<10} " + (f"[{style}]{escape(value)}[/]" if style else escape(value)))
+    metrics = storage.report / "metrics.json"
     if metrics.exists():
-        saved = json.loads(metrics.read_text())
-        for entry, horizon in zip(saved["report"], saved["horizons_s"]):
-            m = entry["metrics"]["model"]
-            capture = entry.get("capture")
-            shown = f", capture {capture['accuracy_capture']:.3f} / {capture['logloss_capture']:.3f}" if capture else ""
-            leak = "  [bold red]PROBABLE LEAK[/]" if entry.get("leak_suspected") else ""
+        for entry in EvaluationReport.from_json(json.loads(metrics.read_text())).horizons:
+            m, capture = entry.model.metrics, entry.capture
+            shown = f", capture {capture.accuracy_capture:.3f} / {capture.logloss_capture:.3f}" if capture else ""
+            leak = "  [bold red]PROBABLE LEAK[/]" if entry.leak_suspected else ""
             console.print(
-                f"{horizon:>6} s    accuracy {m['accuracy']:.4f}, log loss {m['log_loss']:.4f} nats{shown}{leak}"
+                f"{entry.horizon_s:>6} s    accuracy {m.accuracy:.4f}, log loss {m.log_loss:.4f} nats{shown}{leak}"
             )
     return 0
 
@@ -225,6 +225,7 @@ def report(config: PlatformConfig, args: argparse.Namespace) -> int:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from bmlt_assets.core.evaluation_report import EvaluationReport
     from bmlt_assets.core.files import atomic_write
     from bmlt_resources.tracking_probe import tracking_reachable
 
@@ -239,21 +240,18 @@ def report(config: PlatformConfig, args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        saved = json.loads((folder / "metrics.json").read_text())
+        saved = EvaluationReport.from_json(json.loads((folder / "metrics.json").read_text()))
         html = (folder / "report.html").read_text()
-    for entry, horizon in zip(saved["report"], saved["horizons_s"]):
-        leak = "   ** PROBABLE LEAK **" if entry.get("leak_suspected") else ""
-        print(f"\nHorizon {horizon}s, {entry['samples']} test samples{leak}")
+    for entry in saved.horizons:
+        leak = "   ** PROBABLE LEAK **" if entry.leak_suspected else ""
+        print(f"\nHorizon {entry.horizon_s}s, {entry.samples} test samples{leak}")
         print(f"  {'predictor':<14}{'accuracy':>10}{'log loss':>10}{'ECE':>8}{'Sharpe':>9}")
-        for name, m in entry["metrics"].items():
-            sharpe = entry["pnl"][name]["sharpe_annualized"]
-            print(f"  {name:<14}{m['accuracy']:>10.4f}{m['log_loss']:>10.4f}{m['ece']:>8.4f}{sharpe:>9.2f}")
-        if "capture" in entry:
-            capture = entry["capture"]
-            print(
-                f"  signal capture: accuracy {capture['accuracy_capture']:.3f}, "
-                f"log loss {capture['logloss_capture']:.3f}"
-            )
+        for name, scores in entry.predictors.items():
+            m, sharpe = scores.metrics, scores.pnl.sharpe_annualized
+            print(f"  {name:<14}{m.accuracy:>10.4f}{m.log_loss:>10.4f}{m.ece:>8.4f}{sharpe:>9.2f}")
+        if entry.capture is not None:
+            capture = entry.capture
+            print(f"  signal capture: accuracy {capture.accuracy_capture:.3f}, log loss {capture.logloss_capture:.3f}")
     name = f"report-{args.run_id}.html"
     target = args.out or config.local_dir / config.name / "reports" / name
     if target.is_dir():  # -o a folder: the report goes in it, as cp would put it
@@ -513,10 +511,10 @@ def tune_worker(config: PlatformConfig, args: argparse.Namespace) -> int:
     worker shares the queue. It loads the training dataset from storage, needs the config the
     step ran, and logs each trial as a nested MLflow run of the step's run."""
     from bmlt_assets.core.files import CorruptPartitionError, MissingPartitionError
-    from bmlt_assets.tuning_worker import run_worker
+    from bmlt_assets.training.tuning_worker import run_worker
 
     try:
-        ran = run_worker(config, args.config, args.study)
+        ran = run_worker(config, args.study)
     except (ConfigError, MissingPartitionError, CorruptPartitionError) as error:
         print(f"cannot tune: {error}", file=sys.stderr)
         return 2
@@ -559,11 +557,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     subs = {}
     for name, (handler, example) in COMMANDS.items():
-        summary_line = handler.__doc__.splitlines()[0]
+        described = handler.__doc__ or ""  # every command has one: tests/test_layers.py
         sub = commands.add_parser(
             name,
-            help=summary_line,
-            description=handler.__doc__,
+            help=described.splitlines()[0],
+            description=described,
             epilog=f"example:\n  {example}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )

@@ -5,7 +5,8 @@ import numpy as np
 
 from bmlt_assets.core.config import PlatformConfig
 from bmlt_assets.core.dataset import TrainingData, build_folds, fold_count, load_dataset, save_dataset
-from bmlt_assets.core.files import directory_bytes, load_arrays, write_json
+from bmlt_assets.core.days import LabelledDay
+from bmlt_assets.core.files import directory_bytes
 from bmlt_assets.core.splits import PARTS
 from bmlt_assets.metadata import markdown_table
 from bmlt_assets.returns import forward_returns
@@ -30,28 +31,11 @@ def training_dataset(
     context: dg.AssetExecutionContext, settings: SettingsResource, storage: StorageResource
 ) -> dg.MaterializeResult:
     config = settings.get()
-    days = []
-    for date in config.data.dates:
-        tensors_dir = storage.require(storage.tensors(date), "book_tensors", date)
-        if not (tensors_dir / "quotes.npy").exists():
-            raise dg.Failure(
-                f"book_tensors for {date.isoformat()} predates the stored best quotes (quotes.npy) that costs and "
-                f"the order-book baseline read; re-materialize it: {storage.materialize_command('book_tensors', date)}"
-            )
-        tensors = load_arrays(tensors_dir, ["base", "mids", "quotes", "valid", "timestamps"], mmap=True)
-        returns = load_arrays(
-            storage.require(storage.returns(date), "forward_returns", date), ["returns", "volatility"]
-        )
-        days.append(tensors | returns)
+    days = [LabelledDay(storage.require_tensors(date), storage.require_returns(date)) for date in config.data.dates]
     folds = build_folds(days, config)
-    data = folds[-1]
     with storage.commit(storage.dataset) as staging:
-        save_dataset(folds, staging)
-        write_json(
-            {"config": config.model_dump(mode="json"), "shape": list(data.shape), "folds": len(folds)},
-            staging / "meta.json",
-        )
-
+        save_dataset(folds, staging, config)
+    data = folds[-1]
     steps, levels, channels, assets = data.shape
     base_bytes = int(data.source.base.nbytes)
     samples = len(np.unique(np.concatenate([p.steps for fold in folds for p in fold.parts.values()])))

@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 
 import dagster as dg
-from dagster._config import process_config  # Dagster's own config validation (no public twin)
 from dagster_mlflow import end_mlflow_on_run_finished
 
 from bmlt_assets.boundary import code_location_errors, refuse_unwritable
@@ -31,8 +30,9 @@ from bmlt_assets.recording import record_job
 from bmlt_assets.returns import forward_returns, labels_never_cross_gaps
 from bmlt_assets.snapshots import orderbook_snapshots, snapshots_are_sound
 from bmlt_assets.tensors import book_tensors, tensors_are_sound
-from bmlt_assets.training import trained_model
+from bmlt_assets.training.asset import trained_model
 from bmlt_resources.binance import BinanceResource
+from bmlt_resources.dagster_private import process_config
 from bmlt_resources.mlflow import MlflowTracking
 from bmlt_resources.settings import SettingsResource
 from bmlt_resources.storage import LandingZoneResource, StorageResource
@@ -199,7 +199,9 @@ def build_definitions(config_path: Path) -> dg.Definitions:
     ``bmlt backfill``) or beside the other configs (workspace.yaml: the UI), so every command and the UI
     share one instance's materializations, and several configs share it without a key clash."""
     resources = build_resources(config_path)
-    config = resources["settings"].get()  # type: ignore[attr-defined]
+    settings = resources["settings"]
+    assert isinstance(settings, SettingsResource)
+    config = settings.get()
     problem = config.shared_state_problem()
     if problem:
         raise ConfigError(f"{config_path}: {problem}")

@@ -7,7 +7,9 @@ from typing import Any
 
 import dagster as dg
 
+from bmlt_assets.core.files import StoredPath, directory_bytes
 from bmlt_assets.core.tables import table_lines
+from bmlt_assets.provenance import content_hash
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -16,6 +18,11 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
         return "_(empty)_"
     columns = list(rows[0])
     return "\n".join(table_lines(columns, [[row.get(c, "") for c in columns] for row in rows], "{:.4g}"))
+
+
+def stored(path: StoredPath) -> dict[str, Any]:
+    """What a day's row says of what was written: its bytes and (the start of) its content hash."""
+    return {"bytes": directory_bytes(path), "content_hash": content_hash(path)[:16]}
 
 
 def partitioned_result(per_day: list[dict[str, Any]], metadata: dict[str, Any]) -> dg.MaterializeResult:

@@ -3,15 +3,12 @@
 import datetime as dt
 
 import dagster as dg
-import polars as pl
 
-from bmlt_assets.core.book import snapshot_schema, validate_parts
-from bmlt_assets.core.files import ParquetStream, local_files, parquet_batches, read_parquet, readable, write_json
+from bmlt_assets.core.days import DaySnapshots, SnapshotVerdict
 from bmlt_assets.core.quality import snapshot_quality
 from bmlt_assets.core.sources import BookSource
-from bmlt_assets.metadata import partitioned_check, partitioned_result
+from bmlt_assets.metadata import partitioned_check, partitioned_result, stored
 from bmlt_assets.partitions import DAILY, partition_dates
-from bmlt_assets.provenance import content_hash
 from bmlt_resources.settings import SettingsResource
 from bmlt_resources.storage import StorageResource
 
@@ -30,41 +27,15 @@ def orderbook_snapshots(
     book_source: dg.ResourceParam[BookSource],
 ) -> dg.MaterializeResult:
     config = settings.get()
-    symbols, depth = config.data.symbols, config.data.depth
-    per_day = []
+    symbols, depth, per_day = config.data.symbols, config.data.depth, []
     for date in partition_dates(context):
-        schema = snapshot_schema(depth)
-        # Streamed: the parts are read a row group at a time and the partition written as validated.
-        with (
-            local_files(book_source.snapshot_parts(date, symbols)) as parts,
-            ParquetStream(storage.snapshots(date), schema) as clean,
-            ParquetStream(storage.quarantine(date), schema | {"reason": pl.String()}) as quarantine,
-        ):
-            validated = validate_parts(parts, clean.write, quarantine.write, symbols, depth)
-            path = clean.publish()
-            if validated.quarantined:
-                quarantine.publish()
-                context.log.warning(f"{date}: quarantined {validated.quarantined} malformed snapshots")
-            else:  # a clean re-run must not inherit an earlier run's quarantine
-                quarantine.discard()
-                storage.quarantine(date).unlink(missing_ok=True)
-        gaps = book_source.gaps(date, symbols)
-        # Stored beside the partition so that book_tensors (even in a later run) masks the lost intervals.
-        write_json(gaps, storage.snapshot_gaps(date))
-        # New content is unchecked: an earlier verdict must neither block nor vouch for it.
-        storage.snapshot_check(date).unlink(missing_ok=True)
-        per_day.append(
-            {
-                "date": date.isoformat(),
-                "rows": validated.rows,
-                "quarantined": validated.quarantined,
-                "recorded_gaps": len(gaps),
-                "gap_seconds": round(sum(gap["to_ns"] - gap["from_ns"] for gap in gaps) / 1e9, 3),
-                "bytes": path.stat().st_size,
-                "content_hash": content_hash(path)[:16],
-                **validated.rows_per_symbol,
-            }
-        )
+        files = storage.snapshot_files(date)
+        # Streamed: the source's parts are read, validated and written a row group at a time.
+        parts, gaps = book_source.snapshot_parts(date, symbols), book_source.gaps(date, symbols)
+        day = DaySnapshots.write(date, parts, gaps, files, symbols, depth)
+        if day.quarantined:
+            context.log.warning(f"{date}: quarantined {day.quarantined} malformed snapshots")
+        per_day.append(day.summary() | stored(files.clean) | day.rows_per_symbol)
     return partitioned_result(
         per_day,
         {
@@ -72,7 +43,7 @@ def orderbook_snapshots(
             "quarantined_rows": sum(day["quarantined"] for day in per_day),
             "recorded_gaps": sum(day["recorded_gaps"] for day in per_day),  # intervals the recorder lost and re-synced
             "bytes": sum(day["bytes"] for day in per_day),
-            "depth": config.data.depth,
+            "depth": depth,
         },
     )
 
@@ -91,28 +62,22 @@ def snapshots_are_sound(
     book_source: dg.ResourceParam[BookSource],
 ) -> dg.AssetCheckResult:
     config = settings.get()
-    days, failures = {}, []
+    d, days, failures = config.data, {}, []
     for key in context.partition_keys:
         date = dt.date.fromisoformat(key)
-        clean = storage.require(storage.snapshots(date), "orderbook_snapshots", date)
-        quarantine = storage.quarantine(date)
-        reasons = (
-            read_parquet(quarantine, ["reason"])["reason"] if quarantine.exists() else pl.Series([], dtype=pl.String)
-        )
-        with readable(clean) as local:  # streamed: the day's books are never held whole
-            d = config.data
+        files = storage.snapshot_files(date)
+        storage.require_file(files.clean, "orderbook_snapshots", date)
+        with files.clean_batches() as clean:  # a batch at a time: the day's books are never held whole
             measured = snapshot_quality(
-                parquet_batches(local), reasons, d.steps_per_day, d.cadence_ms, d.symbols, config.quality
+                clean, files.quarantine_reasons(), d.steps_per_day, d.cadence_ms, d.symbols, config.quality
             )
         # A day the source lost whole (an archive's empty file) fails with the source's reason.
-        lost = [gap for gap in book_source.gaps(date, config.data.symbols) if gap.get("whole_day")]
-        measured["failures"] += [f"{gap['symbol']}: {gap['reason']}" for gap in lost]
-        days[key] = measured
-        day_failures = measured.pop("failures")
+        lost = [gap for gap in book_source.gaps(date, d.symbols) if gap.get("whole_day")]
+        day_failures = measured.pop("failures") + [f"{gap['symbol']}: {gap['reason']}" for gap in lost]
         failures += [f"{key}: {failure}" for failure in day_failures]
         # Blocking stops book_tensors in this run only; the stored verdict stops later runs too.
-        verdict = {"check": "snapshots_are_sound", "passed": not day_failures, "failures": day_failures}
-        write_json(verdict, storage.snapshot_check(date))
+        SnapshotVerdict("snapshots_are_sound", not day_failures, day_failures).save(files)
         if measured["quarantined"]:
-            measured["quarantine_file"] = str(quarantine)  # the offending rows, each with its rule
+            measured["quarantine_file"] = str(files.quarantine)  # the offending rows, each with its rule
+        days[key] = measured
     return partitioned_check(days, failures, " (rows and reasons in the quarantine files)")

@@ -21,29 +21,33 @@ from typing import Any
 
 import dagster as dg
 import mlflow
-
-# Not re-exported at dagster's top level in 1.13; it is the supported bridge from an old-style
-# @resource to a typed, Pythonic one.
-from dagster._config.pythonic_config.resource import ConfigurableLegacyResourceAdapter
 from dagster_mlflow.resources import CONFIG_SCHEMA, MlFlow
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.pyfunc import PyFuncModel
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 
 from bmlt_assets.core.promotion import Verdict
-from bmlt_assets.scoring import OrderBookPyfunc
+from bmlt_resources.dagster_private import ConfigurableLegacyResourceAdapter
+from bmlt_resources.pyfunc import OrderBookPyfunc
 from bmlt_resources.tracking_probe import tracking_reachable
 
-__all__ = ["MlflowTracking", "MlflowTrialLogger", "RegisteredModel", "TrackedMlflow", "tracking_reachable"]
+__all__ = [
+    "MlflowTracking",
+    "MlflowTrialLogger",
+    "RegisteredModel",
+    "RunTracker",
+    "TrackedMlflow",
+    "tracking_reachable",
+]
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 
 
-# What the logged pyfunc needs to load and score: its code is this package's (bmlt_assets.scoring),
+# What the logged pyfunc needs to load and score: its code is this package's (bmlt_resources.pyfunc),
 # whose own dependencies bring the rest. Declared, not inferred: MLflow infers requirements by
 # importing the model in a subprocess, about 7 s per logged model (it found bmlt, cloudpickle,
 # numpy and scipy, plus some of bmlt's own dependencies).
@@ -59,6 +63,42 @@ class RegisteredModel:
     model_uri: str
 
 
+@dataclass(frozen=True)
+class RunTracker:
+    """One MLflow run, named by its id, written through the client: what the training workflow and
+    the evaluation log into. Outside Dagster (tests, scripts) it is any run of any tracking store;
+    in a step it is the step's run (:meth:`TrackedMlflow.run_tracker`)."""
+
+    client: MlflowClient
+    run_id: str
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self.client.log_batch(self.run_id, params=[Param(key, str(value)) for key, value in params.items()])
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        now = int(time.time() * 1000)
+        entries = [Metric(key, float(value), now, step or 0) for key, value in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=entries)
+
+    def log_dict(self, payload: Any, artifact_file: str) -> None:
+        self.client.log_dict(self.run_id, payload, artifact_file)
+
+    def log_artifacts(self, local_dir: Path, artifact_path: str) -> None:
+        self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+
+    def url(self, ui_url: str) -> str:
+        """The run's page in the MLflow UI served at ``ui_url``."""
+        experiment_id = self.client.get_run(self.run_id).info.experiment_id
+        return f"{ui_url}/#/experiments/{experiment_id}/runs/{self.run_id}"
+
+    def trial_logger(self) -> MlflowTrialLogger:
+        """Optuna trials as nested runs of this one."""
+        return MlflowTrialLogger(self.client, self.run_id)
+
+
 class TrackedMlflow(MlFlow):
     """dagster-mlflow's run-scoped ``mlflow`` plus the registry steps of the model lifecycle."""
 
@@ -70,6 +110,14 @@ class TrackedMlflow(MlFlow):
     def _setup(self) -> None:
         self.run_name = self._configured_run_name or self.run_name
         super()._setup()
+
+    def run_tracker(self) -> RunTracker:
+        """This Dagster run's MLflow run (the active one: dagster-mlflow leaves ``mlflow_run_id``
+        unset for the run it starts itself), for code that logs through the client."""
+        run = mlflow.active_run()
+        if run is None:
+            raise RuntimeError("no active MLflow run: the mlflow resource was not set up")
+        return RunTracker(self.tracking_client, run.info.run_id)
 
     def register_challenger(
         self, name: str, checkpoint: Path, example: dict[str, Any], tags: dict[str, str], description: str

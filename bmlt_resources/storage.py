@@ -12,9 +12,12 @@ Layout under ``<storage.uri>/<config name>/``:
     model/                                   trained_model checkpoint
     report/                                  evaluation_report
 
+Beside them, ``training-checkpoint.pt`` (the resumable training state) and ``training-result.pt``
+(torchrun's result, handed back), in the store, so that a pod anywhere resumes or hands back.
 Folders are committed as immutable versions with a pointer (``commit``, ``core.files.atomic_directory``);
 a reader resolves the pointer once (``require``) and reads that version only.
-What must stay on a local disk (``PlatformConfig.local_dir``) is under ``root``. Real data arrives
+What must stay on a local disk (``PlatformConfig.local_dir``) is under ``root``: ``hpo/`` (sqlite
+or journal tuning studies). Real data arrives
 in ``<local_dir>/landing/<market>/date=YYYY-MM-DD/*.parquet`` (shared by all configs), in the
 snapshot schema of ``bmlt_assets.core.book``.
 """
@@ -31,6 +34,7 @@ import polars as pl
 
 from bmlt_assets.core.book import trim_depth
 from bmlt_assets.core.config import PlatformConfig
+from bmlt_assets.core.days import DayReturns, DayTensors, OutdatedPartitionError, SnapshotFiles
 from bmlt_assets.core.files import (
     META,
     CorruptPartitionError,
@@ -93,6 +97,23 @@ class StorageResource(dg.ConfigurableResource):
         return Path(self.local_dir) / self.config_name
 
     @property
+    def hpo(self) -> Path:
+        """Where a sqlite or journal tuning study lives (``hpo.storage``)."""
+        return self.root / "hpo"
+
+    @property
+    def training_state(self) -> StoredPath:
+        """The latest model's resumable training state (``core.train.TrainState``), written every
+        epoch where the partitions are (the object store with s3://): a killed or preempted run
+        resumes, on any machine."""
+        return self.store / "training-checkpoint.pt"
+
+    @property
+    def handed_back(self) -> StoredPath:
+        """Where torchrun's rank 0 leaves its training result for the step that launched it."""
+        return self.store / "training-result.pt"
+
+    @property
     def staged(self) -> Path:
         """Verified local copies of remote partitions, one folder per content hash."""
         return Path(self.local_dir) / "staged"
@@ -108,6 +129,12 @@ class StorageResource(dg.ConfigurableResource):
 
     def snapshot_check(self, date: dt.date) -> StoredPath:
         return self.store / "snapshot_checks" / f"date={date.isoformat()}.json"
+
+    def snapshot_files(self, date: dt.date) -> SnapshotFiles:
+        """The files of one day of orderbook_snapshots (``core.days.DaySnapshots`` reads and writes them)."""
+        return SnapshotFiles(
+            self.snapshots(date), self.quarantine(date), self.snapshot_gaps(date), self.snapshot_check(date)
+        )
 
     def tensors(self, date: dt.date) -> StoredPath:
         return self.store / "tensors" / f"date={date.isoformat()}"
@@ -140,12 +167,32 @@ class StorageResource(dg.ConfigurableResource):
         partition = f" --partition {date.isoformat()}" if date else ""
         return f"dagster asset materialize -m bmlt_assets.definitions --select {self.config_name}/{asset}{partition}"
 
-    def require(self, path: StoredPath, asset: str, date: dt.date | None = None) -> StoredPath:
-        """``path`` if it was fully written and is readable, else an error naming what to materialize.
+    def require(self, path: StoredPath, asset: str, date: dt.date | None = None) -> Path:
+        """The folder partition ``path``, if it was fully written and is readable, as the local folder
+        of the version its pointer names now (a remote one staged, for memory maps; a local one
+        leased while this process lives); else an error naming what to materialize."""
+        found = self._readable(path, asset, date)
+        assert isinstance(found, Path)  # a folder partition is always staged locally
+        return found
 
-        A folder partition comes back as the local folder of the version its pointer names now
-        (a remote one staged, for memory maps; a local one leased while this process lives); a file
-        as it is."""
+    def require_tensors(self, date: dt.date) -> DayTensors:
+        """book_tensors of ``date``, memory-mapped; else an error naming what to materialize."""
+        folder = self.require(self.tensors(date), "book_tensors", date)
+        try:
+            return DayTensors.load(folder)
+        except OutdatedPartitionError as error:
+            raise OutdatedPartitionError(f"{error}: {self.materialize_command('book_tensors', date)}") from None
+
+    def require_returns(self, date: dt.date) -> DayReturns:
+        """forward_returns of ``date``, memory-mapped; else an error naming what to materialize."""
+        return DayReturns.load(self.require(self.returns(date), "forward_returns", date))
+
+    def require_file(self, path: StoredPath, asset: str, date: dt.date | None = None) -> StoredPath:
+        """The file partition ``path`` as it is (local or remote), if it was fully written and is
+        readable; else an error naming what to materialize."""
+        return self._readable(path, asset, date)
+
+    def _readable(self, path: StoredPath, asset: str, date: dt.date | None) -> StoredPath:
         problem = None
         if self.committed(path):
             try:

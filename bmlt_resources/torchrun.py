@@ -20,6 +20,7 @@ from __future__ import annotations
 import sys
 import uuid
 from abc import abstractmethod
+from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
@@ -30,9 +31,23 @@ from bmlt_resources.kubernetes import launched_namespace, pod_spec
 
 NODE_LABEL = "bmlt/torchrun"  # value: the training's id; node 0 also carries bmlt/torchrun-node=0
 
+# (the worker's arguments after torchrun's own, its environment, the training settings) -> the
+# metadata rank 0 reported; raises when torchrun failed. What the training workflow calls, free of
+# Dagster's step context.
+Launch = Callable[[list[str], dict[str, str], TrainingConfig], dict[str, Any]]
+
 
 class TorchrunLauncher(dg.ConfigurableResource):
     """Runs ``python -m torch.distributed.run ... WORKER_ARGS`` under a Pipes session of the step."""
+
+    def bound(self, context: dg.AssetExecutionContext) -> Launch:
+        """This launcher for the step of ``context``."""
+
+        def launch(worker_args: list[str], env: dict[str, str], training: TrainingConfig) -> dict[str, Any]:
+            invocation = self.launch(context, worker_args, env, training)
+            return dict(invocation.get_materialize_result().metadata or {})
+
+        return launch
 
     @abstractmethod
     def launch(

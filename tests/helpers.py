@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import yaml
 
 from bmlt_assets.core.config import PlatformConfig
-from bmlt_assets.core.labels import forward_log_returns, trailing_volatility
-from bmlt_assets.core.representation import day_tensors_from_frame
+from bmlt_assets.core.dataset import build_folds, save_dataset
+from bmlt_assets.core.days import DayTensors, LabelledDay, label_days
+from bmlt_resources.mlflow import RunTracker
+from bmlt_resources.storage import StorageResource
 from bmlt_resources.synthetic import SyntheticMarketResource
 
 TESTS = Path(__file__).parent
@@ -38,18 +40,115 @@ def write_config(folder: Path, overrides: dict | None = None, name: str = "confi
     return path
 
 
-def synthetic_days(config: PlatformConfig) -> list[dict[str, np.ndarray]]:
-    """Per-day tensors, returns and volatility of the config's synthetic market, in memory."""
-    source = SyntheticMarketResource.for_config(config)
-    days = []
-    for date in config.data.dates:
-        d = config.data
-        arrays = day_tensors_from_frame(
-            source.snapshots(date, d.symbols), date, d.symbols, d.cadence_ms, d.staleness_ms, config.representation
-        )
-        arrays["returns"] = forward_log_returns(
-            arrays["mids"], arrays["valid"], config.horizon_steps, len(arrays["mids"])
-        )
-        arrays["volatility"] = trailing_volatility(arrays["mids"], arrays["valid"], config.vol_lookback_steps)
-        days.append(arrays)
-    return days
+def synthetic_days(config: PlatformConfig) -> list[LabelledDay]:
+    """The config's days of its synthetic market, with their labels, in memory: what the daily
+    assets store, made by the same functions (each day labelled with the next, as forward_returns
+    labels it once both days are materialized)."""
+    source, symbols = SyntheticMarketResource.for_config(config), config.data.symbols
+    days = [DayTensors.from_frame(source.snapshots(date, symbols), date, config) for date in config.data.dates]
+    return label_days(days, config)
+
+
+def stored_dataset(config: PlatformConfig) -> StorageResource:
+    """The config's storage, holding its training dataset (every fold) of the synthetic market."""
+    storage = StorageResource.for_config(config)
+    with storage.commit(storage.dataset) as staging:
+        save_dataset(build_folds(synthetic_days(config), config), staging, config)
+    return storage
+
+
+def tracked_run(config: PlatformConfig) -> RunTracker:
+    """A fresh MLflow run in the config's tracking store and experiment, as a step would log into."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=config.tracking_uri)
+    experiment = client.get_experiment_by_name(config.mlflow.experiment)
+    experiment_id = (
+        experiment.experiment_id
+        if experiment is not None
+        else client.create_experiment(config.mlflow.experiment, artifact_location=config.artifact_location)
+    )
+    return RunTracker(client, client.create_run(experiment_id).info.run_id)
+
+
+# A report horizon in metrics.json's layout, for tests of what reads reports.
+DAY_NS = 86_400 * 10**9
+START_NS = 1_736_208_000 * 10**9  # 2025-01-07 00:00:00 UTC
+BETTER = {"mean": -0.05, "low": -0.08, "high": -0.02, "block_length": 3}
+TIED = {"mean": -0.02, "low": -0.0432, "high": 0.0012, "block_length": 3}
+WORSE = {"mean": 0.1, "low": 0.05, "high": 0.2, "block_length": 3}
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "mcc", "log_loss", "brier", "ece", "directional_accuracy")
+PREDICTORS = ("model", "prior", "persistence", "logistic_obi", "oracle")
+
+
+def report_entry(
+    ece_before: float = 0.05,
+    ece_after: float = 0.02,
+    vs_logistic: dict[str, float] = TIED,
+    days: float = 10.0,
+    volatility_scaled: bool = True,
+) -> dict[str, Any]:
+    """One 30 s horizon of a report in metrics.json's layout, with chosen calibration, tie and window."""
+    edges_sigma = [-2.0, -1.1, -0.45, 0.0, 0.45, 1.1, 2.0]
+    classes: dict[str, Any] = {"kind": "quantile", "edges_bps": [e * 10.0 for e in edges_sigma]}
+    if volatility_scaled:
+        classes = {"kind": "volatility_scaled", "edges_bps": classes["edges_bps"], "edges_sigma": edges_sigma}
+        classes["sigma_bps_median"] = 10.0
+    first, last = START_NS, START_NS + int(days * DAY_NS)
+    pnl = {
+        "trades": 3,
+        "hit_rate": 0.5,
+        "mean_return_bps": 1.25,
+        "total_return_bps": 3.75,
+        "costs_bps": 6.0,
+        "sharpe_annualized": 1.5,
+        "max_drawdown_bps": 2.0,
+        "turnover_per_day": 10.0,
+    }
+    interval = {"mean": 1.9, "low": 1.85, "high": 1.95, "block_length": 3}
+    entry = {
+        "horizon_steps": 30,
+        "horizon_s": 30,
+        "samples": 500,
+        "test_period": {"first_ns": first, "last_ns": last},
+        "costs": {
+            "fee_bps_per_side": 1.0,
+            "half_spread_per_side": True,
+            "median_spread_bps": 1.2,
+            "pnl_threshold": 0.6,
+        },
+        "classes": classes,
+        "metrics": {p: dict.fromkeys(METRICS, 0.25) | {"log_loss": 1.9} for p in PREDICTORS},
+        "intervals": {p: {"accuracy": interval, "log_loss": interval} for p in PREDICTORS},
+        "log_loss_differences": {
+            "model_minus_prior": BETTER,
+            "model_minus_persistence": BETTER,
+            "model_minus_logistic_obi": vs_logistic,
+            "model_minus_oracle": WORSE,
+        },
+        "calibration": {
+            "temperature": 1.3,
+            "bias": [0.1, -0.05, -0.05],
+            "bins": "15 equal-width top-label confidence bins",
+            "before": {"ece": ece_before, "log_loss": 1.95},
+            "after": {"ece": ece_after, "log_loss": 1.9},
+            "reliability": [{"predicted": [0.1, 0.3], "observed": [0.12, 0.28]}] * 8,
+        },
+        "confusion": [[10 if i == j else 1 for j in range(8)] for i in range(8)],
+        "class_distribution": {"realized": [17] * 8, "predicted": [17] * 8},
+        "pnl": dict.fromkeys(PREDICTORS, pnl),
+        "equity": {
+            p: {
+                "steps": [3, 90, 200],
+                "timestamps_ns": [first + k * (last - first) // 4 for k in (1, 2, 3)],
+                "equity_bps": [1.0, -0.5, 3.75],
+            }
+            for p in PREDICTORS
+        },
+        "regimes": {r: {"samples": 166, "accuracy": 0.25, "log_loss": 1.9} for r in ("low", "mid", "high")},
+        "beats_baselines": False,
+        "capture": {"accuracy_capture": 0.5, "logloss_capture": 0.4},
+        "capture_by_predictor": {p: {"accuracy_capture": 0.5, "logloss_capture": 0.4} for p in PREDICTORS},
+        "leak_suspected": False,
+    }
+    return entry

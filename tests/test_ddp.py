@@ -19,7 +19,7 @@ from bmlt_assets.core.distributed import backend_problem, state_digest, torchrun
 from bmlt_assets.core.train import load_result
 from bmlt_assets.definitions import CHECKS, INGEST_ASSETS, TRAINING_ASSETS, build_resources
 from bmlt_assets.partitions import range_tags
-from bmlt_assets.training_worker import TrainingJob
+from bmlt_assets.training.training_worker import TrainingJob
 from bmlt_resources.storage import StorageResource
 from bmlt_resources.torchrun import KubernetesTorchrun, LocalTorchrun
 from tests.helpers import write_config
@@ -223,7 +223,7 @@ def test_two_nodes_train_one_model_through_the_c10d_rendezvous(tmp_path: Path) -
         subprocess.Popen(
             [sys.executable, "-m", "torch.distributed.run"]
             + torchrun_args(config.training, f"127.0.0.1:{port}", "two-nodes", is_host=node == 0)
-            + ["-m", "bmlt_assets.training_worker", job.to_json()],
+            + ["-m", "bmlt_assets.training.training_worker", job.to_json()],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -164,7 +164,7 @@ def test_the_tuning_step_launches_its_workers_as_a_valid_kubernetes_job_with_the
 
     from bmlt_assets.cli import build_parser
     from bmlt_assets.core.config import PROJECT_ROOT
-    from bmlt_assets.tuning_worker import tune_worker_job
+    from bmlt_assets.training.tuning_worker import tune_worker_job
 
     monkeypatch.setenv("BMLT_IMAGE", "registry.example.com/bmlt:0.1.0")
     config = load_config(PROJECT_ROOT / "deploy" / "config.yaml")

@@ -22,7 +22,9 @@ from bmlt_assets.core.calibration import (
 from bmlt_assets.core.checkpoint import spec_calibration
 from bmlt_assets.core.config import PlatformConfig, load_config
 from bmlt_assets.core.dataset import TrainingData, build_dataset, load_dataset, save_dataset
+from bmlt_assets.core.days import LabelledDay
 from bmlt_assets.core.evaluation import direction_classes, evaluate
+from bmlt_assets.core.evaluation_report import EvaluationReport, HorizonReport
 from bmlt_assets.core.labels import classify
 from bmlt_assets.core.metrics import (
     classification_metrics,
@@ -73,7 +75,7 @@ def test_constant_predictor_brier_matches_the_closed_form() -> None:
     frequency = np.bincount(classes, minlength=3) / len(classes)
     # E||q - e_y||^2 = sum_c q_c^2 - 2 sum_c q_c f_c + 1
     expected = (q**2).sum() - 2 * (q * frequency).sum() + 1
-    got = classification_metrics(classes, np.broadcast_to(q, (len(classes), 3)).copy())["brier"]
+    got = classification_metrics(classes, np.broadcast_to(q, (len(classes), 3)).copy()).brier
     assert got == pytest.approx(expected, rel=1e-9)
 
 
@@ -112,8 +114,8 @@ def test_costs_reduce_pnl_by_exactly_fee_times_turnover() -> None:
     args = {"horizon": 5, "threshold": 0.5, "cadence_s": 1}
     free = run_backtest(steps, np.full(20, 0.9), np.zeros(20), realized, np.zeros(20), fee_bps=0, **args).summary()
     paid = run_backtest(steps, np.full(20, 0.9), np.zeros(20), realized, np.zeros(20), fee_bps=3, **args).summary()
-    turnover_trades = 2 * free["trades"]  # every trade enters and exits
-    assert free["total_return_bps"] - paid["total_return_bps"] == pytest.approx(3 * turnover_trades)
+    turnover_trades = 2 * free.trades  # every trade enters and exits
+    assert free.total_return_bps - paid.total_return_bps == pytest.approx(3 * turnover_trades)
 
 
 def test_sharpe_and_drawdown_match_a_hand_computation() -> None:
@@ -127,8 +129,8 @@ def test_sharpe_and_drawdown_match_a_hand_computation() -> None:
     equity = np.concatenate([[0], np.cumsum(net)])
     drawdown = (np.maximum.accumulate(equity) - equity).max()
     summary = trades.summary()
-    assert summary["sharpe_annualized"] == pytest.approx(sharpe)
-    assert summary["max_drawdown_bps"] == pytest.approx(drawdown * 1e4)
+    assert summary.sharpe_annualized == pytest.approx(sharpe)
+    assert summary.max_drawdown_bps == pytest.approx(drawdown * 1e4)
     short = run_backtest(
         steps, np.zeros(20), np.full(20, 0.9), realized, np.zeros(20), horizon=5, threshold=0.5, fee_bps=0, cadence_s=1
     )
@@ -143,7 +145,7 @@ def test_block_bootstrap_interval_covers_the_truth_at_about_the_nominal_rate() -
         noise = rng.normal(size=400)
         series = 1.0 + np.convolve(noise, np.ones(5) / 5, mode="same")  # autocorrelated, mean 1
         interval = mean_interval(series, minimum_block=5, seed=int(rng.integers(1 << 30)))
-        covered += interval["low"] <= 1.0 <= interval["high"]
+        covered += interval.low <= 1.0 <= interval.high
     assert 0.85 <= covered / runs <= 1.0
 
 
@@ -177,7 +179,7 @@ class _Collector(html.parser.HTMLParser):
             self.images.append(dict(attrs)["src"])
 
 
-def _fake_report(leak: bool) -> list[dict]:
+def _fake_report(leak: bool) -> EvaluationReport:
     rng = np.random.default_rng(4)
     predictors = ("model", "prior", "oracle")
     metric = {
@@ -204,7 +206,7 @@ def _fake_report(leak: bool) -> list[dict]:
         "total_return_bps": 3.0,
         "costs_bps": 1.0,
     }
-    return [
+    entries = [
         {
             "horizon_steps": 3,
             "horizon_s": 30,
@@ -245,11 +247,12 @@ def _fake_report(leak: bool) -> list[dict]:
             "leak_suspected": leak,
         }
     ]
+    return EvaluationReport([HorizonReport.from_json(entry) for entry in entries])
 
 
 @pytest.mark.parametrize("leak", [False, True])
 def test_report_files_figures_html_and_the_leak_flag(tmp_path: Path, leak: bool) -> None:
-    embedded, pngs = write_report(tmp_path, _fake_report(leak), [30], "test report")
+    embedded, pngs = write_report(tmp_path, _fake_report(leak), "test report")
     assert set(pngs) == {"confusion_30s.png", "reliability_30s.png", "equity_30s.png", "classes_30s.png"}
     for name in pngs:
         data = (tmp_path / name).read_bytes()
@@ -287,9 +290,9 @@ def test_the_leak_flag_fires_when_a_model_sees_the_future_and_only_then(tiny_con
     uncalibrated = [Calibration.identity(data.n_classes)] * 2
     honest = evaluate(data, oracle_logits, uncalibrated, oracle, costs, d.cadence_ms / 1000)
     leaky = evaluate(data, future, uncalibrated, oracle, costs, d.cadence_ms / 1000)
-    assert not any(entry["leak_suspected"] for entry in honest)
-    assert all(entry["leak_suspected"] for entry in leaky)
-    assert all(entry["capture"]["accuracy_capture"] > 1 for entry in leaky)
+    assert not any(entry.leak_suspected for entry in honest)
+    assert all(entry.leak_suspected for entry in leaky)
+    assert all(entry.capture is not None and entry.capture.accuracy_capture > 1 for entry in leaky)
 
 
 def test_the_default_fee_is_the_markets_taker_fee(tiny_config) -> None:
@@ -315,7 +318,7 @@ EDGES = {
     "volatility_scaled": {},
     "quantile": {"quantile_classes": 6},
 }
-Built = tuple[PlatformConfig, TrainingData, list[dict[str, np.ndarray]]]
+Built = tuple[PlatformConfig, TrainingData, list[LabelledDay]]
 
 
 @pytest.fixture(scope="module")
@@ -365,7 +368,7 @@ def raw_books(built: Callable[..., Built]) -> dict[str, np.ndarray]:
     return {name: np.concatenate([day[name] for day in days]) for name in days[0]}
 
 
-def _evaluate(config: PlatformConfig, data: TrainingData, logits: np.ndarray) -> list[dict]:
+def _evaluate(config: PlatformConfig, data: TrainingData, logits: np.ndarray) -> list[HorizonReport]:
     costs = config.evaluation.model_copy(update={"fee_bps": 1.0})
     uncalibrated = [Calibration.identity(data.n_classes)] * len(data.horizons)
     return evaluate(data, logits, uncalibrated, None, costs, config.data.cadence_ms / 1000)
@@ -403,12 +406,12 @@ def test_costs_pay_the_best_quote_spread_under_every_representation(
     spread_bps = ((raw_books["ask_px"] - raw_books["bid_px"]) / mid * 1e4)[:, target]
     knows_the_class = 5.0 * np.eye(data.n_classes)[test.classes]  # trades at every free sample
     for entry in _evaluate(config, data, knows_the_class):
-        assert entry["costs"]["median_spread_bps"] == pytest.approx(np.median(spread_bps[test.steps]), rel=1e-6)
-        entered = np.asarray(entry["equity"]["model"]["steps"])
+        assert entry.costs.median_spread_bps == pytest.approx(np.median(spread_bps[test.steps]), rel=1e-6)
+        entered = np.asarray(entry.model.equity.steps)
         assert len(entered) > 20
         # Each trade pays the fee on entry and exit plus the quoted spread at entry (half on each side).
         expected = np.sum(2 * 1.0 + spread_bps[entered])
-        assert entry["pnl"]["model"]["costs_bps"] == pytest.approx(expected, rel=1e-6)
+        assert entry.model.pnl.costs_bps == pytest.approx(expected, rel=1e-6)
 
 
 @pytest.mark.parametrize(("kind", "rolling_s"), REPRESENTATIONS)
@@ -424,9 +427,9 @@ def test_the_order_book_baseline_sees_the_books_features_under_every_representat
         expected = logistic_baseline(
             expected_train, train.classes[:, i], expected_test, data.n_classes, config.evaluation.logistic_max_iter
         )
-        expected_log_loss = classification_metrics(test.classes[:, i], expected)["log_loss"]
-        assert entry["metrics"]["logistic_obi"]["log_loss"] == pytest.approx(expected_log_loss, abs=1e-5)
-        assert expected_log_loss < entry["metrics"]["prior"]["log_loss"] - 0.01  # the features carry the signal
+        expected_log_loss = classification_metrics(test.classes[:, i], expected).log_loss
+        assert entry.predictors["logistic_obi"].metrics.log_loss == pytest.approx(expected_log_loss, abs=1e-5)
+        assert expected_log_loss < entry.predictors["prior"].metrics.log_loss - 0.01  # the features carry the signal
 
 
 @pytest.mark.parametrize("edges", list(EDGES))
@@ -436,11 +439,11 @@ def test_regime_terciles_are_finite_and_cover_the_test_part_under_every_edges_op
     config, data, _ = built(edges=edges)
     test = data.parts["test"]
     for entry in _evaluate(config, data, np.zeros((len(test), len(data.horizons), data.n_classes))):
-        regimes = entry["regimes"]
-        assert sum(regime["samples"] for regime in regimes.values()) == len(test)
+        regimes = entry.regimes
+        assert sum(regime.samples for regime in regimes.values()) == len(test)
         for regime in regimes.values():
-            assert regime["samples"] > 0
-            assert np.isfinite(regime["accuracy"]) and np.isfinite(regime["log_loss"])
+            assert regime.samples > 0
+            assert np.isfinite(regime.accuracy) and np.isfinite(regime.log_loss)
 
 
 def test_every_edges_option_sees_the_same_samples_and_persistence_knows_each_past_label(
@@ -450,8 +453,8 @@ def test_every_edges_option_sees_the_same_samples_and_persistence_knows_each_pas
     for edges in EDGES:
         config, data, days = built(edges=edges)
         target = config.data.symbols.index(config.target)
-        returns = np.concatenate([day["returns"] for day in days])[:, :, target]
-        volatility = np.concatenate([day["volatility"] for day in days])[:, target]
+        returns = np.concatenate([day.returns.returns for day in days])[:, :, target]
+        volatility = np.concatenate([day.returns.volatility for day in days])[:, target]
         for name, part in data.parts.items():
             np.testing.assert_array_equal(part.steps, reference.parts[name].steps)
             assert np.isfinite(part.volatility).all()
@@ -473,8 +476,35 @@ def test_a_dataset_saved_before_the_best_quotes_names_what_to_rematerialize(
     built: Callable[..., Built], tmp_path: Path
 ) -> None:
     config, data, _ = built()
-    save_dataset([data], tmp_path)
+    save_dataset([data], tmp_path, config)
     np.testing.assert_array_equal(load_dataset(tmp_path, config).quotes, data.quotes)
     (tmp_path / "quotes.npy").unlink()
     with pytest.raises(FileNotFoundError, match="re-materialize book_tensors and training_dataset"):
         load_dataset(tmp_path, config)
+
+
+def test_the_typed_report_survives_its_json_and_reads_reports_of_earlier_versions(built) -> None:
+    """metrics.json keeps its layout: what to_json writes, from_json reads back into the same report,
+    and an entry written before the fee sensitivity and the per-predictor capture still loads."""
+    import json
+
+    from bmlt_assets.core.evaluation import oracle_for
+
+    config, data, _ = built()
+    oracle = oracle_for(SyntheticMarketResource.for_config(config).market(), config.target, data)
+    logits = np.random.default_rng(5).normal(size=(len(data.parts["test"]), len(data.horizons), data.n_classes))
+    costs = config.evaluation.model_copy(update={"fee_bps": 1.0})
+    uncalibrated = [Calibration.identity(data.n_classes)] * len(data.horizons)
+    report = EvaluationReport(evaluate(data, logits, uncalibrated, oracle, costs, 10.0, labels=config.labels))
+    saved = json.loads(json.dumps(report.to_json()))  # through text, as metrics.json
+    assert EvaluationReport.from_json(saved) == report
+    entry = saved["report"][0]
+    assert saved["horizons_s"] == config.labels.horizons_s and entry["horizon_s"] == 30
+    assert set(entry["metrics"]) == {"model", "prior", "persistence", "logistic_obi", "oracle"}
+    assert entry["capture"] == entry["capture_by_predictor"]["model"] and isinstance(entry["leak_suspected"], bool)
+    assert set(entry["log_loss_differences"]) == {f"model_minus_{n}" for n in entry["metrics"] if n != "model"}
+
+    earlier = {key: value for key, value in entry.items() if key not in ("pnl_by_fee", "capture_by_predictor")}
+    legacy = HorizonReport.from_json(earlier)
+    assert legacy.pnl_by_fee == [] and legacy.capture == report.horizons[0].capture
+    assert legacy.predictors["prior"].capture is None and legacy.model_minus == report.horizons[0].model_minus

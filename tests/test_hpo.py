@@ -13,7 +13,8 @@ from bmlt_assets.core.dataset import build_dataset
 from bmlt_assets.core.tuning import study_name, study_storage, tune, with_params
 from bmlt_assets.definitions import INGEST_ASSETS, TRAINING_ASSETS, build_resources
 from bmlt_assets.partitions import range_tags
-from tests.helpers import synthetic_days, write_config
+from bmlt_assets.training.workflow import fit
+from tests.helpers import stored_dataset, synthetic_days, tracked_run, write_config
 
 # A learning rate of 30 diverges: with the threshold pruner those trials stop after one epoch.
 SPACE = {
@@ -88,6 +89,30 @@ def test_search_space_paths_are_validated(tmp_path: Path) -> None:
         load_config(write_config(tmp_path, {"hpo": typo}))
 
 
+def test_the_fit_logs_each_trial_as_a_nested_run_of_its_run(tmp_path: Path) -> None:
+    """Tuning in the training workflow, as a plain function call: the trials are nested runs of the
+    fit's run, the best values are logged and the latest model is trained with them."""
+    config = load_config(write_config(tmp_path, {"hpo": {**HPO, "n_trials": 3}}))
+    storage = stored_dataset(config)
+    tracker = tracked_run(config)
+    fitted = fit(config, storage.require(storage.dataset, "training_dataset"), tracker=tracker, storage=storage)
+    assert fitted.tuning is not None and fitted.tuning.trials == 3
+    assert fitted.config == with_params(config, fitted.tuning.best_params)
+    assert fitted.result.model.lstm.hidden_size == fitted.tuning.best_params["model.lstm_hidden"]
+
+    runs = tracker.client.search_runs([tracker.client.get_run(tracker.run_id).info.experiment_id])
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == tracker.run_id]
+    assert len(children) == 3 and len(runs) == 4
+    assert sorted(r.data.tags["optuna.trial"] for r in children) == ["0", "1", "2"]
+    assert {r.data.tags["optuna.state"] for r in children} <= {"COMPLETE", "PRUNED"}
+    parent = tracker.client.get_run(tracker.run_id)
+    assert parent.data.params["hpo.best.training.learning_rate"] == str(
+        fitted.tuning.best_params["training.learning_rate"]
+    )
+    assert parent.data.metrics["hpo_trials"] == 3
+
+
+@pytest.mark.slow  # the same through Dagster: the asset's wiring of the workflow
 def test_trained_model_logs_each_trial_as_a_nested_run(tmp_path: Path) -> None:
     path = write_config(tmp_path, {"hpo": {**HPO, "n_trials": 3}})
     config = load_config(path)

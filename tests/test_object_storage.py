@@ -243,7 +243,7 @@ def test_snapshots_round_trip_through_s3(tmp_path: Path, s3: S3) -> None:
         ALL_ASSETS, selection=INGEST_ASSETS[:1], resources=build_resources(path), partition_key=DAY.isoformat()
     ).success
     storage = StorageResource.for_config(load_config(path))
-    frame = read_parquet(storage.require(storage.snapshots(DAY), "orderbook_snapshots", DAY))
+    frame = read_parquet(storage.require_file(storage.snapshots(DAY), "orderbook_snapshots", DAY))
     assert frame["symbol"].unique().sort().to_list() == ["BTC/USDT", "ETH/USDT"]
     assert json.loads(storage.snapshot_check(DAY).read_text())["passed"] is True
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
+from bmlt_assets.core.evaluation_report import HorizonReport, Interval
 from bmlt_assets.core.promotion import gate, incomparability, promotion_verdict
+from tests.helpers import report_entry
 
-BETTER = {"mean": -0.05, "low": -0.08, "high": -0.02}
-TIED = {"mean": -0.01, "low": -0.04, "high": 0.01}
+BETTER = Interval(mean=-0.05, low=-0.08, high=-0.02)
+TIED = Interval(mean=-0.01, low=-0.04, high=0.01)
 
 
 def test_beating_every_baseline_with_no_champion_promotes() -> None:
@@ -27,7 +30,7 @@ def test_a_baseline_within_noise_blocks_promotion_and_says_which() -> None:
 
 def test_the_champion_must_be_beaten_beyond_noise() -> None:
     assert promotion_verdict({"prior": BETTER}, BETTER, ece=0.02, max_ece=0.05).promote
-    worse = promotion_verdict({"prior": BETTER}, {"mean": 0.03, "low": 0.01, "high": 0.05}, ece=0.02, max_ece=0.05)
+    worse = promotion_verdict({"prior": BETTER}, Interval(mean=0.03, low=0.01, high=0.05), ece=0.02, max_ece=0.05)
     assert not worse.promote and "champion" in worse.reasons[0]
 
 
@@ -36,16 +39,18 @@ def test_a_miscalibrated_challenger_is_not_promoted() -> None:
     assert not verdict.promote and verdict.reasons == ["ECE 0.0800 is not below 0.0500"]
 
 
-def _entry(vs_champion: dict, leak: bool = False, horizon_steps: int = 10) -> dict:
-    """One horizon of an evaluation report, as the gate reads it."""
-    differences = {f"model_minus_{b}": BETTER for b in ("prior", "persistence", "logistic_obi")}
-    return {
+def _entry(vs_champion: Interval, leak: bool = False, horizon_steps: int = 10) -> HorizonReport:
+    """One horizon of an evaluation report: well calibrated, better than every baseline."""
+    entry = report_entry()
+    entry |= {
         "horizon_steps": horizon_steps,
         "horizon_s": horizon_steps * 2,  # a 2 s cadence: reasons speak in seconds, never in steps
-        "log_loss_differences": {**differences, "model_minus_champion": vs_champion},
-        "metrics": {"model": {"ece": 0.01}},
         "leak_suspected": leak,
     }
+    entry["metrics"]["model"] = {**entry["metrics"]["model"], "ece": 0.01}
+    differences = {f"model_minus_{b}": asdict(BETTER) for b in ("prior", "persistence", "logistic_obi", "oracle")}
+    entry["log_loss_differences"] = {**differences, "model_minus_champion": asdict(vs_champion)}
+    return HorizonReport.from_json(entry)
 
 
 def test_a_leak_flagged_challenger_with_better_numbers_is_refused() -> None:
@@ -58,7 +63,7 @@ def test_a_leak_flagged_challenger_with_better_numbers_is_refused() -> None:
 
 
 def test_a_stronger_champion_refuses_the_challenger() -> None:
-    stronger = {"mean": 0.04, "low": 0.02, "high": 0.06}  # challenger minus champion: worse
+    stronger = Interval(mean=0.04, low=0.02, high=0.06)  # challenger minus champion: worse
     verdict = gate([_entry(BETTER), _entry(stronger, horizon_steps=30)], True, True, 0.05, "")
     assert not verdict.promote
     assert (

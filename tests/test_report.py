@@ -8,105 +8,31 @@ from typing import Any
 
 import pytest
 
-from bmlt_assets.core.report import markdown, write_report
+from bmlt_assets.core.evaluation_report import EvaluationReport, HorizonReport
+from bmlt_assets.core.promotion import Verdict
+from bmlt_assets.core.report import FrontMatter, markdown, write_report
+from tests.helpers import BETTER, TIED, report_entry
 
-DAY_NS = 86_400 * 10**9
-START_NS = 1_736_208_000 * 10**9  # 2025-01-07 00:00:00 UTC
-BETTER = {"mean": -0.05, "low": -0.08, "high": -0.02, "block_length": 3}
-TIED = {"mean": -0.02, "low": -0.0432, "high": 0.0012, "block_length": 3}
-WORSE = {"mean": 0.1, "low": 0.05, "high": 0.2, "block_length": 3}
-METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "mcc", "log_loss", "brier", "ece", "directional_accuracy")
-PREDICTORS = ("model", "prior", "persistence", "logistic_obi", "oracle")
-FRONT = {
-    "model": "bmlt-synthetic-default",
-    "version": "7",
-    "aliases": ["challenger", "champion"],
-    "run_id": "0123abcd",
-    "run_url": "http://127.0.0.1:5000/#/experiments/1/runs/0123abcd",
-    "config_name": "synthetic-default",
-    "config_path": "/work/configs/default.yaml",
-    "commit": "deadbeefcafe",
-    "data_range": "2025-01-06 to 2025-01-07 (2 days)",
-    "verdict": {
-        "promote": False,
-        "reasons": ["30 s: does not beat logistic_obi: log-loss difference (challenger minus it) CI [-0.0432, 0.0012]"],
-        "note": "no champion yet",
-    },
-}
+FRONT = FrontMatter(
+    model="bmlt-synthetic-default",
+    version="7",
+    aliases=["challenger", "champion"],
+    run_id="0123abcd",
+    run_url="http://127.0.0.1:5000/#/experiments/1/runs/0123abcd",
+    config_name="synthetic-default",
+    config_path="/work/configs/default.yaml",
+    commit="deadbeefcafe",
+    data_range="2025-01-06 to 2025-01-07 (2 days)",
+    verdict=Verdict(
+        False, ["30 s: does not beat logistic_obi: log-loss difference (challenger minus it) CI [-0.0432, 0.0012]"]
+    ),
+    verdict_note="no champion yet",
+)
 
 
-def synthetic_report(
-    ece_before: float = 0.05,
-    ece_after: float = 0.02,
-    vs_logistic: dict[str, float] = TIED,
-    days: float = 10.0,
-    volatility_scaled: bool = True,
-) -> list[dict[str, Any]]:
-    """One 30 s horizon, shaped as ``evaluate`` makes it, with chosen calibration, tie and window."""
-    edges_sigma = [-2.0, -1.1, -0.45, 0.0, 0.45, 1.1, 2.0]
-    classes: dict[str, Any] = {"kind": "quantile", "edges_bps": [e * 10.0 for e in edges_sigma]}
-    if volatility_scaled:
-        classes = {"kind": "volatility_scaled", "edges_bps": classes["edges_bps"], "edges_sigma": edges_sigma}
-        classes["sigma_bps_median"] = 10.0
-    first, last = START_NS, START_NS + int(days * DAY_NS)
-    pnl = {
-        "trades": 3,
-        "hit_rate": 0.5,
-        "mean_return_bps": 1.25,
-        "total_return_bps": 3.75,
-        "costs_bps": 6.0,
-        "sharpe_annualized": 1.5,
-        "max_drawdown_bps": 2.0,
-        "turnover_per_day": 10.0,
-    }
-    interval = {"mean": 1.9, "low": 1.85, "high": 1.95, "block_length": 3}
-    return [
-        {
-            "horizon_steps": 30,
-            "horizon_s": 30,
-            "samples": 500,
-            "test_period": {"first_ns": first, "last_ns": last},
-            "costs": {
-                "fee_bps_per_side": 1.0,
-                "half_spread_per_side": True,
-                "median_spread_bps": 1.2,
-                "pnl_threshold": 0.6,
-            },
-            "classes": classes,
-            "metrics": {p: dict.fromkeys(METRICS, 0.25) | {"log_loss": 1.9} for p in PREDICTORS},
-            "intervals": {p: {"accuracy": interval, "log_loss": interval} for p in PREDICTORS},
-            "log_loss_differences": {
-                "model_minus_prior": BETTER,
-                "model_minus_persistence": BETTER,
-                "model_minus_logistic_obi": vs_logistic,
-                "model_minus_oracle": WORSE,
-            },
-            "calibration": {
-                "temperature": 1.3,
-                "bias": [0.1, -0.05, -0.05],
-                "bins": "15 equal-width top-label confidence bins",
-                "before": {"ece": ece_before, "log_loss": 1.95},
-                "after": {"ece": ece_after, "log_loss": 1.9},
-                "reliability": [{"predicted": [0.1, 0.3], "observed": [0.12, 0.28]}] * 8,
-            },
-            "confusion": [[10 if i == j else 1 for j in range(8)] for i in range(8)],
-            "class_distribution": {"realized": [17] * 8, "predicted": [17] * 8},
-            "pnl": dict.fromkeys(PREDICTORS, pnl),
-            "equity": {
-                p: {
-                    "steps": [3, 90, 200],
-                    "timestamps_ns": [first + k * (last - first) // 4 for k in (1, 2, 3)],
-                    "equity_bps": [1.0, -0.5, 3.75],
-                }
-                for p in PREDICTORS
-            },
-            "regimes": {r: {"samples": 166, "accuracy": 0.25, "log_loss": 1.9} for r in ("low", "mid", "high")},
-            "beats_baselines": False,
-            "capture": {"accuracy_capture": 0.5, "logloss_capture": 0.4},
-            "capture_by_predictor": {p: {"accuracy_capture": 0.5, "logloss_capture": 0.4} for p in PREDICTORS},
-            "leak_suspected": False,
-        }
-    ]
+def synthetic_report(**options: Any) -> EvaluationReport:
+    """One 30 s horizon (``report_entry``'s options), read from metrics.json's layout."""
+    return EvaluationReport([HorizonReport.from_json(report_entry(**options))])
 
 
 def _warnings(text: str) -> list[str]:
@@ -114,7 +40,7 @@ def _warnings(text: str) -> list[str]:
 
 
 def test_the_front_matter_comes_first_then_headline_figures_and_details(tmp_path: Path) -> None:
-    write_report(tmp_path, synthetic_report(), [30], "Evaluation", front_matter=FRONT)
+    write_report(tmp_path, synthetic_report(), "Evaluation", front_matter=FRONT)
     text = (tmp_path / "report.md").read_text(encoding="utf-8")
     for row in (
         "| model | bmlt-synthetic-default |",
@@ -129,7 +55,7 @@ def test_the_front_matter_comes_first_then_headline_figures_and_details(tmp_path
     ):
         assert row in text, row
     assert "**Verdict: NOT PROMOTED** (no champion yet). Reasons:" in text
-    assert f"- {FRONT['verdict']['reasons'][0]}" in text
+    assert FRONT.verdict is not None and f"- {FRONT.verdict.reasons[0]}" in text
     positions = [
         text.index(marker)
         for marker in ("| model |", "**Verdict:", "## Headline", "| model | 1.9000 [1.8500, 1.9500]", "## Figures")
@@ -141,30 +67,30 @@ def test_the_front_matter_comes_first_then_headline_figures_and_details(tmp_path
 
 
 def test_a_tie_a_worse_calibration_and_a_short_window_each_raise_a_warning() -> None:
-    quiet = markdown(synthetic_report(vs_logistic=BETTER), [30], "t", front_matter=FRONT)
+    quiet = markdown(synthetic_report(vs_logistic=BETTER), "t", front_matter=FRONT)
     assert _warnings(quiet) == [] and "## Warnings" not in quiet
 
-    tie = _warnings(markdown(synthetic_report(vs_logistic=TIED), [30], "t"))
+    tie = _warnings(markdown(synthetic_report(vs_logistic=TIED), "t"))
     assert tie == [
         "> **WARNING** 30 s: the model ties logistic_obi: the 95% CI of the log-loss difference "
         "(model minus logistic_obi) [-0.0432, 0.0012] includes 0."
     ]
-    worse = _warnings(markdown(synthetic_report(vs_logistic=BETTER, ece_before=0.021, ece_after=0.0344), [30], "t"))
+    worse = _warnings(markdown(synthetic_report(vs_logistic=BETTER, ece_before=0.021, ece_after=0.0344), "t"))
     assert worse == [
         "> **WARNING** 30 s: the validation-fitted calibration made it worse on the test part: top-label ECE rose from "
         "0.0210 (uncalibrated) to 0.0344 (calibrated); lower is better."
     ]
-    short = _warnings(markdown(synthetic_report(vs_logistic=BETTER, days=2.5), [30], "t"))
+    short = _warnings(markdown(synthetic_report(vs_logistic=BETTER, days=2.5), "t"))
     assert short == [
         "> **WARNING** The test window is short: 2.50 days (2025-01-07 00:00:00 to 2025-01-09 12:00:00 UTC), "
         "under 7 days: intervals and P&L are noisy."
     ]
-    everything = _warnings(markdown(synthetic_report(ece_after=0.09, days=1.0), [30], "t"))
+    everything = _warnings(markdown(synthetic_report(ece_after=0.09, days=1.0), "t"))
     assert len(everything) == 3
 
 
 def test_the_comparison_cannot_be_read_backwards() -> None:
-    text = markdown(synthetic_report(vs_logistic=TIED), [30], "t")
+    text = markdown(synthetic_report(vs_logistic=TIED), "t")
     assert "does NOT beat every baseline" not in text
     assert (
         "The model beats prior (CI [-0.0800, -0.0200] entirely below 0) and persistence (CI [-0.0800, -0.0200] "
@@ -176,7 +102,7 @@ def test_the_comparison_cannot_be_read_backwards() -> None:
 
 @pytest.mark.parametrize("volatility_scaled", [True, False])
 def test_classes_read_as_return_ranges(volatility_scaled: bool) -> None:
-    text = markdown(synthetic_report(volatility_scaled=volatility_scaled), [30], "t")
+    text = markdown(synthetic_report(volatility_scaled=volatility_scaled), "t")
     assert "p0" not in text and "| r0 |" not in text
     if volatility_scaled:
         assert "| 2 | [-1.1σ, -0.45σ) | [-11.0, -4.5) bps | 17 | 17 |" in text
@@ -188,7 +114,7 @@ def test_classes_read_as_return_ranges(volatility_scaled: bool) -> None:
 
 
 def test_every_column_has_a_unit(tmp_path: Path) -> None:
-    text = markdown(synthetic_report(), [30], "t", front_matter=FRONT)
+    text = markdown(synthetic_report(), "t", front_matter=FRONT)
     headers = [line for line, below in zip(text.splitlines(), text.splitlines()[1:]) if below.startswith("|---")]
     assert len(headers) >= 8
     labels = {"field", "value", "reading", "comparator", "class"}  # row labels and words, not quantities

@@ -64,7 +64,7 @@ def rendered(html: str, folder: Path) -> tuple[dict[str, int], np.ndarray]:
 
 
 def test_report_html_loads_every_image_and_is_not_blank(tmp_path: Path) -> None:
-    write_report(tmp_path, synthetic_report(), [30], "Evaluation of a synthetic report", front_matter=FRONT)
+    write_report(tmp_path, synthetic_report(), "Evaluation of a synthetic report", front_matter=FRONT)
     seen, screen = rendered((tmp_path / "report.html").read_text(encoding="utf-8"), tmp_path)
     assert seen["images"] == 4  # equity, reliability, confusion, classes
     assert seen["images-loaded"] == seen["images"], seen
@@ -76,7 +76,7 @@ def test_report_html_loads_every_image_and_is_not_blank(tmp_path: Path) -> None:
 def test_the_probe_sees_a_broken_image_and_a_blank_page(tmp_path: Path) -> None:
     """The checks above can fail: an image that is not embedded (a file name beside a copied
     page) or not a PNG does not load; an empty page has no text and no ink."""
-    write_report(tmp_path, synthetic_report(), [30], "t", front_matter=FRONT)
+    write_report(tmp_path, synthetic_report(), "t", front_matter=FRONT)
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
     broken = re.sub(r'src="data:image/png;base64,[^"]*"', 'src="equity_30s_elsewhere.png"', page, count=1)
     broken = re.sub(r'src="data:image/png;base64,[^"]*"', 'src="data:image/png;base64,bm90IGEgcG5n"', broken, count=1)

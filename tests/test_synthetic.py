@@ -140,7 +140,7 @@ def test_the_oracle_uses_every_observed_reading_and_return() -> None:
     readings_only.observed_log_mids = lambda date, symbol: np.full(readings_only.n, np.nan)
     _, _, without_returns = _oracle_day(readings_only, HELD_OUT, horizon)
     gain = mean_interval(_log_loss(probabilities, classes) - _log_loss(without_returns, classes), horizon)
-    assert gain["high"] < 0  # the returns carry information the old oracle left out
+    assert gain.high < 0  # the returns carry information the old oracle left out
 
 
 def test_a_richer_feasible_predictor_does_not_beat_the_oracle_and_the_leak_alarm_knows_a_cheat() -> None:
@@ -171,8 +171,8 @@ def test_a_richer_feasible_predictor_does_not_beat_the_oracle_and_the_leak_alarm
     predicted = np.zeros_like(oracle)
     predicted[:, richer.classes_] = richer.predict_proba(features(HELD_OUT, steps, oracle))
     richer_vs_oracle = mean_interval(_log_loss(predicted, classes) - _log_loss(oracle, classes), horizon)
-    assert not richer_vs_oracle["high"] < -LEAK_TOLERANCE  # no edge beyond noise: the leak alarm stays quiet
+    assert not richer_vs_oracle.high < -LEAK_TOLERANCE  # no edge beyond noise: the leak alarm stays quiet
 
     cheat = np.full_like(oracle, 0.1 / (oracle.shape[1] - 1))
     cheat[np.arange(len(classes)), classes] = 0.9  # a model that saw the realized class
-    assert mean_interval(_log_loss(cheat, classes) - _log_loss(oracle, classes), horizon)["high"] < -LEAK_TOLERANCE
+    assert mean_interval(_log_loss(cheat, classes) - _log_loss(oracle, classes), horizon).high < -LEAK_TOLERANCE

@@ -49,3 +49,27 @@ def test_the_kept_model_is_the_moving_average_of_the_weights(tiny_config: Platfo
     assert latest_losses == pytest.approx(plain_losses, rel=1e-5)
     assert not np.allclose(averaged, plain, atol=1e-3)
     assert averaged_losses != pytest.approx(plain_losses, rel=1e-4)
+
+
+def test_the_resume_state_round_trips_and_is_refused_under_another_key(tiny_config: PlatformConfig, tmp_path) -> None:
+    """One TrainState object: what it saves, it loads back; another run's key finds nothing to resume."""
+    import torch
+
+    from bmlt_assets.core.train import EpochRecord, Progress, TrainState
+
+    history = [EpochRecord(1, 2.0, 1.9, [0.3], 1.5, 100.0), EpochRecord(2, 1.8, 1.95, [0.31], 1.4, 110.0)]
+    progress = Progress(2, 1.9, {"w": torch.ones(2)}, 1, 1, False, history)
+    state = TrainState(
+        "key-a", progress, {"w": torch.zeros(2)}, None, {"lr": 0.1}, {"last_epoch": 4}, torch.get_rng_state()
+    )
+    state.save(tmp_path / "state.pt")
+    loaded = TrainState.load(tmp_path / "state.pt", "key-a")
+    assert loaded is not None
+    assert loaded.progress.history == history and loaded.progress.epoch == 2 and loaded.progress.best_epoch == 1
+    assert torch.equal(loaded.progress.best_state["w"], torch.ones(2)) and torch.equal(
+        loaded.model["w"], torch.zeros(2)
+    )
+    assert (loaded.optimizer, loaded.schedule, loaded.averaged) == ({"lr": 0.1}, {"last_epoch": 4}, None)
+    assert torch.equal(loaded.torch_rng, state.torch_rng)
+    assert TrainState.load(tmp_path / "state.pt", "key-b") is None
+    assert TrainState.load(tmp_path / "absent.pt", "key-a") is None

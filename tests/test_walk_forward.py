@@ -14,7 +14,7 @@ from bmlt_assets.core.splits import purge_limit, walk_forward_splits
 from bmlt_assets.definitions import INGEST_ASSETS, TRAINING_ASSETS, build_resources
 from bmlt_assets.partitions import range_tags
 from bmlt_resources.storage import StorageResource
-from tests.helpers import write_config
+from tests.helpers import stored_dataset, tracked_run, write_config
 
 WINDOW, HORIZON, EMBARGO = 10, 5, 2
 
@@ -73,11 +73,11 @@ def test_walk_forward_trains_a_model_per_fold_and_reports_over_time(tmp_path: Pa
     assert "## Walk-forward: performance over time" in markdown and "| mean |" in markdown
 
 
-@pytest.mark.slow  # a study and a model per fold: about 12 s
+@pytest.mark.slow  # a study and a model per fold: about 11 s
 def test_walk_forward_tuning_is_nested(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each fold's hyper-parameters come only from data before that fold's test part."""
-    import bmlt_assets.training
-    from bmlt_assets.core.checkpoint import load_checkpoint
+    """Each fold's hyper-parameters come only from data before that fold's test part, and each
+    fold's model is built with its own fold's best values: the workflow as a plain function call."""
+    from bmlt_assets.training import workflow
 
     hpo = {
         "enabled": True,
@@ -87,10 +87,9 @@ def test_walk_forward_tuning_is_nested(tmp_path: Path, monkeypatch: pytest.Monke
         "search_space": {"model.lstm_hidden": {"type": "int", "low": 4, "high": 12, "step": 4}},
     }
     split = {"split": "walk_forward", "folds": 2, "val_fraction": 0.15, "test_fraction": 0.2}
-    path = write_config(tmp_path, {"dataset": split, "hpo": hpo, "training": {"epochs": 1}})
-    config = load_config(path)
+    config = load_config(write_config(tmp_path, {"dataset": split, "hpo": hpo, "training": {"epochs": 1}}))
     seen = []
-    real_tune = bmlt_assets.training.tune
+    real_tune = workflow.tune
 
     def spy(config, data, storage, logger, name):
         tuned_on = np.concatenate([data.parts["train"].steps, data.parts["val"].steps])
@@ -99,21 +98,17 @@ def test_walk_forward_tuning_is_nested(tmp_path: Path, monkeypatch: pytest.Monke
         seen[-1]["best"] = result.best_params["model.lstm_hidden"]
         return result
 
-    monkeypatch.setattr(bmlt_assets.training, "tune", spy)
-    assets, instance = INGEST_ASSETS + TRAINING_ASSETS, dg.DagsterInstance.ephemeral()
-    tags = range_tags(config.data.start_date, config.data.end_date)
-    assert dg.materialize(
-        assets, selection=INGEST_ASSETS, resources=build_resources(path), instance=instance, tags=tags
-    ).success
-    result = dg.materialize(assets, selection=TRAINING_ASSETS[:2], resources=build_resources(path), instance=instance)
-    assert result.success
+    monkeypatch.setattr(workflow, "tune", spy)
+    storage = stored_dataset(config)
+    dataset_dir = storage.require(storage.dataset, "training_dataset")
+    fitted = workflow.fit(config, dataset_dir, tracker=tracked_run(config), storage=storage, data_fingerprint="data-a")
 
     assert len(seen) == 2 and seen[0]["name"] != seen[1]["name"]  # one study per fold
     assert seen[0]["test_first"] < seen[1]["test_first"]  # oldest fold first
     for fold in seen:
         assert fold["last_tuned"] < fold["test_first"]  # tuned on its own past only
     assert seen[0]["last_tuned"] < seen[1]["test_first"]
-    storage = StorageResource.for_config(config)
-    for k, fold in enumerate(seen):  # each fold's model is built with its own fold's best values
-        checkpoint = storage.model / ("checkpoint.pt" if k == 1 else "fold0/checkpoint.pt")
-        assert load_checkpoint(checkpoint)[2]["model"]["lstm_hidden"] == fold["best"]
+    (earlier,) = fitted.earlier
+    for model, fold in ((earlier.model, seen[0]), (fitted.result.model, seen[1])):
+        assert model.lstm.hidden_size == fold["best"]  # built with its own fold's best value
+    assert fitted.config.model.lstm_hidden == seen[1]["best"] and fitted.tuning is not None

@@ -46,7 +46,7 @@ def test_the_dataset_memory_maps_the_base_array_and_never_copies_it(
     tmp_path: Path, tiny_config: PlatformConfig
 ) -> None:
     data = build_dataset(synthetic_days(tiny_config), tiny_config)
-    save_dataset([data], tmp_path)
+    save_dataset([data], tmp_path, tiny_config)
     loaded = load_dataset(tmp_path, tiny_config)
     assert isinstance(loaded.source.base, np.memmap) and Path(loaded.source.base.filename) == tmp_path / "base.npy"
     steps = loaded.parts["train"].steps[:64]
@@ -83,11 +83,11 @@ def test_rolling_normalization_uses_past_data_only() -> None:
 
 def test_memory_plan_matches_the_arrays(tiny_config: PlatformConfig) -> None:
     plan = memory_plan(tiny_config)
-    day = synthetic_days(tiny_config)[0]
-    assert plan["base_tensor_bytes_per_day"] == day["base"].nbytes
-    assert plan["dataset_base_bytes"] == day["base"].nbytes * len(tiny_config.data.dates)
+    day = synthetic_days(tiny_config)[0].tensors
+    assert plan["base_tensor_bytes_per_day"] == day.base.nbytes
+    assert plan["dataset_base_bytes"] == day.base.nbytes * len(tiny_config.data.dates)
     assert plan["companion_bytes_per_day"] == sum(
-        day[name].nbytes for name in ("mids", "quotes", "valid", "timestamps")
+        getattr(day, name).nbytes for name in ("mids", "quotes", "valid", "timestamps")
     )
     window = tiny_config.dataset.window_steps
-    assert plan["batch_bytes"] == tiny_config.training.batch_size * window * day["base"][0].nbytes
+    assert plan["batch_bytes"] == tiny_config.training.batch_size * window * day.base[0].nbytes

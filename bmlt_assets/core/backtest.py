@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bmlt_assets.core.evaluation_report import Pnl
+
 SECONDS_PER_YEAR = 365.25 * 86_400
 
 
@@ -35,22 +37,22 @@ class Backtest:
     def equity(self) -> np.ndarray:
         return np.cumsum(self.net)
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> Pnl:
         net = self.net
         trades = len(net)
         equity = np.concatenate([[0.0], self.equity])
         per_year = trades / self.span_s * SECONDS_PER_YEAR if self.span_s > 0 else 0.0
         std = net.std(ddof=1) if trades > 1 else 0.0
-        return {
-            "trades": trades,
-            "hit_rate": float((net > 0).mean()) if trades else 0.0,
-            "mean_return_bps": float(net.mean() * 1e4) if trades else 0.0,
-            "total_return_bps": float(net.sum() * 1e4),
-            "sharpe_annualized": float(net.mean() / std * np.sqrt(per_year)) if std > 0 else 0.0,
-            "max_drawdown_bps": float((np.maximum.accumulate(equity) - equity).max() * 1e4),
-            "turnover_per_day": float(2 * trades / (self.span_s / 86_400)) if self.span_s > 0 else 0.0,
-            "costs_bps": float(self.costs.sum() * 1e4),
-        }
+        return Pnl(
+            trades=trades,
+            hit_rate=float((net > 0).mean()) if trades else 0.0,
+            mean_return_bps=float(net.mean() * 1e4) if trades else 0.0,
+            total_return_bps=float(net.sum() * 1e4),
+            costs_bps=float(self.costs.sum() * 1e4),
+            sharpe_annualized=float(net.mean() / std * np.sqrt(per_year)) if std > 0 else 0.0,
+            max_drawdown_bps=float((np.maximum.accumulate(equity) - equity).max() * 1e4),
+            turnover_per_day=float(2 * trades / (self.span_s / 86_400)) if self.span_s > 0 else 0.0,
+        )
 
 
 def direction_masses(probabilities: np.ndarray, up: np.ndarray, down: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

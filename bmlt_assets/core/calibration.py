@@ -20,6 +20,7 @@ from scipy.special import softmax
 from sklearn.calibration import calibration_curve
 
 from bmlt_assets.core.dataset import TrainingData
+from bmlt_assets.core.evaluation_report import ReliabilityCurve
 from bmlt_assets.core.train import predict_logits
 
 ECE_BINS = 15
@@ -42,12 +43,12 @@ def expected_calibration_error(probabilities: np.ndarray, classes: np.ndarray, b
     return float(total)
 
 
-def reliability_curves(probabilities: np.ndarray, classes: np.ndarray, bins: int = 10) -> list[dict[str, list[float]]]:
+def reliability_curves(probabilities: np.ndarray, classes: np.ndarray, bins: int = 10) -> list[ReliabilityCurve]:
     """One-vs-rest reliability curve per class (quantile bins, so each holds data)."""
     curves = []
     for c in range(probabilities.shape[1]):
         observed, predicted = calibration_curve(classes == c, probabilities[:, c], n_bins=bins, strategy="quantile")
-        curves.append({"predicted": predicted.tolist(), "observed": observed.tolist()})
+        curves.append(ReliabilityCurve(predicted.tolist(), observed.tolist()))
     return curves
 
 

@@ -1,12 +1,12 @@
 """A trained model on disk: weights, the training part's normalization and the spec to rebuild it.
 
 The spec names everything scoring needs (inputs, heads, calibration), so a checkpoint scores
-raw windows on its own; ``bmlt_assets.scoring`` wraps it as the MLflow pyfunc.
+raw windows on its own; ``bmlt_resources.pyfunc`` wraps it as the MLflow pyfunc.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,32 @@ import torch
 from bmlt_assets.core.calibration import Calibration
 from bmlt_assets.core.config import ModelConfig, PlatformConfig
 from bmlt_assets.core.dataset import TrainingData
+from bmlt_assets.core.files import META, StoredPath, read_meta, write_json
 from bmlt_assets.core.models import OrderBookClassifier
 from bmlt_assets.core.windows import Normalizer
 
 CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """The model folder's meta.json: the model's spec, and where it is registered. Written inside
+    the folder's commit, after the registration, so that a committed model names its registry entry."""
+
+    spec: dict[str, Any]
+    best_epoch: int
+    registered_version: str
+    mlflow_run_id: str = ""  # absent from folders of early versions
+    model_uri: str = ""
+
+    def save(self, folder: Path) -> None:
+        write_json(asdict(self), folder / META)
+
+    @classmethod
+    def load(cls, folder: StoredPath) -> ModelMeta:
+        """From a committed model folder (its commit added file hashes, which are not ours)."""
+        meta = read_meta(folder)
+        return cls(**{f.name: meta[f.name] for f in fields(cls) if f.name in meta})
 
 
 def model_spec(config: PlatformConfig, data: TrainingData, calibration: list[Calibration]) -> dict[str, Any]:

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from bmlt_assets.core.config import PlatformConfig
-from bmlt_assets.core.files import load_arrays, save_arrays
+from bmlt_assets.core.days import DayReturns, DayTensors, LabelledDay
+from bmlt_assets.core.files import META, load_arrays, save_arrays, write_json
 from bmlt_assets.core.labels import class_edges, classify
 from bmlt_assets.core.splits import PARTS, Split, chronological_split, eligible_steps, walk_forward_splits
 from bmlt_assets.core.windows import Normalizer, WindowSource
@@ -56,14 +57,12 @@ def fold_count(config: PlatformConfig) -> int:
     return config.dataset.folds if config.dataset.split == "walk_forward" else 1
 
 
-def build_folds(days: list[dict[str, np.ndarray]], config: PlatformConfig) -> list[TrainingData]:
-    """Join per-day arrays (tensors + returns, consecutive dates) and split them: one dataset per
-    fold, oldest first (a chronological split is a single fold). All folds share the grid arrays;
-    each has its own parts, class edges and normalizer, fitted on its own training part."""
-    joined = {
-        name: np.concatenate([day[name] for day in days])
-        for name in ("base", "mids", "quotes", "valid", "timestamps", "returns", "volatility")
-    }
+def build_folds(days: list[LabelledDay], config: PlatformConfig) -> list[TrainingData]:
+    """Join labelled days (consecutive dates) and split them: one dataset per fold, oldest first
+    (a chronological split is a single fold). All folds share the grid arrays; each has its own
+    parts, class edges and normalizer, fitted on its own training part."""
+    joined = {name: np.concatenate([getattr(day.tensors, name) for day in days]) for name in DayTensors.ARRAYS}
+    joined |= {name: np.concatenate([getattr(day.returns, name) for day in days]) for name in DayReturns.ARRAYS}
     target = config.data.symbols.index(config.target)
     returns = joined["returns"][:, :, target]
     volatility = joined["volatility"][:, target]
@@ -86,7 +85,7 @@ def build_folds(days: list[dict[str, np.ndarray]], config: PlatformConfig) -> li
     return folds
 
 
-def build_dataset(days: list[dict[str, np.ndarray]], config: PlatformConfig) -> TrainingData:
+def build_dataset(days: list[LabelledDay], config: PlatformConfig) -> TrainingData:
     """The dataset of the latest fold: the only one of a chronological split."""
     return build_folds(days, config)[-1]
 
@@ -139,8 +138,9 @@ def _fold(
     )
 
 
-def save_dataset(folds: list[TrainingData], directory: Path) -> None:
-    """The grid arrays once, then each fold's normalizer and parts under a ``fold<k>_`` prefix."""
+def save_dataset(folds: list[TrainingData], directory: Path, config: PlatformConfig) -> None:
+    """The grid arrays once, then each fold's normalizer and parts under a ``fold<k>_`` prefix,
+    and the meta.json: the config it was built with, the grid's shape and the number of folds."""
     grid = folds[-1].source
     arrays = {"base": grid.base, "mids": grid.mids, "quotes": folds[-1].quotes, "timestamps": grid.timestamps}
     for k, data in enumerate(folds):
@@ -148,6 +148,8 @@ def save_dataset(folds: list[TrainingData], directory: Path) -> None:
         for name, part in data.parts.items():
             arrays |= {f"fold{k}_{name}_{field}": getattr(part, field) for field in PART_FIELDS}
     save_arrays(directory, arrays)
+    meta = {"config": config.model_dump(mode="json"), "shape": list(grid.base.shape), "folds": len(folds)}
+    write_json(meta, directory / META)
 
 
 def load_dataset(directory: Path, config: PlatformConfig, fold: int = -1) -> TrainingData:

@@ -1,23 +1,53 @@
 """The test-part evaluation. The test part is touched here only; everything fitted (baselines,
 regime thresholds, temperature) is fitted on the training or validation part.
 
-Per horizon: classification metrics, direction, calibration, baselines (class prior,
-persistence, logistic regression on order-book features, and the oracle on the synthetic
-market), simulated P&L after costs, block-bootstrap confidence intervals and per-regime metrics.
+Per horizon (:func:`evaluate`): the predictors compared (:func:`horizon_predictors`: the model,
+the class prior, persistence, logistic regression on order-book features, and the champion and
+the oracle where there are), each scored alike (:func:`score_predictor`: classification metrics,
+calibration, direction, block-bootstrap intervals, simulated P&L after costs), then assembled
+into one :class:`~bmlt_assets.core.evaluation_report.HorizonReport` (:func:`assemble_horizon`:
+log-loss differences, signal capture, calibration, fee sensitivity, regimes, the leak flag).
+A new predictor is one more entry in :func:`horizon_predictors`: it is then scored, compared and
+reported like the others.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 from scipy.special import softmax
 
-from bmlt_assets.core.backtest import direction_masses, run_backtest
+from bmlt_assets.core.backtest import Backtest, direction_masses, run_backtest
 from bmlt_assets.core.calibration import Calibration, expected_calibration_error, reliability_curves
-from bmlt_assets.core.config import EvaluationConfig, LabelsConfig
-from bmlt_assets.core.dataset import TrainingData
+from bmlt_assets.core.checkpoint import CHECKPOINT, load_checkpoint, spec_calibration
+from bmlt_assets.core.config import EvaluationConfig, LabelsConfig, PlatformConfig
+from bmlt_assets.core.dataset import TrainingData, fold_count, load_dataset
+from bmlt_assets.core.distributed import resolve_device
+from bmlt_assets.core.evaluation_report import (
+    BASELINES,
+    CHAMPION,
+    MODEL,
+    ORACLE,
+    CalibrationScore,
+    CalibrationSummary,
+    ClassCounts,
+    ClassRanges,
+    Costs,
+    EquityCurve,
+    EvaluationReport,
+    FoldHorizon,
+    FoldSummary,
+    HorizonReport,
+    PnlAtFee,
+    PredictorIntervals,
+    PredictorScores,
+    RegimeScores,
+    Scores,
+    TestPeriod,
+)
 from bmlt_assets.core.metrics import (
     classification_metrics,
     confusion,
@@ -29,11 +59,14 @@ from bmlt_assets.core.metrics import (
 )
 from bmlt_assets.core.representation import quoted_spread_bps
 from bmlt_assets.core.sources import Oracle
+from bmlt_assets.core.train import predict_logits
 from bmlt_assets.core.uncertainty import mean_interval
+from bmlt_assets.core.walk_forward import fold_checkpoint
 
 # (horizon index, test steps, test edges (N, C-1)) -> (N, C) probabilities
 OracleProbabilities = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
 REGIMES = ("low", "mid", "high")
+LEAK_TOLERANCE = 1e-6  # nats
 
 
 def oracle_for(oracle: Oracle | None, symbol: str, data: TrainingData) -> OracleProbabilities | None:
@@ -41,9 +74,6 @@ def oracle_for(oracle: Oracle | None, symbol: str, data: TrainingData) -> Oracle
     if oracle is None:
         return None
     return lambda i, steps, edges: oracle.oracle_at(symbol, data.source.timestamps[steps], data.horizons[i], edges)
-
-
-LEAK_TOLERANCE = 1e-6  # nats
 
 
 def direction_classes(edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -60,31 +90,223 @@ def directional_accuracy(probabilities: np.ndarray, returns: np.ndarray, up: np.
     return float((np.sign(p_up - p_down)[moved] == np.sign(returns[moved])).mean())
 
 
-def class_ranges(
-    edges: np.ndarray, volatility: np.ndarray, horizon: int, labels: LabelsConfig | None
-) -> dict[str, Any]:
+def class_ranges(edges: np.ndarray, volatility: np.ndarray, horizon: int, labels: LabelsConfig | None) -> ClassRanges:
     """What each class means as a return range over the horizon, from the test part's per-sample
     edges (N, C-1) in log-return units: the median edge in bps over the test part (constant for
     fixed and quantile edges) and, for volatility-scaled edges, the edges in units of σ, the
     trailing per-step volatility known at t times √(horizon steps)."""
-    ranges: dict[str, Any] = {
-        "kind": labels.edges if labels is not None else "unknown",
-        "edges_bps": [float(v) for v in np.median(edges, axis=0) * 1e4],
-    }
-    if labels is not None and labels.edges == "volatility_scaled":
-        ranges["edges_sigma"] = [float(v) for v in labels.volatility_edges]
-        ranges["sigma_bps_median"] = float(np.median(volatility * np.sqrt(horizon)) * 1e4)
-    return ranges
+    kind = labels.edges if labels is not None else "unknown"
+    edges_bps = [float(v) for v in np.median(edges, axis=0) * 1e4]
+    if labels is None or labels.edges != "volatility_scaled":
+        return ClassRanges(kind, edges_bps)
+    sigma_bps = float(np.median(volatility * np.sqrt(horizon)) * 1e4)
+    return ClassRanges(kind, edges_bps, [float(v) for v in labels.volatility_edges], sigma_bps)
 
 
-def purged_test_period(data: TrainingData) -> dict[str, int]:
+def purged_test_period(data: TrainingData) -> TestPeriod:
     """First and last sample timestamp (ns, UTC) of the test part."""
     steps = data.parts["test"].steps
-    return {"first_ns": int(data.source.timestamps[steps[0]]), "last_ns": int(data.source.timestamps[steps[-1]])}
+    return TestPeriod(int(data.source.timestamps[steps[0]]), int(data.source.timestamps[steps[-1]]))
 
 
 def per_sample_log_loss(probabilities: np.ndarray, classes: np.ndarray) -> np.ndarray:
     return -np.log(np.clip(probabilities[np.arange(len(classes)), classes], 1e-12, 1.0))
+
+
+@dataclass(frozen=True)
+class TestPart:
+    """What every horizon's evaluation shares: the test part, the costs of trading it, the
+    volatility regime of each sample, and the order-book features the logistic baseline reads."""
+
+    data: TrainingData
+    config: EvaluationConfig  # its fee resolved
+    cadence_s: float
+    spread_bps: np.ndarray  # quoted spread of the target at each test sample
+    costs: Costs
+    period: TestPeriod
+    regime: np.ndarray  # 0, 1, 2: the sample's volatility against the training part's terciles
+    train_features: np.ndarray
+    test_features: np.ndarray
+
+    __test__ = False  # not a pytest test class
+
+    @classmethod
+    def of(cls, data: TrainingData, config: EvaluationConfig, cadence_s: float) -> TestPart:
+        if config.fee_bps is None:
+            raise ValueError("evaluation.fee_bps is unresolved: resolve it to the market's fee first (with_market_fee)")
+        train, test = data.parts["train"], data.parts["test"]
+        # Costs and the order-book baseline read the raw best quotes, never the base array: its level 0
+        # is a bucket under ``aggregated`` and its quantities are z-scores under rolling normalization.
+        target = data.symbols.index(data.target)
+        spread_bps = quoted_spread_bps(np.asarray(data.quotes[test.steps][:, :, target], dtype=np.float64))
+        costs = Costs(config.fee_bps, True, float(np.median(spread_bps)), config.pnl_threshold)
+        regime = np.searchsorted(np.quantile(train.volatility, [1 / 3, 2 / 3]), test.volatility)
+        features = (order_book_features(data.quotes, train.steps), order_book_features(data.quotes, test.steps))
+        return cls(data, config, cadence_s, spread_bps, costs, purged_test_period(data), regime, *features)
+
+    @property
+    def fee_bps(self) -> float:
+        return self.costs.fee_bps_per_side
+
+    def backtest(self, probabilities: np.ndarray, outcomes: Outcomes, fee_bps: float) -> Backtest:
+        p_up, p_down = direction_masses(probabilities, outcomes.up, outcomes.down)
+        steps, threshold = self.data.parts["test"].steps, self.config.pnl_threshold
+        return run_backtest(
+            steps, p_up, p_down, outcomes.returns, self.spread_bps, outcomes.horizon, threshold, fee_bps, self.cadence_s
+        )
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """What happened at one horizon over the test part, and which classes mean up and down."""
+
+    horizon: int  # steps
+    classes: np.ndarray
+    returns: np.ndarray  # realized forward log returns
+    up: np.ndarray
+    down: np.ndarray
+
+    @classmethod
+    def at(cls, test: TestPart, i: int) -> Outcomes:
+        part = test.data.parts["test"]
+        up, down = direction_classes(part.edges[0, i])
+        return cls(test.data.horizons[i], part.classes[:, i], part.returns[:, i], up, down)
+
+
+def horizon_predictors(
+    test: TestPart,
+    i: int,
+    test_logits: np.ndarray,
+    calibration: list[Calibration],
+    oracle: OracleProbabilities | None,
+    champion: np.ndarray | None,
+) -> dict[str, np.ndarray]:
+    """The (N, C) test probabilities of every predictor compared at horizon ``i``: the model
+    (calibrated), the baselines (fitted on the training part), and the current champion and the
+    oracle where there are."""
+    data = test.data
+    train, part, n_classes = data.parts["train"], data.parts["test"], data.n_classes
+    predictors = {
+        MODEL: calibration[i].probabilities(test_logits[:, i]),
+        "prior": prior_probabilities(train.classes[:, i], n_classes, len(part)),
+        "persistence": persistence_probabilities(
+            train.previous[:, i], train.classes[:, i], part.previous[:, i], n_classes
+        ),
+        "logistic_obi": logistic_baseline(
+            test.train_features, train.classes[:, i], test.test_features, n_classes, test.config.logistic_max_iter
+        ),
+    }
+    if champion is not None:
+        predictors[CHAMPION] = champion[:, i]
+    if oracle is not None:
+        predictors[ORACLE] = oracle(i, part.steps, part.edges[:, i])
+    return predictors
+
+
+def score_predictor(
+    probabilities: np.ndarray, losses: np.ndarray, outcomes: Outcomes, test: TestPart
+) -> PredictorScores:
+    """One predictor's metrics, intervals, P&L and equity curve; ``losses`` its per-sample log loss."""
+    y, horizon = outcomes.classes, outcomes.horizon
+    metrics = Scores(
+        **asdict(classification_metrics(y, probabilities)),
+        ece=expected_calibration_error(probabilities, y, test.config.ece_bins),
+        directional_accuracy=directional_accuracy(probabilities, outcomes.returns, outcomes.up, outcomes.down),
+    )
+    hits = (probabilities.argmax(axis=1) == y).astype(np.float64)
+    intervals = PredictorIntervals(mean_interval(hits, horizon), mean_interval(losses, horizon))
+    trades = test.backtest(probabilities, outcomes, test.fee_bps)
+    entered = test.data.parts["test"].steps[trades.entries]
+    timestamps = [int(t) for t in test.data.source.timestamps[entered]]
+    equity = EquityCurve(entered.tolist(), timestamps, (trades.equity * 1e4).tolist())
+    return PredictorScores(metrics, intervals, trades.summary(), equity)
+
+
+def assemble_horizon(
+    test: TestPart,
+    i: int,
+    predictors: dict[str, np.ndarray],
+    uncalibrated: np.ndarray,
+    calibration: Calibration,
+    labels: LabelsConfig | None = None,
+) -> HorizonReport:
+    """Horizon ``i``'s report from its predictors' probabilities (the model's also ``uncalibrated``)."""
+    outcomes, part = Outcomes.at(test, i), test.data.parts["test"]
+    y, horizon, model = outcomes.classes, outcomes.horizon, predictors[MODEL]
+    losses = {name: per_sample_log_loss(p, y) for name, p in predictors.items()}
+    scored = {name: score_predictor(p, losses[name], outcomes, test) for name, p in predictors.items()}
+    model_minus = {name: mean_interval(losses[MODEL] - losses[name], horizon) for name in predictors if name != MODEL}
+    if ORACLE in scored:
+        prior, best = scored["prior"].metrics, scored[ORACLE].metrics
+        scored = {name: replace(s, capture=signal_capture(s.metrics, prior, best)) for name, s in scored.items()}
+    horizon_s = horizon * test.cadence_s
+    return HorizonReport(
+        horizon_steps=horizon,
+        horizon_s=int(horizon_s) if float(horizon_s).is_integer() else horizon_s,
+        samples=len(y),
+        test_period=test.period,
+        costs=test.costs,
+        classes=class_ranges(part.edges[:, i], part.volatility, horizon, labels),
+        predictors=scored,
+        model_minus=model_minus,
+        calibration=calibration_summary(calibration, uncalibrated, model, y, scored[MODEL].metrics, test.config),
+        confusion=confusion(y, model).tolist(),
+        class_distribution=ClassCounts(
+            np.bincount(y, minlength=test.data.n_classes).tolist(),
+            np.bincount(model.argmax(axis=1), minlength=test.data.n_classes).tolist(),
+        ),
+        regimes=regime_scores(model, y, losses[MODEL], test.regime),
+        beats_baselines=all(model_minus[b].below_zero for b in BASELINES),
+        pnl_by_fee=fee_sensitivity(model, outcomes, test),
+        # Beating the Bayes-optimal forecaster beyond noise means information from the future
+        # (the tolerance only absorbs floating-point ties with the oracle itself).
+        leak_suspected=model_minus[ORACLE].high < -LEAK_TOLERANCE if ORACLE in model_minus else None,
+    )
+
+
+def calibration_summary(
+    calibration: Calibration,
+    uncalibrated: np.ndarray,
+    calibrated: np.ndarray,
+    classes: np.ndarray,
+    after: Scores,
+    config: EvaluationConfig,
+) -> CalibrationSummary:
+    """The head's calibration and what it did on the test part."""
+    before = CalibrationScore(
+        expected_calibration_error(uncalibrated, classes, config.ece_bins),
+        float(per_sample_log_loss(uncalibrated, classes).mean()),
+    )
+    return CalibrationSummary(
+        temperature=calibration.temperature,
+        bias=list(calibration.bias),
+        bins=f"{config.ece_bins} equal-width top-label confidence bins",
+        before=before,
+        after=CalibrationScore(after.ece, after.log_loss),
+        reliability=reliability_curves(calibrated, classes),
+    )
+
+
+def fee_sensitivity(model: np.ndarray, outcomes: Outcomes, test: TestPart) -> list[PnlAtFee]:
+    """What the costs assumption is worth: the model's P&L at no fee, at the fee and at twice it."""
+    return [
+        PnlAtFee(**asdict(test.backtest(model, outcomes, fee).summary()), fee_bps_per_side=fee)
+        for fee in (0.0, test.fee_bps, 2 * test.fee_bps)
+    ]
+
+
+def regime_scores(
+    model: np.ndarray, classes: np.ndarray, losses: np.ndarray, regime: np.ndarray
+) -> dict[str, RegimeScores]:
+    """The model's accuracy and log loss within each volatility regime (NaN where it has no sample)."""
+    scores = {}
+    for r, label in enumerate(REGIMES):
+        inside = regime == r
+        hits = (model.argmax(axis=1) == classes)[inside]
+        accuracy = float(hits.mean()) if inside.any() else float("nan")
+        log_loss = float(losses[inside].mean()) if inside.any() else float("nan")
+        scores[label] = RegimeScores(int(inside.sum()), accuracy, log_loss)
+    return scores
 
 
 def evaluate(
@@ -96,178 +318,93 @@ def evaluate(
     cadence_s: float,
     champion: np.ndarray | None = None,
     labels: LabelsConfig | None = None,
-) -> list[dict[str, Any]]:
-    """``champion``: the current champion's (N, H, C) test probabilities, compared like a baseline;
-    ``labels``: how the class edges were made (for the classes' return ranges in the report)."""
-    if config.fee_bps is None:
-        raise ValueError("evaluation.fee_bps is unresolved: resolve it to the market's fee first (with_market_fee)")
-    fee_bps = config.fee_bps
-    train, test = data.parts["train"], data.parts["test"]
-    # Costs and the order-book baseline read the raw best quotes, never the base array: its level 0
-    # is a bucket under ``aggregated`` and its quantities are z-scores under rolling normalization.
-    train_features = order_book_features(data.quotes, train.steps)
-    test_features = order_book_features(data.quotes, test.steps)
-    target = data.symbols.index(data.target)
-    spread_bps = quoted_spread_bps(np.asarray(data.quotes[test.steps][:, :, target], dtype=np.float64))
-    costs = {
-        "fee_bps_per_side": fee_bps,
-        "half_spread_per_side": True,  # half the quoted spread at entry, paid on entry and on exit
-        "median_spread_bps": float(np.median(spread_bps)),
-        "pnl_threshold": config.pnl_threshold,
-    }
-    period = purged_test_period(data)
-    thresholds = np.quantile(train.volatility, [1 / 3, 2 / 3])
-    regime = np.searchsorted(thresholds, test.volatility)
-    report = []
-    for i, horizon in enumerate(data.horizons):
-        y, realized = test.classes[:, i], test.returns[:, i]
-        raw = softmax(test_logits[:, i].astype(np.float64), axis=1)
-        predictors = {
-            "model": calibration[i].probabilities(test_logits[:, i]),
-            "prior": prior_probabilities(train.classes[:, i], data.n_classes, len(y)),
-            "persistence": persistence_probabilities(
-                train.previous[:, i], train.classes[:, i], test.previous[:, i], data.n_classes
-            ),
-            "logistic_obi": logistic_baseline(
-                train_features, train.classes[:, i], test_features, data.n_classes, config.logistic_max_iter
-            ),
-        }
-        if champion is not None:
-            predictors["champion"] = champion[:, i]
-        if oracle is not None:
-            predictors["oracle"] = oracle(i, test.steps, test.edges[:, i])
-        up, down = direction_classes(test.edges[0, i])
-        metrics, intervals, pnl, equity = {}, {}, {}, {}
-        losses = {name: per_sample_log_loss(p, y) for name, p in predictors.items()}
-        for name, p in predictors.items():
-            metrics[name] = classification_metrics(y, p) | {
-                "ece": expected_calibration_error(p, y, config.ece_bins),
-                "directional_accuracy": directional_accuracy(p, realized, up, down),
-            }
-            hits = (p.argmax(axis=1) == y).astype(np.float64)
-            intervals[name] = {
-                "accuracy": mean_interval(hits, horizon),
-                "log_loss": mean_interval(losses[name], horizon),
-            }
-            p_up, p_down = direction_masses(p, up, down)
-            trades = run_backtest(
-                test.steps, p_up, p_down, realized, spread_bps, horizon, config.pnl_threshold, fee_bps, cadence_s
-            )
-            pnl[name] = trades.summary()
-            if name == "model":  # what the costs assumption is worth: the model's P&L at 0, 1x and 2x the fee
-                pnl_by_fee = [
-                    {"fee_bps_per_side": fee}
-                    | run_backtest(
-                        test.steps, p_up, p_down, realized, spread_bps, horizon, config.pnl_threshold, fee, cadence_s
-                    ).summary()
-                    for fee in (0.0, fee_bps, 2 * fee_bps)
-                ]
-            entered = test.steps[trades.entries]
-            equity[name] = {
-                "steps": entered.tolist(),
-                "timestamps_ns": [int(t) for t in data.source.timestamps[entered]],
-                "equity_bps": (trades.equity * 1e4).tolist(),
-            }
-        differences = {
-            f"model_minus_{name}": mean_interval(losses["model"] - losses[name], horizon)
-            for name in predictors
-            if name != "model"
-        }
-        horizon_s = horizon * cadence_s
-        entry = {
-            "horizon_steps": horizon,
-            "horizon_s": int(horizon_s) if float(horizon_s).is_integer() else horizon_s,
-            "samples": len(y),
-            "test_period": period,
-            "costs": costs,
-            "pnl_by_fee": pnl_by_fee,
-            "classes": class_ranges(test.edges[:, i], test.volatility, horizon, labels),
-            "metrics": metrics,
-            "intervals": intervals,
-            "log_loss_differences": differences,
-            "calibration": {
-                "temperature": calibration[i].temperature,
-                "bias": list(calibration[i].bias),
-                "bins": f"{config.ece_bins} equal-width top-label confidence bins",
-                "before": {
-                    "ece": expected_calibration_error(raw, y, config.ece_bins),
-                    "log_loss": float(per_sample_log_loss(raw, y).mean()),
-                },
-                "after": {"ece": metrics["model"]["ece"], "log_loss": metrics["model"]["log_loss"]},
-                "reliability": reliability_curves(predictors["model"], y),
-            },
-            "confusion": confusion(y, predictors["model"]).tolist(),
-            "class_distribution": {
-                "realized": np.bincount(y, minlength=data.n_classes).tolist(),
-                "predicted": np.bincount(predictors["model"].argmax(axis=1), minlength=data.n_classes).tolist(),
-            },
-            "pnl": pnl,
-            "equity": equity,
-            "regimes": {
-                label: {
-                    "samples": int((regime == r).sum()),
-                    "accuracy": float((predictors["model"].argmax(axis=1) == y)[regime == r].mean())
-                    if (regime == r).any()
-                    else float("nan"),
-                    "log_loss": float(losses["model"][regime == r].mean()) if (regime == r).any() else float("nan"),
-                }
-                for r, label in enumerate(REGIMES)
-            },
-            "beats_baselines": all(
-                differences[f"model_minus_{b}"]["high"] < 0 for b in ("prior", "persistence", "logistic_obi")
-            ),
-        }
-        if oracle is not None:
-            entry["capture"] = signal_capture(metrics["model"], metrics["prior"], metrics["oracle"])
-            entry["capture_by_predictor"] = {
-                name: signal_capture(m, metrics["prior"], metrics["oracle"]) for name, m in metrics.items()
-            }
-            # Beating the Bayes-optimal forecaster beyond noise means information from the future
-            # (the tolerance only absorbs floating-point ties with the oracle itself).
-            entry["leak_suspected"] = differences["model_minus_oracle"]["high"] < -LEAK_TOLERANCE
-        report.append(entry)
-    return report
+) -> list[HorizonReport]:
+    """Every horizon's report. ``champion``: the current champion's (N, H, C) test probabilities,
+    compared like a baseline; ``labels``: how the class edges were made (for the classes' return
+    ranges in the report)."""
+    test = TestPart.of(data, config, cadence_s)
+    reports = []
+    for i in range(len(data.horizons)):
+        predictors = horizon_predictors(test, i, test_logits, calibration, oracle, champion)
+        uncalibrated = softmax(test_logits[:, i].astype(np.float64), axis=1)
+        reports.append(assemble_horizon(test, i, predictors, uncalibrated, calibration[i], labels))
+    return reports
+
+
+def evaluate_stored_model(
+    config: PlatformConfig,
+    evaluation: EvaluationConfig,
+    dataset_dir: Path,
+    model_dir: Path,
+    oracle: Oracle | None,
+    champion: np.ndarray | None = None,
+) -> EvaluationReport:
+    """The report of the model saved in ``model_dir`` on its dataset's test part (scored on
+    ``training.device``), with every walk-forward fold's model on its own test block.
+    ``evaluation``: the config's, its fee resolved."""
+    data = load_dataset(dataset_dir, config)
+    model, _, spec = load_checkpoint(model_dir / CHECKPOINT, resolve_device(config.training.device))
+    logits = predict_logits(model, data, data.parts["test"].steps)
+    cadence_s = config.data.cadence_ms / 1000
+    target_oracle = oracle_for(oracle, config.target, data)
+    horizons = evaluate(
+        data, logits, spec_calibration(spec), target_oracle, evaluation, cadence_s, champion, config.labels
+    )
+    folds = evaluate_folds(config, dataset_dir, model_dir, oracle) if fold_count(config) > 1 else []
+    return EvaluationReport(horizons, folds)
+
+
+def evaluate_folds(
+    config: PlatformConfig, dataset_dir: Path, model_dir: Path, oracle: Oracle | None
+) -> list[FoldSummary]:
+    """Headline test metrics of every fold's model on its own test block, oldest first (scored on
+    ``training.device``)."""
+    summaries = []
+    n_folds = fold_count(config)
+    device = resolve_device(config.training.device)
+    for k in range(n_folds):
+        fold = load_dataset(dataset_dir, config, fold=k)
+        model, _, spec = load_checkpoint(fold_checkpoint(model_dir, k, n_folds), device)
+        logits = predict_logits(model, fold, fold.parts["test"].steps)
+        summaries.append(fold_summary(k, fold, logits, spec_calibration(spec), oracle_for(oracle, config.target, fold)))
+    return summaries
 
 
 def fold_summary(
-    data: TrainingData, test_logits: np.ndarray, calibration: list[Calibration], oracle: OracleProbabilities | None
-) -> dict[str | int, Any]:
+    fold: int,
+    data: TrainingData,
+    test_logits: np.ndarray,
+    calibration: list[Calibration],
+    oracle: OracleProbabilities | None,
+) -> FoldSummary:
     """Headline test metrics of one walk-forward fold: the model against the class prior (and
     the oracle's capture on the synthetic market), with the fold's test period."""
     train, test = data.parts["train"], data.parts["test"]
-    row: dict[str | int, Any] = {
-        "test_first_ns": int(data.source.timestamps[test.steps[0]]),
-        "test_last_ns": int(data.source.timestamps[test.steps[-1]]),
-        "samples": len(test),
-    }
+    horizons = []
     for i in range(len(data.horizons)):
         y = test.classes[:, i]
         model = classification_metrics(y, calibration[i].probabilities(test_logits[:, i]))
         prior = classification_metrics(y, prior_probabilities(train.classes[:, i], data.n_classes, len(y)))
-        row[i] = {"model": model, "prior": prior}
-        if oracle is not None:
-            row[i]["capture"] = signal_capture(
-                model, prior, classification_metrics(y, oracle(i, test.steps, test.edges[:, i]))
-            )
-    return row
+        best = classification_metrics(y, oracle(i, test.steps, test.edges[:, i])) if oracle is not None else None
+        horizons.append(FoldHorizon(model, prior, signal_capture(model, prior, best) if best is not None else None))
+    period = purged_test_period(data)
+    return FoldSummary(fold, period.first_ns, period.last_ns, len(test), horizons)
 
 
-def flat_metrics(
-    report: list[dict[str, Any]], horizons_s: list[int], walk_forward: list[dict[str, Any]]
-) -> dict[str, float]:
+def flat_metrics(report: EvaluationReport) -> dict[str, float]:
     """The report as flat ``name_<horizon>s`` scalars, as tracking stores want them."""
     metrics: dict[str, float] = {}
-    for entry, horizon in zip(report, horizons_s):
-        for predictor, values in entry["metrics"].items():
-            metrics |= {f"test_{predictor}_{name}_{horizon}s": value for name, value in values.items()}
-        for predictor, values in entry["pnl"].items():
-            metrics |= {f"pnl_{predictor}_{name}_{horizon}s": value for name, value in values.items()}
-        metrics |= {f"test_{name}_{horizon}s": value for name, value in entry.get("capture", {}).items()}
-        metrics[f"test_leak_suspected_{horizon}s"] = float(entry.get("leak_suspected", False))
-    for i, horizon in enumerate(horizons_s):
+    for i, entry in enumerate(report.horizons):
+        horizon = f"{entry.horizon_s}s"
+        for predictor, scores in entry.predictors.items():
+            metrics |= {f"test_{predictor}_{name}_{horizon}": v for name, v in asdict(scores.metrics).items()}
+            metrics |= {f"pnl_{predictor}_{name}_{horizon}": v for name, v in asdict(scores.pnl).items()}
+        if entry.capture is not None:
+            metrics |= {f"test_{name}_{horizon}": v for name, v in asdict(entry.capture).items()}
+        metrics[f"test_leak_suspected_{horizon}"] = float(bool(entry.leak_suspected))
         for name in ("accuracy", "log_loss"):
-            values = [fold["horizons"][i]["model"][name] for fold in walk_forward]
+            values = [getattr(fold.horizons[i].model, name) for fold in report.walk_forward]
             if values:
-                metrics[f"walk_forward_mean_{name}_{horizon}s"] = float(np.mean(values))
-                metrics[f"walk_forward_std_{name}_{horizon}s"] = float(np.std(values))
+                metrics[f"walk_forward_mean_{name}_{horizon}"] = float(np.mean(values))
+                metrics[f"walk_forward_std_{name}_{horizon}"] = float(np.std(values))
     return metrics

@@ -16,23 +16,24 @@ from sklearn.metrics import (
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from bmlt_assets.core.evaluation_report import Capture, Classification
 from bmlt_assets.core.representation import quoted_spread_bps
 
 
-def classification_metrics(classes: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+def classification_metrics(classes: np.ndarray, probabilities: np.ndarray) -> Classification:
     n_classes = probabilities.shape[1]
     predicted = probabilities.argmax(axis=1)
     clipped = np.clip(probabilities, 1e-12, 1.0)
     normalized = clipped / clipped.sum(axis=1, keepdims=True)
-    return {
-        "accuracy": float(accuracy_score(classes, predicted)),
-        "balanced_accuracy": float(balanced_accuracy_score(classes, predicted)),
-        "macro_f1": float(f1_score(classes, predicted, average="macro", labels=range(n_classes), zero_division=0)),
-        "mcc": float(matthews_corrcoef(classes, predicted)),
-        "log_loss": float(log_loss(classes, normalized, labels=range(n_classes))),
+    return Classification(
+        accuracy=float(accuracy_score(classes, predicted)),
+        balanced_accuracy=float(balanced_accuracy_score(classes, predicted)),
+        macro_f1=float(f1_score(classes, predicted, average="macro", labels=range(n_classes), zero_division=0)),
+        mcc=float(matthews_corrcoef(classes, predicted)),
+        log_loss=float(log_loss(classes, normalized, labels=range(n_classes))),
         # Multi-class Brier: mean over samples of the squared distance to the one-hot outcome.
-        "brier": float(brier_score_loss(classes, normalized, labels=range(n_classes))),
-    }
+        brier=float(brier_score_loss(classes, normalized, labels=range(n_classes))),
+    )
 
 
 def confusion(classes: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
@@ -91,9 +92,9 @@ def logistic_baseline(
     return probabilities
 
 
-def signal_capture(model: dict[str, float], prior: dict[str, float], oracle: dict[str, float]) -> dict[str, float]:
+def signal_capture(model: Classification, prior: Classification, oracle: Classification) -> Capture:
     """Share of the achievable edge over the class prior that the model captured (1 = oracle)."""
-    return {
-        "accuracy_capture": (model["accuracy"] - prior["accuracy"]) / (oracle["accuracy"] - prior["accuracy"]),
-        "logloss_capture": (prior["log_loss"] - model["log_loss"]) / (prior["log_loss"] - oracle["log_loss"]),
-    }
+    return Capture(
+        accuracy_capture=(model.accuracy - prior.accuracy) / (oracle.accuracy - prior.accuracy),
+        logloss_capture=(prior.log_loss - model.log_loss) / (prior.log_loss - oracle.log_loss),
+    )

@@ -8,8 +8,10 @@ With no champion yet, beating the baselines (and the ECE bar) is enough.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from bmlt_assets.core.evaluation_report import BASELINES, CHAMPION, HorizonReport, Interval
 
 
 @dataclass
@@ -19,30 +21,31 @@ class Verdict:
     numbers: dict[str, Any] = field(default_factory=dict)
 
 
-def _not_below_zero(d: dict[str, float]) -> str:
+def _not_below_zero(d: Interval) -> str:
     """Why a challenger-minus-other log-loss interval fails: a tie, or the challenger is worse."""
-    where = "includes 0 (a tie)" if d["low"] <= 0 else "lies entirely above 0 (the challenger is worse)"
-    return f"log-loss difference (challenger minus it) CI [{d['low']:.4f}, {d['high']:.4f}] {where}"
+    where = "includes 0 (a tie)" if d.low <= 0 else "lies entirely above 0 (the challenger is worse)"
+    return f"log-loss difference (challenger minus it) CI [{d.low:.4f}, {d.high:.4f}] {where}"
 
 
 def promotion_verdict(
-    baseline_differences: dict[str, dict[str, float]],
-    champion_difference: dict[str, float] | None,
+    baseline_differences: dict[str, Interval],
+    champion_difference: Interval | None,
     ece: float,
     max_ece: float,
 ) -> Verdict:
-    """``*_difference``: mean and CI (``low``/``high``) of challenger minus other log loss."""
+    """``*_difference``: mean and CI of challenger minus other log loss."""
     reasons = []
     for name, d in baseline_differences.items():
-        if not d["high"] < 0:
+        if not d.below_zero:
             reasons.append(f"does not beat {name}: {_not_below_zero(d)}")
-    if champion_difference is not None and not champion_difference["high"] < 0:
+    if champion_difference is not None and not champion_difference.below_zero:
         reasons.append(f"does not beat the champion: {_not_below_zero(champion_difference)}")
     if not ece < max_ece:
         reasons.append(f"ECE {ece:.4f} is not below {max_ece:.4f}")
-    numbers = {"ece": ece, "max_ece": max_ece, **{f"vs_{k}": v for k, v in baseline_differences.items()}}
+    numbers: dict[str, Any] = {"ece": ece, "max_ece": max_ece}
+    numbers |= {f"vs_{k}": asdict(v) for k, v in baseline_differences.items()}
     if champion_difference is not None:
-        numbers["vs_champion"] = champion_difference
+        numbers["vs_champion"] = asdict(champion_difference)
     return Verdict(
         promote=not reasons,
         reasons=reasons or ["beats every baseline and the champion, ECE below threshold"],
@@ -50,7 +53,6 @@ def promotion_verdict(
     )
 
 
-BASELINES = ("prior", "persistence", "logistic_obi")
 # Spec fields a champion must share with the challenger to be compared like for like: the same
 # target, horizons, classes (count and kind of edges), inputs (symbols, levels, representation)
 # and cadence. Older specs without a field are never comparable.
@@ -76,30 +78,30 @@ def incomparability(
 
 
 def gate(
-    report: list[dict[str, Any]], champion_exists: bool, champion_compared: bool, max_ece: float, note: str
+    report: list[HorizonReport], champion_exists: bool, champion_compared: bool, max_ece: float, note: str
 ) -> Verdict:
     """Every horizon must pass; a champion that could not be compared is never replaced, and a
     probable look-ahead leak is never promoted, whatever its numbers. Reasons name each horizon in
     seconds (``horizon_s``), as the report does."""
     leaks = [
-        f"{entry['horizon_s']:g} s: probable look-ahead leak (beats the Bayes-optimal oracle)"
+        f"{entry.horizon_s:g} s: probable look-ahead leak (beats the Bayes-optimal oracle)"
         for entry in report
-        if entry.get("leak_suspected")
+        if entry.leak_suspected
     ]
     if champion_exists and not champion_compared:
         return Verdict(False, [*leaks, note], {})
-    verdicts = [
-        promotion_verdict(
-            {b: entry["log_loss_differences"][f"model_minus_{b}"] for b in BASELINES},
-            entry["log_loss_differences"]["model_minus_champion"] if champion_compared else None,
-            entry["metrics"]["model"]["ece"],
+    verdicts = {
+        entry.horizon_s: promotion_verdict(
+            {b: entry.model_minus[b] for b in BASELINES},
+            entry.model_minus[CHAMPION] if champion_compared else None,
+            entry.model.metrics.ece,
             max_ece,
         )
         for entry in report
-    ]
-    reasons = [f"{entry['horizon_s']:g} s: {r}" for entry, v in zip(report, verdicts) for r in v.reasons]
+    }
+    reasons = [f"{horizon:g} s: {r}" for horizon, v in verdicts.items() for r in v.reasons]
     return Verdict(
-        all(v.promote for v in verdicts) and not leaks,
+        all(v.promote for v in verdicts.values()) and not leaks,
         [*leaks, *reasons] if leaks else reasons,
-        {f"{e['horizon_s']:g}s": v.numbers for e, v in zip(report, verdicts)},
+        {f"{horizon:g}s": v.numbers for horizon, v in verdicts.items()},
     )

@@ -6,8 +6,8 @@ import base64
 import html
 import io
 import re
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -16,6 +16,17 @@ import matplotlib.dates as mdates
 import matplotlib.pyplot as plt
 import numpy as np
 
+from bmlt_assets.core.evaluation_report import (
+    ClassRanges,
+    Costs,
+    EvaluationReport,
+    FoldSummary,
+    HorizonReport,
+    Interval,
+    PnlAtFee,
+)
+from bmlt_assets.core.files import write_json
+from bmlt_assets.core.promotion import Verdict
 from bmlt_assets.core.tables import table_lines
 
 
@@ -57,37 +68,46 @@ def _utc(ns: int) -> str:
     return str(np.datetime64(int(ns), "ns").astype("datetime64[s]")).replace("T", " ")
 
 
-def _ci(d: dict[str, float]) -> str:
-    return f"[{d['low']:.4f}, {d['high']:.4f}]"
+def _ci(d: Interval) -> str:
+    return f"[{d.low:.4f}, {d.high:.4f}]"
 
 
 def _h(horizon_s: float) -> str:
     return f"{horizon_s:g} s"
 
 
-def class_labels(classes: dict[str, Any], sigma: bool) -> list[str]:
+def class_labels(classes: ClassRanges, sigma: bool) -> list[str]:
     """Each class as the half-open return range over the horizon that it holds: in σ units
     (``sigma``, volatility-scaled edges only) or in bps (the median edges over the test part)."""
-    if sigma:
-        edges, fmt = classes["edges_sigma"], "{:g}σ"
+    if sigma and classes.edges_sigma is not None:
+        edges, fmt = classes.edges_sigma, "{:g}σ"
     else:
-        edges, fmt = classes["edges_bps"], "{:.1f}"
+        edges, fmt = classes.edges_bps, "{:.1f}"
     cells = [fmt.format(e) for e in edges]
     unit = "" if sigma else " bps"
     return [f"< {cells[0]}{unit}", *(f"[{a}, {b}){unit}" for a, b in zip(cells, cells[1:])), f"≥ {cells[-1]}{unit}"]
 
 
-def _short_labels(classes: dict[str, Any]) -> list[str]:
+def _short_labels(classes: ClassRanges) -> list[str]:
     """Axis labels for the figures: σ ranges where volatility-scaled, else bps ranges."""
-    return [label.replace(" bps", "") for label in class_labels(classes, "edges_sigma" in classes)]
+    return [label.replace(" bps", "") for label in class_labels(classes, classes.volatility_scaled)]
 
 
-def figures(entry: dict[str, Any], horizon_s: int) -> dict[str, bytes]:
+def figures(entry: HorizonReport) -> dict[str, bytes]:
     """PNG bytes by file name for one horizon."""
-    out = {}
-    labels = _short_labels(entry["classes"])
-    unit = "σ of the horizon return" if "edges_sigma" in entry["classes"] else "bps"
-    counts = np.asarray(entry["confusion"], dtype=np.float64)
+    labels = _short_labels(entry.classes)
+    unit = "σ of the horizon return" if entry.classes.volatility_scaled else "bps"
+    drawn = {
+        "confusion": _confusion_figure(entry, labels, unit),
+        "reliability": _reliability_figure(entry, labels, unit),
+        "equity": _equity_figure(entry),
+        "classes": _classes_figure(entry, labels, unit),
+    }
+    return {f"{name}_{entry.horizon_s}s.png": png for name, png in drawn.items()}
+
+
+def _confusion_figure(entry: HorizonReport, labels: list[str], unit: str) -> bytes:
+    counts = np.asarray(entry.confusion, dtype=np.float64)
     normalized = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(5.5, 5))
     image = ax.imshow(normalized, cmap="Blues", vmin=0, vmax=max(normalized.max(), 1e-9))
@@ -96,68 +116,75 @@ def figures(entry: dict[str, Any], horizon_s: int) -> dict[str, bytes]:
     ax.set(
         xlabel=f"predicted class (return range, {unit})",
         ylabel=f"realized class (return range, {unit})",
-        title=f"Confusion, share of each realized class, {horizon_s} s",
+        title=f"Confusion, share of each realized class, {entry.horizon_s} s",
     )
     fig.colorbar(image, ax=ax, label="share of the row")
-    out[f"confusion_{horizon_s}s.png"] = _png(fig)
+    return _png(fig)
 
+
+def _reliability_figure(entry: HorizonReport, labels: list[str], unit: str) -> bytes:
     fig, ax = plt.subplots(figsize=(5, 4))
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
-    for c, curve in enumerate(entry["calibration"]["reliability"]):
-        ax.plot(curve["predicted"], curve["observed"], marker=".", linewidth=1, label=labels[c])
+    for c, curve in enumerate(entry.calibration.reliability):
+        ax.plot(curve.predicted, curve.observed, marker=".", linewidth=1, label=labels[c])
     ax.set(
         xlabel="predicted probability of the class",
         ylabel="observed frequency of the class",
-        title=f"Reliability of the model (one class vs rest), {horizon_s} s",
+        title=f"Reliability of the model (one class vs rest), {entry.horizon_s} s",
     )
     ax.legend(fontsize=6, ncol=2, title=unit, title_fontsize=6)
-    out[f"reliability_{horizon_s}s.png"] = _png(fig)
+    return _png(fig)
 
+
+def _equity_figure(entry: HorizonReport) -> bytes:
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    period = entry["test_period"]
-    for name, curve in entry["equity"].items():
+    period = entry.test_period
+    for name, scores in entry.predictors.items():
         # From 0 at the start of the test window, a step at each trade's entry, flat to its end.
-        times = np.array([period["first_ns"], *curve["timestamps_ns"], period["last_ns"]], dtype="datetime64[ns]")
-        equity = [0.0, *curve["equity_bps"]]
-        ax.step(times, [*equity, equity[-1]], where="post", label=f"{name} ({len(curve['equity_bps'])} trades)")
+        trades = scores.equity
+        times = np.array([period.first_ns, *trades.timestamps_ns, period.last_ns], dtype="datetime64[ns]")
+        equity = [0.0, *trades.equity_bps]
+        ax.step(times, [*equity, equity[-1]], where="post", label=f"{name} ({len(trades.equity_bps)} trades)")
     ax.axhline(0, color="grey", linewidth=0.5)
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
     fig.autofmt_xdate()
     ax.set(
         xlabel="time (UTC), trade entry",
         ylabel="cumulative net return (bps)",
-        title=f"Equity after fees and spread, {horizon_s} s",
+        title=f"Equity after fees and spread, {entry.horizon_s} s",
     )
     ax.legend(fontsize=7)
-    out[f"equity_{horizon_s}s.png"] = _png(fig)
+    return _png(fig)
 
+
+def _classes_figure(entry: HorizonReport, labels: list[str], unit: str) -> bytes:
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    classes = np.arange(len(entry["class_distribution"]["realized"]))
-    ax.bar(classes - 0.2, entry["class_distribution"]["realized"], width=0.4, label="realized")
-    ax.bar(classes + 0.2, entry["class_distribution"]["predicted"], width=0.4, label="predicted (argmax)")
+    classes = np.arange(len(entry.class_distribution.realized))
+    ax.bar(classes - 0.2, entry.class_distribution.realized, width=0.4, label="realized")
+    ax.bar(classes + 0.2, entry.class_distribution.predicted, width=0.4, label="predicted (argmax)")
     ax.set_xticks(classes, labels, rotation=60, ha="right", fontsize=7)
-    ax.set(xlabel=f"class (return range, {unit})", ylabel="test samples (count)", title=f"Classes, {horizon_s} s")
+    title = f"Classes, {entry.horizon_s} s"
+    ax.set(xlabel=f"class (return range, {unit})", ylabel="test samples (count)", title=title)
     ax.legend(fontsize=7)
-    out[f"classes_{horizon_s}s.png"] = _png(fig)
-    return out
+    return _png(fig)
 
 
-def _walk_forward_lines(walk_forward: list[dict[str, Any]], horizons_s: list[int]) -> list[str]:
+def _walk_forward_lines(walk_forward: list[FoldSummary], horizons_s: list[int | float]) -> list[str]:
     """Each fold's model on its own test block, oldest first, then the mean and spread."""
     if not walk_forward:
         return []
+    captured = walk_forward[0].horizons[0].capture is not None
     header = ["fold", "test from (UTC)", "test to (UTC)", "samples (count)"]
     for h in horizons_s:
         header += [f"accuracy {h} s (share)", f"log loss {h} s (nats)", f"prior log loss {h} s (nats)"] + (
-            [f"log-loss capture {h} s (0 = prior, 1 = oracle)"] if "capture" in walk_forward[0]["horizons"][0] else []
+            [f"log-loss capture {h} s (0 = prior, 1 = oracle)"] if captured else []
         )
-    rows = []
+    rows: list[list[object]] = []
     for fold in walk_forward:
-        row = [fold["fold"], _utc(fold["test_first_ns"]), _utc(fold["test_last_ns"]), fold["samples"]]
-        for h in fold["horizons"]:
-            row += [h["model"]["accuracy"], h["model"]["log_loss"], h["prior"]["log_loss"]] + (
-                [h["capture"]["logloss_capture"]] if "capture" in h else []
-            )
+        row: list[object] = [fold.fold, _utc(fold.test_first_ns), _utc(fold.test_last_ns), fold.samples]
+        for scored in fold.horizons:
+            row += [scored.model.accuracy, scored.model.log_loss, scored.prior.log_loss]
+            row += [scored.capture.logloss_capture] if scored.capture is not None else []
         rows.append(row)
     numeric = np.array([r[4:] for r in rows], dtype=np.float64)
     rows.append(["mean", "", "", ""] + [float(v) for v in numeric.mean(axis=0)])
@@ -165,36 +192,31 @@ def _walk_forward_lines(walk_forward: list[dict[str, Any]], horizons_s: list[int
     return ["## Walk-forward: performance over time", "", *table_lines(header, rows), ""]
 
 
-def held_out_days(report: list[dict[str, Any]]) -> float:
-    period = report[0]["test_period"]
-    return (period["last_ns"] - period["first_ns"]) / NS_PER_DAY
-
-
-def report_warnings(report: list[dict[str, Any]], horizons_s: list[int]) -> list[str]:
+def report_warnings(report: EvaluationReport) -> list[str]:
     """One line per thing that should stop a reader from taking the numbers at face value."""
     lines = []
-    if report and held_out_days(report) < SHORT_TEST_DAYS:
-        period = report[0]["test_period"]
+    if report.horizons and report.test_period.days < SHORT_TEST_DAYS:
+        period = report.test_period
         lines.append(
-            f"The test window is short: {held_out_days(report):.2f} days ({_utc(period['first_ns'])} to "
-            f"{_utc(period['last_ns'])} UTC), under {SHORT_TEST_DAYS:g} days: intervals and P&L are noisy."
+            f"The test window is short: {period.days:.2f} days ({_utc(period.first_ns)} to "
+            f"{_utc(period.last_ns)} UTC), under {SHORT_TEST_DAYS:g} days: intervals and P&L are noisy."
         )
-    for entry, horizon in zip(report, horizons_s):
-        if entry.get("leak_suspected"):
+    for entry in report.horizons:
+        horizon = entry.horizon_s
+        if entry.leak_suspected:
             lines.append(
                 f"{_h(horizon)}: PROBABLE LEAK: the model beats the Bayes-optimal oracle beyond its confidence "
                 "interval."
             )
-        cal = entry["calibration"]
-        if cal["after"]["ece"] > cal["before"]["ece"]:
+        cal = entry.calibration
+        if cal.after.ece > cal.before.ece:
             lines.append(
                 f"{_h(horizon)}: the validation-fitted calibration made it worse on the test part: top-label ECE rose "
-                f"from {cal['before']['ece']:.4f} (uncalibrated) to {cal['after']['ece']:.4f} (calibrated); "
+                f"from {cal.before.ece:.4f} (uncalibrated) to {cal.after.ece:.4f} (calibrated); "
                 "lower is better."
             )
-        for name, d in entry["log_loss_differences"].items():
-            other = name.removeprefix("model_minus_")
-            if other != "oracle" and d["low"] <= 0 <= d["high"]:
+        for other, d in entry.model_minus.items():
+            if other != "oracle" and d.low <= 0 <= d.high:
                 lines.append(
                     f"{_h(horizon)}: the model ties {other}: the 95% CI of the log-loss difference "
                     f"(model minus {other}) {_ci(d)} includes 0."
@@ -202,14 +224,13 @@ def report_warnings(report: list[dict[str, Any]], horizons_s: list[int]) -> list
     return lines
 
 
-def comparison_sentence(differences: dict[str, dict[str, float]]) -> str:
+def comparison_sentence(model_minus: dict[str, Interval]) -> str:
     """Which comparators the model beats, ties and loses to on log loss, each with its interval."""
     beats, ties, loses = [], [], []
-    for name, d in differences.items():
-        other = name.removeprefix("model_minus_")
-        if d["high"] < 0:
+    for other, d in model_minus.items():
+        if d.below_zero:
             beats.append(f"{other} (CI {_ci(d)} entirely below 0)")
-        elif d["low"] > 0:
+        elif d.above_zero:
             loses.append(f"{other} (CI {_ci(d)} entirely above 0)")
         else:
             ties.append(f"{other} (CI {_ci(d)} includes 0)")
@@ -230,121 +251,111 @@ def comparison_sentence(differences: dict[str, dict[str, float]]) -> str:
     )
 
 
-def _costs_line(costs: dict[str, Any]) -> str:
+def _costs_line(costs: Costs) -> str:
     return (
-        f"P&L after costs: a fee of {costs['fee_bps_per_side']:g} bps per side plus half the quoted spread per side "
-        f"(median quoted spread on the test part {costs['median_spread_bps']:.2f} bps); long (short) when the "
-        f"probability mass above (below) zero exceeds {costs['pnl_threshold']:g}, held for the horizon, never "
+        f"P&L after costs: a fee of {costs.fee_bps_per_side:g} bps per side plus half the quoted spread per side "
+        f"(median quoted spread on the test part {costs.median_spread_bps:.2f} bps); long (short) when the "
+        f"probability mass above (below) zero exceeds {costs.pnl_threshold:g}, held for the horizon, never "
         "overlapping. Sharpe = mean / standard deviation of the per-trade net log returns × √(trades per year), "
         "trading 24/7."
     )
 
 
-def _fee_sensitivity(pnl_by_fee: list[dict[str, Any]]) -> list[str]:
+def _fee_sensitivity(pnl_by_fee: list[PnlAtFee]) -> list[str]:
     """The model's P&L at no fee, the assumed fee and twice it: how much of the edge the fee decides."""
     header = ["fee (bps per side)", PNL_COLUMNS["trades"], PNL_COLUMNS["total_return_bps"]]
     header += [PNL_COLUMNS["mean_return_bps"], PNL_COLUMNS["sharpe_annualized"]]
     rows = [
-        [f"{p['fee_bps_per_side']:g}", p["trades"], p["total_return_bps"], p["mean_return_bps"], p["sharpe_annualized"]]
+        [f"{p.fee_bps_per_side:g}", p.trades, p.total_return_bps, p.mean_return_bps, p.sharpe_annualized]
         for p in pnl_by_fee
     ]
     return ["The model's P&L at no fee, at the assumed fee and at twice it:", "", *table_lines(header, rows), ""]
 
 
-def _front_matter_lines(
-    front: dict[str, Any], report: list[dict[str, Any]], horizons_s: list[int], title: str
-) -> list[str]:
-    def given(key: str) -> str:
-        value = front.get(key)
-        return "not recorded" if value in (None, "", []) else str(value)
+@dataclass(frozen=True)
+class FrontMatter:
+    """What the report says first: which model, run, config, code and data, and the gate's
+    verdict. Whatever is left empty reads "not recorded"."""
 
-    period = report[0]["test_period"] if report else None
-    aliases = front.get("aliases")
-    run = given("run_id")
-    if front.get("run_url"):
-        run = f"[{run}]({front['run_url']})"
+    model: str = ""
+    version: str = ""
+    aliases: list[str] = field(default_factory=list)  # the version's, after this evaluation
+    run_id: str = ""
+    run_url: str = ""
+    config_name: str = ""
+    config_path: str = ""
+    commit: str = ""
+    data_range: str = ""
+    verdict: Verdict | None = None
+    verdict_note: str = ""  # why the champion was (not) compared
+
+
+def _front_matter_lines(front: FrontMatter, report: EvaluationReport, title: str) -> list[str]:
+    def given(value: str) -> str:
+        return value or "not recorded"
+
+    run = given(front.run_id)
+    if front.run_url:
+        run = f"[{run}]({front.run_url})"
+    if report.horizons:
+        period = report.test_period
+        test_period = (
+            f"{_utc(period.first_ns)} to {_utc(period.last_ns)} ({period.days:.2f} days, "
+            f"{report.horizons[0].samples} samples)"
+        )
     rows = [
-        ["model", given("model")],
-        ["version", given("version")],
-        ["aliases", ", ".join(f"@{a}" for a in aliases) if aliases else "none"],
+        ["model", given(front.model)],
+        ["version", given(front.version)],
+        ["aliases", ", ".join(f"@{a}" for a in front.aliases) if front.aliases else "none"],
         ["MLflow run", run],
-        ["config", f"{given('config_name')} ({given('config_path')})"],
-        ["commit", given("commit")],
-        ["data range", given("data_range")],
-        [
-            "test period (UTC)",
-            f"{_utc(period['first_ns'])} to {_utc(period['last_ns'])} ({held_out_days(report):.2f} days, "
-            f"{report[0]['samples']} samples)"
-            if period
-            else "not recorded",
-        ],
-        ["horizons", ", ".join(_h(h) for h in horizons_s)],
+        ["config", f"{given(front.config_name)} ({given(front.config_path)})"],
+        ["commit", given(front.commit)],
+        ["data range", given(front.data_range)],
+        ["test period (UTC)", test_period if report.horizons else "not recorded"],
+        ["horizons", ", ".join(_h(h.horizon_s) for h in report.horizons)],
     ]
-    if report:
-        costs = report[0]["costs"]
+    if report.horizons:
+        costs = report.horizons[0].costs
         rows.append(
             [
                 "costs",
-                f"fee {costs['fee_bps_per_side']:g} bps per side + half the quoted spread per side "
-                f"(median spread {costs['median_spread_bps']:.2f} bps)",
+                f"fee {costs.fee_bps_per_side:g} bps per side + half the quoted spread per side "
+                f"(median spread {costs.median_spread_bps:.2f} bps)",
             ]
         )
     lines = [f"# {title}", "", *table_lines(["field", "value"], rows), ""]
-    verdict = front.get("verdict")
+    verdict = front.verdict
     if verdict is None:
         lines += ["**Verdict: not recorded.**", ""]
     else:
-        outcome = "PROMOTED to @champion" if verdict["promote"] else "NOT PROMOTED"
-        note = f" ({verdict['note']})" if verdict.get("note") else ""
-        lines += [f"**Verdict: {outcome}**{note}. Reasons:", "", *(f"- {r}" for r in verdict["reasons"]), ""]
+        outcome = "PROMOTED to @champion" if verdict.promote else "NOT PROMOTED"
+        note = f" ({front.verdict_note})" if front.verdict_note else ""
+        lines += [f"**Verdict: {outcome}**{note}. Reasons:", "", *(f"- {r}" for r in verdict.reasons), ""]
     return lines
 
 
 def markdown(
-    report: list[dict[str, Any]],
-    horizons_s: list[int],
+    report: EvaluationReport,
     title: str,
     images: dict[str, str] | None = None,
-    walk_forward: list[dict[str, Any]] | None = None,
-    front_matter: dict[str, Any] | None = None,
+    front_matter: FrontMatter | None = None,
 ) -> str:
     """The report as Markdown; ``images`` maps figure names to URLs (files or data URIs).
 
     In this order: the front matter and the warnings, a headline table per horizon, the figures,
     then the detail tables."""
-    lines = _front_matter_lines(front_matter or {}, report, horizons_s, title)
-    warnings = report_warnings(report, horizons_s)
+    lines = _front_matter_lines(front_matter or FrontMatter(), report, title)
+    warnings = report_warnings(report)
     if warnings:
         lines += ["## Warnings", ""] + [line for w in warnings for line in (f"> **WARNING** {w}", "")]
 
     lines += ["## Headline", ""]
-    for entry, horizon in zip(report, horizons_s):
-        lines += [f"### {_h(horizon)} horizon ({entry['samples']} test samples)", ""]
-        if entry.get("leak_suspected"):
-            lines += [
-                '<p style="color:red"><b>PROBABLE LEAK: the model beats the Bayes-optimal oracle '
-                "beyond its confidence interval.</b></p>",
-                "",
-            ]
-        capture = entry.get("capture_by_predictor")
-        header = ["predictor", "log loss (nats) [95% CI]", "accuracy (share) [95% CI]"]
-        header += ["log-loss capture (0 = prior, 1 = oracle)"] if capture else []
-        header += [PNL_COLUMNS["trades"], PNL_COLUMNS["total_return_bps"], PNL_COLUMNS["mean_return_bps"]]
-        header += [PNL_COLUMNS["sharpe_annualized"]]
-        rows = []
-        for name, m in entry["metrics"].items():
-            ci, pnl = entry["intervals"][name], entry["pnl"][name]
-            row = [name, f"{m['log_loss']:.4f} {_ci(ci['log_loss'])}", f"{m['accuracy']:.4f} {_ci(ci['accuracy'])}"]
-            row += [capture[name]["logloss_capture"]] if capture else []
-            row += [pnl["trades"], pnl["total_return_bps"], pnl["mean_return_bps"], pnl["sharpe_annualized"]]
-            rows.append(row)
-        lines += [_costs_line(entry["costs"]), "", *table_lines(header, rows), ""]
-        if "pnl_by_fee" in entry:
-            lines += _fee_sensitivity(entry["pnl_by_fee"])
-        lines += [comparison_sentence(entry["log_loss_differences"]), ""]
+    for entry in report.horizons:
+        lines += _headline_lines(entry)
 
     lines += ["## Figures", ""]
-    for horizon in horizons_s:
+    for entry in report.horizons:
+        horizon = entry.horizon_s
         lines += [f"### {_h(horizon)} horizon", ""]
         for name in ("equity", "reliability", "confusion", "classes"):
             key = f"{name}_{horizon}s.png"
@@ -352,74 +363,111 @@ def markdown(
                 lines += [f"![{name} {horizon}s]({images[key]})", ""]
 
     lines += ["## Details", ""]
-    for entry, horizon in zip(report, horizons_s):
-        lines += [f"### {_h(horizon)} horizon: details", "", *_detail_lines(entry, horizon)]
-    lines += _walk_forward_lines(walk_forward or [], horizons_s)
+    for entry in report.horizons:
+        lines += [f"### {_h(entry.horizon_s)} horizon: details", "", *_detail_lines(entry)]
+    lines += _walk_forward_lines(report.walk_forward, [h.horizon_s for h in report.horizons])
     return "\n".join(lines)
 
 
-def _detail_lines(entry: dict[str, Any], horizon: int) -> list[str]:
-    classes = entry["classes"]
-    sigma = "edges_sigma" in classes
-    bps_labels = class_labels(classes, sigma=False)
-    names = class_labels(classes, sigma) if sigma else bps_labels
-    distribution = entry["class_distribution"]
-    if sigma:
-        explained = (
-            f"volatility-scaled edges: σ is the trailing per-step volatility at t times √(horizon steps); its median "
-            f"over the test part is {classes['sigma_bps_median']:.2f} bps, at which the σ edges read as the bps column"
-        )
-    elif classes["kind"] == "quantile":
-        explained = "quantile edges fitted on the training part"
-    else:
-        explained = f"{classes['kind']} edges" if classes["kind"] != "unknown" else "edges as the dataset made them"
-    header = ["class", *(["return range (σ)"] if sigma else []), "return range (bps, median over the test part)"]
-    rows = [
-        [c, *([names[c]] if sigma else []), bps_labels[c], distribution["realized"][c], distribution["predicted"][c]]
-        for c in range(len(bps_labels))
-    ]
-    lines = [f"Classes: the log return over {_h(horizon)}, in half-open ranges [low, high) ({explained}).", ""]
-    lines += table_lines([*header, "realized (samples)", "predicted, argmax (samples)"], rows) + [""]
+def _headline_lines(entry: HorizonReport) -> list[str]:
+    """One horizon's headline: every predictor's log loss and accuracy with their intervals, its
+    capture and P&L, the fee sensitivity and what the model beats."""
+    lines = [f"### {_h(entry.horizon_s)} horizon ({entry.samples} test samples)", ""]
+    if entry.leak_suspected:
+        lines += [
+            '<p style="color:red"><b>PROBABLE LEAK: the model beats the Bayes-optimal oracle '
+            "beyond its confidence interval.</b></p>",
+            "",
+        ]
+    captured = entry.capture is not None
+    header = ["predictor", "log loss (nats) [95% CI]", "accuracy (share) [95% CI]"]
+    header += ["log-loss capture (0 = prior, 1 = oracle)"] if captured else []
+    header += [PNL_COLUMNS["trades"], PNL_COLUMNS["total_return_bps"], PNL_COLUMNS["mean_return_bps"]]
+    header += [PNL_COLUMNS["sharpe_annualized"]]
+    rows = []
+    for name, scores in entry.predictors.items():
+        m, ci, pnl = scores.metrics, scores.intervals, scores.pnl
+        row: list[object] = [name, f"{m.log_loss:.4f} {_ci(ci.log_loss)}", f"{m.accuracy:.4f} {_ci(ci.accuracy)}"]
+        row += [scores.capture.logloss_capture if scores.capture is not None else ""] if captured else []
+        row += [pnl.trades, pnl.total_return_bps, pnl.mean_return_bps, pnl.sharpe_annualized]
+        rows.append(row)
+    lines += [_costs_line(entry.costs), "", *table_lines(header, rows), ""]
+    if entry.pnl_by_fee:
+        lines += _fee_sensitivity(entry.pnl_by_fee)
+    return [*lines, comparison_sentence(entry.model_minus), ""]
 
+
+def _detail_lines(entry: HorizonReport) -> list[str]:
+    lines = _class_lines(entry)
     lines += ["Classification on the test part:", ""]
-    rows = [[name, *(m[k] for k in METRIC_COLUMNS)] for name, m in entry["metrics"].items()]
-    lines += table_lines(["predictor", *METRIC_COLUMNS.values()], rows) + [""]
+    rows = [[name, *asdict(scores.metrics).values()] for name, scores in entry.predictors.items()]
+    columns = list(asdict(entry.model.metrics))
+    lines += table_lines(["predictor", *(METRIC_COLUMNS[k] for k in columns)], rows) + [""]
     diffs = []
-    for name, d in entry["log_loss_differences"].items():
-        reading = "model better" if d["high"] < 0 else "model worse" if d["low"] > 0 else "tie (CI includes 0)"
-        diffs.append([name.removeprefix("model_minus_"), d["mean"], _ci(d), reading])
+    for other, d in entry.model_minus.items():
+        reading = "model better" if d.below_zero else "model worse" if d.above_zero else "tie (CI includes 0)"
+        diffs.append([other, d.mean, _ci(d), reading])
     lines += ["Log-loss difference, model minus comparator (stationary block bootstrap, Politis-White block):", ""]
     lines += table_lines(["comparator", "mean (nats)", "95% CI (nats)", "reading"], diffs) + [""]
-    if "capture" in entry:
-        c = entry["capture"]
+    if entry.capture is not None:
+        c = entry.capture
         lines += [
-            f"Signal capture of the model: accuracy {c['accuracy_capture']:.3f}, log loss {c['logloss_capture']:.3f} "
+            f"Signal capture of the model: accuracy {c.accuracy_capture:.3f}, log loss {c.logloss_capture:.3f} "
             "(0 = class prior, 1 = oracle).",
             "",
         ]
-    cal = entry["calibration"]
+    cal = entry.calibration
     lines += [
-        f"Calibration: temperature {cal['temperature']:.3f} and a class bias from {min(cal['bias']):+.3f} to "
-        f"{max(cal['bias']):+.3f} (softmax(logits / T + b)), fitted on validation. On the test part, top-label ECE "
-        f"({cal['bins']}) {cal['before']['ece']:.4f} before, {cal['after']['ece']:.4f} after; log loss "
-        f"{cal['before']['log_loss']:.4f} nats before, {cal['after']['log_loss']:.4f} nats after (lower is better).",
+        f"Calibration: temperature {cal.temperature:.3f} and a class bias from {min(cal.bias):+.3f} to "
+        f"{max(cal.bias):+.3f} (softmax(logits / T + b)), fitted on validation. On the test part, top-label ECE "
+        f"({cal.bins}) {cal.before.ece:.4f} before, {cal.after.ece:.4f} after; log loss "
+        f"{cal.before.log_loss:.4f} nats before, {cal.after.log_loss:.4f} nats after (lower is better).",
         "",
     ]
     lines += [
-        _costs_line(entry["costs"]),
+        _costs_line(entry.costs),
         "Sharpe = mean / std of per-trade net log returns × √(trades per year), 24/7; a position change is an "
         "entry or an exit (two per trade).",
         "",
     ]
-    lines += table_lines(
-        ["predictor", *PNL_COLUMNS.values()], [[name, *(p[k] for k in PNL_COLUMNS)] for name, p in entry["pnl"].items()]
-    ) + [""]
+    pnl_rows = [[name, *(getattr(scores.pnl, k) for k in PNL_COLUMNS)] for name, scores in entry.predictors.items()]
+    lines += table_lines(["predictor", *PNL_COLUMNS.values()], pnl_rows) + [""]
     lines += table_lines(
         ["volatility regime (train terciles)", "samples (count)", "accuracy (share)", "log loss (nats)"],
-        [[r, v["samples"], v["accuracy"], v["log_loss"]] for r, v in entry["regimes"].items()],
+        [[r, v.samples, v.accuracy, v.log_loss] for r, v in entry.regimes.items()],
     ) + [""]
-    counts = np.asarray(entry["confusion"])
-    lines += ["Confusion matrix of the model, rows realized class, columns predicted class (samples):", ""]
+    return lines + _confusion_lines(entry)
+
+
+def _class_lines(entry: HorizonReport) -> list[str]:
+    """What each class means, with how often it happened and how often the model said it."""
+    classes, distribution = entry.classes, entry.class_distribution
+    sigma = classes.volatility_scaled
+    bps_labels = class_labels(classes, sigma=False)
+    names = class_labels(classes, sigma) if sigma else bps_labels
+    if sigma:
+        explained = (
+            f"volatility-scaled edges: σ is the trailing per-step volatility at t times √(horizon steps); its median "
+            f"over the test part is {classes.sigma_bps_median:.2f} bps, at which the σ edges read as the bps column"
+        )
+    elif classes.kind == "quantile":
+        explained = "quantile edges fitted on the training part"
+    else:
+        explained = f"{classes.kind} edges" if classes.kind != "unknown" else "edges as the dataset made them"
+    header = ["class", *(["return range (σ)"] if sigma else []), "return range (bps, median over the test part)"]
+    rows = [
+        [c, *([names[c]] if sigma else []), bps_labels[c], distribution.realized[c], distribution.predicted[c]]
+        for c in range(len(bps_labels))
+    ]
+    lines = [f"Classes: the log return over {_h(entry.horizon_s)}, in half-open ranges [low, high) ({explained}).", ""]
+    return lines + table_lines([*header, "realized (samples)", "predicted, argmax (samples)"], rows) + [""]
+
+
+def _confusion_lines(entry: HorizonReport) -> list[str]:
+    classes = entry.classes
+    names = class_labels(classes, classes.volatility_scaled)
+    counts = np.asarray(entry.confusion)
+    lines = ["Confusion matrix of the model, rows realized class, columns predicted class (samples):", ""]
     lines += table_lines(["realized \\ predicted", *names], [[names[j], *row] for j, row in enumerate(counts.tolist())])
     shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     lines += ["", "The same, as the share of each realized class (rows sum to 1):", ""]
@@ -492,28 +540,18 @@ def html_page(markdown_text: str, title: str) -> str:
 
 
 def write_report(
-    folder: Path,
-    report: list[dict[str, Any]],
-    horizons_s: list[int],
-    title: str,
-    walk_forward: list[dict[str, Any]] | None = None,
-    front_matter: dict[str, Any] | None = None,
+    folder: Path, report: EvaluationReport, title: str, front_matter: FrontMatter | None = None
 ) -> tuple[str, dict[str, bytes]]:
-    """Write report.md (figures by file name), report.html (figures embedded) and the PNGs.
-
-    ``front_matter`` (every key optional): ``model``, ``version``, ``aliases`` (list), ``run_id``,
-    ``run_url``, ``config_name``, ``config_path``, ``commit``, ``data_range`` and ``verdict``
-    (``promote``, ``reasons``, ``note``). The test period and the costs come from ``report``.
+    """Write metrics.json (the report's data), report.md (figures by file name), report.html
+    (figures embedded) and the PNGs.
 
     Returns the Markdown with embedded figures (for Dagster metadata) and the PNGs."""
-    pngs = {name: png for entry, h in zip(report, horizons_s) for name, png in figures(entry, h).items()}
+    write_json(report.to_json(), folder / "metrics.json")
+    pngs = {name: png for entry in report.horizons for name, png in figures(entry).items()}
     for name, png in pngs.items():
         (folder / name).write_bytes(png)
-    files = {name: name for name in pngs}
-    text = markdown(report, horizons_s, title, files, walk_forward, front_matter)
+    text = markdown(report, title, {name: name for name in pngs}, front_matter)
     (folder / "report.md").write_text(text, encoding="utf-8")
-    embedded = markdown(
-        report, horizons_s, title, {name: data_uri(png) for name, png in pngs.items()}, walk_forward, front_matter
-    )
+    embedded = markdown(report, title, {name: data_uri(png) for name, png in pngs.items()}, front_matter)
     (folder / "report.html").write_text(html_page(embedded, title), encoding="utf-8")
     return embedded, pngs

@@ -138,6 +138,13 @@ class EpochRecord:
     seconds: float
     samples_per_s: float
 
+    def __str__(self) -> str:
+        """The epoch's log line."""
+        return (
+            f"{self.epoch}: train loss {self.train_loss:.4f}, val log loss {self.val_log_loss:.4f}, "
+            f"val accuracy {[round(a, 4) for a in self.val_accuracy]}, {self.samples_per_s:.0f} samples/s"
+        )
+
 
 @dataclass(frozen=True)
 class FastPath:
@@ -273,6 +280,213 @@ def meaning_key(config: PlatformConfig, data_fingerprint: str, *extra: Any) -> s
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+@dataclass
+class Progress:
+    """Where early stopping stands after ``epoch``: what a resumed run continues from."""
+
+    epoch: int = 0  # the last finished epoch (0: none yet)
+    best_loss: float = float("inf")
+    best_state: dict[str, torch.Tensor] | None = None  # the kept model's weights at ``best_epoch``
+    best_epoch: int = 0
+    stale: int = 0  # epochs since the validation loss last improved
+    done: bool = False
+    history: list[EpochRecord] = field(default_factory=list)
+
+    def record(self, record: EpochRecord, kept: nn.Module, patience: int) -> None:
+        self.epoch = record.epoch
+        self.history.append(record)
+        if record.val_log_loss < self.best_loss - 1e-5:
+            self.best_loss, self.stale, self.best_epoch = record.val_log_loss, 0, record.epoch
+            self.best_state = {k: v.detach().clone() for k, v in kept.state_dict().items()}
+        else:
+            self.stale += 1
+        self.done = self.stale >= patience
+
+
+@dataclass
+class TrainState:
+    """Everything a killed run needs to continue after its last finished epoch: the progress, the
+    weights (and their moving average), the optimizer, the schedule and the random streams.
+
+    ``key`` is the run's :func:`meaning_key`: a state is resumed only by a run of the same data
+    and meaningful config. Saved as one flat dict, the layout earlier versions wrote, so that
+    their files resume too; in the object store when ``storage.uri`` is s3://, so any pod resumes it."""
+
+    key: str
+    progress: Progress
+    model: dict[str, Any]
+    averaged: dict[str, Any] | None
+    optimizer: dict[str, Any]
+    schedule: dict[str, Any]
+    torch_rng: torch.Tensor
+    cuda_rng: torch.Tensor | None = None  # the training device's stream, on a GPU
+
+    def save(self, path: StoredPath) -> None:
+        p = self.progress
+        payload = {
+            "key": self.key,
+            "epoch": p.epoch,
+            "model": self.model,
+            "averaged": self.averaged,
+            "optimizer": self.optimizer,
+            "schedule": self.schedule,
+            "torch_rng": self.torch_rng,
+            "cuda_rng": self.cuda_rng,
+            "best_loss": p.best_loss,
+            "best_state": p.best_state,
+            "stale": p.stale,
+            "done": p.done,
+            "best_epoch": p.best_epoch,
+            "history": [asdict(r) for r in p.history],
+        }
+        atomic_write(path, partial(torch.save, payload))
+
+    @classmethod
+    def load(cls, path: StoredPath, key: str) -> TrainState | None:
+        """The state saved at ``path``, or None when there is none or it was saved under another key."""
+        if not path.exists():
+            return None
+        with readable(path) as local:
+            payload = torch.load(local, weights_only=False, map_location="cpu")
+        if payload["key"] != key:
+            return None
+        history = [EpochRecord(**r) for r in payload["history"]]
+        progress = Progress(
+            payload["epoch"],
+            payload["best_loss"],
+            payload["best_state"],
+            payload["best_epoch"],
+            payload["stale"],
+            payload["done"],
+            history,
+        )
+        return cls(
+            key,
+            progress,
+            payload["model"],
+            payload["averaged"],
+            payload["optimizer"],
+            payload["schedule"],
+            payload["torch_rng"],
+            payload.get("cuda_rng"),
+        )
+
+
+@dataclass
+class _Training:
+    """What changes while a model trains: the weights (``model``; ``net`` is what trains, the model
+    itself or its DDP wrapper), their moving average, the optimizer and the schedule."""
+
+    model: OrderBookClassifier
+    net: nn.Module
+    averaged: AveragedModel | None
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    losses: list[nn.CrossEntropyLoss]  # one per head, class-weighted by the training part
+
+    @property
+    def kept(self) -> nn.Module:
+        """What is validated and kept: the model, or the moving average of its weights (and BatchNorm statistics)."""
+        return self.averaged.module if self.averaged is not None else self.model
+
+    def state(self, key: str, progress: Progress, device: torch.device) -> TrainState:
+        averaged = self.averaged.state_dict() if self.averaged is not None else None
+        cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+        return TrainState(
+            key,
+            progress,
+            self.model.state_dict(),
+            averaged,
+            self.optimizer.state_dict(),
+            self.schedule.state_dict(),
+            torch.get_rng_state(),
+            cuda_rng,
+        )
+
+    def restore(self, state: TrainState, device: torch.device) -> Progress:
+        self.model.load_state_dict(state.model)
+        if self.averaged is not None and state.averaged is not None:
+            self.averaged.load_state_dict(state.averaged)
+        self.optimizer.load_state_dict(state.optimizer)
+        self.schedule.load_state_dict(state.schedule)
+        torch.set_rng_state(state.torch_rng)
+        if device.type == "cuda" and state.cuda_rng is not None:
+            torch.cuda.set_rng_state(state.cuda_rng, device)
+        return state.progress
+
+    def run_epoch(self, batches: Iterable[Batch], device: torch.device, bf16: bool) -> float:
+        """One pass over ``batches``, an optimizer step each; the summed loss (mean over the heads) times samples."""
+        self.net.train()
+        total = 0.0
+        for batch in batches:
+            windows, calendar, target = (tensor.to(device, non_blocking=True) for tensor in batch)
+            # bf16 autocast: ~1.5x faster on CPUs with bf16 units (benchmarks/), losses stay fp32.
+            loss = _training_step(self.net, (windows, calendar, target), self.losses, self.optimizer, bf16)
+            self.schedule.step()
+            if self.averaged is not None:
+                self.averaged.update_parameters(self.model)
+            total += loss.item() * len(target)
+        return total
+
+    def validate(self, data: TrainingData, part: Part, replicas: Replicas) -> tuple[float, list[float]]:
+        """The kept model's validation log loss and accuracies, after every replica took rank 0's buffers."""
+        replicas.sync_buffers(self.model)
+        if self.averaged is not None:
+            replicas.sync_buffers(self.averaged.module)
+        return validate(self.kept, data, part, replicas)
+
+
+def _training_part(part: Part, max_samples: int | None) -> Part:
+    """The training part, or an evenly spaced subset of ``max_samples`` of it, which keeps the
+    whole training period represented."""
+    if not max_samples or len(part) <= max_samples:
+        return part
+    keep = np.linspace(0, len(part) - 1, max_samples).astype(np.int64)
+    return Part(**{name: getattr(part, name)[keep] for name in PART_FIELDS})
+
+
+def _fast_path(
+    config: PlatformConfig, data: TrainingData, train_part: Part, losses: list[nn.CrossEntropyLoss], replicas: Replicas
+) -> FastPath:
+    """``training.precision`` and ``channels_last`` resolved for the device, timed on a first batch on a GPU."""
+    t = config.training
+
+    def measure(candidates: list[tuple[str, bool]]) -> dict[str, float]:
+        first = next(
+            iter(batch_loader(data, train_part, range(len(train_part)), t.batch_size // replicas.world_size, 0))
+        )
+        probe: Batch = tuple(tensor.to(replicas.device) for tensor in first)
+        return measure_fast_paths(lambda: build_model(config, data), probe, losses, replicas.device, candidates)
+
+    return choose_fast_path(config, replicas.device, measure, replicas)
+
+
+def _prepare(
+    config: PlatformConfig,
+    data: TrainingData,
+    fast: FastPath,
+    losses: list[nn.CrossEntropyLoss],
+    loader_batches: int,
+    replicas: Replicas,
+) -> _Training:
+    t = config.training
+    model = build_model(config, data)
+    if fast.channels_last:  # ~1.3x faster convolutions on CPU (docs/benchmarks.md)
+        # torch's stubs omit to()'s memory_format keyword, which nn.Module.to accepts at runtime.
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    net = replicas.prepare(model)
+    averaged = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True) if t.ema_decay else None
+    )
+    optimizer = torch.optim.AdamW(net.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
+    schedule: torch.optim.lr_scheduler.LRScheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs * loader_batches)
+        if t.lr_schedule == "cosine"
+        else torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
+    )
+    return _Training(model, net, averaged, optimizer, schedule, losses)
+
+
 def train(
     config: PlatformConfig,
     data: TrainingData,
@@ -283,11 +497,10 @@ def train(
 ) -> TrainResult:
     """Train with early stopping on validation log loss; the best epoch's weights are returned.
 
-    With ``checkpoint``, the full training state (weights, optimizer, schedule, random stream,
-    early-stopping state) is written there atomically after every epoch, and a run that finds a
-    matching checkpoint continues after its epoch: a killed training run, run again, completes
-    with the same result as an uninterrupted one. A checkpoint matches only the same
-    ``data_fingerprint`` (content hash of the input partitions) and meaningful config.
+    With ``checkpoint``, the :class:`TrainState` is written there atomically after every epoch,
+    and a run that finds a matching one continues after its epoch: a killed training run, run
+    again, completes with the same result as an uninterrupted one. A checkpoint matches only the
+    same ``data_fingerprint`` (content hash of the input partitions) and meaningful config.
 
     ``replicas``: this process's place among those training the model together (torchrun);
     default, this process alone on ``training.device``. ``on_epoch``, the log and the checkpoint
@@ -299,138 +512,46 @@ def train(
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.set_num_threads(t.threads or max(1, (os.cpu_count() or 1) // replicas.world_size))
     seed_everything(t.seed)
-    train_part, val_part = data.parts["train"], data.parts["val"]
-    if t.max_train_samples and len(train_part) > t.max_train_samples:
-        # An evenly spaced subset keeps the whole training period represented.
-        keep = np.linspace(0, len(train_part) - 1, t.max_train_samples).astype(np.int64)
-        train_part = Part(**{name: getattr(train_part, name)[keep] for name in PART_FIELDS})
+    train_part, val_part = _training_part(data.parts["train"], t.max_train_samples), data.parts["val"]
     losses = [
-        nn.CrossEntropyLoss(weight=class_weights(train_part.classes[:, h], data.n_classes, t.class_weights)).to(
-            replicas.device
-        )
-        for h in range(len(data.horizons))
+        nn.CrossEntropyLoss(weight=class_weights(classes, data.n_classes, t.class_weights)).to(replicas.device)
+        for classes in train_part.classes.T  # one loss per head
     ]
-
-    def measure(candidates: list[tuple[str, bool]]) -> dict[str, float]:
-        first = next(
-            iter(batch_loader(data, train_part, range(len(train_part)), t.batch_size // replicas.world_size, 0))
-        )
-        probe: Batch = tuple(tensor.to(replicas.device) for tensor in first)
-        return measure_fast_paths(lambda: build_model(config, data), probe, losses, replicas.device, candidates)
-
-    fast = choose_fast_path(config, replicas.device, measure, replicas)
-    model = build_model(config, data)
-    if fast.channels_last:  # ~1.3x faster convolutions on CPU (docs/benchmarks.md)
-        # torch's stubs omit to()'s memory_format keyword, which nn.Module.to accepts at runtime.
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    net = replicas.prepare(model)  # what trains: the model itself, or its DDP wrapper
-    # What is validated and kept: the model, or the moving average of its weights (and BatchNorm statistics).
-    averaged = (
-        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True) if t.ema_decay else None
-    )
-    kept = averaged.module if averaged is not None else model
+    fast = _fast_path(config, data, train_part, losses, replicas)
     sampler: DistributedSampler[int] = DistributedSampler(
         WindowSamples(data, train_part), num_replicas=replicas.world_size, rank=replicas.rank, seed=t.seed
     )
     loader = batch_loader(data, train_part, sampler, t.batch_size // replicas.world_size, t.loader_workers)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
-    schedule = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs * len(loader))
-        if t.lr_schedule == "cosine"
-        else torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
-    )
-
-    result = TrainResult(model=model, best_epoch=0, device=str(replicas.device), fast_path=fast)
-    best_loss, best_state, stale, done, first_epoch = np.inf, None, 0, False, 1
+    training = _prepare(config, data, fast, losses, len(loader), replicas)
     key = meaning_key(config, data_fingerprint, list(data.shape), train_part.steps[[0, -1]].tolist(), len(train_part))
-    if checkpoint is not None and checkpoint.exists():
-        with readable(checkpoint) as local:  # in object storage when storage.uri is s3://: any pod resumes it
-            state = torch.load(local, weights_only=False, map_location="cpu")
-        if state["key"] == key:
-            model.load_state_dict(state["model"])
-            if averaged is not None:
-                averaged.load_state_dict(state["averaged"])
-            optimizer.load_state_dict(state["optimizer"])
-            schedule.load_state_dict(state["schedule"])
-            torch.set_rng_state(state["torch_rng"])
-            if replicas.device.type == "cuda" and state.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(state["cuda_rng"], replicas.device)
-            best_loss, best_state, stale, done = state["best_loss"], state["best_state"], state["stale"], state["done"]
-            result.best_epoch, result.history = state["best_epoch"], [EpochRecord(**r) for r in state["history"]]
-            first_epoch = state["epoch"] + 1
-            result.resumed_from = state["epoch"]
-    for epoch in range(first_epoch, t.epochs + 1):
-        if done:
+    state = TrainState.load(checkpoint, key) if checkpoint is not None else None
+    progress = training.restore(state, replicas.device) if state is not None else Progress()
+    resumed_from = progress.epoch
+    for epoch in range(progress.epoch + 1, t.epochs + 1):
+        if progress.done:
             break
-        net.train()
         sampler.set_epoch(epoch)  # the epoch's shuffle: a function of (seed, epoch), so a resumed run repeats it
         started = time.perf_counter()
-        total, seen = 0.0, 0.0
-        for batch in tqdm(
-            loader,
-            desc=f"epoch {epoch}/{t.epochs}",
-            disable=not (t.progress_bar and replicas.is_main),
-            mininterval=2.0,
-            leave=False,
-        ):
-            moved = tuple(tensor.to(replicas.device, non_blocking=True) for tensor in batch)
-            # bf16 autocast: ~1.5x faster on CPUs with bf16 units (benchmarks/), losses stay fp32.
-            loss = _training_step(net, moved, losses, optimizer, fast.precision == "bf16")
-            target = moved[2]
-            schedule.step()
-            if averaged is not None:
-                averaged.update_parameters(model)
-            total += loss.item() * len(target)
-            seen += len(target)
+        show = t.progress_bar and replicas.is_main
+        batches = tqdm(loader, desc=f"epoch {epoch}/{t.epochs}", disable=not show, mininterval=2.0, leave=False)
+        total = training.run_epoch(batches, replicas.device, fast.precision == "bf16")
         train_seconds = time.perf_counter() - started
-        replicas.sync_buffers(model)
-        if averaged is not None:
-            replicas.sync_buffers(averaged.module)
-        val_loss, accuracy = validate(kept, data, val_part, replicas)
-        total, seen = replicas.sum([total, seen])
+        val_loss, accuracy = training.validate(data, val_part, replicas)
+        total, seen = replicas.sum([total, float(len(sampler))])
         record = EpochRecord(  # samples/s of all replicas together
             epoch, total / seen, val_loss, accuracy, time.perf_counter() - started, seen / train_seconds
         )
-        result.history.append(record)
-        if val_loss < best_loss - 1e-5:
-            best_loss, stale, result.best_epoch = val_loss, 0, epoch
-            best_state = {k: v.detach().clone() for k, v in kept.state_dict().items()}
-        else:
-            stale += 1
-        done = stale >= t.early_stopping_patience
+        progress.record(record, training.kept, t.early_stopping_patience)
         if not replicas.is_main:
             continue
         if checkpoint is not None:
-            state = {
-                "key": key,
-                "epoch": epoch,
-                "model": model.state_dict(),
-                "averaged": averaged.state_dict() if averaged is not None else None,
-                "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state(replicas.device) if replicas.device.type == "cuda" else None,
-                "best_loss": best_loss,
-                "best_state": best_state,
-                "stale": stale,
-                "done": done,
-                "best_epoch": result.best_epoch,
-                "history": [asdict(r) for r in result.history],
-            }
-            atomic_write(checkpoint, partial(torch.save, state))
-        log.info(
-            "epoch %s: train loss %.4f, val log loss %.4f, val accuracy %s, %.0f samples/s",
-            record.epoch,
-            record.train_loss,
-            record.val_log_loss,
-            [round(a, 4) for a in record.val_accuracy],
-            record.samples_per_s,
-        )
+            training.state(key, progress, replicas.device).save(checkpoint)
+        log.info("epoch %s", record)
         on_epoch(record)
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    return result
+    if progress.best_state is not None:
+        training.model.load_state_dict(progress.best_state)
+    training.model.eval()
+    return TrainResult(training.model, progress.best_epoch, progress.history, resumed_from, str(replicas.device), fast)
 
 
 def epoch_metrics(record: EpochRecord, horizons_s: list[int]) -> dict[str, float]:

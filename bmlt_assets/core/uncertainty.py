@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from arch.bootstrap import StationaryBootstrap, optimal_block_length
 
+from bmlt_assets.core.evaluation_report import Interval
+
 REPS = 500
 
 
@@ -19,9 +21,7 @@ def block_length(series: np.ndarray, minimum: float = 1.0) -> float:
     return max(minimum, rule if np.isfinite(rule) else 1.0)
 
 
-def mean_interval(
-    series: np.ndarray, minimum_block: float = 1.0, level: float = 0.95, seed: int = 0
-) -> dict[str, float]:
+def mean_interval(series: np.ndarray, minimum_block: float = 1.0, level: float = 0.95, seed: int = 0) -> Interval:
     """Mean of ``series`` with a percentile block-bootstrap CI (stationary bootstrap)."""
     series = np.asarray(series, dtype=np.float64)
     block = block_length(series, minimum_block)
@@ -29,4 +29,4 @@ def mean_interval(
     # probability of starting a new block): a fractional expected block length is valid.
     bootstrap = StationaryBootstrap(block, series, seed=np.random.default_rng(seed))  # type: ignore[arg-type]
     low, high = bootstrap.conf_int(np.mean, reps=REPS, method="percentile", size=level)[:, 0]
-    return {"mean": float(series.mean()), "low": float(low), "high": float(high), "block_length": block}
+    return Interval(float(series.mean()), float(low), float(high), block)

@@ -1,5 +1,6 @@
-"""Walk-forward (decision 5): a model per earlier fold, and every fold's model on its own test
-block, oldest first, for performance over time. The latest fold's model is the one registered."""
+"""Walk-forward (decision 5): a model per earlier fold, saved beside the latest, which is the one
+registered. ``core.evaluation.evaluate_folds`` scores every fold's model on its own test block,
+oldest first, for performance over time."""
 
 from __future__ import annotations
 
@@ -7,17 +8,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from bmlt_assets.core.calibration import Calibration, validation_calibration
-from bmlt_assets.core.checkpoint import CHECKPOINT, load_checkpoint, model_spec, save_checkpoint, spec_calibration
+from bmlt_assets.core.checkpoint import CHECKPOINT, model_spec, save_checkpoint
 from bmlt_assets.core.config import PlatformConfig
 from bmlt_assets.core.dataset import TrainingData, fold_count, load_dataset
-from bmlt_assets.core.distributed import resolve_device
-from bmlt_assets.core.evaluation import fold_summary, oracle_for
 from bmlt_assets.core.models import OrderBookClassifier
-from bmlt_assets.core.sources import Oracle
-from bmlt_assets.core.train import predict_logits
 
 log = logging.getLogger(__name__)
 
@@ -62,22 +58,3 @@ def save_fold_checkpoints(model_dir: Path, folds: list[FoldModel]) -> None:
         path.parent.mkdir()
         spec = model_spec(fold.config, fold.data, fold.calibration)
         save_checkpoint(path, fold.model, fold.data.source.normalizer, spec)
-
-
-def evaluate_folds(
-    config: PlatformConfig, dataset_dir: Path, model_dir: Path, oracle: Oracle | None
-) -> list[dict[str, Any]]:
-    """Headline test metrics of every fold's model on its own test block, oldest first (scored on
-    ``training.device``)."""
-    rows = []
-    n_folds = fold_count(config)
-    device = resolve_device(config.training.device)
-    for k in range(n_folds):
-        fold = load_dataset(dataset_dir, config, fold=k)
-        model, _, spec = load_checkpoint(fold_checkpoint(model_dir, k, n_folds), device)
-        logits = predict_logits(model, fold, fold.parts["test"].steps)
-        summary = fold_summary(fold, logits, spec_calibration(spec), oracle_for(oracle, config.target, fold))
-        horizons = [summary[i] for i in range(len(fold.horizons))]  # per-horizon metrics sit under int keys
-        headline = {key: value for key, value in summary.items() if isinstance(key, str)}
-        rows.append({"fold": k, **headline, "horizons": horizons})
-    return rows

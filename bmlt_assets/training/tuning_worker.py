@@ -2,11 +2,13 @@
 
     bmlt tune-worker --config CONFIG --study NAME
 
-``trained_model`` creates the study and queues its trials (``core.tuning.prepare_study``), starts
-``hpo.workers`` of these processes and waits for them. More can be started on other machines or
-pods against the same database (``hpo.storage: database``): they share the queue, and none runs a
-trial twice. A worker loads the training dataset from storage itself, claims queued trials until
-none is left, and logs each as a nested MLflow run of the step's run (its id is kept in the study).
+The training workflow creates the study and queues its trials (``core.tuning.prepare_study``),
+starts ``hpo.workers`` of these processes and waits for them. More can be started on other
+machines or pods against the same database (``hpo.storage: database``): they share the queue,
+and none runs a trial twice. A worker loads the training dataset from storage itself, claims
+queued trials until none is left, and logs each as a nested MLflow run of the step's run (its id
+is kept in the study). It builds its storage from the config alone (``StorageResource.for_config``),
+as the step's own is built.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 
 import optuna
 from mlflow import MlflowClient
@@ -39,11 +40,6 @@ from bmlt_resources.mlflow import MlflowTrialLogger
 from bmlt_resources.storage import StorageResource
 
 
-def hpo_folder(storage: StorageResource) -> Path:
-    """Where a sqlite or journal study lives: ``<data>/<config>/hpo/``."""
-    return storage.root / "hpo"
-
-
 def tune_with_workers(
     config: PlatformConfig,
     config_path: str,
@@ -53,11 +49,10 @@ def tune_with_workers(
     log: Callable[[str], None],
 ) -> TuningResult:
     """The study created once and its trials queued, then run by ``hpo.workers`` local worker processes."""
-    folder = hpo_folder(storage)
-    study = prepare_study(config, study_storage(config.hpo, folder), name, origin)
+    study = prepare_study(config, study_storage(config.hpo, storage.hpo), name, origin)
     queued = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
     log(
-        f"HPO study {name} in {describe_storage(config.hpo, folder)}: {queued} queued trial(s) for "
+        f"HPO study {name} in {describe_storage(config.hpo, storage.hpo)}: {queued} queued trial(s) for "
         f"{config.hpo.workers} worker processes; more may join: bmlt tune-worker --config {config_path} --study {name}"
     )
     if config.hpo.launcher == "kubernetes":
@@ -96,15 +91,10 @@ def run_workers(config_path: str, name: str, count: int) -> None:
         )
 
 
-def run_worker(config: PlatformConfig, config_path: Path, name: str) -> int:
+def run_worker(config: PlatformConfig, name: str) -> int:
     """Join study ``name`` and run its queued trials until none is left; how many this worker ran."""
-    # The same storage resource as the Dagster step's. Imported here: definitions imports the
-    # training asset, which imports this module.
-    from bmlt_assets.definitions import build_resources
-
-    storage = build_resources(config_path)["storage"]
-    assert isinstance(storage, StorageResource)
-    optuna_storage = study_storage(config.hpo, hpo_folder(storage))
+    storage = StorageResource.for_config(config)  # the same storage as the step's: both come from the config
+    optuna_storage = study_storage(config.hpo, storage.hpo)
     study, origin = join_study(config, optuna_storage, name)
     data = load_dataset(storage.require(storage.dataset, "training_dataset"), config, fold=origin.fold)
     logger = MlflowTrialLogger(MlflowClient(config.tracking_uri), origin.mlflow_parent_run_id)
