@@ -91,9 +91,10 @@ class TardisArchiveResource(dg.ConfigurableResource):
                         f"tardis.dev served damaged files {DOWNLOAD_ROUNDS} times ({self.url(date, symbol)}: "
                         f"{error.problem}); try again later"
                     ) from None
-                log.warning("%s; fetching it again", error)
+                log.warning("%s; fetching it again from the archive", error)
                 copies += 1
-                path, state = self.download(date, [symbol])[symbol]
+                # Not from the mirror: the damaged copy may have come from there.
+                path, state = self.download(date, [symbol], use_mirror=False)[symbol]
                 continue
             if not state.verified:
                 note_verified(path)
@@ -127,14 +128,17 @@ class TardisArchiveResource(dg.ConfigurableResource):
     def cached(self, date: dt.date, symbol: str) -> Path:
         return Path(self.download_dir) / dataset_path(self.exchange, self.data_type, date, exchange_symbol(symbol))
 
-    def download(self, date: dt.date, symbols: list[str]) -> dict[str, tuple[Path, DownloadState]]:
-        """The file of each symbol for ``date``, fetching those not cached or found damaged; each is
-        inspected (``inspect_download``) and used only once verified whole (``_books``)."""
+    def download(
+        self, date: dt.date, symbols: list[str], use_mirror: bool = True
+    ) -> dict[str, tuple[Path, DownloadState]]:
+        """The file of each symbol for ``date``, taking those not cached from the mirror (unless not
+        ``use_mirror``) or the archive; each is inspected (``inspect_download``) and used only once
+        verified whole (``_books``)."""
         api_key = os.environ.get(API_KEY_VARIABLE, "")  # read now, passed to the client only
         require_access([date], bool(api_key))
         states = {symbol: download_state(self.cached(date, symbol)) for symbol in symbols}
         fetched = {symbol for symbol, state in states.items() if state.problem}
-        for symbol in fetched:
+        for symbol in fetched if use_mirror else ():
             states[symbol] = self._from_mirror(date, symbol)
         for _ in range(DOWNLOAD_ROUNDS):
             missing = [symbol for symbol, state in states.items() if state.problem]
@@ -171,9 +175,9 @@ class TardisArchiveResource(dg.ConfigurableResource):
         return download_state(local)
 
     def _to_mirror(self, date: dt.date, symbol: str) -> None:
-        """Copy a verified file to the mirror."""
+        """Copy a file just verified to the mirror (replacing a damaged copy there, if any)."""
         remote = self.mirrored(date, symbol)
-        if remote is not None and not remote.exists():
+        if remote is not None:
             atomic_write(remote, lambda temporary: shutil.copyfile(self.cached(date, symbol), temporary))
 
     def _fetch(self, date: dt.date, symbols: list[str], api_key: str) -> None:
