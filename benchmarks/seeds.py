@@ -75,7 +75,7 @@ def one_seed(config_json: str, folder: str, seed: int, threads: int) -> dict:
     report = evaluate(
         data, test_logits, calibration, oracle, config.evaluation, config.data.cadence_ms / 1000, labels=config.labels
     )
-    verdict = gate(report, False, False, config.evaluation.promotion_max_ece, "no champion (a fresh registry)")
+    verdict = gate(report, False, False, config.promotion, "no champion (a fresh registry)")
     return {
         "seed": seed,
         "train_s": train_s,

@@ -113,6 +113,8 @@ def summary(config: PlatformConfig, args: argparse.Namespace) -> int:
     console = Console(highlight=False, no_color=not colour, force_terminal=colour, soft_wrap=True)
     from bmlt_assets.core.checkpoint import ModelMeta
     from bmlt_assets.core.evaluation_report import EvaluationReport
+    from bmlt_assets.core.readable import number
+    from bmlt_assets.core.report import counts, headline, report_warnings
     from bmlt_resources.storage import StorageResource
     from bmlt_resources.tracking_probe import tracking_reachable
 
@@ -127,13 +129,21 @@ def summary(config: PlatformConfig, args: argparse.Namespace) -> int:
     name, version = config.registered_model_name, meta.registered_version
     try:
         aliases = sorted(a for a, v in client.get_registered_model(name).aliases.items() if str(v) == version)
-        verdict = client.get_model_version(name, version).tags.get("bmlt.promotion", "not evaluated yet")
+        tags = client.get_model_version(name, version).tags
+        verdict = tags.get("bmlt.promotion", "not evaluated yet")
+        # The verdict in one sentence, with what it rests on (versions evaluated before it have none).
+        stated = tags.get("bmlt.verdict", verdict.partition(": ")[0])
         run = client.get_run(meta.mlflow_run_id)
         link = f"{config.mlflow.ui_url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
     except MlflowException as error:
         console.print(f"{config.tracking_uri}: cannot read the registry ({error.message})", style="red")
         return 2
-    verdict_style = "bold green" if verdict == "promoted" else "bold yellow"
+    metrics = storage.report / "metrics.json"
+    saved = EvaluationReport.from_json(json.loads(metrics.read_text())) if metrics.exists() else None
+    # Green only for a model that is promoted and also earns at the stated costs: a statistical
+    # verdict on a model that loses money is no good news.
+    earns = saved is not None and all(entry.model.pnl.profitable for entry in saved.horizons)
+    verdict_style = "bold green" if verdict == "promoted" and earns else "bold yellow"
     served = config.tracking_uri.startswith(("http://", "https://"))  # a tracking server serves its own UI
     ui = config.mlflow.ui_url if served else f"mlflow ui --backend-store-uri {config.tracking_uri}"
     rows = [
@@ -147,19 +157,22 @@ def summary(config: PlatformConfig, args: argparse.Namespace) -> int:
         ("Dagster UI", f"make ui CONFIG={args.config}", "dim"),
     ]
     for label, value, style in rows:
-        if label == "verdict":  # one reason a line: "rejected: a; b" -> "rejected:", "  a", "  b"
-            head, _, reasons = value.partition(": ")
-            value = head + "".join(f"\n           - {reason}" for reason in reasons.split("; ") if reason)
+        if label == "verdict":  # the sentence, then one reason a line: "rejected: a; b" -> "  - a", "  - b"
+            _, _, reasons = value.partition(": ")
+            value = stated + "".join(f"\n           - {reason}" for reason in reasons.split("; ") if reason)
         console.print(f"{label:<10} " + (f"[{style}]{escape(value)}[/]" if style else escape(value)))
-    metrics = storage.report / "metrics.json"
-    if metrics.exists():
-        for entry in EvaluationReport.from_json(json.loads(metrics.read_text())).horizons:
-            m, capture = entry.model.metrics, entry.capture
-            shown = f", capture {capture.accuracy_capture:.3f} / {capture.logloss_capture:.3f}" if capture else ""
+    if saved is not None:
+        for entry in saved.horizons:
+            m = entry.model.metrics
             leak = "  [bold red]PROBABLE LEAK[/]" if entry.leak_suspected else ""
             console.print(
-                f"{entry.horizon_s:>6} s    accuracy {m.accuracy:.4f}, log loss {m.log_loss:.4f} nats{shown}{leak}"
+                f"{entry.horizon_s:>6} s    accuracy {number(m.accuracy)}, log loss {number(m.log_loss)} nats; "
+                f"{escape(counts(entry.samples, entry.independent_outcomes))}{leak}"
             )
+            for line in headline(entry):
+                console.print(f"           {escape(line)}")
+        for warning in report_warnings(saved):
+            console.print(f"[bold yellow]warning[/]  {escape(warning.replace('**', ''))}")
     return 0
 
 
@@ -227,6 +240,8 @@ def report(config: PlatformConfig, args: argparse.Namespace) -> int:
 
     from bmlt_assets.core.evaluation_report import EvaluationReport
     from bmlt_assets.core.files import atomic_write
+    from bmlt_assets.core.readable import number
+    from bmlt_assets.core.report import counts, headline, report_warnings
     from bmlt_resources.tracking_probe import tracking_reachable
 
     tracking_reachable(config.tracking_uri)  # seconds, not minutes of retries, when it is down
@@ -242,16 +257,26 @@ def report(config: PlatformConfig, args: argparse.Namespace) -> int:
             return 2
         saved = EvaluationReport.from_json(json.loads((folder / "metrics.json").read_text()))
         html = (folder / "report.html").read_text()
+        gated = folder / "promotion.json"  # the gate's verdict, once the evaluation has run it
+        verdict = json.loads(gated.read_text()).get("sentence") if gated.exists() else None
+    if verdict:
+        print(f"Verdict: {verdict}")
     for entry in saved.horizons:
         leak = "   ** PROBABLE LEAK **" if entry.leak_suspected else ""
-        print(f"\nHorizon {entry.horizon_s}s, {entry.samples} test samples{leak}")
-        print(f"  {'predictor':<14}{'accuracy':>10}{'log loss':>10}{'ECE':>8}{'Sharpe':>9}")
+        print(f"\nHorizon {entry.horizon_s}s, {counts(entry.samples, entry.independent_outcomes)}{leak}")
+        for line in headline(entry):
+            print(f"  {line}")
+        columns = ("accuracy", "log loss", "ECE", "net bps/trade", "Sharpe")
+        print(f"  {'predictor':<14}" + "".join(f"{c:>15}" for c in columns))
         for name, scores in entry.predictors.items():
-            m, sharpe = scores.metrics, scores.pnl.sharpe_annualized
-            print(f"  {name:<14}{m.accuracy:>10.4f}{m.log_loss:>10.4f}{m.ece:>8.4f}{sharpe:>9.2f}")
-        if entry.capture is not None:
-            capture = entry.capture
-            print(f"  signal capture: accuracy {capture.accuracy_capture:.3f}, log loss {capture.logloss_capture:.3f}")
+            m, pnl = scores.metrics, scores.pnl
+            values = (m.accuracy, m.log_loss, m.ece, pnl.mean_return_bps, pnl.sharpe_annualized)
+            print(f"  {name:<14}" + "".join(f"{number(v):>15}" for v in values))
+    warnings = report_warnings(saved)
+    if warnings:
+        print("\nWarnings, most material first:")
+        for warning in warnings:
+            print(f"  - {warning.replace('**', '')}")
     name = f"report-{args.run_id}.html"
     target = args.out or config.local_dir / config.name / "reports" / name
     if target.is_dir():  # -o a folder: the report goes in it, as cp would put it

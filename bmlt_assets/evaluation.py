@@ -13,7 +13,8 @@ from bmlt_assets.core.dataset import TrainingData, load_dataset
 from bmlt_assets.core.evaluation import evaluate_stored_model, flat_metrics
 from bmlt_assets.core.evaluation_report import EvaluationReport
 from bmlt_assets.core.promotion import Verdict, gate, incomparability
-from bmlt_assets.core.report import FrontMatter, write_report
+from bmlt_assets.core.readable import rounded
+from bmlt_assets.core.report import FrontMatter, Materiality, headline, ranked_warnings, report_warnings, write_report
 from bmlt_assets.core.sources import BookSource
 from bmlt_assets.provenance import git_commit
 from bmlt_assets.training.asset import trained_model
@@ -48,8 +49,9 @@ def evaluation_report(
     report = evaluate_stored_model(
         config, evaluation, dataset_dir, model_dir, book_source.oracle(), champion.probabilities
     )
-    max_ece = config.evaluation.promotion_max_ece
-    verdict = gate(report.horizons, champion.exists, champion.probabilities is not None, max_ece, champion.note)
+    verdict = gate(
+        report.horizons, champion.exists, champion.probabilities is not None, config.promotion, champion.note
+    )
     front = _front_matter(settings, mlflow, tracker, challenger, verdict, champion.note)
     with storage.commit(storage.report) as staging:
         embedded, _ = write_report(
@@ -58,9 +60,9 @@ def evaluation_report(
     tracker.log_artifacts(storage.require(storage.report, "evaluation_report"), "report")
     tracker.log_metrics(flat_metrics(report))
     tracker.set_tags({"bmlt.model_run_id": challenger.mlflow_run_id})
-    for entry in report.horizons:
-        if entry.leak_suspected:
-            context.log.error(f"{entry.horizon_s}s: the model beats the oracle beyond its CI: probable look-ahead leak")
+    for materiality, warning in ranked_warnings(report):
+        (context.log.error if materiality == Materiality.LEAK else context.log.warning)(warning.replace("**", ""))
+    context.log.info(f"verdict: {verdict.sentence}")
     mlflow.promote(config.registered_model_name, challenger.registered_version, verdict)
     if verdict.promote:
         context.log.info(f"{config.registered_model_name} v{challenger.registered_version} promoted to @{CHAMPION}")
@@ -119,21 +121,39 @@ def _front_matter(
 
 
 def _metadata(report: EvaluationReport, embedded: str, front: FrontMatter, challenger: ModelMeta) -> dict[str, Any]:
-    headline: dict[str, dg.MetadataValue] = {}
+    """The headline numbers (to the report's significant digits; those not measured left out), the
+    headline and warnings, the report, and the verdict with what it rests on."""
+    numbers: dict[str, dg.MetadataValue] = {}
+    summary = []
     for entry in report.horizons:
-        model = entry.model.metrics
-        numbers = {"model_accuracy": model.accuracy, "model_log_loss": model.log_loss}
+        model, pnl = entry.model.metrics, entry.model.pnl
+        values = {
+            "model_accuracy": model.accuracy,
+            "model_log_loss": model.log_loss,
+            "margin_over_best_baseline_nats": entry.margin_over(entry.best_baseline).mean,
+            "model_net_bps_per_trade": pnl.mean_return_bps,
+            "model_edge_bps_per_trade": pnl.gross_mean_bps,
+            "break_even_fee_bps": pnl.break_even_fee_bps,
+        }
         if entry.capture is not None:
-            numbers |= {"accuracy_capture": entry.capture.accuracy_capture}
-            numbers |= {"logloss_capture": entry.capture.logloss_capture}
-        headline |= {f"{name}_{entry.horizon_s}s": dg.MetadataValue.float(v) for name, v in numbers.items()}
-    assert front.verdict is not None
+            values |= {"accuracy_capture": entry.capture.accuracy_capture}
+            values |= {"logloss_capture": entry.capture.logloss_capture}
+        h = f"{entry.horizon_s}s"
+        numbers |= {f"{name}_{h}": dg.MetadataValue.float(rounded(v)) for name, v in values.items() if v is not None}
+        numbers[f"test_samples_{h}"] = dg.MetadataValue.int(entry.samples)
+        if entry.independent_outcomes is not None:
+            numbers[f"independent_outcomes_{h}"] = dg.MetadataValue.int(entry.independent_outcomes)
+        summary += [f"**{entry.horizon_s} s**", "", *(f"- {line}" for line in headline(entry)), ""]
+    summary += [f"> **WARNING** {w}\n" for w in report_warnings(report)]
+    verdict = front.verdict
+    assert verdict is not None
     return {
-        **headline,
+        **numbers,
+        "headline": dg.MetadataValue.md("\n".join(summary)),
         "report": dg.MetadataValue.md(embedded),
         "promotion": dg.MetadataValue.md(
-            f"**{'promoted to @champion' if front.verdict.promote else 'not promoted'}** ({front.verdict_note})\n\n"
-            + "\n".join(f"- {reason}" for reason in front.verdict.reasons)
+            f"**{verdict.outcome}** {verdict.grounds}\n\nChampion: {front.verdict_note}.\n\n"
+            + "\n".join(f"- {reason}" for reason in verdict.reasons)
         ),
         "mlflow_run_id": front.run_id,
         "mlflow_run": dg.MetadataValue.url(front.run_url),

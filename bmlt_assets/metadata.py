@@ -17,7 +17,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     if not rows:
         return "_(empty)_"
     columns = list(rows[0])
-    return "\n".join(table_lines(columns, [[row.get(c, "") for c in columns] for row in rows], "{:.4g}"))
+    return "\n".join(table_lines(columns, [[row.get(c, "") for c in columns] for row in rows]))
 
 
 def stored(path: StoredPath) -> dict[str, Any]:

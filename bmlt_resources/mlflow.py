@@ -154,14 +154,23 @@ class TrackedMlflow(MlFlow):
             self.tracking_client.set_registered_model_alias(name, CHAMPION, version)
         outcome = "promoted" if verdict.promote else "rejected: " + "; ".join(verdict.reasons)
         self.tracking_client.set_model_version_tag(name, version, "bmlt.promotion", outcome)
-        # The tag is cut short on the model page; the description shows the whole verdict.
+        # What the verdict rests on, and whether the model makes money at the stated costs.
+        self.tracking_client.set_model_version_tag(name, version, "bmlt.verdict", verdict.sentence)
+        # The tags are cut short on the model page; the description shows the whole verdict.
         trained = (self.tracking_client.get_model_version(name, version).description or "").split("\n\n")[0]
         verdict_lines = "\n".join(f"- {reason}" for reason in verdict.reasons)
-        heading = f"**Promoted to @{CHAMPION}.**" if verdict.promote else "**Not promoted.**"
-        self.tracking_client.update_model_version(name, version, description=f"{trained}\n\n{heading}\n{verdict_lines}")
+        heading = f"**{verdict.outcome}** {verdict.grounds}"
+        self.tracking_client.update_model_version(
+            name, version, description=f"{trained}\n\n{heading}\n\n{verdict_lines}"
+        )
         mlflow.log_metric("promotion_promoted", float(verdict.promote))
         mlflow.log_dict(
-            {"promote": verdict.promote, "reasons": verdict.reasons, "numbers": verdict.numbers},
+            {
+                "promote": verdict.promote,
+                "sentence": verdict.sentence,
+                "reasons": verdict.reasons,
+                "numbers": verdict.numbers,
+            },
             "report/promotion.json",
         )
 

@@ -81,14 +81,37 @@ METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "mcc", "log_loss", "brie
 PREDICTORS = ("model", "prior", "persistence", "logistic_obi", "oracle")
 
 
+# Like the demo's model of issue 25: it loses 16.4 bps per trade (1 winner in 1,865 trades). At the
+# report's 1 bps fee per side and a 1.2 bps spread a trade costs 3.2 bps: the edge before costs is
+# -13.2 bps, and no fee breaks even ((-13.2 - 1.2) / 2 = -7.2 bps per side).
+LOSING_PNL = {
+    "trades": 1865,
+    "hit_rate": 1 / 1865,
+    "mean_return_bps": -16.4,
+    "total_return_bps": -16.4 * 1865,
+    "costs_bps": 3.2 * 1865,
+    "sharpe_annualized": -5298.9491,
+    "max_drawdown_bps": 16.4 * 1865,
+    "turnover_per_day": 12_345.678,
+    "gross_mean_bps": -13.2,
+    "break_even_fee_bps": -7.2,
+    "mean_return_low_bps": -16.93,
+    "mean_return_high_bps": -15.87,
+}
+
+
 def report_entry(
     ece_before: float = 0.05,
     ece_after: float = 0.02,
     vs_logistic: dict[str, float] = TIED,
     days: float = 10.0,
     volatility_scaled: bool = True,
+    model_pnl: dict[str, float] | None = None,
+    oracle_pnl: dict[str, float] | None = None,
+    independent_outcomes: int | None = 17,
 ) -> dict[str, Any]:
-    """One 30 s horizon of a report in metrics.json's layout, with chosen calibration, tie and window."""
+    """One 30 s horizon of a report in metrics.json's layout, with chosen calibration, tie, window,
+    P&L of the model and the oracle (overrides of a small profitable one) and independent outcomes."""
     edges_sigma = [-2.0, -1.1, -0.45, 0.0, 0.45, 1.1, 2.0]
     classes: dict[str, Any] = {"kind": "quantile", "edges_bps": [e * 10.0 for e in edges_sigma]}
     if volatility_scaled:
@@ -105,7 +128,7 @@ def report_entry(
         "max_drawdown_bps": 2.0,
         "turnover_per_day": 10.0,
     }
-    interval = {"mean": 1.9, "low": 1.85, "high": 1.95, "block_length": 3}
+    interval = {"mean": 1.9, "low": 1.85, "high": 1.95, "block_length": 31.5}
     entry = {
         "horizon_steps": 30,
         "horizon_s": 30,
@@ -136,7 +159,7 @@ def report_entry(
         },
         "confusion": [[10 if i == j else 1 for j in range(8)] for i in range(8)],
         "class_distribution": {"realized": [17] * 8, "predicted": [17] * 8},
-        "pnl": dict.fromkeys(PREDICTORS, pnl),
+        "pnl": dict.fromkeys(PREDICTORS, pnl) | {"model": pnl | (model_pnl or {}), "oracle": pnl | (oracle_pnl or {})},
         "equity": {
             p: {
                 "steps": [3, 90, 200],
@@ -145,10 +168,15 @@ def report_entry(
             }
             for p in PREDICTORS
         },
-        "regimes": {r: {"samples": 166, "accuracy": 0.25, "log_loss": 1.9} for r in ("low", "mid", "high")},
+        "regimes": {
+            r: {"samples": 166, "accuracy": 0.25, "log_loss": 1.9, "independent_outcomes": 6}
+            for r in ("low", "mid", "high")
+        },
         "beats_baselines": False,
         "capture": {"accuracy_capture": 0.5, "logloss_capture": 0.4},
         "capture_by_predictor": {p: {"accuracy_capture": 0.5, "logloss_capture": 0.4} for p in PREDICTORS},
         "leak_suspected": False,
     }
+    if independent_outcomes is not None:
+        entry["independent_outcomes"] = independent_outcomes
     return entry

@@ -157,7 +157,7 @@ def test_training_assets_log_register_and_report(tiny_config_path: Path, tiny_co
         entry["log_loss_differences"][f"model_minus_{b}"]["high"] < 0
         for entry in report
         for b in ("prior", "persistence", "logistic_obi")
-    ) and all(entry["metrics"]["model"]["ece"] < tiny_config.evaluation.promotion_max_ece for entry in report)
+    ) and all(entry["metrics"]["model"]["ece"] < tiny_config.promotion.max_ece for entry in report)
     promoted = version.tags["bmlt.promotion"] == "promoted"
     assert promoted == deserved
     aliases = client.get_registered_model(tiny_config.registered_model_name).aliases
@@ -169,8 +169,22 @@ def test_training_assets_log_register_and_report(tiny_config_path: Path, tiny_co
     assert tiny_config.target in client.get_registered_model(tiny_config.registered_model_name).description
     described = client.get_model_version(tiny_config.registered_model_name, version.version).description
     verdict = json.loads(Path(client.download_artifacts(run.info.run_id, "report/promotion.json")).read_text())
-    assert ("Promoted to @champion" in described) == promoted
+    assert ("**PROMOTED to @champion**" in described) == promoted
     assert all(reason in described for reason in verdict["reasons"])
+    # The verdict says what it rests on and, in the same sentence, whether the model makes money.
+    sentence = version.tags["bmlt.verdict"]
+    assert sentence == verdict["sentence"] and sentence in described.replace("**", "")
+    loses = not all(e["pnl"]["model"]["trades"] and e["pnl"]["model"]["total_return_bps"] > 0 for e in report)
+    assert ("LOSES money" in sentence) == loses and ("not a trading one" in sentence) == loses
+    for entry in report:  # the economics, and the counts beside each other
+        pnl, horizon = entry["pnl"]["model"], f"{entry['horizon_s']}s"
+        if pnl["trades"]:
+            assert pnl["break_even_fee_bps"] == pytest.approx(10.0 + pnl["mean_return_bps"] / 2)
+        assert entry["samples"] / entry["horizon_steps"] <= entry["independent_outcomes"] < entry["samples"]
+        assert report_meta[f"independent_outcomes_{horizon}"].value == entry["independent_outcomes"]
+        assert report_meta[f"test_samples_{horizon}"].value == entry["samples"]
+    assert report_meta["promotion"].value.startswith(f"**{'PROMOTED' if promoted else 'NOT PROMOTED'}")
+    assert "- Money: at the stated costs (10 bps per side" in report_meta["headline"].value
     # The report opens with what was evaluated and the same verdict, each horizon named in seconds.
     front = (StorageResource.for_config(tiny_config).report / "report.md").read_text(encoding="utf-8")
     front = front[: front.index("## Headline")]

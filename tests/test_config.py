@@ -183,3 +183,16 @@ def test_a_tab_and_deep_nesting_get_what_they_are(tmp_path: Path) -> None:
     deep.write_text("name: " + "[" * 5000 + "]" * 5000 + "\n")
     with pytest.raises(ConfigError, match="nested too deeply to read"):
         load_config(deep)
+
+
+def test_the_promotion_rules_have_their_own_section_and_the_old_key_says_where_it_went(tmp_path: Path) -> None:
+    assert load_config(write_config(tmp_path)).promotion.require_profit_at_fee is False  # opt-in
+    rules = load_config(write_config(tmp_path, {"promotion": {"require_profit_at_fee": True, "max_ece": 0.1}}))
+    assert rules.promotion.require_profit_at_fee is True and rules.promotion.max_ece == 0.1
+    with pytest.raises(ConfigError, match="promotion.require_profit_at_fee"):
+        load_config(write_config(tmp_path, {"promotion": {"require_profit_at_fee": "sometimes"}}))
+    moved = _bmlt("validate", "--config", str(write_config(tmp_path, {"evaluation": {"promotion_max_ece": 0.08}})))
+    assert moved.returncode == 2 and "Traceback" not in moved.stderr
+    assert "evaluation.promotion_max_ece moved to the promotion section; write `promotion: {max_ece: 0.08}`" in (
+        moved.stderr
+    )

@@ -35,7 +35,7 @@ from bmlt_assets.core.metrics import (
 from bmlt_assets.core.report import write_report
 from bmlt_assets.core.representation import day_grid_ns
 from bmlt_assets.core.train import build_model
-from bmlt_assets.core.uncertainty import mean_interval
+from bmlt_assets.core.uncertainty import independent_outcomes, mean_interval
 from bmlt_resources.binance import with_market_fee
 from bmlt_resources.synthetic import SyntheticMarketResource
 from tests.helpers import synthetic_days, write_config
@@ -508,3 +508,62 @@ def test_the_typed_report_survives_its_json_and_reads_reports_of_earlier_version
     legacy = HorizonReport.from_json(earlier)
     assert legacy.pnl_by_fee == [] and legacy.capture == report.horizons[0].capture
     assert legacy.predictors["prior"].capture is None and legacy.model_minus == report.horizons[0].model_minus
+
+
+def _most_non_overlapping(steps: list[int], horizon: int) -> int:
+    """The largest set of samples whose outcome windows do not overlap, by exhaustive dynamic
+    programming (best[i]: the most among the samples from i on)."""
+    best = [0] * (len(steps) + 1)
+    for i in range(len(steps) - 1, -1, -1):
+        following = next((j for j in range(i + 1, len(steps)) if steps[j] >= steps[i] + horizon), len(steps))
+        best[i] = max(best[i + 1], 1 + best[following])
+    return best[0]
+
+
+def test_independent_outcomes_are_the_most_non_overlapping_samples() -> None:
+    assert independent_outcomes(np.arange(100), 10) == 10  # contiguous: one per horizon
+    assert independent_outcomes(np.arange(101), 10) == 11
+    assert independent_outcomes(np.array([0, 1, 2, 50, 51, 95]), 10) == 3  # each gap starts a new window
+    assert independent_outcomes(np.array([], dtype=np.int64), 10) == 0
+    rng = np.random.default_rng(6)
+    for _ in range(50):
+        steps = np.unique(rng.integers(0, 300, rng.integers(1, 80)))
+        horizon = int(rng.integers(1, 40))
+        assert independent_outcomes(steps, horizon) == _most_non_overlapping(steps.tolist(), horizon)
+
+
+def test_the_report_counts_independent_outcomes_per_horizon_and_regime(built) -> None:
+    config, data, _ = built()
+    logits = np.random.default_rng(7).normal(size=(len(data.parts["test"]), len(data.horizons), data.n_classes))
+    steps = data.parts["test"].steps
+    for entry, horizon in zip(_evaluate(config, data, logits), data.horizons, strict=True):
+        assert entry.independent_outcomes == _most_non_overlapping(steps.tolist(), horizon)
+        assert entry.samples / horizon <= entry.independent_outcomes < entry.samples
+        regimes = entry.regimes.values()
+        assert sum(r.samples for r in regimes) == entry.samples
+        assert all(r.independent_outcomes is not None and r.independent_outcomes <= r.samples for r in regimes)
+
+
+def test_the_edge_and_the_break_even_fee_are_what_the_trades_earn_before_costs() -> None:
+    rng = np.random.default_rng(8)
+    steps = np.arange(0, 400)
+    realized = rng.normal(2e-4, 5e-4, 400)  # a 2 bps drift, long every horizon
+    spread = rng.uniform(0.5, 1.5, 400)
+    args = {"horizon": 5, "threshold": 0.5, "cadence_s": 1}
+    paid = run_backtest(steps, np.full(400, 0.9), np.zeros(400), realized, spread, fee_bps=3, **args)
+    summary = paid.summary()
+    assert summary.trades == 80
+    assert summary.gross_mean_bps == pytest.approx(realized[paid.entries].mean() * 1e4)
+    assert summary.costs_per_trade_bps == pytest.approx(6 + spread[paid.entries].mean())
+    # At the break-even fee the same trades net exactly nothing; the fee never changes which trades.
+    even = run_backtest(
+        steps, np.full(400, 0.9), np.zeros(400), realized, spread, fee_bps=summary.break_even_fee_bps, **args
+    )
+    assert even.summary().mean_return_bps == pytest.approx(0.0, abs=1e-9)
+    assert even.summary().break_even_fee_bps == pytest.approx(summary.break_even_fee_bps)
+    assert summary.mean_return_low_bps < summary.mean_return_bps < summary.mean_return_high_bps
+    assert summary.profitable == (summary.total_return_bps > 0)
+    few = run_backtest(steps[:40], np.full(40, 0.9), np.zeros(40), realized, spread, fee_bps=3, **args).summary()
+    assert few.trades == 8 and few.mean_return_low_bps is None and few.gross_mean_bps is not None
+    none = run_backtest(steps, np.zeros(400), np.zeros(400), realized, spread, fee_bps=3, **args).summary()
+    assert none.trades == 0 and none.gross_mean_bps is None and not none.profitable

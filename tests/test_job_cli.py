@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from bmlt_assets.core.config import PROJECT_ROOT, PlatformConfig, load_config
+from bmlt_assets.core.readable import number
 from bmlt_assets.partitions import range_tags
 from bmlt_resources.storage import StorageResource
 from tests.helpers import write_config
@@ -80,7 +81,9 @@ def test_dagster_job_execute_runs_the_full_pipeline(
     )
     assert shown.returncode == 0, shown.stderr
     model_accuracy = report["report"][0]["metrics"]["model"]["accuracy"]
-    assert f"{model_accuracy:.4f}" in shown.stdout and "Horizon 30s" in shown.stdout
+    assert number(model_accuracy) in shown.stdout and "Horizon 30s" in shown.stdout
+    assert f"Horizon 30s, {report['report'][0]['samples']:,} samples, " in shown.stdout  # and independent outcomes
+    assert shown.stdout.startswith("Verdict: ")  # the gate's sentence, from report/promotion.json
     assert html_path.read_text().startswith("<!DOCTYPE html>")
     missing = subprocess.run(
         [str(BIN / "bmlt"), "report", "nonexistent", "--config", str(tiny_config_path)],
@@ -128,11 +131,12 @@ def test_dagster_job_execute_runs_the_full_pipeline(
     version = client.get_model_version(tiny_config.registered_model_name, model_meta["registered_version"])
     assert run.info.run_id in summary.stdout and run.info.run_name in summary.stdout
     assert f"models:/{tiny_config.registered_model_name}/{version.version}  @challenger" in summary.stdout
-    verdict, _, reasons = version.tags["bmlt.promotion"].partition(": ")
-    assert f"verdict    {verdict}" in summary.stdout
+    _, _, reasons = version.tags["bmlt.promotion"].partition(": ")
+    assert f"verdict    {version.tags['bmlt.verdict']}" in summary.stdout  # what it rests on, whether it makes money
     assert all(f"- {reason}" in summary.stdout for reason in reasons.split("; ") if reason)
     assert str(storage.report / "report.html") in summary.stdout
-    assert f"{model_accuracy:.4f}" in summary.stdout
+    assert number(model_accuracy) in summary.stdout and "independent outcomes" in summary.stdout
+    assert "Money: at the stated costs" in summary.stdout
     assert "\x1b[" not in summary.stdout
 
 

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from bmlt_assets.core.config import PromotionConfig
 from bmlt_assets.core.evaluation_report import HorizonReport, Interval
 from bmlt_assets.core.promotion import gate, incomparability, promotion_verdict
-from tests.helpers import report_entry
+from tests.helpers import LOSING_PNL, report_entry
 
 BETTER = Interval(mean=-0.05, low=-0.08, high=-0.02)
+RULES = PromotionConfig(max_ece=0.05)  # the default: forecast quality only
 TIED = Interval(mean=-0.01, low=-0.04, high=0.01)
 
 
@@ -36,12 +38,14 @@ def test_the_champion_must_be_beaten_beyond_noise() -> None:
 
 def test_a_miscalibrated_challenger_is_not_promoted() -> None:
     verdict = promotion_verdict({"prior": BETTER}, None, ece=0.08, max_ece=0.05)
-    assert not verdict.promote and verdict.reasons == ["ECE 0.0800 is not below 0.0500"]
+    assert not verdict.promote and verdict.reasons == ["ECE 0.0800 is not below 0.05"]
 
 
-def _entry(vs_champion: Interval, leak: bool = False, horizon_steps: int = 10) -> HorizonReport:
+def _entry(
+    vs_champion: Interval, leak: bool = False, horizon_steps: int = 10, model_pnl: dict | None = None
+) -> HorizonReport:
     """One horizon of an evaluation report: well calibrated, better than every baseline."""
-    entry = report_entry()
+    entry = report_entry(model_pnl=model_pnl)
     entry |= {
         "horizon_steps": horizon_steps,
         "horizon_s": horizon_steps * 2,  # a 2 s cadence: reasons speak in seconds, never in steps
@@ -54,22 +58,84 @@ def _entry(vs_champion: Interval, leak: bool = False, horizon_steps: int = 10) -
 
 
 def test_a_leak_flagged_challenger_with_better_numbers_is_refused() -> None:
-    honest = gate([_entry(BETTER), _entry(BETTER, horizon_steps=30)], True, True, 0.05, "")
+    honest = gate([_entry(BETTER), _entry(BETTER, horizon_steps=30)], True, True, RULES, "")
     assert honest.promote
-    leaky = gate([_entry(BETTER), _entry(BETTER, leak=True, horizon_steps=30)], True, True, 0.05, "")
+    leaky = gate([_entry(BETTER), _entry(BETTER, leak=True, horizon_steps=30)], True, True, RULES, "")
     assert not leaky.promote and leaky.reasons[0] == "60 s: probable look-ahead leak (beats the Bayes-optimal oracle)"
-    first = gate([_entry(BETTER, leak=True)], False, False, 0.05, "no champion yet")
+    first = gate([_entry(BETTER, leak=True)], False, False, RULES, "no champion yet")
     assert not first.promote  # not even as the first champion
 
 
 def test_a_stronger_champion_refuses_the_challenger() -> None:
     stronger = Interval(mean=0.04, low=0.02, high=0.06)  # challenger minus champion: worse
-    verdict = gate([_entry(BETTER), _entry(stronger, horizon_steps=30)], True, True, 0.05, "")
+    verdict = gate([_entry(BETTER), _entry(stronger, horizon_steps=30)], True, True, RULES, "")
     assert not verdict.promote
     assert (
         "60 s: does not beat the champion: log-loss difference (challenger minus it) CI [0.0200, 0.0600] lies "
         "entirely above 0 (the challenger is worse)" in verdict.reasons
     )
+
+
+# 1,865 trades at 1 bps per side and 3.2 bps of costs per trade, as LOSING_PNL, but profitable
+# beyond noise, and profitable within noise.
+PROFIT = LOSING_PNL | {"mean_return_bps": 2.5, "total_return_bps": 4662.5, "gross_mean_bps": 5.7}
+PROFIT |= {"break_even_fee_bps": 2.25, "mean_return_low_bps": 0.8, "mean_return_high_bps": 4.1}
+NOISY = LOSING_PNL | {"mean_return_bps": 0.4, "total_return_bps": 746.0, "gross_mean_bps": 3.6}
+NOISY |= {"break_even_fee_bps": 1.2, "mean_return_low_bps": -0.9, "mean_return_high_bps": 1.7}
+FORECASTS = "on forecast quality (log loss against every baseline and the champion, and calibration)"
+
+
+def test_by_default_the_verdict_is_on_forecasts_and_says_when_the_model_loses_money() -> None:
+    losing = [_entry(BETTER, model_pnl=LOSING_PNL), _entry(BETTER, horizon_steps=30, model_pnl=PROFIT)]
+    verdict = gate(losing, True, True, RULES, "")
+    assert verdict.promote and verdict.profitable is False
+    assert verdict.sentence == (
+        f"PROMOTED to @champion {FORECASTS} alone, a statistical verdict and not a trading one: at the stated "
+        "costs the model LOSES money: 20 s: -16.4 bps per trade net (95% CI [-16.9, -15.9]) over 1,865 trades at "
+        "1 bps per side, an edge of -13.2 bps per trade before costs of 3.20 bps, break-even at a fee of -7.20 bps "
+        "per side; 60 s: +2.50 bps per trade net (95% CI [0.800, 4.10]) over 1,865 trades at 1 bps per side, an "
+        "edge of +5.70 bps per trade before costs of 3.20 bps, break-even at a fee of 2.25 bps per side."
+    )
+    assert verdict.numbers["20s"]["net_bps_per_trade"] == -16.4 and verdict.numbers["20s"]["fee_bps"] == 1.0
+    profitable = gate([_entry(BETTER, model_pnl=PROFIT)], True, True, RULES, "")
+    assert profitable.sentence.startswith(
+        f"PROMOTED to @champion {FORECASTS} alone; at the stated costs the model also makes money: 20 s: +2.50 bps"
+    )
+    tied = gate([_entry(TIED, model_pnl=LOSING_PNL)], True, True, RULES, "")
+    assert tied.sentence.startswith(f"NOT PROMOTED {FORECASTS} alone, a statistical verdict and not a trading one")
+
+
+def test_require_profit_at_fee_refuses_a_model_that_does_not_make_money_beyond_noise() -> None:
+    rules = PromotionConfig(max_ece=0.05, require_profit_at_fee=True)
+    both = [_entry(BETTER, model_pnl=LOSING_PNL), _entry(BETTER, horizon_steps=30, model_pnl=PROFIT)]
+    assert gate(both, True, True, RULES, "").promote  # off by default
+    refused = gate(both, True, True, rules, "")
+    assert not refused.promote
+    assert refused.reasons[0] == "20 s: not profitable at 1 bps per side: it loses 16.4 bps per trade net"
+    assert not any(reason.startswith("60 s: not profitable") for reason in refused.reasons)
+
+    def reason(pnl: dict) -> str:
+        verdict = gate([_entry(BETTER, model_pnl=pnl)], True, True, rules, "")
+        assert not verdict.promote
+        return verdict.reasons[0]
+
+    assert reason(NOISY) == (
+        "20 s: not profitable at 1 bps per side: its net mean return per trade's 95% CI [-0.900, 1.70] bps includes 0"
+    )
+    few = PROFIT | {"trades": 5, "mean_return_low_bps": None, "mean_return_high_bps": None}
+    assert reason(few) == "20 s: not profitable at 1 bps per side: 5 trades are too few to tell"
+    idle = LOSING_PNL | {"trades": 0, "mean_return_bps": 0.0, "total_return_bps": 0.0, "mean_return_low_bps": None}
+    assert reason(idle) == "20 s: not profitable at 1 bps per side: it never traded"
+
+    promoted = gate([_entry(BETTER, model_pnl=PROFIT)], True, True, rules, "")
+    assert promoted.promote
+    assert promoted.sentence.startswith(
+        f"PROMOTED to @champion {FORECASTS} and on profit at the stated costs: 20 s: +2.50 bps per trade net "
+        "(95% CI [0.800, 4.10])"
+    )
+    # Profit does not buy promotion: the forecasts must still beat the champion.
+    weaker = gate([_entry(Interval(mean=0.04, low=0.02, high=0.06), model_pnl=PROFIT)], True, True, rules, "")
+    assert not weaker.promote and "does not beat the champion" in weaker.reasons[0]
 
 
 SPEC = {
@@ -101,7 +167,7 @@ def test_the_champion_is_compared_only_like_for_like_and_never_on_its_own_traini
     overlapping = {**SPEC, "fitted_ns": [0, 2_500]}  # trained on part of the challenger's test window
     assert "trained or validated on part of this test window" in incomparability(overlapping, SPEC, test_window)
     # Not comparable means not replaced: the gate refuses, naming why.
-    refused = gate([_entry(BETTER)], True, False, 0.05, "champion v3 is not comparable (other edges)")
+    refused = gate([_entry(BETTER)], True, False, RULES, "champion v3 is not comparable (other edges)")
     assert not refused.promote and refused.reasons == ["champion v3 is not comparable (other edges)"]
 
 
@@ -118,7 +184,7 @@ def test_an_identical_challenger_does_not_replace_the_champion(tmp_path) -> None
     from bmlt_assets.partitions import range_tags
     from tests.helpers import write_config
 
-    path = write_config(tmp_path, {"evaluation": {"promotion_max_ece": 1.0}})
+    path = write_config(tmp_path, {"promotion": {"max_ece": 1.0}})
     config = load_config(path)
     assets, instance = INGEST_ASSETS + TRAINING_ASSETS, dg.DagsterInstance.ephemeral()
     tags = range_tags(config.data.start_date, config.data.end_date)

@@ -506,7 +506,16 @@ class EvaluationConfig(Section):
     # Per side, on top of half the spread per side. None: the configured market's taker fee as ccxt
     # publishes it for Binance (spot 10 bps, USD-M 5 bps); the synthetic market uses spot's.
     fee_bps: Annotated[float, Field(ge=0)] | None = None
-    promotion_max_ece: Annotated[float, Field(gt=0, le=1)] = 0.05  # the champion must be this calibrated
+
+
+class PromotionConfig(Section):
+    """The promotion gate's rules (core/promotion.py, docs/design.md §4.9)."""
+
+    max_ece: Annotated[float, Field(gt=0, le=1)] = 0.05  # the champion must be this calibrated
+    # Opt-in: the gate otherwise judges forecasts, not trading. When true, every horizon's model
+    # must also make money at evaluation.fee_bps: its net mean return per trade's 95% interval
+    # lies above zero.
+    require_profit_at_fee: bool = False
 
 
 class QualityConfig(Section):
@@ -731,6 +740,7 @@ class PlatformConfig(Section):
     hpo: HpoConfig = HpoConfig()
     mlflow: MlflowConfig = MlflowConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    promotion: PromotionConfig = PromotionConfig()
     quality: QualityConfig = QualityConfig()
     recording: RecordingConfig = RecordingConfig()
     storage: StorageConfig = StorageConfig()
@@ -923,6 +933,12 @@ def parse_config(raw: Any, source: str = "<config>", folder: Path | None = None)
         raise ConfigError(
             f"{source}: the top level must be a mapping of sections (name:, data:, ...), got {type(raw).__name__}; "
             "see configs/default.yaml"
+        )
+    evaluation = raw.get("evaluation")
+    if isinstance(evaluation, dict) and "promotion_max_ece" in evaluation:
+        raise ConfigError(
+            f"{source}: evaluation.promotion_max_ece moved to the promotion section; write "
+            f"`promotion: {{max_ece: {evaluation['promotion_max_ece']}}}`"
         )
     storage = raw.get("storage") or {}
     if isinstance(storage, dict):  # anything else fails validation below, with its field path

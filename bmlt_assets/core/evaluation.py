@@ -60,7 +60,7 @@ from bmlt_assets.core.metrics import (
 from bmlt_assets.core.representation import quoted_spread_bps
 from bmlt_assets.core.sources import Oracle
 from bmlt_assets.core.train import predict_logits
-from bmlt_assets.core.uncertainty import mean_interval
+from bmlt_assets.core.uncertainty import independent_outcomes, mean_interval
 from bmlt_assets.core.walk_forward import fold_checkpoint
 
 # (horizon index, test steps, test edges (N, C-1)) -> (N, C) probabilities
@@ -255,12 +255,13 @@ def assemble_horizon(
             np.bincount(y, minlength=test.data.n_classes).tolist(),
             np.bincount(model.argmax(axis=1), minlength=test.data.n_classes).tolist(),
         ),
-        regimes=regime_scores(model, y, losses[MODEL], test.regime),
+        regimes=regime_scores(model, y, losses[MODEL], test.regime, part.steps, horizon),
         beats_baselines=all(model_minus[b].below_zero for b in BASELINES),
         pnl_by_fee=fee_sensitivity(model, outcomes, test),
         # Beating the Bayes-optimal forecaster beyond noise means information from the future
         # (the tolerance only absorbs floating-point ties with the oracle itself).
         leak_suspected=model_minus[ORACLE].high < -LEAK_TOLERANCE if ORACLE in model_minus else None,
+        independent_outcomes=independent_outcomes(part.steps, horizon),
     )
 
 
@@ -296,16 +297,23 @@ def fee_sensitivity(model: np.ndarray, outcomes: Outcomes, test: TestPart) -> li
 
 
 def regime_scores(
-    model: np.ndarray, classes: np.ndarray, losses: np.ndarray, regime: np.ndarray
+    model: np.ndarray,
+    classes: np.ndarray,
+    losses: np.ndarray,
+    regime: np.ndarray,
+    steps: np.ndarray,
+    horizon: int,
 ) -> dict[str, RegimeScores]:
-    """The model's accuracy and log loss within each volatility regime (NaN where it has no sample)."""
+    """The model's accuracy and log loss within each volatility regime (NaN where it has no
+    sample), with the regime's independent outcomes (its samples at ``steps``)."""
     scores = {}
     for r, label in enumerate(REGIMES):
         inside = regime == r
         hits = (model.argmax(axis=1) == classes)[inside]
         accuracy = float(hits.mean()) if inside.any() else float("nan")
         log_loss = float(losses[inside].mean()) if inside.any() else float("nan")
-        scores[label] = RegimeScores(int(inside.sum()), accuracy, log_loss)
+        outcomes = independent_outcomes(steps[inside], horizon)
+        scores[label] = RegimeScores(int(inside.sum()), accuracy, log_loss, outcomes)
     return scores
 
 
@@ -386,7 +394,8 @@ def fold_summary(
         model = classification_metrics(y, calibration[i].probabilities(test_logits[:, i]))
         prior = classification_metrics(y, prior_probabilities(train.classes[:, i], data.n_classes, len(y)))
         best = classification_metrics(y, oracle(i, test.steps, test.edges[:, i])) if oracle is not None else None
-        horizons.append(FoldHorizon(model, prior, signal_capture(model, prior, best) if best is not None else None))
+        capture = signal_capture(model, prior, best) if best is not None else None
+        horizons.append(FoldHorizon(model, prior, capture, independent_outcomes(test.steps, data.horizons[i])))
     period = purged_test_period(data)
     return FoldSummary(fold, period.first_ns, period.last_ns, len(test), horizons)
 
@@ -398,10 +407,14 @@ def flat_metrics(report: EvaluationReport) -> dict[str, float]:
         horizon = f"{entry.horizon_s}s"
         for predictor, scores in entry.predictors.items():
             metrics |= {f"test_{predictor}_{name}_{horizon}": v for name, v in asdict(scores.metrics).items()}
-            metrics |= {f"pnl_{predictor}_{name}_{horizon}": v for name, v in asdict(scores.pnl).items()}
+            pnl = asdict(scores.pnl).items()
+            metrics |= {f"pnl_{predictor}_{name}_{horizon}": v for name, v in pnl if v is not None}
         if entry.capture is not None:
             metrics |= {f"test_{name}_{horizon}": v for name, v in asdict(entry.capture).items()}
         metrics[f"test_leak_suspected_{horizon}"] = float(bool(entry.leak_suspected))
+        metrics[f"test_samples_{horizon}"] = float(entry.samples)
+        if entry.independent_outcomes is not None:
+            metrics[f"test_independent_outcomes_{horizon}"] = float(entry.independent_outcomes)
         for name in ("accuracy", "log_loss"):
             values = [getattr(fold.horizons[i].model, name) for fold in report.walk_forward]
             if values:

@@ -70,7 +70,8 @@ class Capture:
 
 @dataclass(frozen=True)
 class Pnl:
-    """The backtest of a forecaster after costs (``core.backtest``)."""
+    """The backtest of a forecaster after costs (``core.backtest``). The economics fields are None
+    where they were not measured (no trade; too few trades for an interval; older reports)."""
 
     trades: int
     hit_rate: float  # share of trades
@@ -80,9 +81,27 @@ class Pnl:
     sharpe_annualized: float  # 24/7 market
     max_drawdown_bps: float
     turnover_per_day: float  # position changes
+    gross_mean_bps: float | None = None  # the edge per trade before costs
+    break_even_fee_bps: float | None = None  # per side: the fee at which the mean net return is 0
+    mean_return_low_bps: float | None = None  # 95% bootstrap CI of the net mean return per trade
+    mean_return_high_bps: float | None = None
+
+    @property
+    def profitable(self) -> bool:
+        """It made money after costs (a point estimate: see :attr:`profitable_beyond_noise`)."""
+        return self.trades > 0 and self.total_return_bps > 0
+
+    @property
+    def profitable_beyond_noise(self) -> bool:
+        """The 95% interval of its net mean return per trade lies above zero."""
+        return self.mean_return_low_bps is not None and self.mean_return_low_bps > 0
+
+    @property
+    def costs_per_trade_bps(self) -> float | None:
+        return self.costs_bps / self.trades if self.trades else None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)  # keyword-only: after Pnl's defaulted fields
 class PnlAtFee(Pnl):
     """The model's backtest at one assumed fee (the report's fee sensitivity)."""
 
@@ -187,6 +206,7 @@ class RegimeScores:
     samples: int
     accuracy: float  # NaN when the regime holds no test sample
     log_loss: float
+    independent_outcomes: int | None = None  # non-overlapping samples (None in older reports)
 
 
 MODEL = "model"
@@ -214,6 +234,8 @@ class HorizonReport:
     beats_baselines: bool
     pnl_by_fee: list[PnlAtFee] = field(default_factory=list)  # the model at no fee, the fee and twice it
     leak_suspected: bool | None = None  # None without an oracle to compare with
+    # Samples whose outcome windows do not overlap (``core.uncertainty``); None in older reports.
+    independent_outcomes: int | None = None
 
     @property
     def model(self) -> PredictorScores:
@@ -223,6 +245,17 @@ class HorizonReport:
     def capture(self) -> Capture | None:
         """The model's signal capture (on a market with an oracle)."""
         return self.model.capture
+
+    @property
+    def best_baseline(self) -> str:
+        """The baseline with the lowest test log loss."""
+        return min((b for b in BASELINES if b in self.predictors), key=lambda b: self.predictors[b].metrics.log_loss)
+
+    def margin_over(self, other: str) -> Interval:
+        """How much lower the model's per-sample log loss is than ``other``'s (nats; above 0: the
+        model is better), with its interval: ``model_minus[other]`` with the sign turned."""
+        d = self.model_minus[other]
+        return Interval(-d.mean, -d.high, -d.low, d.block_length)
 
     def to_json(self) -> dict[str, Any]:
         plain: dict[str, Any] = _adapter(HorizonReport).dump_python(self, exclude_none=True)
@@ -242,7 +275,7 @@ class HorizonReport:
         sensitivity, or with the model's capture alone)."""
         plain = {k: v for k, v in entry.items() if k not in _GROUPED}
         captured = entry.get("capture_by_predictor") or ({MODEL: entry["capture"]} if "capture" in entry else {})
-        plain["predictors"] = {
+        plain["predictors"] = {  # metrics.json sorts its keys: back in reading order, the model first
             name: {
                 "metrics": metrics,
                 "intervals": entry["intervals"][name],
@@ -250,11 +283,17 @@ class HorizonReport:
                 "equity": entry["equity"][name],
                 "capture": captured.get(name),
             }
-            for name, metrics in entry["metrics"].items()
+            for name, metrics in sorted(entry["metrics"].items(), key=lambda item: _reading_order(item[0]))
         }
         differences = entry["log_loss_differences"].items()
         plain["model_minus"] = {name.removeprefix("model_minus_"): d for name, d in differences}
         return _adapter(HorizonReport).validate_python(plain)
+
+
+def _reading_order(predictor: str) -> int:
+    """The model, the baselines, any other comparator, the champion, the oracle."""
+    order = (MODEL, *BASELINES, "", CHAMPION, ORACLE)  # "": where any other comparator goes
+    return order.index(predictor if predictor in order else "")
 
 
 # metrics.json keys that from_json regroups into ``predictors`` and ``model_minus``
@@ -268,6 +307,7 @@ class FoldHorizon:
     model: Classification
     prior: Classification
     capture: Capture | None = None
+    independent_outcomes: int | None = None  # non-overlapping test samples (None in older reports)
 
 
 @dataclass(frozen=True)

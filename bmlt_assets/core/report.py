@@ -7,6 +7,7 @@ import html
 import io
 import re
 from dataclasses import asdict, dataclass, field
+from enum import IntEnum
 from pathlib import Path
 
 import matplotlib
@@ -17,6 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from bmlt_assets.core.evaluation_report import (
+    ORACLE,
     ClassRanges,
     Costs,
     EvaluationReport,
@@ -26,7 +28,8 @@ from bmlt_assets.core.evaluation_report import (
     PnlAtFee,
 )
 from bmlt_assets.core.files import write_json
-from bmlt_assets.core.promotion import Verdict
+from bmlt_assets.core.promotion import Verdict, economics, net_ci
+from bmlt_assets.core.readable import DIGITS, PROSE, interval, number
 from bmlt_assets.core.tables import table_lines
 
 
@@ -57,10 +60,15 @@ PNL_COLUMNS = {
     "sharpe_annualized": "Sharpe (annualized, 24/7; ratio)",
     "max_drawdown_bps": "max drawdown (bps)",
     "turnover_per_day": "turnover (position changes per day)",
+    "gross_mean_bps": "edge before costs (bps per trade)",
+    "break_even_fee_bps": "break-even fee (bps per side)",
+    "mean_return_low_bps": "mean net return, 95% CI low (bps per trade)",
+    "mean_return_high_bps": "mean net return, 95% CI high (bps per trade)",
 }
-HEADLINE = tuple(METRIC_COLUMNS)
-PNL = tuple(PNL_COLUMNS)
 SHORT_TEST_DAYS = 7.0  # a test window shorter than this gets a warning
+# A calibration that raised the test ECE by less than this is noise, not a warning: the top-label
+# ECE of a few thousand independent outcomes moves by about a percentage point between resamples.
+MATERIAL_ECE_RISE = 0.005
 NS_PER_DAY = 86_400 * 10**9
 
 
@@ -68,8 +76,8 @@ def _utc(ns: int) -> str:
     return str(np.datetime64(int(ns), "ns").astype("datetime64[s]")).replace("T", " ")
 
 
-def _ci(d: Interval) -> str:
-    return f"[{d.low:.4f}, {d.high:.4f}]"
+def _ci(d: Interval, digits: int = PROSE) -> str:
+    return interval(d.low, d.high, digits)
 
 
 def _h(horizon_s: float) -> str:
@@ -174,8 +182,10 @@ def _walk_forward_lines(walk_forward: list[FoldSummary], horizons_s: list[int | 
     if not walk_forward:
         return []
     captured = walk_forward[0].horizons[0].capture is not None
+    counted = walk_forward[0].horizons[0].independent_outcomes is not None
     header = ["fold", "test from (UTC)", "test to (UTC)", "samples (count)"]
     for h in horizons_s:
+        header += [f"independent outcomes {h} s (count)"] if counted else []
         header += [f"accuracy {h} s (share)", f"log loss {h} s (nats)", f"prior log loss {h} s (nats)"] + (
             [f"log-loss capture {h} s (0 = prior, 1 = oracle)"] if captured else []
         )
@@ -183,45 +193,121 @@ def _walk_forward_lines(walk_forward: list[FoldSummary], horizons_s: list[int | 
     for fold in walk_forward:
         row: list[object] = [fold.fold, _utc(fold.test_first_ns), _utc(fold.test_last_ns), fold.samples]
         for scored in fold.horizons:
+            row += [scored.independent_outcomes] if counted else []
             row += [scored.model.accuracy, scored.model.log_loss, scored.prior.log_loss]
             row += [scored.capture.logloss_capture] if scored.capture is not None else []
         rows.append(row)
-    numeric = np.array([r[4:] for r in rows], dtype=np.float64)
-    rows.append(["mean", "", "", ""] + [float(v) for v in numeric.mean(axis=0)])
-    rows.append(["std", "", "", ""] + [float(v) for v in numeric.std(axis=0)])
+    scores = [[v if isinstance(v, float) else np.nan for v in r[4:]] for r in rows]  # counts are not averaged
+    numeric = np.array(scores, dtype=np.float64)
+    summary = [["mean", *numeric.mean(axis=0)], ["std", *numeric.std(axis=0)]]
+    rows += [[label, "", "", "", *("" if np.isnan(v) else float(v) for v in values)] for label, *values in summary]
     return ["## Walk-forward: performance over time", "", *table_lines(header, rows), ""]
 
 
+class Materiality(IntEnum):
+    """How much a warning changes what the numbers mean; warnings are listed most material first."""
+
+    LEAK = 0  # the numbers are not to be believed at all
+    MONEY = 1  # the model does not make money at the stated costs
+    WORSE = 2  # a comparator forecasts better beyond noise
+    TIE = 3  # a comparator is not beaten beyond noise
+    NOISE = 4  # the test window is short
+    CALIBRATION = 5  # the calibration made the test ECE materially worse
+
+
 def report_warnings(report: EvaluationReport) -> list[str]:
-    """One line per thing that should stop a reader from taking the numbers at face value."""
-    lines = []
+    """One line per thing that should stop a reader from taking the numbers at face value, most
+    material first (:class:`Materiality`), in the order of the horizons within a rank."""
+    return [text for _, text in ranked_warnings(report)]
+
+
+def ranked_warnings(report: EvaluationReport) -> list[tuple[Materiality, str]]:
+    """:func:`report_warnings` with the materiality of each."""
+    found: list[tuple[Materiality, str]] = []
     if report.horizons and report.test_period.days < SHORT_TEST_DAYS:
         period = report.test_period
-        lines.append(
-            f"The test window is short: {period.days:.2f} days ({_utc(period.first_ns)} to "
-            f"{_utc(period.last_ns)} UTC), under {SHORT_TEST_DAYS:g} days: intervals and P&L are noisy."
+        found.append(
+            (
+                Materiality.NOISE,
+                f"The test window is short: {period.days:.2f} days ({_utc(period.first_ns)} to "
+                f"{_utc(period.last_ns)} UTC), under {SHORT_TEST_DAYS:g} days: intervals and P&L are noisy.",
+            )
         )
     for entry in report.horizons:
         horizon = entry.horizon_s
         if entry.leak_suspected:
-            lines.append(
-                f"{_h(horizon)}: PROBABLE LEAK: the model beats the Bayes-optimal oracle beyond its confidence "
-                "interval."
+            found.append(
+                (
+                    Materiality.LEAK,
+                    f"{_h(horizon)}: PROBABLE LEAK: the model beats the Bayes-optimal oracle beyond its confidence "
+                    "interval.",
+                )
             )
+        money = _money_warning(entry)
+        if money:
+            found.append((Materiality.MONEY, money))
         cal = entry.calibration
-        if cal.after.ece > cal.before.ece:
-            lines.append(
-                f"{_h(horizon)}: the validation-fitted calibration made it worse on the test part: top-label ECE rose "
-                f"from {cal.before.ece:.4f} (uncalibrated) to {cal.after.ece:.4f} (calibrated); "
-                "lower is better."
+        if cal.after.ece - cal.before.ece >= MATERIAL_ECE_RISE:
+            found.append(
+                (
+                    Materiality.CALIBRATION,
+                    f"{_h(horizon)}: the validation-fitted calibration made it worse on the test part: top-label ECE "
+                    f"rose from {number(cal.before.ece, PROSE)} (uncalibrated) to {number(cal.after.ece, PROSE)} "
+                    "(calibrated); lower is better.",
+                )
             )
         for other, d in entry.model_minus.items():
-            if other != "oracle" and d.low <= 0 <= d.high:
-                lines.append(
-                    f"{_h(horizon)}: the model ties {other}: the 95% CI of the log-loss difference "
-                    f"(model minus {other}) {_ci(d)} includes 0."
+            if other == ORACLE:
+                continue
+            if d.above_zero:
+                found.append(
+                    (
+                        Materiality.WORSE,
+                        f"{_h(horizon)}: the model forecasts worse than {other}: the 95% CI of the log-loss "
+                        f"difference (model minus {other}) {_ci(d)} lies entirely above 0.",
+                    )
                 )
-    return lines
+            elif not d.below_zero:
+                found.append(
+                    (
+                        Materiality.TIE,
+                        f"{_h(horizon)}: the model ties {other}: the 95% CI of the log-loss difference "
+                        f"(model minus {other}) {_ci(d)} includes 0.",
+                    )
+                )
+    return sorted(found, key=lambda warning: warning[0])  # stable within a rank
+
+
+def _money_warning(entry: HorizonReport) -> str:
+    """Why the model does not make money at the stated costs at one horizon ('' when it does),
+    and whether the oracle could: a signal too weak for the costs, or a model that misses it."""
+    pnl, costs, h = entry.model.pnl, entry.costs, _h(entry.horizon_s)
+    if pnl.profitable:
+        return ""
+    if not pnl.trades:
+        return (
+            f"{h}: **the model never traded**: no direction's probability mass exceeded {costs.pnl_threshold:g}, "
+            "so what it is worth to a trader is unmeasured."
+        )
+    spent = economics(pnl)
+    text = (
+        f"{h}: **the model loses money at the stated costs**: {number(pnl.mean_return_bps, PROSE, sign=True)} bps "
+        f"per trade net{net_ci(pnl)} over {number(pnl.trades)} trades (hit rate {number(pnl.hit_rate, PROSE)}), "
+        f"paying {costs.fee_bps_per_side:g} bps per side plus half the spread{': ' + spent if spent else ''}."
+    )
+    oracle = entry.predictors.get(ORACLE)
+    if oracle is not None and oracle.pnl.trades:
+        if oracle.pnl.profitable:
+            text += (
+                f" The oracle makes {number(oracle.pnl.mean_return_bps, PROSE, sign=True)} bps per trade at these "
+                "costs: the signal pays them, the model does not capture enough of it."
+            )
+        else:
+            text += (
+                f" Even the oracle loses ({number(oracle.pnl.mean_return_bps, PROSE, sign=True)} bps per trade): "
+                f"at this horizon and threshold the signal cannot pay these costs."
+            )
+    return text
 
 
 def comparison_sentence(model_minus: dict[str, Interval]) -> str:
@@ -254,10 +340,11 @@ def comparison_sentence(model_minus: dict[str, Interval]) -> str:
 def _costs_line(costs: Costs) -> str:
     return (
         f"P&L after costs: a fee of {costs.fee_bps_per_side:g} bps per side plus half the quoted spread per side "
-        f"(median quoted spread on the test part {costs.median_spread_bps:.2f} bps); long (short) when the "
+        f"(median quoted spread on the test part {number(costs.median_spread_bps)} bps); long (short) when the "
         f"probability mass above (below) zero exceeds {costs.pnl_threshold:g}, held for the horizon, never "
-        "overlapping. Sharpe = mean / standard deviation of the per-trade net log returns × √(trades per year), "
-        "trading 24/7."
+        "overlapping. The edge is the mean return per trade before costs; the break-even fee is the fee per side "
+        "at which the mean net return is 0 (below 0: the half spreads alone cost more than the edge). Sharpe = "
+        "mean / standard deviation of the per-trade net log returns × √(trades per year), trading 24/7."
     )
 
 
@@ -270,6 +357,12 @@ def _fee_sensitivity(pnl_by_fee: list[PnlAtFee]) -> list[str]:
         for p in pnl_by_fee
     ]
     return ["The model's P&L at no fee, at the assumed fee and at twice it:", "", *table_lines(header, rows), ""]
+
+
+def counts(samples: int, independent: int | None) -> str:
+    """A sample count with the independent outcomes it holds (where the report recorded them)."""
+    held = f", {number(independent)} independent outcomes" if independent is not None else ""
+    return f"{number(samples)} samples{held}"
 
 
 @dataclass(frozen=True)
@@ -298,10 +391,16 @@ def _front_matter_lines(front: FrontMatter, report: EvaluationReport, title: str
     if front.run_url:
         run = f"[{run}]({front.run_url})"
     if report.horizons:
-        period = report.test_period
+        period, first = report.test_period, report.horizons[0]
+        independent = [
+            f"{number(h.independent_outcomes)} at {_h(h.horizon_s)}"
+            for h in report.horizons
+            if h.independent_outcomes is not None
+        ]
+        held = "; independent outcomes: " + ", ".join(independent) if independent else ""
         test_period = (
             f"{_utc(period.first_ns)} to {_utc(period.last_ns)} ({period.days:.2f} days, "
-            f"{report.horizons[0].samples} samples)"
+            f"{number(first.samples)} samples{held})"
         )
     rows = [
         ["model", given(front.model)],
@@ -320,18 +419,17 @@ def _front_matter_lines(front: FrontMatter, report: EvaluationReport, title: str
             [
                 "costs",
                 f"fee {costs.fee_bps_per_side:g} bps per side + half the quoted spread per side "
-                f"(median spread {costs.median_spread_bps:.2f} bps)",
+                f"(median spread {number(costs.median_spread_bps, PROSE)} bps)",
             ]
         )
     lines = [f"# {title}", "", *table_lines(["field", "value"], rows), ""]
     verdict = front.verdict
     if verdict is None:
-        lines += ["**Verdict: not recorded.**", ""]
-    else:
-        outcome = "PROMOTED to @champion" if verdict.promote else "NOT PROMOTED"
-        note = f" ({front.verdict_note})" if front.verdict_note else ""
-        lines += [f"**Verdict: {outcome}**{note}. Reasons:", "", *(f"- {r}" for r in verdict.reasons), ""]
-    return lines
+        return [*lines, "**Verdict: not recorded.**", ""]
+    lines += [f"**Verdict: {verdict.outcome}** {verdict.grounds}", ""]
+    if front.verdict_note:
+        lines += [f"Champion: {front.verdict_note}.", ""]
+    return [*lines, "The gate's reasons:", "", *(f"- {r}" for r in verdict.reasons), ""]
 
 
 def markdown(
@@ -342,16 +440,20 @@ def markdown(
 ) -> str:
     """The report as Markdown; ``images`` maps figure names to URLs (files or data URIs).
 
-    In this order: the front matter and the warnings, a headline table per horizon, the figures,
-    then the detail tables."""
+    In this order: the front matter and the verdict, the headline of each horizon, the warnings
+    (most material first), a results table per horizon, the figures, then the detail tables."""
     lines = _front_matter_lines(front_matter or FrontMatter(), report, title)
+    lines += ["## Headline", ""]
+    for entry in report.horizons:
+        lines += [f"**{_h(entry.horizon_s)}** ({counts(entry.samples, entry.independent_outcomes)})", ""]
+        lines += [*(f"- {line}" for line in headline(entry)), ""]
     warnings = report_warnings(report)
     if warnings:
         lines += ["## Warnings", ""] + [line for w in warnings for line in (f"> **WARNING** {w}", "")]
 
-    lines += ["## Headline", ""]
+    lines += ["## Results per horizon", ""]
     for entry in report.horizons:
-        lines += _headline_lines(entry)
+        lines += _results_lines(entry)
 
     lines += ["## Figures", ""]
     for entry in report.horizons:
@@ -369,10 +471,68 @@ def markdown(
     return "\n".join(lines)
 
 
-def _headline_lines(entry: HorizonReport) -> list[str]:
-    """One horizon's headline: every predictor's log loss and accuracy with their intervals, its
-    capture and P&L, the fee sensitivity and what the model beats."""
-    lines = [f"### {_h(entry.horizon_s)} horizon ({entry.samples} test samples)", ""]
+def headline(entry: HorizonReport) -> list[str]:
+    """One horizon in a few plain sentences, most telling first: how much of the achievable
+    signal the model captures, its margin over the best baseline with its interval, what it
+    makes or loses at the stated costs, and what the intervals rest on."""
+    lines = []
+    if entry.capture is not None:
+        c = entry.capture
+        lines.append(
+            f"Capture: {number(c.logloss_capture, PROSE)} of the oracle's log-loss edge over the class prior "
+            f"({number(c.accuracy_capture, PROSE)} of its accuracy edge; 0 = the prior, 1 = the oracle)."
+        )
+    best = entry.best_baseline
+    margin = entry.margin_over(best)
+    reading = (
+        "the model is better beyond noise"
+        if margin.above_zero
+        else "the model is worse beyond noise"
+        if margin.below_zero
+        else "a tie: the interval includes 0"
+    )
+    lines.append(
+        f"Best baseline: {best}. The model's margin over it: {number(margin.mean, PROSE, sign=True)} nats of "
+        f"log loss per sample, 95% CI {_ci(margin)} ({reading})."
+    )
+    lines.append(_money_line(entry))
+    lines.append(_interval_basis(entry))
+    return lines
+
+
+def _interval_basis(entry: HorizonReport) -> str:
+    """What the intervals rest on: a block bootstrap whose blocks span the overlap, or, where the
+    recorded block is shorter than the horizon (never in reports of this version), a caution."""
+    block, horizon = entry.model.intervals.log_loss.block_length, entry.horizon_steps
+    said = (
+        f"Intervals: a stationary block bootstrap of the {number(entry.samples)} overlapping samples, expected block "
+        f"length {number(block, PROSE)} samples (Politis-White)"
+    )
+    if block >= horizon:
+        return f"{said}, at least the horizon's {number(horizon)} steps: the overlap is not counted as independent."
+    return f"{said}, shorter than the horizon's {number(horizon)} steps: the intervals may be too narrow."
+
+
+def _money_line(entry: HorizonReport) -> str:
+    pnl, costs = entry.model.pnl, entry.costs
+    stated = f"at the stated costs ({costs.fee_bps_per_side:g} bps per side plus half the spread)"
+    if not pnl.trades:
+        return (
+            f"Money: {stated} the model never traded: no direction's probability mass exceeded {costs.pnl_threshold:g}."
+        )
+    verb = "makes" if pnl.profitable else "LOSES"
+    spent = economics(pnl)
+    return (
+        f"Money: {stated} the model {verb} {number(abs(pnl.mean_return_bps), PROSE)} bps per trade net"
+        f"{net_ci(pnl)} over {number(pnl.trades)} trades (hit rate {number(pnl.hit_rate, PROSE)})"
+        f"{': ' + spent if spent else ''}."
+    )
+
+
+def _results_lines(entry: HorizonReport) -> list[str]:
+    """One horizon's results table: every predictor's log loss and accuracy with their
+    intervals, its capture and economics, then the fee sensitivity and what the model beats."""
+    lines = [f"### {_h(entry.horizon_s)} horizon ({counts(entry.samples, entry.independent_outcomes)})", ""]
     if entry.leak_suspected:
         lines += [
             '<p style="color:red"><b>PROBABLE LEAK: the model beats the Bayes-optimal oracle '
@@ -382,14 +542,18 @@ def _headline_lines(entry: HorizonReport) -> list[str]:
     captured = entry.capture is not None
     header = ["predictor", "log loss (nats) [95% CI]", "accuracy (share) [95% CI]"]
     header += ["log-loss capture (0 = prior, 1 = oracle)"] if captured else []
-    header += [PNL_COLUMNS["trades"], PNL_COLUMNS["total_return_bps"], PNL_COLUMNS["mean_return_bps"]]
-    header += [PNL_COLUMNS["sharpe_annualized"]]
+    header += [PNL_COLUMNS[k] for k in ("trades", "mean_return_bps", "gross_mean_bps", "break_even_fee_bps")]
+    header += [PNL_COLUMNS["total_return_bps"]]
     rows = []
     for name, scores in entry.predictors.items():
         m, ci, pnl = scores.metrics, scores.intervals, scores.pnl
-        row: list[object] = [name, f"{m.log_loss:.4f} {_ci(ci.log_loss)}", f"{m.accuracy:.4f} {_ci(ci.accuracy)}"]
+        row: list[object] = [
+            name,
+            f"{number(m.log_loss)} {_ci(ci.log_loss, DIGITS)}",
+            f"{number(m.accuracy)} {_ci(ci.accuracy, DIGITS)}",
+        ]
         row += [scores.capture.logloss_capture if scores.capture is not None else ""] if captured else []
-        row += [pnl.trades, pnl.total_return_bps, pnl.mean_return_bps, pnl.sharpe_annualized]
+        row += [pnl.trades, pnl.mean_return_bps, pnl.gross_mean_bps, pnl.break_even_fee_bps, pnl.total_return_bps]
         rows.append(row)
     lines += [_costs_line(entry.costs), "", *table_lines(header, rows), ""]
     if entry.pnl_by_fee:
@@ -406,22 +570,26 @@ def _detail_lines(entry: HorizonReport) -> list[str]:
     diffs = []
     for other, d in entry.model_minus.items():
         reading = "model better" if d.below_zero else "model worse" if d.above_zero else "tie (CI includes 0)"
-        diffs.append([other, d.mean, _ci(d), reading])
-    lines += ["Log-loss difference, model minus comparator (stationary block bootstrap, Politis-White block):", ""]
+        diffs.append([other, d.mean, _ci(d, DIGITS), reading])
+    lines += [
+        "Log-loss difference, model minus comparator (stationary block bootstrap, Politis-White expected block "
+        "length, at least the horizon):",
+        "",
+    ]
     lines += table_lines(["comparator", "mean (nats)", "95% CI (nats)", "reading"], diffs) + [""]
     if entry.capture is not None:
         c = entry.capture
         lines += [
-            f"Signal capture of the model: accuracy {c.accuracy_capture:.3f}, log loss {c.logloss_capture:.3f} "
-            "(0 = class prior, 1 = oracle).",
+            f"Signal capture of the model: accuracy {number(c.accuracy_capture)}, log loss "
+            f"{number(c.logloss_capture)} (0 = class prior, 1 = oracle).",
             "",
         ]
     cal = entry.calibration
     lines += [
-        f"Calibration: temperature {cal.temperature:.3f} and a class bias from {min(cal.bias):+.3f} to "
-        f"{max(cal.bias):+.3f} (softmax(logits / T + b)), fitted on validation. On the test part, top-label ECE "
-        f"({cal.bins}) {cal.before.ece:.4f} before, {cal.after.ece:.4f} after; log loss "
-        f"{cal.before.log_loss:.4f} nats before, {cal.after.log_loss:.4f} nats after (lower is better).",
+        f"Calibration: temperature {number(cal.temperature)} and a class bias from {number(min(cal.bias), sign=True)} "
+        f"to {number(max(cal.bias), sign=True)} (softmax(logits / T + b)), fitted on validation. On the test part, "
+        f"top-label ECE ({cal.bins}) {number(cal.before.ece)} before, {number(cal.after.ece)} after; log loss "
+        f"{number(cal.before.log_loss)} nats before, {number(cal.after.log_loss)} nats after (lower is better).",
         "",
     ]
     lines += [
@@ -432,11 +600,25 @@ def _detail_lines(entry: HorizonReport) -> list[str]:
     ]
     pnl_rows = [[name, *(getattr(scores.pnl, k) for k in PNL_COLUMNS)] for name, scores in entry.predictors.items()]
     lines += table_lines(["predictor", *PNL_COLUMNS.values()], pnl_rows) + [""]
-    lines += table_lines(
-        ["volatility regime (train terciles)", "samples (count)", "accuracy (share)", "log loss (nats)"],
-        [[r, v.samples, v.accuracy, v.log_loss] for r, v in entry.regimes.items()],
-    ) + [""]
+    counted = all(v.independent_outcomes is not None for v in entry.regimes.values())
+    header = ["volatility regime (train terciles)", "samples (count)"]
+    header += ["independent outcomes (count)"] if counted else []
+    rows = [
+        [r, v.samples, *([v.independent_outcomes] if counted else []), v.accuracy, v.log_loss]
+        for r, v in entry.regimes.items()
+    ]
+    lines += table_lines([*header, "accuracy (share)", "log loss (nats)"], rows) + [""]
     return lines + _confusion_lines(entry)
+
+
+def _overlap_note(entry: HorizonReport) -> str:
+    """What a table of sample counts holds: overlapping samples, fewer independent outcomes."""
+    if entry.independent_outcomes is None:
+        return f"Samples overlap: a {_h(entry.horizon_s)} outcome spans {number(entry.horizon_steps)} steps."
+    return (
+        f"Samples overlap: a {_h(entry.horizon_s)} outcome spans {number(entry.horizon_steps)} steps, so the "
+        f"{number(entry.samples)} samples hold {number(entry.independent_outcomes)} independent outcomes."
+    )
 
 
 def _class_lines(entry: HorizonReport) -> list[str]:
@@ -459,17 +641,25 @@ def _class_lines(entry: HorizonReport) -> list[str]:
         [c, *([names[c]] if sigma else []), bps_labels[c], distribution.realized[c], distribution.predicted[c]]
         for c in range(len(bps_labels))
     ]
-    lines = [f"Classes: the log return over {_h(entry.horizon_s)}, in half-open ranges [low, high) ({explained}).", ""]
+    lines = [
+        f"Classes: the log return over {_h(entry.horizon_s)}, in half-open ranges [low, high) ({explained}). "
+        + _overlap_note(entry),
+        "",
+    ]
     return lines + table_lines([*header, "realized (samples)", "predicted, argmax (samples)"], rows) + [""]
 
 
 def _confusion_lines(entry: HorizonReport) -> list[str]:
     classes = entry.classes
     names = class_labels(classes, classes.volatility_scaled)
-    counts = np.asarray(entry.confusion)
-    lines = ["Confusion matrix of the model, rows realized class, columns predicted class (samples):", ""]
-    lines += table_lines(["realized \\ predicted", *names], [[names[j], *row] for j, row in enumerate(counts.tolist())])
-    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    matrix = np.asarray(entry.confusion)
+    lines = [
+        "Confusion matrix of the model, rows realized class, columns predicted class (samples). "
+        + _overlap_note(entry),
+        "",
+    ]
+    lines += table_lines(["realized \\ predicted", *names], [[names[j], *row] for j, row in enumerate(matrix.tolist())])
+    shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     lines += ["", "The same, as the share of each realized class (rows sum to 1):", ""]
     lines += table_lines(
         ["realized \\ predicted", *names], [[names[j], *(float(v) for v in row)] for j, row in enumerate(shares)]

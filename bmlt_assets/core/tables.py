@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from bmlt_assets.core.readable import number
 
-def table_lines(header: list[str], rows: list[list[Any]], float_format: str = "{:.4f}") -> list[str]:
-    """A Markdown table, line by line (the one table renderer of the project)."""
 
-    def cell(v: Any) -> str:
-        return float_format.format(v) if isinstance(v, float) else str(v)
-
+def table_lines(header: list[str], rows: list[list[Any]]) -> list[str]:
+    """A Markdown table, line by line (the one table renderer of the project); numbers as
+    :func:`~bmlt_assets.core.readable.number` writes them."""
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
-        "| " + " | ".join(cell(v) for v in r) + " |" for r in rows
+        "| " + " | ".join(number(v) for v in r) + " |" for r in rows
     ]

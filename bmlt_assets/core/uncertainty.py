@@ -1,9 +1,16 @@
-"""Block-bootstrap confidence intervals for means of per-sample scores.
+"""Block-bootstrap confidence intervals for means of per-sample scores, and how many of the
+samples are independent.
 
-Test samples overlap in time (a label spans the horizon, samples are a few steps apart), so an
-i.i.d. bootstrap would understate the uncertainty. We use ``arch``'s stationary bootstrap
+Test samples overlap in time (a label spans the horizon, samples are a step or a few apart), so
+an i.i.d. bootstrap would understate the uncertainty. We use ``arch``'s stationary bootstrap
 (Politis & Romano, 1994) with the expected block length chosen by the Politis-White (2004)
-automatic rule (``arch.bootstrap.optimal_block_length``), at least the horizon in samples.
+automatic rule (``arch.bootstrap.optimal_block_length``), at least the horizon in steps: as the
+test part keeps every step (less the invalid ones), that is at least the horizon in samples. The
+stationary bootstrap draws block lengths from a geometric distribution with that mean, so single
+blocks may be shorter; the long ones carry the dependence.
+
+:func:`independent_outcomes` counts what the samples hold: the most samples whose outcome
+windows do not overlap.
 """
 
 from __future__ import annotations
@@ -30,3 +37,15 @@ def mean_interval(series: np.ndarray, minimum_block: float = 1.0, level: float =
     bootstrap = StationaryBootstrap(block, series, seed=np.random.default_rng(seed))  # type: ignore[arg-type]
     low, high = bootstrap.conf_int(np.mean, reps=REPS, method="percentile", size=level)[:, 0]
     return Interval(float(series.mean()), float(low), float(high), block)
+
+
+def independent_outcomes(steps: np.ndarray, horizon: int) -> int:
+    """The number of samples at sorted ``steps`` whose outcome windows ``(t, t + horizon]`` do
+    not overlap: taken greedily from the first, which is the most there are. Contiguous samples
+    hold about one per horizon; a gap in the samples starts a new window."""
+    count, free_from = 0, -np.inf
+    for step in np.asarray(steps).tolist():  # a plain loop: each choice depends on the last
+        if step >= free_from:
+            count += 1
+            free_from = step + horizon
+    return count
