@@ -11,7 +11,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from bmlt_assets.core.sources.book_engine import (
+from bmlt_assets.core.sources.book_layout import (
     APPLIED,
     ASK,
     BID,

@@ -44,13 +44,12 @@ from bmlt_assets.core.sources.binance.sync import (
     unified_symbol,
 )
 from bmlt_assets.core.sources.book_engine import (
-    SNAPSHOT,
-    UPDATE,
     BookEngine,
     BookSink,
     TimeSteps,
     time_steps_warning,
 )
+from bmlt_assets.core.sources.book_layout import SNAPSHOT, UPDATE
 
 log = logging.getLogger(__name__)
 DEFAULT_ENDPOINT = "https://datasets.tardis.dev/v1"

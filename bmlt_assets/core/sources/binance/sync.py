@@ -38,7 +38,8 @@ import orjson
 import polars as pl
 
 from bmlt_assets.core.book import snapshot_schema
-from bmlt_assets.core.sources.book_engine import RESET, SNAPSHOT, UPDATE, BookEngine, BookSink, EngineStats
+from bmlt_assets.core.sources.book_engine import BookEngine, BookSink, EngineStats
+from bmlt_assets.core.sources.book_layout import RESET, SNAPSHOT, UPDATE
 
 log = logging.getLogger(__name__)
 GZIP_MAGIC = b"\x1f\x8b"
