@@ -164,10 +164,13 @@ def _vmhwm(pid: int) -> int:
     return 0
 
 
-def materialize_day(data_dir: Path, market: str = "usdm", length: str = "24h", cores: str = "0") -> list[dict]:
+def materialize_day(
+    data_dir: Path, market: str = "usdm", length: str = "24h", cores: str = "0", code_root: Path = ROOT
+) -> list[dict]:
     """``dagster asset materialize`` of one tiled full day's orderbook_snapshots, pinned to ``cores``:
-    the day as just downloaded (the resource verifies the whole gzip file first), then again
-    (verified before). Peak RSS: the largest VmHWM of the command's processes, read every 50 ms."""
+    the day as just downloaded (not verified yet), then again (verified before). Peak RSS: the
+    largest VmHWM of the command's processes, read every 50 ms. ``code_root``: the checkout whose
+    code runs (``benchmarks/landing_day.py --code-root``)."""
     import resource
     import tempfile
 
@@ -193,12 +196,17 @@ def materialize_day(data_dir: Path, market: str = "usdm", length: str = "24h", c
         cached.parent.mkdir(parents=True)
         cached.symlink_to(day_file)
         env = os.environ | {"BMLT_CONFIG": str(config), "DAGSTER_HOME": str(root), "TARDIS_API_KEY": "unused"}
+        if code_root != ROOT:
+            env["PYTHONPATH"] = str(code_root)
         command = ["taskset", "-c", cores, str(Path(sys.executable).parent / "dagster"), "asset", "materialize"]
-        command += ["-m", "bmlt_assets.definitions", "--select", "orderbook_snapshots", "--partition", "2024-08-09"]
-        for label in ("first (verifies the download)", "again (verified before)"):
+        select = f"{raw['name']}/orderbook_snapshots"  # asset keys carry the config's name
+        command += ["-m", "bmlt_assets.definitions", "--select", select, "--partition", "2024-08-09"]
+        for label in ("first (not verified yet)", "again (verified before)"):
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             started = time.perf_counter()
-            process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(
+                command, env=env, cwd=code_root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
             peaks: dict[int, int] = {}
             while process.poll() is None:
                 for pid in [process.pid, *_descendants(process.pid)]:
