@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -42,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a file by --code-root's children
     sys.path.append(str(ROOT))
 
-from benchmarks.book_engine import DEFAULT_DATA, _descendants, _vmhwm, cpu_s, load, materialize_day, peak_rss_bytes  # noqa: E402
+from benchmarks.book_engine import DEFAULT_DATA, cpu_s, load, materialize_day, peak_rss_bytes, watched_run  # noqa: E402
 
 DAY = "2024-08-09"  # the tiled files' day (tests/tiled_recordings.py)
 LEVELS = 20
@@ -117,27 +116,13 @@ def measure_snapshots(folder: Path, code_root: Path, cores: str = "0") -> dict:
     command = ["taskset", "-c", cores, str(Path(sys.executable).parent / "dagster"), "asset", "materialize"]
     select = f"{CONFIG_NAME}/orderbook_snapshots"  # asset keys carry the config's name
     command += ["-m", "bmlt_assets.definitions", "--select", select, "--partition", DAY]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
-    process = subprocess.Popen(command, env=env, cwd=code_root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    peaks: dict[int, int] = {}
-    while process.poll() is None:
-        for pid in [process.pid, *_descendants(process.pid)]:
-            peaks[pid] = max(peaks.get(pid, 0), _vmhwm(pid))
-        time.sleep(0.05)
-    output = process.stdout.read().decode() if process.stdout else ""
-    wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if process.returncode:
-        raise RuntimeError(f"dagster asset materialize failed:\n{output[-3000:]}")
+    measured = watched_run(command, env, code_root)
     store = folder / "data" / CONFIG_NAME
     stored = pq.ParquetFile(store / "snapshots" / f"date={DAY}.parquet").metadata.num_rows
     quarantine = store / "quarantine" / f"date={DAY}.parquet"
     return {
         "cores": cores,
-        "wall_s": round(wall, 1),
-        "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1),
-        "peak_rss_mib": round(max(peaks.values()) / 2**20),
+        **measured,
         "books_stored": stored,
         "quarantined": pq.ParquetFile(quarantine).metadata.num_rows if quarantine.exists() else 0,
         "check_passed": json.loads((store / "snapshot_checks" / f"date={DAY}.json").read_text())["passed"],
