@@ -54,6 +54,7 @@ bench: install
 	$(BIN)/python -m benchmarks.run
 	$(BIN)/python -m benchmarks.ingest
 	$(BIN)/python -m benchmarks.book_engine --reference-lengths 1h --materialize
+	$(BIN)/python -m benchmarks.landing_day
 
 bench-quick: install
 	$(BIN)/python -m benchmarks.run --quick --out benchmarks/results-quick.json

@@ -33,6 +33,7 @@ import gzip
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -148,6 +149,29 @@ def measure(case: str, path: Path, market: str) -> dict:
     return result
 
 
+def watched_run(command: list[str], env: dict[str, str], cwd: Path) -> dict:
+    """Run ``command`` (a ``dagster`` command), reading every 50 ms the peak RSS of it and its
+    children; its wall and CPU seconds (children's rusage) and the largest of those peaks."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    peaks: dict[int, int] = {}
+    while process.poll() is None:
+        for pid in [process.pid, *_descendants(process.pid)]:
+            peaks[pid] = max(peaks.get(pid, 0), _vmhwm(pid))
+        time.sleep(0.05)
+    output = process.stdout.read().decode() if process.stdout else ""
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if process.returncode:
+        raise RuntimeError(f"{' '.join(command[:5])} failed:\n{output[-3000:]}")
+    return {
+        "wall_s": round(wall, 1),
+        "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1),
+        "peak_rss_mib": round(max(peaks.values()) / 2**20),
+    }
+
+
 def _descendants(pid: int) -> list[int]:
     children = Path(f"/proc/{pid}/task/{pid}/children")
     found = [int(child) for child in children.read_text().split()] if children.exists() else []
@@ -164,11 +188,13 @@ def _vmhwm(pid: int) -> int:
     return 0
 
 
-def materialize_day(data_dir: Path, market: str = "usdm", length: str = "24h", cores: str = "0") -> list[dict]:
+def materialize_day(
+    data_dir: Path, market: str = "usdm", length: str = "24h", cores: str = "0", code_root: Path = ROOT
+) -> list[dict]:
     """``dagster asset materialize`` of one tiled full day's orderbook_snapshots, pinned to ``cores``:
-    the day as just downloaded (the resource verifies the whole gzip file first), then again
-    (verified before). Peak RSS: the largest VmHWM of the command's processes, read every 50 ms."""
-    import resource
+    the day as just downloaded (not verified yet), then again (verified before). Peak RSS: the
+    largest VmHWM of the command's processes, read every 50 ms. ``code_root``: the checkout whose
+    code runs (``benchmarks/landing_day.py --code-root``)."""
     import tempfile
 
     import yaml
@@ -193,22 +219,13 @@ def materialize_day(data_dir: Path, market: str = "usdm", length: str = "24h", c
         cached.parent.mkdir(parents=True)
         cached.symlink_to(day_file)
         env = os.environ | {"BMLT_CONFIG": str(config), "DAGSTER_HOME": str(root), "TARDIS_API_KEY": "unused"}
+        if code_root != ROOT:
+            env["PYTHONPATH"] = str(code_root)
         command = ["taskset", "-c", cores, str(Path(sys.executable).parent / "dagster"), "asset", "materialize"]
-        command += ["-m", "bmlt_assets.definitions", "--select", "orderbook_snapshots", "--partition", "2024-08-09"]
-        for label in ("first (verifies the download)", "again (verified before)"):
-            before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            started = time.perf_counter()
-            process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            peaks: dict[int, int] = {}
-            while process.poll() is None:
-                for pid in [process.pid, *_descendants(process.pid)]:
-                    peaks[pid] = max(peaks.get(pid, 0), _vmhwm(pid))
-                time.sleep(0.05)
-            output = process.stdout.read().decode() if process.stdout else ""
-            wall = time.perf_counter() - started
-            after = resource.getrusage(resource.RUSAGE_CHILDREN)
-            if process.returncode:
-                raise RuntimeError(f"dagster asset materialize failed:\n{output[-3000:]}")
+        select = f"{raw['name']}/orderbook_snapshots"  # asset keys carry the config's name
+        command += ["-m", "bmlt_assets.definitions", "--select", select, "--partition", "2024-08-09"]
+        for label in ("first (not verified yet)", "again (verified before)"):
+            measured = watched_run(command, env, code_root)
             import pyarrow.parquet as pq
 
             stored = [p for p in root.glob("data/**/*.parquet") if "snapshot" in str(p) and "quarantine" not in str(p)]
@@ -217,9 +234,7 @@ def materialize_day(data_dir: Path, market: str = "usdm", length: str = "24h", c
                 {
                     "run": label,
                     "cores": cores,
-                    "wall_s": round(wall, 1),
-                    "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1),
-                    "peak_rss_mib": round(max(peaks.values()) / 2**20),
+                    **measured,
                     "books_stored": books,
                 }
             )

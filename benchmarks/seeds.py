@@ -58,7 +58,10 @@ class Simulated:
         return cls(SyntheticMarket(d.synthetic, config.seed, d.cadence_ms, d.depth, tuple(d.symbols)))
 
     def snapshots(self, date: dt.date, symbols: list[str]) -> pl.DataFrame:
-        return pl.concat([self.market.simulate(date, symbol) for symbol in symbols])
+        return pl.concat(self.snapshot_parts(date, symbols))
+
+    def snapshot_parts(self, date: dt.date, symbols: list[str]) -> list[pl.DataFrame]:
+        return [self.market.simulate(date, symbol) for symbol in symbols]
 
     def gaps(self, date: dt.date, symbols: list[str]) -> list[dict]:
         return []

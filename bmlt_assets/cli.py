@@ -345,7 +345,9 @@ def import_(config: PlatformConfig, args: argparse.Namespace) -> int:
     --market and --levels default to the config's data.market and data.depth. A landing file of
     another depth is not overwritten without --force. A recording whose gzip stream is damaged
     keeps the books rebuilt before the damage (they are written) and exits 2 with what happened."""
-    from bmlt_assets.core.files import landing_base, landing_depth, landing_root, landing_targets, write_landing_days
+    import tempfile
+
+    from bmlt_assets.core.files import LandingDays, landing_base, landing_depth, landing_root
     from bmlt_assets.core.sources.binance.sync import RecordingError
     from bmlt_assets.core.sources.book_engine import time_steps_warning
     from bmlt_assets.core.sources.importer import import_recordings
@@ -371,37 +373,45 @@ def import_(config: PlatformConfig, args: argparse.Namespace) -> int:
             print(f"cannot import: {path}: {problem.format(path=path)}", file=sys.stderr)
             return 2
     progress = _ImportProgress()
-    try:
-        frame, imported = import_recordings(args.files, args.format, args.market, args.levels, progress)
-    except (RecordingError, ValueError) as error:
-        print(f"cannot import: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:
-        print(f"cannot import: {error.filename or args.files[0]}: cannot read it ({error.strerror})", file=sys.stderr)
-        return 2
-    finally:
-        progress.close()
-    recorded = sorted(frame["symbol"].unique().to_list())
-    unlisted = [symbol for symbol in recorded if symbol not in config.data.symbols]
-    if recorded and len(unlisted) == len(recorded):
-        print(
-            f"cannot import: {', '.join(map(str, args.files))} holds books of {', '.join(unlisted)}, which "
-            f"{args.config} does not list in data.symbols {config.data.symbols}: add them there, or pass the "
-            "--config that lists them",
-            file=sys.stderr,
-        )
-        return 2
-    stem = _landing_stem(args.files)
-    for target in landing_targets(frame, landing_base(config), args.market, stem):
-        held = landing_depth(target) if target.exists() else None
-        if held is not None and held != args.levels and not args.force:
+    config.local_dir.mkdir(parents=True, exist_ok=True)
+    # The books stream into hidden files in local_dir (the landing zone's own file system when it
+    # is local) as the engine emits them; they become landing files only once all checks passed.
+    with (
+        tempfile.TemporaryDirectory(dir=config.local_dir, prefix=".bmlt-import-") as scratch,
+        LandingDays(landing_base(config), args.market, _landing_stem(args.files), Path(scratch)) as landing,
+    ):
+        try:
+            _, imported = import_recordings(args.files, args.format, args.market, args.levels, progress, landing.add)
+        except (RecordingError, ValueError) as error:
+            print(f"cannot import: {error}", file=sys.stderr)
+            return 2
+        except OSError as error:
             print(
-                f"cannot import: {target} holds books of {held} levels per side and this import has {args.levels}: "
-                f"pass --force to overwrite it, or --levels {held} to match it",
+                f"cannot import: {error.filename or args.files[0]}: cannot read it ({error.strerror})", file=sys.stderr
+            )
+            return 2
+        finally:
+            progress.close()
+        recorded = sorted(landing.symbols)
+        unlisted = [symbol for symbol in recorded if symbol not in config.data.symbols]
+        if recorded and len(unlisted) == len(recorded):
+            print(
+                f"cannot import: {', '.join(map(str, args.files))} holds books of {', '.join(unlisted)}, which "
+                f"{args.config} does not list in data.symbols {config.data.symbols}: add them there, or pass the "
+                "--config that lists them",
                 file=sys.stderr,
             )
             return 2
-    written = write_landing_days(frame, landing_base(config), args.market, stem)
+        for target in landing.targets:
+            held = landing_depth(target) if target.exists() else None
+            if held is not None and held != args.levels and not args.force:
+                print(
+                    f"cannot import: {target} holds books of {held} levels per side and this import has "
+                    f"{args.levels}: pass --force to overwrite it, or --levels {held} to match it",
+                    file=sys.stderr,
+                )
+                return 2
+        written = landing.publish()
     result = imported.as_dict() | {
         "files": [str(f) for f in args.files],
         "written": [str(w) for w in written],

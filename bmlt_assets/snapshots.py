@@ -26,14 +26,16 @@ def orderbook_snapshots(
     storage: StorageResource,
     book_source: dg.ResourceParam[BookSource],
 ) -> dg.MaterializeResult:
-    symbols, per_day = settings.get().data.symbols, []
+    config = settings.get()
+    symbols, depth, per_day = config.data.symbols, config.data.depth, []
     for date in partition_dates(context):
-        day = DaySnapshots.validate(date, book_source.snapshots(date, symbols), book_source.gaps(date, symbols))
         files = storage.snapshot_files(date)
-        day.save(files)
-        if day.quarantined.height:
-            context.log.warning(f"{date}: quarantined {day.quarantined.height} malformed snapshots")
-        per_day.append(day.summary() | stored(files.clean) | day.rows_per_symbol())
+        # Streamed: the source's parts are read, validated and written a row group at a time.
+        parts, gaps = book_source.snapshot_parts(date, symbols), book_source.gaps(date, symbols)
+        day = DaySnapshots.write(date, parts, gaps, files, symbols, depth)
+        if day.quarantined:
+            context.log.warning(f"{date}: quarantined {day.quarantined} malformed snapshots")
+        per_day.append(day.summary() | stored(files.clean) | day.rows_per_symbol)
     return partitioned_result(
         per_day,
         {
@@ -41,7 +43,7 @@ def orderbook_snapshots(
             "quarantined_rows": sum(day["quarantined"] for day in per_day),
             "recorded_gaps": sum(day["recorded_gaps"] for day in per_day),  # intervals the recorder lost and re-synced
             "bytes": sum(day["bytes"] for day in per_day),
-            "depth": settings.get().data.depth,
+            "depth": depth,
         },
     )
 
@@ -65,10 +67,10 @@ def snapshots_are_sound(
         date = dt.date.fromisoformat(key)
         files = storage.snapshot_files(date)
         storage.require_file(files.clean, "orderbook_snapshots", date)
-        day = DaySnapshots.load(date, files)
-        measured = snapshot_quality(
-            day.clean, day.quarantined, d.steps_per_day, d.cadence_ms, d.symbols, config.quality
-        )
+        with files.clean_batches() as clean:  # a batch at a time: the day's books are never held whole
+            measured = snapshot_quality(
+                clean, files.quarantine_reasons(), d.steps_per_day, d.cadence_ms, d.symbols, config.quality
+            )
         # A day the source lost whole (an archive's empty file) fails with the source's reason.
         lost = [gap for gap in book_source.gaps(date, d.symbols) if gap.get("whole_day")]
         day_failures = measured.pop("failures") + [f"{gap['symbol']}: {gap['reason']}" for gap in lost]

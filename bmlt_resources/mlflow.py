@@ -192,11 +192,12 @@ def checked_mlflow_tracking(context: dg.InitResourceContext) -> Iterator[Tracked
     if config.get("artifact_location") and client.get_experiment_by_name(config["experiment_name"]) is None:
         client.create_experiment(config["experiment_name"], artifact_location=config["artifact_location"])
     tracked = TrackedMlflow(context)  # as dagster-mlflow's own resource does, with our methods
+    run_id = context.run.run_id if context.run is not None else None
     if config.get("description"):  # the run page's description
-        mlflow.set_tag(MLFLOW_RUN_NOTE, f"{config['description']}\n\nDagster run `{context.run_id}`.")
-    if context.instance is not None and context.run_id is not None and context.run_id not in _ENDED_AT_EXIT:
-        _ENDED_AT_EXIT.add(context.run_id)
-        atexit.register(end_unfinished_run, context.instance, context.run_id)
+        mlflow.set_tag(MLFLOW_RUN_NOTE, f"{config['description']}\n\nDagster run `{run_id}`.")
+    if context.instance is not None and run_id is not None and run_id not in _ENDED_AT_EXIT:
+        _ENDED_AT_EXIT.add(run_id)
+        atexit.register(end_unfinished_run, context.instance, run_id)
     yield tracked
     tracked.cleanup_on_error()
 

@@ -230,6 +230,12 @@ class LandingZoneResource(dg.ConfigurableResource):
         return landing_root(storage_root(self.base, self.endpoint_url), self.market) / f"date={date.isoformat()}"
 
     def snapshots(self, date: dt.date, symbols: list[str]) -> pl.DataFrame:
+        frame = pl.concat([read_parquet(f) for f in self.snapshot_parts(date, symbols)], how="vertical")
+        return trim_depth(frame.filter(pl.col("symbol").is_in(symbols)), self.depth)
+
+    def snapshot_parts(self, date: dt.date, symbols: list[str]) -> list[StoredPath]:
+        """The day's landing files, every update's books of any symbols and depth: orderbook_snapshots
+        reads them a row group at a time."""
         folder = self._day(date)
         # Unfinished local writes are '.<name>.tmp-*' (never matched); a remote file appears whole.
         files: list[StoredPath] = sorted(folder.glob("*.parquet"), key=str)
@@ -238,8 +244,7 @@ class LandingZoneResource(dg.ConfigurableResource):
                 f"no landing files for {date.isoformat()} in {folder}; record that day with "
                 "`bmlt record --config configs/binance.yaml` or import a recording with `bmlt import`"
             )
-        frame = pl.concat([read_parquet(f) for f in files], how="vertical")
-        return trim_depth(frame.filter(pl.col("symbol").is_in(symbols)), self.depth)
+        return files
 
     def gaps(self, date: dt.date, symbols: list[str]) -> list[dict]:
         """Intervals the recorder lost (``*.gaps.json`` beside its files; see core/sources/binance/recorder.py)."""

@@ -38,8 +38,11 @@ class SyntheticMarketResource(dg.ConfigurableResource):
         return SyntheticMarket(params, self.seed, self.cadence_ms, self.depth, tuple(self.symbols))
 
     def snapshots(self, date: dt.date, symbols: list[str]) -> pl.DataFrame:
+        return pl.concat(self.snapshot_parts(date, symbols))
+
+    def snapshot_parts(self, date: dt.date, symbols: list[str]) -> list[pl.DataFrame]:
         market = self.market()
-        return pl.concat([market.simulate(date, symbol) for symbol in symbols])
+        return [market.simulate(date, symbol) for symbol in symbols]
 
     def gaps(self, date: dt.date, symbols: list[str]) -> list[dict]:
         """Intervals a recorder lost: none in a simulation (its dropouts are missing rows)."""

@@ -1,10 +1,10 @@
 """tardis.dev's historical archive as a book source: download a day's files, rebuild its books.
 
 Downloads go through the official ``tardis-dev`` client (``download_datasets``) into a cache
-folder laid out like the archive. A file is used only once verified whole; a damaged or cut one
-is deleted and fetched again. The API key is read from ``$TARDIS_API_KEY`` at download time and
-handed to the client only: it is never a resource field, so it never shows in the UI, the run's
-config or its logs.
+folder laid out like the archive. A file is used only once verified whole, by the pass that
+parses it; a damaged or cut one is deleted and fetched again. The API key is read from
+``$TARDIS_API_KEY`` at download time and handed to the client only: it is never a resource
+field, so it never shows in the UI, the run's config or its logs.
 """
 
 from __future__ import annotations
@@ -26,18 +26,21 @@ from bmlt_assets.core.sources.book_engine import time_steps_warning
 from bmlt_assets.core.sources.tardis import (
     API_KEY_VARIABLE,
     DEFAULT_ENDPOINT,
+    DamagedFile,
     DownloadState,
     TardisError,
     client_file_name,
     dataset_path,
     dataset_url,
+    discard_download,
+    download_state,
     empty_day_gap,
     exchange_symbol,
     incremental_books,
+    note_verified,
     remove_unfinished,
     require_access,
     snapshot25_books,
-    verified_download,
 )
 
 log = logging.getLogger(__name__)
@@ -61,19 +64,51 @@ class TardisArchiveResource(dg.ConfigurableResource):
     keep_every_ms: int = 0  # the last book per interval (the cadence grid's rate); 0 keeps every update
 
     def snapshots(self, date: dt.date, symbols: list[str]) -> pl.DataFrame:
+        frames = self.snapshot_parts(date, symbols)
+        return pl.concat(frames) if frames else pl.DataFrame(schema=snapshot_schema(self.depth))
+
+    def snapshot_parts(self, date: dt.date, symbols: list[str]) -> list[pl.DataFrame]:
+        """Each symbol's books of the day (one per ``keep_every_ms`` interval: small, in memory)."""
         frames = []
         for symbol, (path, state) in self.download(date, symbols).items():
             if state.empty:
                 continue  # gaps() reports the day as lost, which fails the day's check
-            if self.data_type == "book_snapshot_25":
-                frames.append(snapshot25_books(path, symbol, self.depth, self.keep_every_ms))
-            else:
-                books, summary = incremental_books(path, symbol, self.market, self.depth, self.keep_every_ms)
-                log.info("%s %s: %s books from %s updates", date, symbol, books.height, summary.updates_applied)
-                for step in summary.time_steps_back:
-                    log.warning(time_steps_warning(step))
-                frames.append(books)
-        return pl.concat(frames) if frames else pl.DataFrame(schema=snapshot_schema(self.depth))
+            frames.append(self._books(date, symbol, path, state))
+        return frames
+
+    def _books(self, date: dt.date, symbol: str, path: Path, state: DownloadState) -> pl.DataFrame:
+        """The books of one symbol's file. Parsing reads the gzip stream to its end, so it also
+        verifies the file: books come back only from a file that was whole, and a file found
+        damaged is deleted and fetched again (a fresh copy is parsed, up to DOWNLOAD_ROUNDS)."""
+        copies = 1
+        while True:
+            try:
+                books = self._parse(date, symbol, path)
+            except DamagedFile as error:
+                discard_download(path)
+                if copies == DOWNLOAD_ROUNDS:
+                    raise TardisError(
+                        f"tardis.dev served damaged files {DOWNLOAD_ROUNDS} times ({self.url(date, symbol)}: "
+                        f"{error.problem}); try again later"
+                    ) from None
+                log.warning("%s; fetching it again from the archive", error)
+                copies += 1
+                # Not from the mirror: the damaged copy may have come from there.
+                path, state = self.download(date, [symbol], use_mirror=False)[symbol]
+                continue
+            if not state.verified:
+                note_verified(path)
+                self._to_mirror(date, symbol)
+            return books
+
+    def _parse(self, date: dt.date, symbol: str, path: Path) -> pl.DataFrame:
+        if self.data_type == "book_snapshot_25":
+            return snapshot25_books(path, symbol, self.depth, self.keep_every_ms)
+        books, summary = incremental_books(path, symbol, self.market, self.depth, self.keep_every_ms)
+        log.info("%s %s: %s books from %s updates", date, symbol, books.height, summary.updates_applied)
+        for step in summary.time_steps_back:
+            log.warning(time_steps_warning(step))
+        return books
 
     def gaps(self, date: dt.date, symbols: list[str]) -> list[dict]:
         """A symbol whose day the archive served as an empty file is lost for the whole day."""
@@ -93,13 +128,17 @@ class TardisArchiveResource(dg.ConfigurableResource):
     def cached(self, date: dt.date, symbol: str) -> Path:
         return Path(self.download_dir) / dataset_path(self.exchange, self.data_type, date, exchange_symbol(symbol))
 
-    def download(self, date: dt.date, symbols: list[str]) -> dict[str, tuple[Path, DownloadState]]:
-        """The verified file of each symbol for ``date``, fetching those not cached whole."""
+    def download(
+        self, date: dt.date, symbols: list[str], use_mirror: bool = True
+    ) -> dict[str, tuple[Path, DownloadState]]:
+        """The file of each symbol for ``date``, taking those not cached from the mirror (unless not
+        ``use_mirror``) or the archive; each is inspected (``inspect_download``) and used only once
+        verified whole (``_books``)."""
         api_key = os.environ.get(API_KEY_VARIABLE, "")  # read now, passed to the client only
         require_access([date], bool(api_key))
-        states = {symbol: verified_download(self.cached(date, symbol)) for symbol in symbols}
+        states = {symbol: download_state(self.cached(date, symbol)) for symbol in symbols}
         fetched = {symbol for symbol, state in states.items() if state.problem}
-        for symbol in fetched:
+        for symbol in fetched if use_mirror else ():
             states[symbol] = self._from_mirror(date, symbol)
         for _ in range(DOWNLOAD_ROUNDS):
             missing = [symbol for symbol, state in states.items() if state.problem]
@@ -109,13 +148,14 @@ class TardisArchiveResource(dg.ConfigurableResource):
                 remove_unfinished(self.cached(date, symbol))
             log.info("downloading %s %s %s for %s", self.exchange, self.data_type, date, missing)
             self._fetch(date, missing, api_key)
-            states |= {symbol: verified_download(self.cached(date, symbol)) for symbol in missing}
+            states |= {symbol: download_state(self.cached(date, symbol)) for symbol in missing}
         damaged = {symbol: state.problem for symbol, state in states.items() if state.problem}
         if damaged:
             where = "; ".join(f"{self.url(date, symbol)}: {problem}" for symbol, problem in damaged.items())
             raise TardisError(f"tardis.dev served damaged files {DOWNLOAD_ROUNDS} times ({where}); try again later")
         for symbol in fetched:
-            self._to_mirror(date, symbol)
+            if states[symbol].verified:  # a longer file is mirrored once parsing verified it
+                self._to_mirror(date, symbol)
         return {symbol: (self.cached(date, symbol), state) for symbol, state in states.items()}
 
     def mirrored(self, date: dt.date, symbol: str) -> StoredPath | None:
@@ -132,11 +172,12 @@ class TardisArchiveResource(dg.ConfigurableResource):
             local.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(local, lambda temporary: _copy(remote, temporary))
             log.info("%s %s: taken from the mirror %s", date, symbol, remote)
-        return verified_download(local)
+        return download_state(local)
 
     def _to_mirror(self, date: dt.date, symbol: str) -> None:
+        """Copy a file just verified to the mirror (replacing a damaged copy there, if any)."""
         remote = self.mirrored(date, symbol)
-        if remote is not None and not verified_download(self.cached(date, symbol)).problem:
+        if remote is not None:
             atomic_write(remote, lambda temporary: shutil.copyfile(self.cached(date, symbol), temporary))
 
     def _fetch(self, date: dt.date, symbols: list[str], api_key: str) -> None:

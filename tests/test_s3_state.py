@@ -52,6 +52,23 @@ def test_a_tardis_day_downloaded_on_one_machine_is_not_downloaded_again_on_anoth
     assert again.equals(first)
 
 
+def test_a_damaged_copy_in_the_mirror_is_fetched_again_from_the_archive_and_replaced(
+    tmp_path: Path, s3: S3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parsing finds the cut (beyond the first MiB, which inspection reads); the next copy comes
+    from the archive, not the mirror, and the whole file replaces the mirror's."""
+    monkeypatch.setenv("TARDIS_API_KEY", "key")
+    key = "runs/tardis/binance/incremental_book_L2/2024/08/09/BTCUSDT.csv.gz"
+    body = gzip_csv(incremental_rows(real_recording(), 1))
+    s3.client().put_object(Bucket=s3.bucket, Key=key, Body=body[: len(body) // 2])
+    with ArchiveServer() as server:
+        server.add("binance", "incremental_book_L2", DAY, "BTCUSDT", body)
+        books = _tardis(server, tmp_path / "pod", s3).snapshots(DAY, ["BTC/USDT"])
+        assert len(server.requests) == 1
+    assert books.height > 3000
+    assert s3.client().get_object(Bucket=s3.bucket, Key=key)["Body"].read() == body
+
+
 def test_the_landing_zone_is_in_the_object_store(tmp_path: Path, s3: S3) -> None:
     config = load_config(
         write_config(tmp_path, {"storage": {"uri": f"s3://{s3.bucket}/runs", "endpoint_url": s3.endpoint_url}})

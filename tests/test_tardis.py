@@ -146,7 +146,7 @@ def test_a_file_cut_halfway_is_fetched_again_never_used_half(
     # A download killed halfway by an earlier run: the client would skip an existing file.
     cached.parent.mkdir(parents=True)
     cached.write_bytes(archive.files[path][: len(archive.files[path]) // 2])
-    assert inspect_download(cached).problem
+    assert not inspect_download(cached).verified  # its first MiB reads well: parsing it finds the cut
     _assert_same_books(source.snapshots(DAY1, ["BTC/USDT"]), reference_books)
     assert archive.fetched(path) == 1
     # The archive itself cuts the answer (no Content-Length, so the client keeps the half file): fetched again.
@@ -160,6 +160,32 @@ def test_a_file_cut_halfway_is_fetched_again_never_used_half(
     with pytest.raises(TardisError, match="damaged files 3 times .*cut off"):
         source.snapshots(DAY1, ["BTC/USDT"])
     assert not cached.exists() and not list(cached.parent.glob("*.unconfirmed"))
+
+
+def test_a_download_is_decompressed_once_parsing_it_verifies_it(
+    tmp_path: Path, archive: ArchiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pass that rebuilds the books is the verification: a fresh 9 MB day is decompressed once
+    (and its first MiB on inspection), not once to verify and again to parse; a second read of the
+    same day trusts the note and decompresses it only to parse it."""
+    monkeypatch.setenv("TARDIS_API_KEY", SENTINEL_KEY)
+    decompressed = [0]
+    read = gzip.GzipFile.read
+
+    def counted(self: gzip.GzipFile, size: int = -1) -> bytes:
+        data = read(self, size)
+        decompressed[0] += len(data)
+        return data
+
+    monkeypatch.setattr(gzip.GzipFile, "read", counted)
+    source = _resource(archive, tmp_path / "cache")
+    day_bytes = len(gzip.decompress(archive.files["binance/incremental_book_L2/2024/08/08/BTCUSDT.csv.gz"]))
+    assert source.snapshots(DAY1, ["BTC/USDT"]).height and source.gaps(DAY1, ["BTC/USDT"]) == []
+    assert day_bytes - 2**10 < decompressed[0] <= day_bytes + 2**20 + 2**10  # the old code: twice the day
+    assert (tmp_path / "cache/binance/incremental_book_L2/2024/08/08/BTCUSDT.csv.gz.verified.json").exists()
+    decompressed[0] = 0
+    source.snapshots(DAY1, ["BTC/USDT"])
+    assert day_bytes - 2**10 < decompressed[0] <= day_bytes + 2**10
 
 
 def test_without_a_key_only_the_first_day_of_each_month_is_asked_for(

@@ -2,7 +2,9 @@
 
 - :class:`DaySnapshots` (``orderbook_snapshots``): one UTC day's validated snapshots, the rows
   quarantined with their reason and the intervals the source lost: files, not a folder
-  (:class:`SnapshotFiles`), with :class:`SnapshotVerdict`, the stored verdict of its check.
+  (:class:`SnapshotFiles`), with :class:`SnapshotVerdict`, the stored verdict of its check. A day
+  of every update's books is about a gigabyte, so it is written (``DaySnapshots.write``) and read
+  (``SnapshotFiles.clean_batches``) a row group at a time, never held whole.
 - :class:`DayTensors` (``book_tensors``): the day on the cadence grid: the base array, mids, raw
   best quotes, validity and timestamps as memory-mappable ``.npy`` files, and a ``meta.json``
   that says what the axes, channels and levels are.
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -26,18 +30,21 @@ from typing import Any, ClassVar
 import numpy as np
 import polars as pl
 
-from bmlt_assets.core.book import validate_snapshots
+from bmlt_assets.core.book import snapshot_schema, validate_parts
 from bmlt_assets.core.config import PlatformConfig, RepresentationConfig
 from bmlt_assets.core.files import (
     META,
     CorruptPartitionError,
+    ParquetStream,
     StoredPath,
     load_arrays,
+    local_files,
+    parquet_batches,
     read_meta,
     read_parquet,
+    readable,
     save_arrays,
     write_json,
-    write_parquet,
 )
 from bmlt_assets.core.labels import forward_log_returns, trailing_volatility
 from bmlt_assets.core.representation import (
@@ -64,53 +71,71 @@ class SnapshotFiles:
         """The gaps stored with the partition (none for partitions older than the gap files)."""
         return read_json(self.gaps) if self.gaps.exists() else []
 
+    @contextmanager
+    def clean_batches(self) -> Iterator[Iterator[pl.DataFrame]]:
+        """The clean rows in their stored order, a batch of a few MB at a time (a day of every
+        update's books is about a gigabyte: it is never read whole)."""
+        with readable(self.clean) as local:
+            yield parquet_batches(local)
+
+    def quarantine_reasons(self) -> pl.Series:
+        """The ``reason`` of each quarantined row (its column alone is read)."""
+        if not self.quarantine.exists():
+            return pl.Series("reason", [], dtype=pl.String)
+        return read_parquet(self.quarantine, ["reason"])["reason"]
+
 
 @dataclass(frozen=True)
 class DaySnapshots:
-    """One UTC day of snapshots of every configured symbol, validated (``core.book``)."""
+    """One UTC day of snapshots of every configured symbol, validated (``core.book``) and written to
+    its :class:`SnapshotFiles` as they are validated: what was kept, per symbol, and quarantined."""
 
     date: dt.date
-    clean: pl.DataFrame
-    quarantined: pl.DataFrame  # the malformed rows, each with its ``reason``
+    rows_per_symbol: dict[str, int]
+    quarantined: int  # rows, each stored with its ``reason``
     gaps: list[dict[str, Any]]  # intervals the source lost (recorder reconnects, an archive's empty day)
 
     @classmethod
-    def validate(cls, date: dt.date, raw: pl.DataFrame, gaps: list[dict[str, Any]]) -> DaySnapshots:
-        clean, quarantined = validate_snapshots(raw)
-        return cls(date, clean, quarantined, gaps)
-
-    def save(self, files: SnapshotFiles) -> None:
-        write_parquet(self.clean, files.clean)
-        if self.quarantined.height:
-            write_parquet(self.quarantined, files.quarantine)
-        else:  # a clean re-run must not inherit an earlier run's quarantine
-            files.quarantine.unlink(missing_ok=True)
+    def write(
+        cls,
+        date: dt.date,
+        parts: Sequence[StoredPath | pl.DataFrame],
+        gaps: list[dict[str, Any]],
+        files: SnapshotFiles,
+        symbols: list[str],
+        depth: int,
+    ) -> DaySnapshots:
+        """Validate a source's parts of the day (``BookSource.snapshot_parts``: those of ``symbols``,
+        at ``depth`` levels) into ``files``, streamed: the parts are read a row group at a time
+        and each file is written a row group at a time and published whole (``validate_parts``)."""
+        schema = snapshot_schema(depth)
+        with (
+            local_files(parts) as local,
+            ParquetStream(files.clean, schema) as clean,
+            ParquetStream(files.quarantine, schema | {"reason": pl.String()}) as quarantine,
+        ):
+            validated = validate_parts(local, clean.write, quarantine.write, symbols, depth)
+            clean.publish()
+            if validated.quarantined:
+                quarantine.publish()
+            else:  # a clean re-run must not inherit an earlier run's quarantine
+                quarantine.discard()
+                files.quarantine.unlink(missing_ok=True)
         # Stored beside the partition so that book_tensors (even in a later run) masks the lost intervals.
-        write_json(self.gaps, files.gaps)
+        write_json(gaps, files.gaps)
         # New content is unchecked: an earlier verdict must neither block nor vouch for it.
         files.verdict.unlink(missing_ok=True)
-
-    @classmethod
-    def load(cls, date: dt.date, files: SnapshotFiles) -> DaySnapshots:
-        clean = read_parquet(files.clean)
-        quarantine = files.quarantine
-        empty = clean.clear().with_columns(pl.lit("").alias("reason"))
-        quarantined = read_parquet(quarantine) if quarantine.exists() else empty
-        return cls(date, clean, quarantined, files.recorded_gaps())
+        return cls(date, validated.rows_per_symbol, validated.quarantined, gaps)
 
     def summary(self) -> dict[str, Any]:
         """The day's numbers: rows kept and quarantined, recorded gaps and their length."""
         return {
             "date": self.date.isoformat(),
-            "rows": self.clean.height,
-            "quarantined": self.quarantined.height,
+            "rows": sum(self.rows_per_symbol.values()),
+            "quarantined": self.quarantined,
             "recorded_gaps": len(self.gaps),
             "gap_seconds": round(sum(gap["to_ns"] - gap["from_ns"] for gap in self.gaps) / 1e9, 3),
         }
-
-    def rows_per_symbol(self) -> dict[str, int]:
-        counts = self.clean.group_by("symbol").len().sort("symbol")
-        return {row["symbol"]: row["len"] for row in counts.iter_rows(named=True)}
 
 
 @dataclass(frozen=True)

@@ -41,8 +41,8 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -57,6 +57,7 @@ from upath import UPath
 from bmlt_assets.core.config import PlatformConfig
 
 META = "meta.json"
+ROW_GROUP_BYTES = 16 * 2**20  # uncompressed, of a Parquet row group we write and of a batch we read
 log = logging.getLogger(__name__)
 StoredPath = Path | UPath  # a local Path, or a remote UPath (which is not a Path)
 P = TypeVar("P", bound=StoredPath)
@@ -167,9 +168,29 @@ def readable(path: StoredPath) -> Iterator[Path]:
         yield local
 
 
-def read_parquet(path: StoredPath) -> pl.DataFrame:
+@contextmanager
+def local_files(parts: Sequence[StoredPath | pl.DataFrame]) -> Iterator[list[Path | pl.DataFrame]]:
+    """The parts with each remote file downloaded (``readable``: deleted afterwards), local files
+    and frames as they are."""
+    with ExitStack() as stack:
+        yield [part if isinstance(part, pl.DataFrame | Path) else stack.enter_context(readable(part)) for part in parts]
+
+
+def read_parquet(path: StoredPath, columns: list[str] | None = None) -> pl.DataFrame:
     with readable(path) as source:
-        return pl.read_parquet(source)
+        return pl.read_parquet(source, columns=columns)
+
+
+def parquet_batches(path: Path, batch_bytes: int | None = None) -> Iterator[pl.DataFrame]:
+    """A local Parquet file's rows in order, about ``batch_bytes`` (default :data:`ROW_GROUP_BYTES`)
+    of them in memory at a time (a row's size taken from the schema: the file's own sizes are of
+    its encoded pages, often ten times smaller)."""
+    file = pq.ParquetFile(path, pre_buffer=False)
+    row_bytes = sum(16 * getattr(field.type, "list_size", 1) for field in file.schema_arrow)
+    for batch in file.iter_batches(batch_size=max(64, (batch_bytes or ROW_GROUP_BYTES) // row_bytes)):
+        frame = pl.from_arrow(batch)
+        assert isinstance(frame, pl.DataFrame)
+        yield frame
 
 
 def _temporary_sibling(path: Path) -> Path:
@@ -182,19 +203,29 @@ def atomic_write(path: P, write: Callable[[Path], object]) -> P:
         with tempfile.TemporaryDirectory(prefix="bmlt-put-") as folder:
             temporary = Path(folder) / path.name
             write(temporary)
-            path.fs.put_file(str(temporary), path.path)
+            _put_in_place(temporary, path)
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = _temporary_sibling(path)
     try:
         write(temporary)
-        with open(temporary, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-        _fsync_directory(path.parent)  # makes the rename itself survive a power loss
+        _put_in_place(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
     return path
+
+
+def _put_in_place(temporary: Path, path: StoredPath) -> None:
+    """Make the finished local file ``temporary`` the file ``path``, whole: a remote one by one PUT;
+    a local one fsynced, renamed into place (on the same file system) and its folder fsynced."""
+    if is_remote(path):
+        path.fs.put_file(str(temporary), path.path)
+        return
+    with open(temporary, "rb") as handle:
+        os.fsync(handle.fileno())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(temporary, path)
+    _fsync_directory(path.parent)  # makes the rename itself survive a power loss
 
 
 def _fsync_directory(folder: Path) -> None:
@@ -205,9 +236,6 @@ def _fsync_directory(folder: Path) -> None:
         os.close(descriptor)
 
 
-ROW_GROUP_BYTES = 16 * 2**20
-
-
 def write_parquet(frame: pl.DataFrame, path: P) -> P:
     """zstd Parquet in row groups of about 16 MiB uncompressed, so readers can stream a
     partition group by group instead of loading it whole (see day_tensors_from_parquet)."""
@@ -216,6 +244,72 @@ def write_parquet(frame: pl.DataFrame, path: P) -> P:
     return atomic_write(
         path, lambda tmp: frame.write_parquet(tmp, compression="zstd", statistics=True, row_group_size=rows)
     )
+
+
+class ParquetStream:
+    """One Parquet file written a frame at a time, in row groups of about :data:`ROW_GROUP_BYTES`
+    (what ``write_parquet`` writes whole), and published whole at the end as ``atomic_write``
+    publishes: memory holds one row group, never the file.
+
+    Until ``publish``, the rows are in a hidden temporary file: beside ``path`` when it is local,
+    or in ``scratch`` (which must be on the same file system as a local ``path``; any local folder
+    for a remote one), so that nothing is created where ``path`` goes before it is published.
+    ``discard`` (or leaving a ``with`` block by an exception) deletes it."""
+
+    def __init__(self, path: StoredPath, schema: dict[str, pl.DataType], scratch: Path | None = None):
+        self.path, self.schema, self.rows = path, schema, 0
+        if scratch is None:
+            scratch = Path(tempfile.gettempdir()) if is_remote(path) else path.parent
+        scratch.mkdir(parents=True, exist_ok=True)
+        self.temporary = scratch / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+        self._writer: pq.ParquetWriter | None = None
+        self._buffered: list[pl.DataFrame] = []
+        self._buffered_bytes = 0
+
+    def write(self, frame: pl.DataFrame) -> None:
+        if not frame.height:
+            return
+        self._buffered.append(frame)
+        self._buffered_bytes += int(frame.estimated_size())
+        self.rows += frame.height
+        if self._buffered_bytes >= ROW_GROUP_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffered and self._writer is not None:
+            return
+        frame = pl.concat(self._buffered) if self._buffered else pl.DataFrame(schema=self.schema)
+        table = frame.to_arrow()
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.temporary, table.schema, compression="zstd", write_statistics=True)
+        self._writer.write_table(table, row_group_size=max(table.num_rows, 1))
+        self._buffered, self._buffered_bytes = [], 0
+
+    def publish(self) -> StoredPath:
+        """Close the file and make it ``path``, whole (an empty file of the schema if nothing was written)."""
+        try:
+            self._flush()
+            assert self._writer is not None
+            self._writer.close()
+            self._writer = None
+            _put_in_place(self.temporary, self.path)
+        finally:
+            self.discard()
+        return self.path
+
+    def discard(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self._buffered = []
+        self.temporary.unlink(missing_ok=True)
+
+    def __enter__(self) -> ParquetStream:
+        return self
+
+    def __exit__(self, kind: object, *_: object) -> None:
+        if kind is not None:
+            self.discard()
 
 
 def write_json(payload: Any, path: P) -> P:
@@ -781,20 +875,53 @@ def directory_bytes(path: StoredPath) -> int:
     return sum(info["bytes"] for info in recorded.values())
 
 
-def _landing_days(frame: pl.DataFrame, base: StoredPath, market: str, stem: str) -> dict[StoredPath, pl.DataFrame]:
-    if not frame.height:
-        return {}
-    day = pl.from_epoch(pl.col("receive_ts"), time_unit="ns").dt.date().alias("date")
-    by_day = frame.with_columns(day).partition_by("date", as_dict=True)
-    return {
-        landing_root(base, market) / f"date={date}" / f"{stem}.parquet": rows.drop("date")
-        for (date,), rows in sorted(by_day.items())
-    }
+class LandingDays:
+    """Books streamed into the landing zone, split by UTC receive day into
+    ``<landing>/date=YYYY-MM-DD/<stem>.parquet`` (a ``ParquetStream`` each, kept in ``scratch``
+    until ``publish``): memory holds a row group per day, never the import."""
 
+    def __init__(self, base: StoredPath, market: str, stem: str, scratch: Path | None = None):
+        self.base, self.market, self.stem, self.scratch = base, market, stem, scratch
+        self.days: dict[str, ParquetStream] = {}
+        self.symbols: set[str] = set()
 
-def landing_targets(frame: pl.DataFrame, base: StoredPath, market: str, stem: str) -> list[StoredPath]:
-    """The files ``write_landing_days`` would write for these arguments."""
-    return list(_landing_days(frame, base, market, stem))
+    def path(self, day: str) -> StoredPath:
+        return landing_root(self.base, self.market) / f"date={day}" / f"{self.stem}.parquet"
+
+    def add(self, books: pl.DataFrame) -> None:
+        if not books.height:
+            return
+        day = pl.from_epoch(pl.col("receive_ts"), time_unit="ns").dt.date().alias("date")
+        by_day = books.with_columns(day).partition_by("date", as_dict=True, maintain_order=True)
+        for (date,), rows in by_day.items():
+            key = str(date)
+            if key not in self.days:
+                schema = dict(books.schema)
+                self.days[key] = ParquetStream(self.path(key), schema, self.scratch)
+            self.days[key].write(rows.drop("date"))
+        self.symbols.update(books["symbol"].unique().to_list())
+
+    @property
+    def targets(self) -> list[StoredPath]:
+        """The files ``publish`` will write, by day."""
+        return [self.path(day) for day in sorted(self.days)]
+
+    def publish(self) -> list[StoredPath]:
+        try:
+            return [self.days[day].publish() for day in sorted(self.days)]
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        for stream in self.days.values():
+            stream.discard()
+
+    def __enter__(self) -> LandingDays:
+        return self
+
+    def __exit__(self, kind: object, *_: object) -> None:
+        if kind is not None:
+            self.discard()
 
 
 def landing_depth(path: StoredPath) -> int | None:
@@ -810,4 +937,6 @@ def landing_depth(path: StoredPath) -> int | None:
 
 def write_landing_days(frame: pl.DataFrame, base: StoredPath, market: str, stem: str) -> list[StoredPath]:
     """Snapshots split by UTC receive day into ``<landing>/date=YYYY-MM-DD/<stem>.parquet``."""
-    return [write_parquet(rows, path) for path, rows in _landing_days(frame, base, market, stem).items()]
+    with LandingDays(base, market, stem) as days:
+        days.add(frame)
+        return days.publish()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -12,42 +14,40 @@ from bmlt_assets.core.config import QualityConfig
 
 
 def snapshot_quality(
-    clean: pl.DataFrame,
-    quarantined: pl.DataFrame,
+    clean: Iterable[pl.DataFrame],
+    reasons: pl.Series,
     steps_per_day: int,
     cadence_ms: int,
     symbols: list[str],
     quality: QualityConfig,
 ) -> dict[str, Any]:
-    """Rates per rule over the raw rows, staleness and coverage per symbol, and the failures."""
-    total = clean.height + quarantined.height
-    reasons = quarantined["reason"].value_counts().sort("reason") if quarantined.height else None
-    by_rule = {row["reason"]: int(row["count"]) for row in reasons.iter_rows(named=True)} if reasons is not None else {}
+    """Rates per rule over the raw rows, staleness and coverage per symbol, and the failures.
+
+    ``clean`` is the day's clean rows in their stored order (sorted by symbol and receive time), in
+    batches of any size: only one batch is held, with the last book and open run of each symbol;
+    ``reasons`` is the quarantined rows' ``reason`` column."""
+    runs = _BookRuns(cadence_ms, quality.max_stale_s)
+    for batch in clean:
+        runs.add(batch)
+    rows = sum(runs.rows.values())
+    total = rows + len(reasons)
+    by_rule = dict(sorted(Counter(reasons.to_list()).items()))
     out: dict[str, Any] = {
         "rows": total,
-        "quarantined": quarantined.height,
-        "quarantined_fraction": quarantined.height / total if total else 1.0,
+        "quarantined": len(reasons),
+        "quarantined_fraction": len(reasons) / total if total else 1.0,
         "by_rule": by_rule,
     }
     failures = []
     if out["quarantined_fraction"] > quality.max_quarantined_fraction:
         failures.append(
-            f"{quarantined.height} of {total} rows quarantined "
+            f"{len(reasons)} of {total} rows quarantined "
             f"({out['quarantined_fraction']:.1%} > {quality.max_quarantined_fraction:.1%}): {by_rule}"
         )
     per_symbol = {}
     for symbol in symbols:
-        rows = clean.filter(pl.col("symbol") == symbol)
-        coverage = min(1.0, rows.height / steps_per_day)
-        stale = 0.0
-        if rows.height > 1:
-            books = book_arrays(rows)
-            snapshot = np.concatenate([books[s] for s in books], axis=1)
-            unchanged = np.r_[False, (snapshot[1:] == snapshot[:-1]).all(axis=1)]
-            # Runs of identical books longer than max_stale_s count as stale time.
-            run_id = np.cumsum(~unchanged)
-            run_length = np.bincount(run_id)[run_id]
-            stale = float((unchanged & (run_length * cadence_ms / 1000 > quality.max_stale_s)).mean())
+        coverage = min(1.0, runs.rows.get(symbol, 0) / steps_per_day)
+        stale = runs.stale_fraction(symbol)  # runs of identical books longer than max_stale_s
         per_symbol[symbol] = {"coverage": coverage, "stale_fraction": stale}
         if coverage < quality.min_coverage:
             failures.append(f"{symbol}: coverage {coverage:.1%} of the day < {quality.min_coverage:.1%}")
@@ -56,6 +56,45 @@ def snapshot_quality(
     out["per_symbol"] = per_symbol
     out["failures"] = failures
     return out
+
+
+class _BookRuns:
+    """Per symbol, its rows and its stale rows, fed in order a batch at a time: a run is a book and
+    the identical ones right after it, and a run longer than ``max_stale_s`` makes all but its
+    first row stale."""
+
+    def __init__(self, cadence_ms: int, max_stale_s: float) -> None:
+        self.cadence_ms, self.max_stale_s = cadence_ms, max_stale_s
+        self.rows: dict[str, int] = {}
+        self.stale: dict[str, int] = {}
+        self.open: dict[str, int] = {}  # the length of the run the last book is in
+        self.last: dict[str, np.ndarray] = {}  # the last book, flattened
+
+    def add(self, batch: pl.DataFrame) -> None:
+        for (symbol,), rows in batch.partition_by("symbol", as_dict=True, maintain_order=True).items():
+            name = str(symbol)
+            books = np.concatenate(list(book_arrays(rows).values()), axis=1)
+            before = self.last.get(name)
+            unchanged = np.r_[before is not None and bool((books[0] == before).all()), (books[1:] == books[:-1]).all(1)]
+            starts = np.flatnonzero(~unchanged)
+            if len(starts):  # the open run ends before the first start; each later run before the next start
+                self._close(name, np.r_[self.open.get(name, 0) + starts[0], np.diff(starts)])
+                self.open[name] = len(books) - int(starts[-1])
+            else:
+                self.open[name] = self.open.get(name, 0) + len(books)
+            self.last[name] = books[-1].copy()
+            self.rows[name] = self.rows.get(name, 0) + len(books)
+
+    def _close(self, symbol: str, lengths: np.ndarray) -> None:
+        long = lengths * self.cadence_ms / 1000 > self.max_stale_s
+        self.stale[symbol] = self.stale.get(symbol, 0) + int((lengths[long] - 1).sum())
+
+    def stale_fraction(self, symbol: str) -> float:
+        held = self.rows.get(symbol, 0)
+        if held < 2:
+            return 0.0
+        self._close(symbol, np.array([self.open.pop(symbol, 0)]))
+        return self.stale.get(symbol, 0) / held
 
 
 def tensor_quality(base: np.ndarray, valid: np.ndarray, quality: QualityConfig) -> dict[str, Any]:

@@ -3,6 +3,10 @@
 The embedded synthetic market, the landing zone of recorded or imported books, and archives all
 give a day's snapshots (schema of ``bmlt_assets.core.book``) and the intervals their recorder
 lost. Only a simulation knows the truth, so only it offers an :class:`Oracle`.
+
+A day's snapshots come in parts: frames in memory, or Parquet files that ``orderbook_snapshots``
+reads a row group at a time (``core.book.validate_parts``), so that a day of every update's books
+in the landing zone is never read whole.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from typing import Protocol
 
 import numpy as np
 import polars as pl
+
+from bmlt_assets.core.files import StoredPath
 
 # (horizon index, sample steps, their edges (N, C-1)) -> (N, C): an oracle at a dataset's samples
 OracleProbabilities = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
@@ -27,7 +33,12 @@ class Oracle(Protocol):
 
 class BookSource(Protocol):
     def snapshots(self, date: dt.date, symbols: list[str]) -> pl.DataFrame:
-        """Every snapshot of ``symbols`` received on ``date`` (UTC)."""
+        """Every snapshot of ``symbols`` received on ``date`` (UTC), in memory."""
+        ...
+
+    def snapshot_parts(self, date: dt.date, symbols: list[str]) -> list[StoredPath | pl.DataFrame]:
+        """The same snapshots in parts, not yet sorted or validated: frames, or Parquet files in the
+        snapshot schema that may also hold other symbols and more levels."""
         ...
 
     def gaps(self, date: dt.date, symbols: list[str]) -> list[dict]:

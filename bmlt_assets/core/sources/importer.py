@@ -14,6 +14,7 @@ from typing import Any, cast
 
 import polars as pl
 
+from bmlt_assets.core.book import snapshot_schema
 from bmlt_assets.core.sources.binance.sync import (
     AmbiguousSnapshot,
     BookBuilder,
@@ -25,7 +26,7 @@ from bmlt_assets.core.sources.binance.sync import (
     TruncatedRecording,
     read_recording,
 )
-from bmlt_assets.core.sources.book_engine import TimeSteps
+from bmlt_assets.core.sources.book_engine import BookSink, TimeSteps
 from bmlt_assets.core.sources.tardis import incremental_books, tardis_book_snapshots
 
 log = logging.getLogger(__name__)
@@ -76,16 +77,23 @@ def _replay(builder: BookBuilder, path: Path, progress: Progress | None) -> None
 
 
 def import_recordings(
-    files: list[Path], fmt: str, market: str, levels: int, progress: Progress | None = None
+    files: list[Path],
+    fmt: str,
+    market: str,
+    levels: int,
+    progress: Progress | None = None,
+    sink: BookSink | None = None,
 ) -> tuple[pl.DataFrame, ImportSummary]:
-    """Snapshots of ``levels`` levels from recordings in ``fmt``, and what the import saw.
+    """Snapshots of ``levels`` levels from recordings in ``fmt``, and what the import saw. With a
+    ``sink``, the books go to it a batch at a time as the engine emits them (``bmlt import`` writes
+    them so, holding none) and the frame returned is empty.
 
     Raises RecordingError for a file that cannot be imported as asked, or for recordings that give
     no book at all; a damaged end is listed in the summary's ``damaged`` instead."""
     if fmt not in IMPORT_FORMATS:
         raise ValueError(f"unknown format {fmt!r}: choose one of {', '.join(IMPORT_FORMATS)}")
     if fmt == "binance-ws":
-        builder = BookBuilder(market, levels)
+        builder = BookBuilder(market, levels, sink=sink)
         for path in files:
             log.info("replaying %s", path)
             _replay(builder, path, progress)
@@ -107,19 +115,16 @@ def import_recordings(
             len(builder.summary.gaps),
         )
         return builder.frame(), builder.summary
+    summary = ImportSummary()
+    frames = []
     if fmt == "tardis-incremental":
-        summary = ImportSummary()
-        frames = []
         for path in files:
             log.info("replaying %s", path)
-            books, read_summary = incremental_books(path, None, market, levels)
+            books, read_summary = incremental_books(path, None, market, levels, sink=sink)
             frames.append(books)
             for name in ("snapshots", "updates_applied", "crossed"):
                 setattr(summary, name, getattr(summary, name) + getattr(read_summary, name))
-            for ns in (read_summary.first_receive_ns, read_summary.last_receive_ns):
-                if ns is not None:
-                    summary.first_receive_ns = min(summary.first_receive_ns or ns, ns)
-                    summary.last_receive_ns = max(summary.last_receive_ns or ns, ns)
+            _widen(summary, read_summary.first_receive_ns, read_summary.last_receive_ns)
             summary.time_steps_back += read_summary.time_steps_back
         if not summary.snapshots:
             raise RecordingError(
@@ -127,20 +132,28 @@ def import_recordings(
                 "row, or books too shallow): pass a day's incremental_book_L2 file, or lower --levels"
             )
         return pl.concat(frames), summary
-    read = [tardis_book_snapshots(path, levels) for path in files]
-    frame = pl.concat([books for books, _ in read])
-    if not frame.height:
+
+    def counted(books: pl.DataFrame) -> None:
+        summary.snapshots += books.height
+        summary.crossed += int((books["bid_px"].arr.first() >= books["ask_px"].arr.first()).sum())
+        # receive_ts is Int64 (snapshot schema): its min/max are ints.
+        _widen(summary, cast(int, books["receive_ts"].min()), cast(int, books["receive_ts"].max()))
+        (sink or frames.append)(books)
+
+    for path in files:
+        books, steps = tardis_book_snapshots(path, levels, sink=counted)
+        summary.time_steps_back += steps
+    if not summary.snapshots:
         names = ", ".join(str(path) for path in files)
         raise RecordingError(
             f"{names}: no rows below the header: nothing to import; pass a day's book_snapshot_25 file"
         )
-    crossed = int((frame["bid_px"].arr.first() >= frame["ask_px"].arr.first()).sum())
-    summary = ImportSummary(
-        snapshots=frame.height,
-        crossed=crossed,
-        # receive_ts is Int64 (snapshot schema): its min/max are ints, or None for no rows.
-        first_receive_ns=cast("int | None", frame["receive_ts"].min()),
-        last_receive_ns=cast("int | None", frame["receive_ts"].max()),
-        time_steps_back=[step for _, steps in read for step in steps],
-    )
-    return frame, summary
+    return (pl.concat(frames) if frames else pl.DataFrame(schema=snapshot_schema(levels))), summary
+
+
+def _widen(summary: ImportSummary, first_ns: int | None, last_ns: int | None) -> None:
+    """Stretch the summary's first and last receive times to cover ``first_ns`` .. ``last_ns``."""
+    for ns in (first_ns, last_ns):
+        if ns is not None:
+            summary.first_receive_ns = min(summary.first_receive_ns or ns, ns)
+            summary.last_receive_ns = max(summary.last_receive_ns or ns, ns)

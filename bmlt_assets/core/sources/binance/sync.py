@@ -38,7 +38,8 @@ import orjson
 import polars as pl
 
 from bmlt_assets.core.book import snapshot_schema
-from bmlt_assets.core.sources.book_engine import RESET, SNAPSHOT, UPDATE, BookEngine, EngineStats
+from bmlt_assets.core.sources.book_engine import BookEngine, BookSink, EngineStats
+from bmlt_assets.core.sources.book_layout import RESET, SNAPSHOT, UPDATE
 
 log = logging.getLogger(__name__)
 GZIP_MAGIC = b"\x1f\x8b"
@@ -210,19 +211,20 @@ class LevelError(ValueError):
 
 class BookBuilder:
     """Feeds recorded messages through the sync rules; the book engine applies them and collects
-    N-level snapshots (every update's, or with ``every_ms`` the last of each interval).
+    N-level snapshots (every update's, or with ``every_ms`` the last of each interval), or hands
+    them to ``sink`` as they come (``BookEngine``).
 
     The rules need only update ids, so they run here per message while the levels wait in a
     batch of at most :data:`FLUSH_LEVELS` level changes for the compiled engine."""
 
     FLUSH_LEVELS = 1 << 18
 
-    def __init__(self, market: str, levels: int, every_ms: int = 0):
+    def __init__(self, market: str, levels: int, every_ms: int = 0, sink: BookSink | None = None):
         if market not in ("spot", "usdm"):
             raise ValueError(f"market must be 'spot' or 'usdm', got {market!r}")
         if levels < 1:
             raise ValueError(f"levels must be at least 1 per side, got {levels}")
-        self.market, self.levels, self.every_ms = market, levels, every_ms
+        self.market, self.levels, self.every_ms, self.sink = market, levels, every_ms, sink
         self.books: dict[str, SyncState] = {}
         self.engines: dict[str, BookEngine] = {}  # in the order of their first operation
         self.summary = ImportSummary()
@@ -384,7 +386,7 @@ class BookBuilder:
         for symbol in distinct:
             engine = self.engines.get(symbol)
             if engine is None:
-                engine = self.engines[symbol] = BookEngine(symbol, self.levels, self.every_ms)
+                engine = self.engines[symbol] = BookEngine(symbol, self.levels, self.every_ms, sink=self.sink)
             mine = np.flatnonzero(np.array(symbols) == symbol) if len(distinct) > 1 else slice(None)
             engine.apply(is_bid, prices, quantities, np.ascontiguousarray(operations[mine]))
         self._recount()
