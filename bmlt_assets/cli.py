@@ -162,14 +162,14 @@ def summary(config: PlatformConfig, args: argparse.Namespace) -> int:
             value = stated + "".join(f"\n           - {reason}" for reason in reasons.split("; ") if reason)
         console.print(f"{label:<10} " + (f"[{style}]{escape(value)}[/]" if style else escape(value)))
     if saved is not None:
-        for entry in saved.horizons:
+        for i, entry in enumerate(saved.horizons):
             m = entry.model.metrics
             leak = "  [bold red]PROBABLE LEAK[/]" if entry.leak_suspected else ""
             console.print(
                 f"{entry.horizon_s:>6} s    accuracy {number(m.accuracy)}, log loss {number(m.log_loss)} nats; "
                 f"{escape(counts(entry.samples, entry.independent_outcomes))}{leak}"
             )
-            for line in headline(entry):
+            for line in headline(entry, saved.fresh_at(i)):
                 console.print(f"           {escape(line)}")
         for warning in report_warnings(saved):
             console.print(f"[bold yellow]warning[/]  {escape(warning.replace('**', ''))}")
@@ -261,10 +261,10 @@ def report(config: PlatformConfig, args: argparse.Namespace) -> int:
         verdict = json.loads(gated.read_text()).get("sentence") if gated.exists() else None
     if verdict:
         print(f"Verdict: {verdict}")
-    for entry in saved.horizons:
+    for i, entry in enumerate(saved.horizons):
         leak = "   ** PROBABLE LEAK **" if entry.leak_suspected else ""
         print(f"\nHorizon {entry.horizon_s}s, {counts(entry.samples, entry.independent_outcomes)}{leak}")
-        for line in headline(entry):
+        for line in headline(entry, saved.fresh_at(i)):
             print(f"  {line}")
         columns = ("accuracy", "log loss", "ECE", "net bps/trade", "Sharpe")
         print(f"  {'predictor':<14}" + "".join(f"{c:>15}" for c in columns))

@@ -46,12 +46,9 @@ def evaluation_report(
     champion = _champion(mlflow, config, load_dataset(dataset_dir, config), challenger.spec)
     context.log.info(champion.note)
     evaluation = with_market_fee(config.evaluation, config.data.market)
-    report = evaluate_stored_model(
-        config, evaluation, dataset_dir, model_dir, book_source.oracle(), champion.probabilities
-    )
-    verdict = gate(
-        report.horizons, champion.exists, champion.probabilities is not None, config.promotion, champion.note
-    )
+    report = evaluate_stored_model(config, evaluation, dataset_dir, model_dir, book_source, champion.probabilities)
+    compared = champion.probabilities is not None
+    verdict = gate(report.horizons, champion.exists, compared, config.promotion, champion.note, report.walk_forward)
     front = _front_matter(settings, mlflow, tracker, challenger, verdict, champion.note)
     with storage.commit(storage.report) as staging:
         embedded, _ = write_report(
@@ -125,8 +122,8 @@ def _metadata(report: EvaluationReport, embedded: str, front: FrontMatter, chall
     headline and warnings, the report, and the verdict with what it rests on."""
     numbers: dict[str, dg.MetadataValue] = {}
     summary = []
-    for entry in report.horizons:
-        model, pnl = entry.model.metrics, entry.model.pnl
+    for i, entry in enumerate(report.horizons):
+        model, pnl, fresh = entry.model.metrics, entry.model.pnl, report.fresh_at(i)
         values = {
             "model_accuracy": model.accuracy,
             "model_log_loss": model.log_loss,
@@ -138,12 +135,15 @@ def _metadata(report: EvaluationReport, embedded: str, front: FrontMatter, chall
         if entry.capture is not None:
             values |= {"accuracy_capture": entry.capture.accuracy_capture}
             values |= {"logloss_capture": entry.capture.logloss_capture}
+        if fresh:  # the fresh days pooled
+            values |= {"fresh_logloss_capture": fresh[-1].logloss_capture.mean}
+            values |= {"fresh_accuracy_capture": fresh[-1].accuracy_capture.mean}
         h = f"{entry.horizon_s}s"
         numbers |= {f"{name}_{h}": dg.MetadataValue.float(rounded(v)) for name, v in values.items() if v is not None}
         numbers[f"test_samples_{h}"] = dg.MetadataValue.int(entry.samples)
         if entry.independent_outcomes is not None:
             numbers[f"independent_outcomes_{h}"] = dg.MetadataValue.int(entry.independent_outcomes)
-        summary += [f"**{entry.horizon_s} s**", "", *(f"- {line}" for line in headline(entry)), ""]
+        summary += [f"**{entry.horizon_s} s**", "", *(f"- {line}" for line in headline(entry, fresh)), ""]
     summary += [f"> **WARNING** {w}\n" for w in report_warnings(report)]
     verdict = front.verdict
     assert verdict is not None

@@ -78,7 +78,7 @@ BETTER = {"mean": -0.05, "low": -0.08, "high": -0.02, "block_length": 3}
 TIED = {"mean": -0.02, "low": -0.0432, "high": 0.0012, "block_length": 3}
 WORSE = {"mean": 0.1, "low": 0.05, "high": 0.2, "block_length": 3}
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "mcc", "log_loss", "brier", "ece", "directional_accuracy")
-PREDICTORS = ("model", "prior", "persistence", "logistic_obi", "oracle")
+PREDICTORS = ("model", "prior", "persistence", "logistic_obi", "gbm", "oracle")
 
 
 # Like the demo's model of issue 25: it loses 16.4 bps per trade (1 winner in 1,865 trades). At the
@@ -147,6 +147,7 @@ def report_entry(
             "model_minus_prior": BETTER,
             "model_minus_persistence": BETTER,
             "model_minus_logistic_obi": vs_logistic,
+            "model_minus_gbm": BETTER,
             "model_minus_oracle": WORSE,
         },
         "calibration": {

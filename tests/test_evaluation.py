@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html.parser
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +24,8 @@ from bmlt_assets.core.checkpoint import spec_calibration
 from bmlt_assets.core.config import PlatformConfig, load_config
 from bmlt_assets.core.dataset import TrainingData, build_dataset, load_dataset, save_dataset
 from bmlt_assets.core.days import LabelledDay
-from bmlt_assets.core.evaluation import direction_classes, evaluate
-from bmlt_assets.core.evaluation_report import EvaluationReport, HorizonReport
+from bmlt_assets.core.evaluation import direction_classes, evaluate, fold_summary
+from bmlt_assets.core.evaluation_report import EvaluationReport, FreshScores, HorizonReport, Interval
 from bmlt_assets.core.labels import classify
 from bmlt_assets.core.metrics import (
     classification_metrics,
@@ -91,6 +92,35 @@ def test_calibration_recovers_a_known_temperature_and_class_bias() -> None:
     np.testing.assert_allclose(calibration.bias, shift, atol=0.05)
     recovered = calibration.probabilities((true_logits - shift) * 2.5)
     np.testing.assert_allclose(recovered, np.exp(true_logits) / np.exp(true_logits).sum(1, keepdims=True), atol=0.02)
+
+
+def _drawn(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    probabilities = softmax(logits, axis=1)
+    return (rng.random(len(logits))[:, None] > probabilities.cumsum(axis=1)).sum(axis=1)
+
+
+def test_a_class_bias_within_its_own_noise_is_shrunk_to_zero_and_a_real_one_is_kept() -> None:
+    """800 independent outcomes, each label seen by 4 overlapping samples (as a 30 s label is by
+    neighbouring steps): the maximum-likelihood bias of well-calibrated logits is pure noise, and
+    its prior, scaled by the independent outcomes, takes it back to 0; a real shift is kept."""
+    rng = np.random.default_rng(5)
+    outcomes, overlap = 800, 4
+    true_logits = rng.normal(0, 1.0, (outcomes, 8))
+    classes = np.repeat(_drawn(true_logits, rng), overlap)
+    logits = np.repeat(true_logits, overlap, axis=0)
+    maximum_likelihood = fit_calibration(logits, classes, outcomes=10**9)  # every sample independent: no shrinkage
+    assert np.abs(maximum_likelihood.bias).max() > 0.1  # noise the next window does not repeat
+    shrunk = fit_calibration(logits, classes, outcomes=outcomes)
+    assert np.abs(shrunk.bias).max() < min(0.03, np.abs(maximum_likelihood.bias).max() / 4)
+    assert shrunk.temperature == pytest.approx(shrunk.temperature_alone, abs=0.01)
+    assert shrunk.temperature_alone == pytest.approx(1.0, abs=0.1)
+    assert shrunk.without_bias() == Calibration(shrunk.temperature_alone, (0.0,) * 8)
+
+    shift = np.array([0.6, -0.3, 0.0, 0.1, -0.2, 0.0, 0.1, -0.3])  # what class weights leave: real
+    shifted = np.repeat(_drawn(true_logits + shift, rng), overlap)
+    kept = fit_calibration(logits, shifted, outcomes=outcomes)
+    assert kept.bias_prior_sd > 0.1
+    np.testing.assert_allclose(kept.bias, shift, atol=0.15)
 
 
 def _path() -> tuple[np.ndarray, np.ndarray]:
@@ -293,6 +323,10 @@ def test_the_leak_flag_fires_when_a_model_sees_the_future_and_only_then(tiny_con
     assert not any(entry.leak_suspected for entry in honest)
     assert all(entry.leak_suspected for entry in leaky)
     assert all(entry.capture is not None and entry.capture.accuracy_capture > 1 for entry in leaky)
+    # The same check on a walk-forward fold's summary (every fold's model is checked, not only the latest).
+    for logits, leak in ((oracle_logits, False), (future, True)):
+        summary = fold_summary(0, data, logits, uncalibrated, oracle)
+        assert [h.leak_suspected for h in summary.horizons] == [leak] * len(data.horizons)
 
 
 def test_the_default_fee_is_the_markets_taker_fee(tiny_config) -> None:
@@ -478,6 +512,9 @@ def test_a_dataset_saved_before_the_best_quotes_names_what_to_rematerialize(
     config, data, _ = built()
     save_dataset([data], tmp_path, config)
     np.testing.assert_array_equal(load_dataset(tmp_path, config).quotes, data.quotes)
+    np.save(tmp_path / "quotes.npy", data.quotes[:, :6])  # the best level only, as stored before the deeper levels
+    with pytest.raises(FileNotFoundError, match="re-materialize book_tensors and training_dataset"):
+        load_dataset(tmp_path, config)
     (tmp_path / "quotes.npy").unlink()
     with pytest.raises(FileNotFoundError, match="re-materialize book_tensors and training_dataset"):
         load_dataset(tmp_path, config)
@@ -495,12 +532,16 @@ def test_the_typed_report_survives_its_json_and_reads_reports_of_earlier_version
     logits = np.random.default_rng(5).normal(size=(len(data.parts["test"]), len(data.horizons), data.n_classes))
     costs = config.evaluation.model_copy(update={"fee_bps": 1.0})
     uncalibrated = [Calibration.identity(data.n_classes)] * len(data.horizons)
-    report = EvaluationReport(evaluate(data, logits, uncalibrated, oracle, costs, 10.0, labels=config.labels))
+    ci = Interval(0.9, 0.85, 0.95, 10.0)
+    fresh = FreshScores("2025-01-08", 8000, 800, {"low": 0.5, "mid": 0.5, "high": 0.0}, {}, {}, ci, ci, {"gbm": ci})
+    horizons = evaluate(data, logits, uncalibrated, oracle, costs, 10.0, labels=config.labels)
+    report = EvaluationReport(horizons, fresh=[[fresh, replace(fresh, day="pooled")]] * 2)
     saved = json.loads(json.dumps(report.to_json()))  # through text, as metrics.json
     assert EvaluationReport.from_json(saved) == report
+    assert EvaluationReport.from_json({**saved, "fresh": []}).fresh == []  # a report from before the fresh days
     entry = saved["report"][0]
     assert saved["horizons_s"] == config.labels.horizons_s and entry["horizon_s"] == 30
-    assert set(entry["metrics"]) == {"model", "prior", "persistence", "logistic_obi", "oracle"}
+    assert set(entry["metrics"]) == {"model", "prior", "persistence", "logistic_obi", "gbm", "oracle"}
     assert entry["capture"] == entry["capture_by_predictor"]["model"] and isinstance(entry["leak_suspected"], bool)
     assert set(entry["log_loss_differences"]) == {f"model_minus_{n}" for n in entry["metrics"] if n != "model"}
 

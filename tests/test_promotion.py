@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bmlt_assets.core.config import PromotionConfig
-from bmlt_assets.core.evaluation_report import HorizonReport, Interval
+from bmlt_assets.core.evaluation_report import Classification, FoldHorizon, FoldSummary, HorizonReport, Interval
 from bmlt_assets.core.promotion import gate, incomparability, promotion_verdict
 from tests.helpers import LOSING_PNL, report_entry
 
@@ -36,6 +37,18 @@ def test_the_champion_must_be_beaten_beyond_noise() -> None:
     assert not worse.promote and "champion" in worse.reasons[0]
 
 
+def test_the_same_model_through_float32_does_not_beat_the_champion() -> None:
+    """The champion is scored through its logged model (float32 probabilities): an identical
+    challenger then "beats" it by about 1e-8 nats a sample, with a CI below 0, which is rounding."""
+    rounding = Interval(mean=-5.7e-09, low=-8.0e-09, high=-3.4e-09)
+    verdict = promotion_verdict({"prior": BETTER}, rounding, ece=0.02, max_ece=0.05)
+    assert not verdict.promote
+    assert verdict.reasons == [
+        "does not beat the champion: log-loss difference (challenger minus it) CI [-8.00e-09, -3.40e-09] is within "
+        "1e-06 nats of 0 (float32 rounding: a tie)"
+    ]
+
+
 def test_a_miscalibrated_challenger_is_not_promoted() -> None:
     verdict = promotion_verdict({"prior": BETTER}, None, ece=0.08, max_ece=0.05)
     assert not verdict.promote and verdict.reasons == ["ECE 0.0800 is not below 0.05"]
@@ -52,7 +65,9 @@ def _entry(
         "leak_suspected": leak,
     }
     entry["metrics"]["model"] = {**entry["metrics"]["model"], "ece": 0.01}
-    differences = {f"model_minus_{b}": asdict(BETTER) for b in ("prior", "persistence", "logistic_obi", "oracle")}
+    differences = {
+        f"model_minus_{b}": asdict(BETTER) for b in ("prior", "persistence", "logistic_obi", "gbm", "oracle")
+    }
     entry["log_loss_differences"] = {**differences, "model_minus_champion": asdict(vs_champion)}
     return HorizonReport.from_json(entry)
 
@@ -144,6 +159,7 @@ SPEC = {
     "horizons_s": [10, 30],
     "n_classes": 8,
     "edges": "volatility_scaled",
+    "labels": {"edges": "volatility_scaled", "volatility_edges": [-2.0, -1.0, 0.0, 1.0, 2.0], "vol_lookback_s": 300},
     "levels": 10,
     "representation": {"kind": "hybrid", "raw_levels": 5},
     "cadence_ms": 1000,
@@ -158,17 +174,68 @@ def test_the_champion_is_compared_only_like_for_like_and_never_on_its_own_traini
     for field, other in [
         ("target", "BTC/USDT"),
         ("horizons_s", [10, 60]),
-        ("edges", "quantile"),
         ("representation", {"kind": "full", "raw_levels": 10}),
     ]:
         assert incomparability({**SPEC, field: other}, SPEC, test_window) == f"other {field}"
-    assert "edges" in incomparability({k: v for k, v in SPEC.items() if k != "edges"}, SPEC, test_window)
+    assert "classes" in incomparability({k: v for k, v in SPEC.items() if k != "labels"}, SPEC, test_window)
     assert "longer window" in incomparability({**SPEC, "window_steps": 60}, SPEC, test_window)
     overlapping = {**SPEC, "fitted_ns": [0, 2_500]}  # trained on part of the challenger's test window
     assert "trained or validated on part of this test window" in incomparability(overlapping, SPEC, test_window)
     # Not comparable means not replaced: the gate refuses, naming why.
     refused = gate([_entry(BETTER)], True, False, RULES, "champion v3 is not comparable (other edges)")
     assert not refused.promote and refused.reasons == ["champion v3 is not comparable (other edges)"]
+
+
+def test_a_champion_that_predicts_other_classes_is_not_comparable() -> None:
+    """The same kind of edges is not the same classes: other multiples of the volatility, another
+    volatility lookback, or quantile edges fitted on another training part are another question."""
+    test_window = (2_000, 3_000)
+    labels = SPEC["labels"]
+    narrower = {**labels, "volatility_edges": [-1.0, -0.5, 0.0, 0.5, 1.0]}
+    assert incomparability({**SPEC, "labels": narrower}, SPEC, test_window) == "other classes (volatility_edges)"
+    longer = {**labels, "vol_lookback_s": 600}
+    assert incomparability({**SPEC, "labels": longer}, SPEC, test_window) == "other classes (vol_lookback_s)"
+    quantile = {"edges": "quantile", "fitted_edges": [[-0.0004, 0.0, 0.0004], [-0.0009, 0.0, 0.0009]]}
+    refitted = {"edges": "quantile", "fitted_edges": [[-0.0005, 0.0, 0.0004], [-0.0009, 0.0, 0.0009]]}
+    ours = {**SPEC, "labels": quantile}
+    assert incomparability(ours, ours, test_window) == ""
+    assert incomparability({**SPEC, "labels": refitted}, ours, test_window) == "other classes (fitted_edges)"
+    kind = incomparability(ours, SPEC, test_window)
+    assert kind.startswith("other classes (edges, ")
+
+
+def test_the_spec_carries_the_classes_and_quantile_edges_as_fitted(tmp_path: Path) -> None:
+    from bmlt_assets.core.calibration import Calibration
+    from bmlt_assets.core.checkpoint import model_spec
+    from bmlt_assets.core.config import load_config
+    from bmlt_assets.core.dataset import build_dataset
+    from tests.helpers import synthetic_days, write_config
+
+    specs = []
+    for k, fractions in enumerate([(0.7, 0.15, 0.15), (0.6, 0.2, 0.2)]):  # two training parts
+        split = dict(zip(("train_fraction", "val_fraction", "test_fraction"), fractions))
+        overrides = {"labels": {"edges": "quantile", "quantile_classes": 4}, "dataset": split}
+        config = load_config(write_config(tmp_path, overrides, name=f"config{k}.yaml"))
+        data = build_dataset(synthetic_days(config), config)
+        specs.append(model_spec(config, data, [Calibration.identity(4)] * 2))
+        np.testing.assert_allclose(specs[-1]["labels"]["fitted_edges"], data.parts["train"].edges[0], rtol=1e-12)
+    assert specs[0]["labels"]["edges"] == "quantile" and len(specs[0]["labels"]["fitted_edges"]) == 2
+    assert "other classes (fitted_edges)" in incomparability(specs[0], specs[1], (10**20, 10**20 + 1))
+
+
+def test_a_leak_in_any_walk_forward_fold_refuses_the_challenger() -> None:
+    scores = Classification(0.3, 0.3, 0.3, 0.1, 1.9, 0.8)
+
+    def fold(k: int, leaks: tuple[bool, bool]) -> FoldSummary:
+        return FoldSummary(k, 0, 1, 100, [FoldHorizon(scores, scores, None, leak) for leak in leaks])
+
+    report = [_entry(BETTER), _entry(BETTER, horizon_steps=30)]
+    verdict = gate(report, False, False, RULES, "no champion yet", [fold(0, (False, True)), fold(1, (False, False))])
+    assert not verdict.promote
+    assert verdict.reasons[0].startswith("60 s: probable look-ahead leak in walk-forward fold 0")
+    assert gate(
+        report, False, False, RULES, "no champion yet", [fold(0, (False, False)), fold(1, (False, False))]
+    ).promote
 
 
 @pytest.mark.slow  # the tiny pipeline trained and evaluated twice: about 16 s

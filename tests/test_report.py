@@ -13,11 +13,14 @@ import pytest
 
 from bmlt_assets.core.config import PromotionConfig, load_config
 from bmlt_assets.core.evaluation_report import (
+    Capture,
     Classification,
     EvaluationReport,
     FoldHorizon,
     FoldSummary,
+    FreshScores,
     HorizonReport,
+    Interval,
 )
 from bmlt_assets.core.promotion import Verdict, gate
 from bmlt_assets.core.report import FrontMatter, markdown, write_report
@@ -105,9 +108,9 @@ def test_the_comparison_cannot_be_read_backwards() -> None:
     text = markdown(synthetic_report(vs_logistic=TIED), "t")
     assert "does NOT beat every baseline" not in text
     assert (
-        "The model beats prior (CI [-0.0800, -0.0200] entirely below 0) and persistence (CI [-0.0800, -0.0200] "
-        "entirely below 0); it does not beat logistic_obi (CI [-0.0432, 0.00120] includes 0): a tie; it is worse "
-        "than oracle (CI [0.0500, 0.200] entirely above 0)." in text
+        "The model beats prior (CI [-0.0800, -0.0200] entirely below 0), persistence (CI [-0.0800, -0.0200] "
+        "entirely below 0) and gbm (CI [-0.0800, -0.0200] entirely below 0); it does not beat logistic_obi (CI "
+        "[-0.0432, 0.00120] includes 0): a tie; it is worse than oracle (CI [0.0500, 0.200] entirely above 0)." in text
     )
     assert "| logistic_obi | -0.02000 | [-0.04320, 0.001200] | tie (CI includes 0) |" in text
 
@@ -136,6 +139,31 @@ def test_every_column_has_a_unit(tmp_path: Path) -> None:
             assert cell in labels or re.search(r"\(.+\)|σ|bps", cell), f"no unit: {cell!r} in {header}"
     assert "turnover (position changes per day)" in text and "max drawdown (bps)" in text
     assert "mean net return (bps per trade)" in text and "log loss (nats)" in text
+
+
+def test_the_fresh_days_follow_the_headline_and_a_fold_leak_is_a_warning() -> None:
+    ci, worse = Interval(0.9, 0.85, 0.95, 10.0), Interval(0.004, 0.002, 0.006, 10.0)
+    day = FreshScores("2025-01-08", 8000, 800, {"low": 0.2, "mid": 0.3, "high": 0.5}, {}, {}, ci, ci, {"gbm": worse})
+    scores = Classification(0.3, 0.3, 0.3, 0.1, 1.9, 0.8)
+    captured = Capture(0.9, 0.9)
+    folds = [FoldSummary(k, 0, 86_400 * 10**9, 100, [FoldHorizon(scores, scores, captured, k == 0)]) for k in (0, 1)]
+    report = replace(synthetic_report(), fresh=[[day, replace(day, day="pooled")]], walk_forward=folds)
+    text = markdown(report, "t")
+    assert text.index("## Headline") < text.index("## Fresh days") < text.index("## Figures")
+    headline = text[text.index("## Headline") : text.index("## Warnings")]
+    assert (
+        "- On 1 fresh days after the range: log-loss capture 0.900 [0.850, 0.950], accuracy capture 0.900 "
+        "[0.850, 0.950] (95% CIs; 800 independent outcomes)." in headline
+    )
+    assert "| pooled | 8,000 | 800 | 0.20 / 0.30 / 0.50 | 0.9000 [0.8500, 0.9500] | 0.9000 [0.8500, 0.9500] |" in text
+    warnings = _warnings(text)
+    assert "PROBABLE LEAK in walk-forward fold 0" in warnings[0]  # a leak outranks every other warning
+    assert any(
+        "on the fresh days the model does not beat the gradient-boosted baseline: the 95% CI of the log-loss "
+        "difference (model minus gbm) [0.00200, 0.00600] lies entirely above 0." in w
+        for w in warnings
+    )
+    assert "Leak check of every fold's model: PROBABLE LEAK in fold 0 at 30 s." in text
 
 
 def _losing(**pnl: float) -> dict[str, float]:
@@ -220,7 +248,7 @@ def test_numbers_have_at_most_four_significant_digits_and_large_ones_are_whole()
 
 
 def test_independent_outcomes_stand_beside_every_sample_count() -> None:
-    fold = FoldSummary(0, START_NS, START_NS + 10**12, 480, [FoldHorizon(*_fold_scores(), None, 16)])
+    fold = FoldSummary(0, START_NS, START_NS + 10**12, 480, [FoldHorizon(*_fold_scores(), independent_outcomes=16)])
     report = EvaluationReport([HorizonReport.from_json(report_entry())], [fold])
     text = markdown(report, "t", front_matter=FRONT)
     assert "500 samples; independent outcomes: 17 at 30 s)" in text  # front matter
@@ -322,8 +350,9 @@ def test_bmlt_report_prints_the_headline_counts_and_warnings_most_material_first
         "  Money",
         "  Intervals",
     ]
-    table = lines[start + 5 : start + 11]
-    assert [row.split()[0] for row in table] == ["predictor", "model", "prior", "persistence", "logistic_obi", "oracle"]
+    table = lines[start + 5 : start + 12]
+    names = [row.split()[0] for row in table]
+    assert names == ["predictor", "model", "prior", "persistence", "logistic_obi", "gbm", "oracle"]
     assert table[1].split() == ["model", "0.2500", "1.900", "0.2500", "-16.40", "-5,299"]
     warnings = lines[lines.index("Warnings, most material first:") + 1 :]
     assert [w.split(": ")[1][:24] for w in warnings if w.startswith("  - ")] == [

@@ -14,6 +14,7 @@ from bmlt_assets.core.files import write_parquet
 from bmlt_assets.core.representation import (
     CHANNELS,
     QUOTE_FIELDS,
+    QUOTE_LEVELS,
     align_to_grid,
     bucket_edges_bps,
     day_tensors_from_frame,
@@ -105,6 +106,12 @@ def test_best_quotes_are_stored_raw_whatever_the_representation(tmp_path: Path, 
     np.testing.assert_allclose(quotes["bid_qty"][valid], books["bid_qty"][used, 0], rtol=1e-6)
     np.testing.assert_allclose(quotes["ask_qty"][valid], books["ask_qty"][used, 0], rtol=1e-6)
     np.testing.assert_allclose(quotes["book_ask_qty"][valid], books["ask_qty"][used].sum(axis=1), rtol=1e-6)
+    for level in range(2, QUOTE_LEVELS + 1):  # the deeper levels the order-flow baseline reads
+        deeper_bid = books["bid_px"][used, level - 1]
+        np.testing.assert_allclose(
+            quotes[f"bid_distance_bps_{level}"][valid], (deeper_bid - mid) / mid * 1e4, rtol=1e-5
+        )
+        np.testing.assert_allclose(quotes[f"ask_qty_{level}"][valid], books["ask_qty"][used, level - 1], rtol=1e-6)
     # What the representation's level 0 shows instead: a bucket, not the best quote.
     assert not np.allclose(
         in_memory["base"][valid, 0, 2, 0] - in_memory["base"][valid, 0, 0, 0], (ask - bid) / mid * 1e4

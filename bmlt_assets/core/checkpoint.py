@@ -55,17 +55,35 @@ def model_spec(config: PlatformConfig, data: TrainingData, calibration: list[Cal
         "window_steps": config.dataset.window_steps,
         "cadence_ms": config.data.cadence_ms,
         "edges": config.labels.edges,
+        "labels": labels_spec(config, data),
         "representation": config.representation.model_dump(mode="json"),
         "fitted_ns": fitted_period_ns(data),
         "calibration": [asdict(head) for head in calibration],
     }
 
 
+def labels_spec(config: PlatformConfig, data: TrainingData) -> dict[str, Any]:
+    """What a class means: the kind of edges, their values (percent or multiples of the trailing
+    volatility; for quantile edges, the values fitted on this training part, per horizon) and the
+    volatility's lookback. Two models predict the same classes only if these are equal."""
+    labels = config.labels
+    if labels.edges == "fixed_pct":
+        return {"edges": labels.edges, "fixed_pct_edges": labels.fixed_pct_edges}
+    if labels.edges == "volatility_scaled":
+        return {
+            "edges": labels.edges,
+            "volatility_edges": labels.volatility_edges,
+            "vol_lookback_s": labels.vol_lookback_s,
+        }
+    fitted = [data.parts["train"].edges[0, i].tolist() for i in range(len(data.horizons))]
+    return {"edges": labels.edges, "fitted_edges": fitted}
+
+
 def spec_calibration(spec: dict[str, Any]) -> list[Calibration]:
     """The heads' calibration; a checkpoint written before the class bias holds temperatures only."""
     if "calibration" not in spec:
         return [Calibration(t, (0.0,) * spec["n_classes"]) for t in spec["temperatures"]]
-    return [Calibration(head["temperature"], tuple(head["bias"])) for head in spec["calibration"]]
+    return [Calibration(**{**head, "bias": tuple(head["bias"])}) for head in spec["calibration"]]
 
 
 def fitted_period_ns(data: TrainingData) -> list[int]:

@@ -28,6 +28,7 @@ SYMBOL_PATTERN = re.compile(r"^[A-Z0-9]{2,15}/[A-Z0-9]{2,10}(:[A-Z0-9]{2,10})?$"
 SYNTHETIC_SYMBOLS = ("BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/USDT", "XRP/USDT")
 
 DEEPLOB_MIN_WINDOW = 19
+DEFAULT_FRESH_DAYS = 2  # evaluation.fresh_days on the synthetic market
 # The daily partitions' first day: Binance spot opened on 2017-07-14, so no order-book day is older.
 FIRST_DAY = dt.date(2017, 7, 14)
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -506,6 +507,10 @@ class EvaluationConfig(Section):
     # Per side, on top of half the spread per side. None: the configured market's taker fee as ccxt
     # publishes it for Binance (spot 10 bps, USD-M 5 bps); the synthetic market uses spot's.
     fee_bps: Annotated[float, Field(ge=0)] | None = None
+    # Whole days after the configured range, scored beside the test part (a simulated market
+    # generates them). None: 2 on the synthetic market, 0 elsewhere (a recorded source has no
+    # days beyond its range that the range's later runs would not train on).
+    fresh_days: Annotated[int, Field(ge=0)] | None = None
 
 
 class PromotionConfig(Section):
@@ -767,6 +772,11 @@ class PlatformConfig(Section):
                 f"representation.raw_levels={self.representation.raw_levels} exceeds "
                 f"data.depth={self.data.depth}; lower it or record a deeper book"
             )
+        if self.evaluation.fresh_days and self.data.source != "synthetic":
+            raise ValueError(
+                f"evaluation.fresh_days={self.evaluation.fresh_days}: only the synthetic market generates days after "
+                f"the range; data.source {self.data.source!r} has none, so set it to 0 (or leave it out)"
+            )
         if self.dataset.window_steps < DEEPLOB_MIN_WINDOW:
             raise ValueError(
                 f"dataset.window_steps={self.dataset.window_steps} is too short for the DeepLOB trunk, "
@@ -813,6 +823,12 @@ class PlatformConfig(Section):
     @property
     def horizon_steps(self) -> list[int]:
         return [h * 1000 // self.data.cadence_ms for h in self.labels.horizons_s]
+
+    @property
+    def fresh_day_count(self) -> int:
+        if self.evaluation.fresh_days is None:
+            return DEFAULT_FRESH_DAYS if self.data.source == "synthetic" else 0
+        return self.evaluation.fresh_days
 
     @property
     def embargo_steps(self) -> int:

@@ -17,6 +17,7 @@ from bmlt_assets.core.config import PlatformConfig
 from bmlt_assets.core.days import DayReturns, DayTensors, LabelledDay
 from bmlt_assets.core.files import META, load_arrays, save_arrays, write_json
 from bmlt_assets.core.labels import class_edges, classify
+from bmlt_assets.core.representation import QUOTE_LEVELS, has_current_quotes
 from bmlt_assets.core.splits import PARTS, Split, chronological_split, eligible_steps, walk_forward_splits
 from bmlt_assets.core.windows import Normalizer, WindowSource
 
@@ -41,7 +42,7 @@ class Part:
 @dataclass
 class TrainingData:
     source: WindowSource
-    quotes: np.ndarray  # (S, len(QUOTE_FIELDS), K) raw best quotes: costs and the order-book baseline read these
+    quotes: np.ndarray  # (S, len(QUOTE_FIELDS), K) raw top quotes: costs and the order-book baselines read these
     parts: dict[str, Part]
     n_classes: int
     horizons: list[int]  # steps
@@ -155,10 +156,10 @@ def save_dataset(folds: list[TrainingData], directory: Path, config: PlatformCon
 def load_dataset(directory: Path, config: PlatformConfig, fold: int = -1) -> TrainingData:
     """Open one fold of a saved dataset (default: the latest); the base array is memory-mapped."""
     k = range(fold_count(config))[fold]
-    if not (directory / "quotes.npy").exists():
+    if not has_current_quotes(directory):
         raise FileNotFoundError(
-            f"the dataset at {directory} predates the stored best quotes (quotes.npy); re-materialize book_tensors "
-            "and training_dataset"
+            f"the dataset at {directory} predates the stored quotes of the top {QUOTE_LEVELS} levels (quotes.npy); "
+            "re-materialize book_tensors and training_dataset"
         )
     grid = load_arrays(directory, GRID_ARRAYS, mmap=True)
     norm = load_arrays(directory, [f"fold{k}_norm_mean", f"fold{k}_norm_std"])

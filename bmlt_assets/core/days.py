@@ -50,8 +50,10 @@ from bmlt_assets.core.labels import forward_log_returns, trailing_volatility
 from bmlt_assets.core.representation import (
     CHANNELS,
     QUOTE_FIELDS,
+    QUOTE_LEVELS,
     day_tensors_from_frame,
     day_tensors_from_parquet,
+    has_current_quotes,
     level_names,
 )
 
@@ -167,7 +169,7 @@ class DayTensors:
     date: dt.date
     base: np.ndarray  # (S, L, 4, K) float32: the representation's levels, 4 channels, K symbols
     mids: np.ndarray  # (S, K) float64, NaN where not valid
-    quotes: np.ndarray  # (S, len(QUOTE_FIELDS), K) float32: the raw best quotes (costs, the order-book baseline)
+    quotes: np.ndarray  # (S, len(QUOTE_FIELDS), K) float32: the raw top quotes (costs, the order-book baselines)
     valid: np.ndarray  # (S, K) bool: a fresh book, outside recorded gaps
     timestamps: np.ndarray  # (S,) int64 ns of the grid
     symbols: list[str]
@@ -205,7 +207,7 @@ class DayTensors:
             "axes": ["step", "level", "channel", "symbol"],
             "symbols": self.symbols,
             "channels": list(CHANNELS),
-            "quote_fields": list(QUOTE_FIELDS),  # quotes.npy (step, field, symbol): the raw best bid and ask
+            "quote_fields": list(QUOTE_FIELDS),  # quotes.npy (step, field, symbol): the raw top levels
             "levels": level_names(self.representation),
             "cadence_ms": self.cadence_ms,
             "representation": self.representation.model_dump(),
@@ -219,10 +221,10 @@ class DayTensors:
     def load(cls, folder: Path) -> DayTensors:
         """A committed partition, its arrays memory-mapped."""
         meta = read_meta(folder)
-        if not (folder / "quotes.npy").exists():
+        if not has_current_quotes(folder):
             raise OutdatedPartitionError(
-                f"book_tensors for {meta['date']} predates the stored best quotes (quotes.npy) that costs and "
-                "the order-book baseline read; re-materialize it"
+                f"book_tensors for {meta['date']} predates the stored quotes of the top {QUOTE_LEVELS} levels "
+                "(quotes.npy) that costs and the order-book baselines read; re-materialize it"
             )
         arrays = load_arrays(folder, list(cls.ARRAYS), mmap=True)
         representation = RepresentationConfig.model_validate(meta["representation"])

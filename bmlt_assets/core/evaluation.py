@@ -13,11 +13,11 @@ reported like the others.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy.special import softmax
 
 from bmlt_assets.core.backtest import Backtest, direction_masses, run_backtest
@@ -40,6 +40,7 @@ from bmlt_assets.core.evaluation_report import (
     EvaluationReport,
     FoldHorizon,
     FoldSummary,
+    FreshScores,
     HorizonReport,
     PnlAtFee,
     PredictorIntervals,
@@ -48,6 +49,9 @@ from bmlt_assets.core.evaluation_report import (
     Scores,
     TestPeriod,
 )
+from bmlt_assets.core.fresh import FRESH, fresh_dates, fresh_day, fresh_day_data, score_fresh_days
+from bmlt_assets.core.gradient_boosting import GradientBoosted, fit_gradient_boosting, sample_features
+from bmlt_assets.core.labels import REGIMES, volatility_regimes
 from bmlt_assets.core.metrics import (
     classification_metrics,
     confusion,
@@ -58,14 +62,16 @@ from bmlt_assets.core.metrics import (
     signal_capture,
 )
 from bmlt_assets.core.representation import quoted_spread_bps
-from bmlt_assets.core.sources import Oracle
+from bmlt_assets.core.sources import BookSource, Oracle, OracleProbabilities
 from bmlt_assets.core.train import predict_logits
 from bmlt_assets.core.uncertainty import independent_outcomes, mean_interval
 from bmlt_assets.core.walk_forward import fold_checkpoint
 
-# (horizon index, test steps, test edges (N, C-1)) -> (N, C) probabilities
-OracleProbabilities = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
-REGIMES = ("low", "mid", "high")
+# Beating the Bayes-optimal forecaster beyond noise means information from the future. The oracle
+# is tick-exact (the class probabilities of the shown, rounded mids), so this holds for coarse-tick
+# targets too: on XRP/USDT, whose tick is about a 1 s move's standard deviation, a stacker that
+# reads where the mid sits on the grid does not beat it (tests/test_synthetic.py, docs/benchmarks.md).
+# The tolerance only absorbs floating-point ties with the oracle itself.
 LEAK_TOLERANCE = 1e-6  # nats
 
 
@@ -127,11 +133,16 @@ class TestPart:
     regime: np.ndarray  # 0, 1, 2: the sample's volatility against the training part's terciles
     train_features: np.ndarray
     test_features: np.ndarray
+    gradient_boosted: list[GradientBoosted]  # per horizon, fitted on the training part
+    flow_features: np.ndarray  # the order-flow features of the test samples, which it reads
 
     __test__ = False  # not a pytest test class
 
     @classmethod
-    def of(cls, data: TrainingData, config: EvaluationConfig, cadence_s: float) -> TestPart:
+    def of(
+        cls, data: TrainingData, config: EvaluationConfig, cadence_s: float, baselines: list[GradientBoosted] | None
+    ) -> TestPart:
+        """``baselines``: the gradient-boosted baseline per horizon (fitted here when None)."""
         if config.fee_bps is None:
             raise ValueError("evaluation.fee_bps is unresolved: resolve it to the market's fee first (with_market_fee)")
         train, test = data.parts["train"], data.parts["test"]
@@ -140,9 +151,13 @@ class TestPart:
         target = data.symbols.index(data.target)
         spread_bps = quoted_spread_bps(np.asarray(data.quotes[test.steps][:, :, target], dtype=np.float64))
         costs = Costs(config.fee_bps, True, float(np.median(spread_bps)), config.pnl_threshold)
-        regime = np.searchsorted(np.quantile(train.volatility, [1 / 3, 2 / 3]), test.volatility)
+        regime = volatility_regimes(train.volatility, test.volatility)
         features = (order_book_features(data.quotes, train.steps), order_book_features(data.quotes, test.steps))
-        return cls(data, config, cadence_s, spread_bps, costs, purged_test_period(data), regime, *features)
+        flow = sample_features(data, test.steps)
+        fitted = baselines or fit_gradient_boosting(data, seed=0)
+        return cls(
+            data, config, cadence_s, spread_bps, costs, purged_test_period(data), regime, *features, fitted, flow
+        )
 
     @property
     def fee_bps(self) -> float:
@@ -195,6 +210,7 @@ def horizon_predictors(
         "logistic_obi": logistic_baseline(
             test.train_features, train.classes[:, i], test.test_features, n_classes, test.config.logistic_max_iter
         ),
+        "gbm": test.gradient_boosted[i].probabilities(test.flow_features),
     }
     if champion is not None:
         predictors[CHAMPION] = champion[:, i]
@@ -258,8 +274,6 @@ def assemble_horizon(
         regimes=regime_scores(model, y, losses[MODEL], test.regime, part.steps, horizon),
         beats_baselines=all(model_minus[b].below_zero for b in BASELINES),
         pnl_by_fee=fee_sensitivity(model, outcomes, test),
-        # Beating the Bayes-optimal forecaster beyond noise means information from the future
-        # (the tolerance only absorbs floating-point ties with the oracle itself).
         leak_suspected=model_minus[ORACLE].high < -LEAK_TOLERANCE if ORACLE in model_minus else None,
         independent_outcomes=independent_outcomes(part.steps, horizon),
     )
@@ -285,6 +299,9 @@ def calibration_summary(
         before=before,
         after=CalibrationScore(after.ece, after.log_loss),
         reliability=reliability_curves(calibrated, classes),
+        bias_prior_sd=calibration.bias_prior_sd,
+        outcomes=calibration.outcomes,
+        temperature_alone=calibration.temperature_alone,
     )
 
 
@@ -326,11 +343,13 @@ def evaluate(
     cadence_s: float,
     champion: np.ndarray | None = None,
     labels: LabelsConfig | None = None,
+    baselines: list[GradientBoosted] | None = None,
 ) -> list[HorizonReport]:
     """Every horizon's report. ``champion``: the current champion's (N, H, C) test probabilities,
     compared like a baseline; ``labels``: how the class edges were made (for the classes' return
-    ranges in the report)."""
-    test = TestPart.of(data, config, cadence_s)
+    ranges in the report); ``baselines``: the gradient-boosted baseline per horizon, fitted on the
+    training part (fitted here when not given)."""
+    test = TestPart.of(data, config, cadence_s, baselines)
     reports = []
     for i in range(len(data.horizons)):
         predictors = horizon_predictors(test, i, test_logits, calibration, oracle, champion)
@@ -344,22 +363,51 @@ def evaluate_stored_model(
     evaluation: EvaluationConfig,
     dataset_dir: Path,
     model_dir: Path,
-    oracle: Oracle | None,
+    source: BookSource,
     champion: np.ndarray | None = None,
 ) -> EvaluationReport:
     """The report of the model saved in ``model_dir`` on its dataset's test part (scored on
-    ``training.device``), with every walk-forward fold's model on its own test block.
+    ``training.device``), with every walk-forward fold's model on its own test block and, where
+    ``source`` generates days after the range, the model on those fresh days.
     ``evaluation``: the config's, its fee resolved."""
     data = load_dataset(dataset_dir, config)
     model, _, spec = load_checkpoint(model_dir / CHECKPOINT, resolve_device(config.training.device))
     logits = predict_logits(model, data, data.parts["test"].steps)
     cadence_s = config.data.cadence_ms / 1000
+    oracle = source.oracle()
     target_oracle = oracle_for(oracle, config.target, data)
+    calibration = spec_calibration(spec)
+    baselines = fit_gradient_boosting(data, seed=0, threads=config.training.threads)
     horizons = evaluate(
-        data, logits, spec_calibration(spec), target_oracle, evaluation, cadence_s, champion, config.labels
+        data, logits, calibration, target_oracle, evaluation, cadence_s, champion, config.labels, baselines
     )
     folds = evaluate_folds(config, dataset_dir, model_dir, oracle) if fold_count(config) > 1 else []
-    return EvaluationReport(horizons, folds)
+    fresh = evaluate_fresh_days(config, data, model, calibration, baselines, source, oracle)
+    return EvaluationReport(horizons, folds, fresh)
+
+
+def evaluate_fresh_days(
+    config: PlatformConfig,
+    fitted: TrainingData,
+    model: torch.nn.Module,
+    calibration: list[Calibration],
+    baselines: list[GradientBoosted] | None,
+    source: BookSource,
+    oracle: Oracle | None,
+) -> list[list[FreshScores]]:
+    """The model fitted on ``fitted`` on each of the config's fresh days, from ``source`` (per
+    horizon: each day, then pooled); nothing where there are no fresh days or no oracle to measure
+    the capture against."""
+    dates = fresh_dates(config)
+    if not dates or oracle is None:
+        return []
+    days = []
+    for date in dates:
+        day = fresh_day(source.snapshots(date, config.data.symbols), date, config)
+        days.append((date.isoformat(), fresh_day_data(day, config, fitted)))
+    logits = [predict_logits(model, day, day.parts[FRESH].steps) for _, day in days]
+    oracles = [oracle_for(oracle, config.target, day) for _, day in days]
+    return score_fresh_days(fitted, days, logits, calibration, baselines, oracles)  # type: ignore[arg-type]
 
 
 def evaluate_folds(
@@ -389,13 +437,20 @@ def fold_summary(
     the oracle's capture on the synthetic market), with the fold's test period."""
     train, test = data.parts["train"], data.parts["test"]
     horizons = []
-    for i in range(len(data.horizons)):
+    for i, horizon in enumerate(data.horizons):
         y = test.classes[:, i]
-        model = classification_metrics(y, calibration[i].probabilities(test_logits[:, i]))
+        probabilities = calibration[i].probabilities(test_logits[:, i])
+        model = classification_metrics(y, probabilities)
         prior = classification_metrics(y, prior_probabilities(train.classes[:, i], data.n_classes, len(y)))
-        best = classification_metrics(y, oracle(i, test.steps, test.edges[:, i])) if oracle is not None else None
-        capture = signal_capture(model, prior, best) if best is not None else None
-        horizons.append(FoldHorizon(model, prior, capture, independent_outcomes(test.steps, data.horizons[i])))
+        outcomes = independent_outcomes(test.steps, horizon)
+        if oracle is None:
+            horizons.append(FoldHorizon(model, prior, independent_outcomes=outcomes))
+            continue
+        best = oracle(i, test.steps, test.edges[:, i])
+        # Every fold's model is checked for a leak, not only the registered one's.
+        beyond = mean_interval(per_sample_log_loss(probabilities, y) - per_sample_log_loss(best, y), horizon)
+        capture = signal_capture(model, prior, classification_metrics(y, best))
+        horizons.append(FoldHorizon(model, prior, capture, beyond.high < -LEAK_TOLERANCE, outcomes))
     period = purged_test_period(data)
     return FoldSummary(fold, period.first_ns, period.last_ns, len(test), horizons)
 
@@ -415,6 +470,11 @@ def flat_metrics(report: EvaluationReport) -> dict[str, float]:
         metrics[f"test_samples_{horizon}"] = float(entry.samples)
         if entry.independent_outcomes is not None:
             metrics[f"test_independent_outcomes_{horizon}"] = float(entry.independent_outcomes)
+        if report.fresh:  # the fresh days pooled: capture, and the model against the others
+            pooled = report.fresh[i][-1]
+            metrics[f"fresh_logloss_capture_{horizon}"] = pooled.logloss_capture.mean
+            metrics[f"fresh_accuracy_capture_{horizon}"] = pooled.accuracy_capture.mean
+            metrics |= {f"fresh_model_minus_{name}_{horizon}": d.mean for name, d in pooled.model_minus.items()}
         for name in ("accuracy", "log_loss"):
             values = [getattr(fold.horizons[i].model, name) for fold in report.walk_forward]
             if values:

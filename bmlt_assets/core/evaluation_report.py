@@ -157,6 +157,9 @@ class CalibrationSummary:
     before: CalibrationScore
     after: CalibrationScore
     reliability: list[ReliabilityCurve]  # per class, after calibration
+    bias_prior_sd: float | None = None  # the class bias's empirical-Bayes prior sd (0: no bias)
+    outcomes: int | None = None  # the independent validation outcomes it was fitted on
+    temperature_alone: float | None = None  # the temperature fitted without a bias
 
 
 @dataclass(frozen=True)
@@ -210,7 +213,7 @@ class RegimeScores:
 
 
 MODEL = "model"
-BASELINES = ("prior", "persistence", "logistic_obi")  # fitted on the training part
+BASELINES = ("prior", "persistence", "logistic_obi", "gbm")  # fitted on the training part
 ORACLE = "oracle"
 CHAMPION = "champion"
 
@@ -307,6 +310,7 @@ class FoldHorizon:
     model: Classification
     prior: Classification
     capture: Capture | None = None
+    leak_suspected: bool | None = None  # None without an oracle to compare with
     independent_outcomes: int | None = None  # non-overlapping test samples (None in older reports)
 
 
@@ -322,15 +326,37 @@ class FoldSummary:
 
 
 @dataclass(frozen=True)
+class FreshScores:
+    """One horizon on one fresh day after the range (``day``: its date) or on all of them
+    (``day``: "pooled"), ``core.fresh``."""
+
+    day: str
+    samples: int
+    independent_outcomes: int  # non-overlapping horizon-long stretches
+    regimes: dict[str, float]  # share of the samples in each trailing-volatility regime (training terciles)
+    log_loss: dict[str, float]  # per predictor (nats)
+    accuracy: dict[str, float]  # per predictor (share)
+    logloss_capture: Interval  # (prior - model) / (prior - oracle) log loss
+    accuracy_capture: Interval  # (model - prior) / (oracle - prior) accuracy
+    model_minus: dict[str, Interval]  # log loss, the model minus each other predictor
+
+
+@dataclass(frozen=True)
 class EvaluationReport:
-    """Every horizon's report, and every walk-forward fold's model on its own test block."""
+    """Every horizon's report, every walk-forward fold's model on its own test block, and per
+    horizon the model on each fresh day after the range and on all of them pooled."""
 
     horizons: list[HorizonReport]
     walk_forward: list[FoldSummary] = field(default_factory=list)
+    fresh: list[list[FreshScores]] = field(default_factory=list)
 
     @property
     def test_period(self) -> TestPeriod:
         return self.horizons[0].test_period
+
+    def fresh_at(self, horizon: int) -> list[FreshScores]:
+        """The ``horizon``-th horizon's fresh days, then their pooled scores ([]: none scored)."""
+        return self.fresh[horizon] if self.fresh else []
 
     def to_json(self) -> dict[str, Any]:
         """The ``metrics.json`` of the report folder."""
@@ -338,13 +364,14 @@ class EvaluationReport:
             "horizons_s": [h.horizon_s for h in self.horizons],
             "report": [h.to_json() for h in self.horizons],
             "walk_forward": [_adapter(FoldSummary).dump_python(f, exclude_none=True) for f in self.walk_forward],
+            "fresh": _adapter(list[list[FreshScores]]).dump_python(self.fresh),
         }
 
     @classmethod
     def from_json(cls, saved: dict[str, Any]) -> EvaluationReport:
         horizons = [HorizonReport.from_json(entry) for entry in saved["report"]]
         folds = [_adapter(FoldSummary).validate_python(fold) for fold in saved.get("walk_forward", [])]
-        return cls(horizons, folds)
+        return cls(horizons, folds, _adapter(list[list[FreshScores]]).validate_python(saved.get("fresh", [])))
 
 
 @cache

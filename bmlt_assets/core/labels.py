@@ -11,6 +11,11 @@ import numpy as np
 
 from bmlt_assets.core.config import LabelsConfig
 
+# Two books with the same mid but another spread can give (bid + ask) / 2 values a bit apart
+# (0.0001 is not exact in binary): a log return this small is no move, never a coin flip between
+# the classes either side of a zero edge. A real tick is at least 1e-9 of its price.
+NO_MOVE = 1e-12
+
 
 def forward_log_returns(mids: np.ndarray, valid: np.ndarray, horizons: list[int], steps: int) -> np.ndarray:
     """(steps, H, K) forward log returns for the first ``steps`` rows of ``mids``.
@@ -31,7 +36,8 @@ def forward_log_returns(mids: np.ndarray, valid: np.ndarray, horizons: list[int]
     now = np.arange(steps)
     for i, h in enumerate(horizons):
         clean = padded_valid[now] & (invalid_so_far[now + h] == invalid_so_far[now])
-        out[:, i] = np.where(clean, log_mid[now + h] - log_mid[now], np.nan)
+        move = log_mid[now + h] - log_mid[now]
+        out[:, i] = np.where(clean, np.where(np.abs(move) < NO_MOVE, 0.0, move), np.nan)
     return out
 
 
@@ -83,3 +89,12 @@ def class_edges(
 def classify(returns: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Class c holds returns in [edges[c-1], edges[c]) (first and last classes open-ended)."""
     return (returns[:, None] >= edges).sum(axis=1)
+
+
+REGIMES = ("low", "mid", "high")
+
+
+def volatility_regimes(train_volatility: np.ndarray, volatility: np.ndarray) -> np.ndarray:
+    """0, 1 or 2 (``REGIMES``) per sample: its trailing volatility against the terciles of the
+    training part's, so that every part and every fresh day is cut at the same levels."""
+    return np.searchsorted(np.quantile(train_volatility, [1 / 3, 2 / 3]), volatility)

@@ -60,14 +60,14 @@ def persistence_probabilities(
 
 
 def order_book_features(quotes: np.ndarray, steps: np.ndarray) -> np.ndarray:
-    """Per asset, from the raw best quotes (``representation.QUOTE_FIELDS``) at steps t and t - 1
+    """Per asset, from the raw best quotes (the first six ``representation.QUOTE_FIELDS``) at steps t and t - 1
     only, so the same under every representation and normalization: best-level (queue) imbalance,
     order-flow imbalance of the best level (change in bid minus change in ask queue, scaled by
     depth; 0 where t - 1 is unknown), whole-book imbalance, spread (bps), micro-price offset from
     mid (bps) and log best-level depth. ``quotes`` (S, 6, K) -> (N, 6K)."""
     now = np.asarray(quotes[steps], dtype=np.float64)  # (N, 6, K)
     before = np.asarray(quotes[np.maximum(steps - 1, 0)], dtype=np.float64)
-    bid_distance, ask_distance, best_bid, best_ask, book_bid, book_ask = now.transpose(1, 0, 2)
+    bid_distance, ask_distance, best_bid, best_ask, book_bid, book_ask = now[:, :6].transpose(1, 0, 2)
     depth = np.maximum(best_bid + best_ask, 1e-12)
     flow = np.nan_to_num((best_bid - before[:, 2]) - (best_ask - before[:, 3]))
     features = [

@@ -1,7 +1,8 @@
 """The promotion gate: when the challenger may take the ``champion`` alias (docs/design.md §4, decision 9).
 
 The challenger is promoted only when, on the same purged test window, its per-sample log loss is
-lower than that of every baseline and of the current champion with a 95% block-bootstrap
+lower than that of every baseline (the gradient-boosted one on order-flow features included) and of
+the current champion with a 95% block-bootstrap
 interval of the difference entirely below zero, and its top-label ECE is below the threshold.
 With no champion yet, beating the baselines (and the ECE bar) is enough.
 
@@ -14,11 +15,12 @@ the model makes money.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bmlt_assets.core.config import PromotionConfig
-from bmlt_assets.core.evaluation_report import BASELINES, CHAMPION, HorizonReport, Interval, Pnl
+from bmlt_assets.core.evaluation_report import BASELINES, CHAMPION, FoldSummary, HorizonReport, Interval, Pnl
 from bmlt_assets.core.readable import PROSE, interval, number
 
 FORECAST_BASIS = "on forecast quality (log loss against every baseline and the champion, and calibration)"
@@ -59,9 +61,14 @@ class Verdict:
         return f"{self.outcome} {self.grounds}"
 
 
+FLOAT32_TIE = 1e-6  # nats: below this, a challenger-minus-champion difference is rounding (see promotion_verdict)
+
+
 def _not_below_zero(d: Interval) -> str:
     """Why a challenger-minus-other log-loss interval fails: a tie, or the challenger is worse."""
     where = "includes 0 (a tie)" if d.low <= 0 else "lies entirely above 0 (the challenger is worse)"
+    if d.high < 0:  # below zero by rounding only
+        where = f"is within {FLOAT32_TIE:g} nats of 0 (float32 rounding: a tie)"
     return f"log-loss difference (challenger minus it) CI {interval(d.low, d.high, PROSE)} {where}"
 
 
@@ -126,7 +133,9 @@ def promotion_verdict(
     for name, d in baseline_differences.items():
         if not d.below_zero:
             reasons.append(f"does not beat {name}: {_not_below_zero(d)}")
-    if champion_difference is not None and not champion_difference.below_zero:
+    # The champion is scored through its logged model, whose probabilities are float32: the same
+    # model then differs from itself by about 1e-8 nats a sample, which is no win.
+    if champion_difference is not None and not champion_difference.high < -FLOAT32_TIE:
         reasons.append(f"does not beat the champion: {_not_below_zero(champion_difference)}")
     if not ece < max_ece:
         reasons.append(f"ECE {number(ece, PROSE)} is not below {max_ece:g}")
@@ -142,9 +151,10 @@ def promotion_verdict(
 
 
 # Spec fields a champion must share with the challenger to be compared like for like: the same
-# target, horizons, classes (count and kind of edges), inputs (symbols, levels, representation)
-# and cadence. Older specs without a field are never comparable.
-COMPARABLE_SPEC = ("target", "symbols", "horizons_s", "n_classes", "edges", "levels", "representation", "cadence_ms")
+# target, horizons, classes (their count, and ``labels``: the kind of edges, their values, the
+# volatility lookback, quantile edges as fitted), inputs (symbols, levels, representation) and
+# cadence. Older specs without a field are never comparable.
+COMPARABLE_SPEC = ("target", "symbols", "horizons_s", "n_classes", "labels", "levels", "representation", "cadence_ms")
 
 
 def incomparability(
@@ -155,6 +165,11 @@ def incomparability(
     Its window may be shorter (the challenger's test windows hold it), and it must never have
     been fitted on any of the test window: that would flatter it."""
     differing = [k for k in COMPARABLE_SPEC if champion_spec.get(k) != challenger_spec.get(k)]
+    if "labels" in differing:  # name what differs: another class is another question
+        theirs, ours = champion_spec.get("labels") or {}, challenger_spec.get("labels") or {}
+        keys = sorted(set(theirs) | set(ours), key=lambda k: (k != "edges", k))
+        detail = [k for k in keys if theirs.get(k) != ours.get(k)] or ["labels"]
+        differing[differing.index("labels")] = f"classes ({', '.join(detail)})"
     if differing:
         return f"other {', '.join(differing)}"
     if champion_spec["window_steps"] > challenger_spec["window_steps"]:
@@ -166,16 +181,28 @@ def incomparability(
 
 
 def gate(
-    report: list[HorizonReport], champion_exists: bool, champion_compared: bool, rules: PromotionConfig, note: str
+    report: list[HorizonReport],
+    champion_exists: bool,
+    champion_compared: bool,
+    rules: PromotionConfig,
+    note: str,
+    walk_forward: Sequence[FoldSummary] = (),
 ) -> Verdict:
     """Every horizon must pass; a champion that could not be compared is never replaced, and a
-    probable look-ahead leak is never promoted, whatever its numbers; with
-    ``rules.require_profit_at_fee`` an unprofitable model is not either. Reasons name each horizon
-    in seconds (``horizon_s``), as the report does."""
+    probable look-ahead leak, on the test part or in any walk-forward fold, is never promoted,
+    whatever its numbers; with ``rules.require_profit_at_fee`` an unprofitable model is not
+    either. Reasons name each horizon in seconds (``horizon_s``), as the report does."""
     blocking = [
         f"{entry.horizon_s:g} s: probable look-ahead leak (beats the Bayes-optimal oracle)"
         for entry in report
         if entry.leak_suspected
+    ]
+    blocking += [
+        f"{entry.horizon_s:g} s: probable look-ahead leak in walk-forward fold {fold.fold} (its model beats "
+        "the Bayes-optimal oracle on its test block)"
+        for fold in walk_forward[:-1]  # the latest fold's test block is the report's test part
+        for entry, horizon in zip(report, fold.horizons)
+        if horizon.leak_suspected
     ]
     if rules.require_profit_at_fee:
         blocking += [why for why in map(_unprofitable, report) if why]

@@ -6,6 +6,7 @@ import base64
 import html
 import io
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -23,11 +24,13 @@ from bmlt_assets.core.evaluation_report import (
     Costs,
     EvaluationReport,
     FoldSummary,
+    FreshScores,
     HorizonReport,
     Interval,
     PnlAtFee,
 )
 from bmlt_assets.core.files import write_json
+from bmlt_assets.core.fresh import fresh_day_lines, fresh_headline
 from bmlt_assets.core.promotion import Verdict, economics, net_ci
 from bmlt_assets.core.readable import DIGITS, PROSE, interval, number
 from bmlt_assets.core.tables import table_lines
@@ -201,7 +204,19 @@ def _walk_forward_lines(walk_forward: list[FoldSummary], horizons_s: list[int | 
     numeric = np.array(scores, dtype=np.float64)
     summary = [["mean", *numeric.mean(axis=0)], ["std", *numeric.std(axis=0)]]
     rows += [[label, "", "", "", *("" if np.isnan(v) else float(v) for v in values)] for label, *values in summary]
-    return ["## Walk-forward: performance over time", "", *table_lines(header, rows), ""]
+    lines = ["## Walk-forward: performance over time", "", *table_lines(header, rows), ""]
+    if captured:  # every fold's model is checked for a leak against the oracle
+        leaks = [
+            f"fold {f.fold} at {h:g} s"
+            for f in walk_forward
+            for h, s in zip(horizons_s, f.horizons)
+            if s.leak_suspected
+        ]
+        lines += [
+            f"Leak check of every fold's model: {'PROBABLE LEAK in ' + ', '.join(leaks) if leaks else 'none'}.",
+            "",
+        ]
+    return lines
 
 
 class Materiality(IntEnum):
@@ -275,7 +290,46 @@ def ranked_warnings(report: EvaluationReport) -> list[tuple[Materiality, str]]:
                         f"(model minus {other}) {_ci(d)} includes 0.",
                     )
                 )
+    for fold in report.walk_forward:
+        for entry, scored in zip(report.horizons, fold.horizons):
+            if scored.leak_suspected:
+                found.append(
+                    (
+                        Materiality.LEAK,
+                        f"{_h(entry.horizon_s)}: PROBABLE LEAK in walk-forward fold {fold.fold}: its model beats the "
+                        "Bayes-optimal oracle on its test block beyond the confidence interval.",
+                    )
+                )
+    found += fresh_day_warnings(report.fresh, [h.horizon_s for h in report.horizons])
     return sorted(found, key=lambda warning: warning[0])  # stable within a rank
+
+
+def fresh_day_warnings(fresh: list[list[FreshScores]], horizons_s: list[int | float]) -> list[tuple[Materiality, str]]:
+    """What the pooled fresh days say against the shipped model: the gradient-boosted baseline
+    not beaten there, the calibration's class bias doing worse there than the temperature alone."""
+    found: list[tuple[Materiality, str]] = []
+    for horizon_s, scores in zip(horizons_s, fresh):
+        pooled = scores[-1].model_minus
+        gbm, alone = pooled.get("gbm"), pooled.get("temperature_alone")
+        if gbm is not None and not gbm.below_zero:
+            found.append(
+                (
+                    Materiality.WORSE if gbm.above_zero else Materiality.TIE,
+                    f"{_h(horizon_s)}: on the fresh days the model does not beat the gradient-boosted baseline: the "
+                    f"95% CI of the log-loss difference (model minus gbm) {_ci(gbm)} "
+                    f"{'lies entirely above 0' if gbm.above_zero else 'includes 0'}.",
+                )
+            )
+        if alone is not None and alone.above_zero:
+            found.append(
+                (
+                    Materiality.CALIBRATION,
+                    f"{_h(horizon_s)}: on the fresh days the calibration's class bias does worse than the temperature "
+                    f"alone: the 95% CI of the log-loss difference (shipped minus temperature alone) {_ci(alone)} "
+                    "lies entirely above 0.",
+                )
+            )
+    return found
 
 
 def _money_warning(entry: HorizonReport) -> str:
@@ -444,9 +498,9 @@ def markdown(
     (most material first), a results table per horizon, the figures, then the detail tables."""
     lines = _front_matter_lines(front_matter or FrontMatter(), report, title)
     lines += ["## Headline", ""]
-    for entry in report.horizons:
+    for i, entry in enumerate(report.horizons):
         lines += [f"**{_h(entry.horizon_s)}** ({counts(entry.samples, entry.independent_outcomes)})", ""]
-        lines += [*(f"- {line}" for line in headline(entry)), ""]
+        lines += [*(f"- {line}" for line in headline(entry, report.fresh_at(i))), ""]
     warnings = report_warnings(report)
     if warnings:
         lines += ["## Warnings", ""] + [line for w in warnings for line in (f"> **WARNING** {w}", "")]
@@ -454,6 +508,7 @@ def markdown(
     lines += ["## Results per horizon", ""]
     for entry in report.horizons:
         lines += _results_lines(entry)
+    lines += fresh_day_lines(report.fresh, [h.horizon_s for h in report.horizons])
 
     lines += ["## Figures", ""]
     for entry in report.horizons:
@@ -471,10 +526,11 @@ def markdown(
     return "\n".join(lines)
 
 
-def headline(entry: HorizonReport) -> list[str]:
+def headline(entry: HorizonReport, fresh: Sequence[FreshScores] = ()) -> list[str]:
     """One horizon in a few plain sentences, most telling first: how much of the achievable
-    signal the model captures, its margin over the best baseline with its interval, what it
-    makes or loses at the stated costs, and what the intervals rest on."""
+    signal the model captures (on the test part, then on the ``fresh`` days pooled), its margin
+    over the best baseline with its interval, what it makes or loses at the stated costs, and
+    what the intervals rest on."""
     lines = []
     if entry.capture is not None:
         c = entry.capture
@@ -482,6 +538,8 @@ def headline(entry: HorizonReport) -> list[str]:
             f"Capture: {number(c.logloss_capture, PROSE)} of the oracle's log-loss edge over the class prior "
             f"({number(c.accuracy_capture, PROSE)} of its accuracy edge; 0 = the prior, 1 = the oracle)."
         )
+    if fresh:
+        lines.append(fresh_headline(list(fresh)))
     best = entry.best_baseline
     margin = entry.margin_over(best)
     reading = (
@@ -585,10 +643,17 @@ def _detail_lines(entry: HorizonReport) -> list[str]:
             "",
         ]
     cal = entry.calibration
+    shrunk = ""
+    if cal.bias_prior_sd is not None and cal.outcomes is not None:
+        shrunk = (
+            f" The bias has an empirical-Bayes prior N(0, {number(cal.bias_prior_sd, PROSE)}²) from "
+            f"{number(cal.outcomes)} independent validation outcomes (0: the temperature alone, "
+            f"{number(cal.temperature_alone)})."
+        )
     lines += [
         f"Calibration: temperature {number(cal.temperature)} and a class bias from {number(min(cal.bias), sign=True)} "
-        f"to {number(max(cal.bias), sign=True)} (softmax(logits / T + b)), fitted on validation. On the test part, "
-        f"top-label ECE ({cal.bins}) {number(cal.before.ece)} before, {number(cal.after.ece)} after; log loss "
+        f"to {number(max(cal.bias), sign=True)} (softmax(logits / T + b)), fitted on validation.{shrunk} On the test "
+        f"part, top-label ECE ({cal.bins}) {number(cal.before.ece)} before, {number(cal.after.ece)} after; log loss "
         f"{number(cal.before.log_loss)} nats before, {number(cal.after.log_loss)} nats after (lower is better).",
         "",
     ]

@@ -16,7 +16,7 @@ shift the model's inputs.
 
 Prices stay monotone across levels (an empty bucket never sits inside a shallower one).
 
-Beside the levels, every day stores each step's best quotes (``quotes``, fields ``QUOTE_FIELDS``)
+Beside the levels, every day stores each step's top quotes (``quotes``, fields ``QUOTE_FIELDS``)
 straight from the raw book: under ``aggregated`` level 0 is a price bucket and under rolling
 normalization the quantities are z-scores, so what needs the true best bid and ask (the spread
 paid in the backtest, the order-book baseline's features) reads them from here, the same under
@@ -43,8 +43,17 @@ T = TypeVar("T")
 BOOK_BATCH_BYTES = 4 * 2**20  # of raw levels per read batch: 6,500 rows of a 20-level book, 130 of 1,000 levels
 CHANNELS = ("bid_distance_bps", "bid_log1p_qty", "ask_distance_bps", "ask_log1p_qty")
 # Per step and symbol, from the raw book: the best bid and ask as signed distances from the mid in
-# bps (bid negative), their quantities, and each side's total quantity over the recorded depth.
-QUOTE_FIELDS = ("bid_distance_bps", "ask_distance_bps", "bid_qty", "ask_qty", "book_bid_qty", "book_ask_qty")
+# bps (bid negative), their quantities, and each side's total quantity over the recorded depth;
+# then the same four for levels 2 to QUOTE_LEVELS (NaN beyond the recorded depth), which the
+# order-flow baseline reads (multi-level queue and order-flow imbalance).
+QUOTE_LEVELS = 5
+LEVEL_QUOTE_FIELDS = ("bid_distance_bps", "ask_distance_bps", "bid_qty", "ask_qty")
+QUOTE_FIELDS = (
+    *LEVEL_QUOTE_FIELDS,
+    "book_bid_qty",
+    "book_ask_qty",
+    *(f"{name}_{level}" for level in range(2, QUOTE_LEVELS + 1) for name in LEVEL_QUOTE_FIELDS),
+)
 
 
 def align_to_grid(receive_ns: np.ndarray, grid_ns: np.ndarray, staleness_ns: int) -> tuple[np.ndarray, np.ndarray]:
@@ -107,19 +116,23 @@ def represent_books(
 
 
 def best_quotes(bid_px: np.ndarray, bid_qty: np.ndarray, ask_px: np.ndarray, ask_qty: np.ndarray) -> np.ndarray:
-    """(rows, depth) raw books -> (rows, len(QUOTE_FIELDS)) float64 best quotes and book totals."""
+    """(rows, depth) raw books -> (rows, len(QUOTE_FIELDS)) float64 quotes of the top levels and book totals."""
     mid = (bid_px[:, 0] + ask_px[:, 0]) / 2
-    return np.stack(
-        [
-            (bid_px[:, 0] - mid) / mid * 1e4,
-            (ask_px[:, 0] - mid) / mid * 1e4,
-            bid_qty[:, 0],
-            ask_qty[:, 0],
-            bid_qty.sum(axis=1),
-            ask_qty.sum(axis=1),
-        ],
-        axis=1,
-    )
+
+    def level(i: int) -> list[np.ndarray]:
+        if i >= bid_px.shape[1]:
+            return [np.full(len(mid), np.nan)] * len(LEVEL_QUOTE_FIELDS)
+        return [(bid_px[:, i] - mid) / mid * 1e4, (ask_px[:, i] - mid) / mid * 1e4, bid_qty[:, i], ask_qty[:, i]]
+
+    totals = [bid_qty.sum(axis=1), ask_qty.sum(axis=1)]
+    return np.stack([*level(0), *totals, *(column for i in range(1, QUOTE_LEVELS) for column in level(i))], axis=1)
+
+
+def has_current_quotes(folder: Path) -> bool:
+    """Whether ``folder`` holds a ``quotes.npy`` with every field of QUOTE_FIELDS (older partitions
+    hold the best level only, or no quotes at all)."""
+    path = folder / "quotes.npy"
+    return path.exists() and np.load(path, mmap_mode="r").shape[1] == len(QUOTE_FIELDS)
 
 
 def quoted_spread_bps(quotes: np.ndarray) -> np.ndarray:

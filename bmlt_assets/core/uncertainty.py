@@ -1,5 +1,5 @@
-"""Block-bootstrap confidence intervals for means of per-sample scores, and how many of the
-samples are independent.
+"""Block-bootstrap confidence intervals for means (and ratios of means) of per-sample scores,
+and how many of the samples are independent.
 
 Test samples overlap in time (a label spans the horizon, samples are a step or a few apart), so
 an i.i.d. bootstrap would understate the uncertainty. We use ``arch``'s stationary bootstrap
@@ -24,7 +24,9 @@ REPS = 500
 
 
 def block_length(series: np.ndarray, minimum: float = 1.0) -> float:
-    rule = float(optimal_block_length(series)["stationary"].iloc[0]) if len(series) > 10 else 1.0
+    if len(series) <= 10 or np.ptp(series) == 0:  # too short, or constant (two identical predictors): no rule
+        return minimum
+    rule = float(optimal_block_length(series)["stationary"].iloc[0])
     return max(minimum, rule if np.isfinite(rule) else 1.0)
 
 
@@ -37,6 +39,20 @@ def mean_interval(series: np.ndarray, minimum_block: float = 1.0, level: float =
     bootstrap = StationaryBootstrap(block, series, seed=np.random.default_rng(seed))  # type: ignore[arg-type]
     low, high = bootstrap.conf_int(np.mean, reps=REPS, method="percentile", size=level)[:, 0]
     return Interval(float(series.mean()), float(low), float(high), block)
+
+
+def ratio_interval(
+    numerator: np.ndarray, denominator: np.ndarray, minimum_block: float = 1.0, level: float = 0.95, seed: int = 0
+) -> Interval:
+    """``mean(numerator) / mean(denominator)`` of paired per-sample series (a capture ratio) with a
+    percentile CI from the stationary bootstrap resampling both series together."""
+    numerator, denominator = np.asarray(numerator, np.float64), np.asarray(denominator, np.float64)
+    block = block_length(numerator, minimum_block)
+    bootstrap = StationaryBootstrap(block, numerator, denominator, seed=np.random.default_rng(seed))  # type: ignore[arg-type]
+    low, high = bootstrap.conf_int(
+        lambda top, bottom: np.array([top.mean() / bottom.mean()]), reps=REPS, method="percentile", size=level
+    )[:, 0]
+    return Interval(float(numerator.mean() / denominator.mean()), float(low), float(high), block)
 
 
 def independent_outcomes(steps: np.ndarray, horizon: int) -> int:

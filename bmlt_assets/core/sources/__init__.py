@@ -12,12 +12,16 @@ in the landing zone is never read whole.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
 import polars as pl
 
 from bmlt_assets.core.files import StoredPath
+
+# (horizon index, sample steps, their edges (N, C-1)) -> (N, C): an oracle at a dataset's samples
+OracleProbabilities = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
 
 
 class Oracle(Protocol):

@@ -31,27 +31,39 @@ random stream, the market factor's and the leader's, never on which other symbol
 **Oracle.** Everything a model of the configured (observed) symbols can see up to step ``t``:
 every published book of each of them since the session opened, the regime and the clock. The
 hidden state is the vector of flows ``z`` of the observed symbols and the leader (a linear
-Gaussian AR(1), ``z(j+1) = phi z(j) + sqrt(1-phi^2) w``). Two kinds of readings inform it, and a
-joint Kalman filter uses both:
+Gaussian AR(1), ``z(j+1) = phi z(j) + sqrt(1-phi^2) w``) and the true log mids ``x`` of the
+observed symbols (``x_k(j+1) = x_k(j) + kappa sigma_k s_k(j) + sigma_k m_g(j) eps_k``, with noise
+correlated across symbols through the market factor). Two kinds of readings inform it:
 
 * each published book's best-level queues give ``y_k(j) = z_k(j) + imbalance_noise * nu_k(j)``;
-* each mid return between two published books, ``x_k(j+1) - x_k(j) = kappa sigma_k s_k(j) +
-  sigma_k m_g(j) eps_k(j)``, is another noisy reading of the signals ``s = W z``, with noise
-  correlated across symbols through the market factor (covariance ``sigma_k sigma_l m_g^2
-  (rho + (1 - rho) [k = l])``).
+* each published book's mid is the true mid rounded to the tick grid: with best bid
+  ``floor(P - spread / 2)`` and the spread an integer number of ticks, the shown mid ``M`` (in
+  ticks) is ``floor(P)`` for an even spread and ``floor(P - 1/2) + 1/2`` for an odd one, so
+  either way it says ``P`` lies in ``[M, M + 1)`` ticks: an interval reading of ``x_k``.
 
-This gives a Gaussian posterior ``s(t) ~ N(m, P)`` of the target's signal. The ``h``-step
-log return is then a mixture over the regime of the next block (at most one block boundary inside
-a horizon, enforced by config) of Gaussians with, writing ``G = (1 - phi^h) / (1 - phi)``,
+The filter is a Kalman filter for the queue readings and an assumed-density filter for the
+interval readings (each conditions the Gaussian state on ``x_k`` in its interval and keeps the
+exact first two moments of the truncated result). For fine ticks the interval is a tiny fraction
+of a step's move and the filter is the exact Kalman filter of the mid returns; for the coarsest
+(XRP/USDT at 1 s: a tick is about 1.1 of a step's standard deviation) the Gaussian projection is
+the one approximation, and ``benchmarks/oracle_edge.py`` measures what it leaves.
 
-    mean = kappa sigma G m
-    var  = kappa^2 sigma^2 G^2 P
+The ``h``-step log mid is then a mixture over the regime of the next block (at most one block
+boundary inside a horizon, enforced by config) of Gaussians with, writing
+``G = (1 - phi^h) / (1 - phi)`` and ``c = x_k + kappa sigma G s_k``,
+
+    mean = E[c]
+    var  = Var[c]
            + kappa^2 sigma^2 (1 - phi^2) / (1 - phi)^2 sum_{m=1}^{h-1} (1 - phi^(h-m))^2
            + sigma^2 (m_g^2 n_before + m_g'^2 n_after)
 
-so :func:`oracle_probabilities` is Bayes-optimal for any class edges, up to the rounding of the
-mid to the tick grid (below 1e-4 of the return's standard deviation for the default symbols) and
-to the return across a dropped snapshot, which the filter skips (``dropout_rate`` of the steps).
+and a label is the return of the *shown* mids: the mid at ``t + h`` is below ``M_t e^e`` exactly
+when the true price is below the next grid point at or above ``M_t e^e``, on the integer grid or
+the half-integer one by the parity of the spread at ``t + h``, whose law the regime fixes (a
+regime's base spread plus a geometric excursion). :func:`oracle_probabilities` sums these
+Gaussian probabilities over both grids and the regimes: Bayes-optimal for any class edges, up to
+the interval filter's Gaussian projection and the snapshots lost to ``dropout_rate`` (a label
+across one is dropped by the pipeline, which the oracle does not condition on).
 """
 
 from __future__ import annotations
@@ -71,7 +83,11 @@ from bmlt_assets.core.config import SyntheticConfig
 LEADER = "BTC/USDT"
 VOL_MULTIPLIER = np.array([0.6, 1.0, 1.8])
 DEPTH_MULTIPLIER = np.array([1.4, 1.0, 0.55])
-SPREAD_TICKS = np.array([1, 2, 3])
+SPREAD_TICKS = np.array([1, 2, 3])  # a regime's base spread; each book adds a random excursion
+SPREAD_EXCURSION = 0.75  # the excursion is geometric(this) - 1 ticks, drawn afresh for every book
+# The excursion is even with probability p / (1 - (1 - p)^2): the share of odd spreads by regime.
+_EVEN_EXCURSION = SPREAD_EXCURSION / (1 - (1 - SPREAD_EXCURSION) ** 2)
+ODD_SPREAD = np.where(SPREAD_TICKS % 2 == 1, _EVEN_EXCURSION, 1 - _EVEN_EXCURSION)
 
 
 @dataclass(frozen=True)
@@ -92,6 +108,18 @@ SYMBOL_PROFILES = {
 
 
 @dataclass(frozen=True)
+class Posterior:
+    """The filter's Gaussian posterior at every step of a day, after that step's books: the
+    signal ``s`` of one symbol, and for an observed symbol its true log mid ``x`` too."""
+
+    signal_mean: np.ndarray
+    signal_var: np.ndarray
+    mid_mean: np.ndarray | None  # None for the leader when it is not observed
+    mid_var: np.ndarray | None
+    cross: np.ndarray | None  # Cov(x, s)
+
+
+@dataclass(frozen=True)
 class LatentDay:
     """The hidden state of one symbol over one day, on the step grid."""
 
@@ -109,7 +137,7 @@ class SyntheticMarket:
     def __init__(self, params: SyntheticConfig, seed: int, cadence_ms: int, depth: int, observed: tuple[str, ...] = ()):
         self.params = params
         self.observed = observed  # the symbols whose books a model sees (the oracle's information)
-        self._filtered: dict[tuple[dt.date, tuple[str, ...]], dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+        self._filtered: dict[tuple[dt.date, tuple[str, ...]], dict[str, Posterior]] = {}
         self.seed = seed
         self.cadence_ms = cadence_ms
         self.depth = depth
@@ -160,23 +188,23 @@ class SyntheticMarket:
         sigma = SYMBOL_PROFILES[symbol].vol_per_s * np.sqrt(self.dt_s)
         return LatentDay(own, reading, self._published(date, symbol), signal, self.regimes(date), sigma)
 
-    def filtered_signals(self, date: dt.date, observed: tuple[str, ...]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Posterior mean and variance of every state symbol's signal ``s_k`` at every step, from
-        the queue readings and mid returns of the ``observed`` symbols up to that step.
+    def filtered(self, date: dt.date, observed: tuple[str, ...]) -> dict[str, Posterior]:
+        """The posterior of every state symbol's signal (and each observed symbol's true log mid)
+        at every step, from the queues and mids of the ``observed`` symbols' books up to that step.
 
-        Hand-written: a Kalman filter with a handful of states, missing readings and a
-        regime-dependent noise is a few lines; a state-space library would add a heavy dependency
-        and would not take the time-varying observation set as it is.
+        Hand-written: a Kalman filter with a handful of states, missing readings, a
+        regime-dependent noise and interval readings is a few lines; a state-space library would
+        add a heavy dependency and takes neither the time-varying observation set nor intervals.
         """
         key = (date, observed)
         if key not in self._filtered:
             self._filtered[key] = self._filter(date, observed)
         return self._filtered[key]
 
-    def _filter(self, date: dt.date, observed: tuple[str, ...]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        p, phi, n = self.params, self.phi, self.n
+    def _filter(self, date: dt.date, observed: tuple[str, ...]) -> dict[str, Posterior]:
+        p, phi = self.params, self.phi
         states = sorted(set(observed) | {LEADER})
-        k, leader = len(states), states.index(LEADER)
+        k, leader, n_mids = len(states), states.index(LEADER), len(observed)
         mixing = np.zeros((k, k))  # s = mixing @ z
         for i, symbol in enumerate(states):
             b = 0.0 if symbol == LEADER else p.leader_weight
@@ -186,37 +214,49 @@ class SyntheticMarket:
         latents = [self.latent(date, symbol) for symbol in observed]
         readings = np.stack([latent.reading for latent in latents], axis=1)
         published = np.stack([latent.published for latent in latents], axis=1)
-        log_mids = np.stack([self.observed_log_mids(date, symbol) for symbol in observed], axis=1)
-        returns = np.diff(log_mids, axis=0, prepend=np.nan)  # returns[j] = x(j) - x(j-1): NaN across a gap
+        ticks = np.array([SYMBOL_PROFILES[symbol].tick for symbol in observed])
+        # Each shown mid M (ticks) says the true log mid lies in [log(M tick), log((M + 1) tick)).
+        shown = np.stack([self.filter_mid_ticks(date, symbol) for symbol in observed], axis=1)
+        low, high = np.log(shown * ticks), np.log((shown + 1) * ticks)
         sigma = np.array([latent.sigma for latent in latents])
         regime = self.regimes(date)
-        correlation = p.correlation + (1 - p.correlation) * np.eye(len(observed))
-        return_rows = p.signal_strength * sigma[:, None] * mixing[rows]  # d return / d z(j-1)
-        reading_rows = np.eye(k)[rows]
 
-        signal_mean, signal_var = np.empty((n, k)), np.empty((n, k))
-        m, cov = np.zeros(k), np.eye(k)  # the stationary prior at midnight
-        for j in range(n):
-            if j:
-                seen = np.isfinite(returns[j])  # information about z(j-1), which m and cov describe
-                if seen.any():
-                    scale = sigma[seen] * VOL_MULTIPLIER[regime[j - 1]]
-                    noise = scale[:, None] * correlation[np.ix_(seen, seen)] * scale[None, :]
-                    m, cov = _kalman_update(m, cov, return_rows[seen], returns[j, seen], noise)
-                m, cov = phi * m, phi**2 * cov + (1 - phi**2) * np.eye(k)
-            seen = published[j]
-            if seen.any():
-                noise = p.imbalance_noise**2 * np.eye(int(seen.sum()))
-                m, cov = _kalman_update(m, cov, reading_rows[seen], readings[j, seen], noise)
-            signal_mean[j] = mixing @ m
-            signal_var[j] = np.einsum("ij,jk,ik->i", mixing, cov, mixing)
-        return {symbol: (signal_mean[:, i], signal_var[:, i]) for i, symbol in enumerate(states)}
+        # The state: the flows z (k), then the observed symbols' true log mids x.
+        size = k + n_mids
+        transition = np.zeros((size, size))
+        transition[:k, :k] = phi * np.eye(k)
+        transition[k:, :k] = p.signal_strength * sigma[:, None] * mixing[rows]  # x(j+1) - x(j) drifts by this @ z(j)
+        transition[k:, k:] = np.eye(n_mids)
+        correlation = p.correlation + (1 - p.correlation) * np.eye(n_mids)
+        process = np.zeros((3, size, size))
+        for g in range(3):
+            process[g, :k, :k] = (1 - phi**2) * np.eye(k)
+            scale = sigma * VOL_MULTIPLIER[g]
+            process[g, k:, k:] = scale[:, None] * correlation * scale[None, :]
 
-    def _best_prices(
+        # Imported here, not with this module: numba's import is not paid by every load of the code
+        # location, only by the first filter (as the book engine's kernels, docs/design.md).
+        from bmlt_assets.core.sources.synthetic_filter import filter_steps
+
+        noise_var = p.imbalance_noise**2
+        signal_mean, signal_var, mid_mean, mid_var, cross = filter_steps(
+            transition, process, regime, published, readings, np.array(rows), noise_var, low, high, mixing
+        )
+        posteriors = {
+            symbol: Posterior(signal_mean[:, i], signal_var[:, i], None, None, None) for i, symbol in enumerate(states)
+        }
+        for i, symbol in enumerate(observed):
+            posteriors[symbol] = Posterior(
+                signal_mean[:, rows[i]], signal_var[:, rows[i]], mid_mean[:, i], mid_var[:, i], cross[:, i]
+            )
+        return posteriors
+
+    def _price_path(
         self, date: dt.date, symbol: str, latent: LatentDay
-    ) -> tuple[np.ndarray, np.ndarray, np.random.Generator]:
-        """Best bid (ticks) and spread (ticks) at every step, and the book's random stream, which
-        :meth:`simulate` goes on drawing from (the order of draws fixes the books)."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.random.Generator]:
+        """The true log mid, the best bid (ticks) and the spread (ticks) at every step, and the
+        book's random stream, which :meth:`simulate` goes on drawing from (the order of draws
+        fixes the books)."""
         profile, p, n = SYMBOL_PROFILES[symbol], self.params, self.n
         factor = self._rng(date, "market-factor").standard_normal(n)
         rng = self._rng(date, f"book:{symbol}")
@@ -224,16 +264,28 @@ class SyntheticMarket:
         steps = p.signal_strength * latent.sigma * latent.signal + latent.sigma * VOL_MULTIPLIER[latent.regime] * eps
         start = np.log(profile.price) + 0.05 * rng.standard_normal()
         log_mid = start + np.concatenate([[0.0], np.cumsum(steps[:-1])])
-        spread = SPREAD_TICKS[latent.regime] + rng.geometric(0.75, n) - 1
+        spread = SPREAD_TICKS[latent.regime] + rng.geometric(SPREAD_EXCURSION, n) - 1
         best_bid = np.floor(np.exp(log_mid) / profile.tick - spread / 2).astype(np.int64)
-        return best_bid, spread, rng
+        return log_mid, best_bid, spread, rng
+
+    def true_log_mids(self, date: dt.date, symbol: str) -> np.ndarray:
+        """The hidden log mid ``x`` at every step, before rounding to the tick grid."""
+        return self._price_path(date, symbol, self.latent(date, symbol))[0]
+
+    def observed_mid_ticks(self, date: dt.date, symbol: str) -> np.ndarray:
+        """The mid a published book shows at every step, in ticks (an integer or a half-integer,
+        exact in float64); NaN where no book was published."""
+        latent = self.latent(date, symbol)
+        _, best_bid, spread, _ = self._price_path(date, symbol, latent)
+        return np.where(latent.published, best_bid + spread / 2, np.nan)
+
+    def filter_mid_ticks(self, date: dt.date, symbol: str) -> np.ndarray:
+        """The shown mids the filter reads: all of them (a control that hides them overrides this)."""
+        return self.observed_mid_ticks(date, symbol)
 
     def observed_log_mids(self, date: dt.date, symbol: str) -> np.ndarray:
         """The log mid a published book shows at every step (NaN where no book was published)."""
-        latent = self.latent(date, symbol)
-        best_bid, spread, _ = self._best_prices(date, symbol, latent)
-        mids = np.log((best_bid + spread / 2) * SYMBOL_PROFILES[symbol].tick)
-        return np.where(latent.published, mids, np.nan)
+        return np.log(self.observed_mid_ticks(date, symbol) * SYMBOL_PROFILES[symbol].tick)
 
     # -- books ------------------------------------------------------------------------------
     def simulate(self, date: dt.date, symbol: str) -> pl.DataFrame:
@@ -243,7 +295,7 @@ class SyntheticMarket:
         latent = self.latent(date, symbol)
         regime = latent.regime
         n, depth = self.n, self.depth
-        best_bid, spread, rng = self._best_prices(date, symbol, latent)
+        _, best_bid, spread, rng = self._price_path(date, symbol, latent)
         spacing = max(1.0, p.level_spacing_bps * 1e-4 * profile.price / profile.tick)
         gaps = np.maximum(1, np.rint(rng.exponential(spacing, (n, 2, depth - 1)))).astype(np.int64)
         bid_ticks = best_bid[:, None] - np.concatenate([np.zeros((n, 1), np.int64), np.cumsum(gaps[:, 0], 1)], 1)
@@ -284,7 +336,9 @@ class SyntheticMarket:
         """Bayes-optimal class probabilities for samples at ``steps`` of ``date``, for a model that
         sees the books of ``self.observed`` (``symbol`` alone when empty).
 
-        ``edges`` is (N, C-1): the class edges of each sample in log-return units.
+        ``edges`` is (N, C-1): the class edges of each sample in log-return units, for the return
+        between the mids the books show (the last one shown at or before each step, and the one
+        shown ``horizon`` steps later).
         """
         if horizon > self.block_steps:
             raise ValueError("the oracle assumes at most one regime switch inside a horizon")
@@ -293,26 +347,55 @@ class SyntheticMarket:
         observed = self.observed or (symbol,)
         if symbol not in observed:
             raise ValueError(f"{symbol} is not among the observed symbols {list(observed)}")
-        flow_mean, flow_var = self.filtered_signals(date, observed)[symbol]
-        gain = (1 - phi**horizon) / (1 - phi)
-        mean = kappa * sigma * gain * flow_mean[steps]
+        posterior = self.filtered(date, observed)[symbol]
+        assert posterior.mid_mean is not None and posterior.mid_var is not None and posterior.cross is not None
+        # The edges as shown mids in ticks, from the last mid shown at or before each step.
+        shown = _forward_filled(self.observed_mid_ticks(date, symbol))[steps]
+        thresholds = shown[:, None] * np.exp(edges)
+        tick = SYMBOL_PROFILES[symbol].tick
+        # Where the filter has read no mid, the true one is uniform on the shown mid's interval.
+        filtered = np.isfinite(posterior.mid_var[steps])
+        low, high = np.log(shown * tick), np.log((shown + 1) * tick)
+        mid_mean = np.where(filtered, posterior.mid_mean[steps], (low + high) / 2)
+        mid_var = np.where(filtered, posterior.mid_var[steps], (high - low) ** 2 / 12)
+        cross = np.where(filtered, posterior.cross[steps], 0.0)
+        drift = kappa * sigma * (1 - phi**horizon) / (1 - phi)  # the horizon's drift per unit of signal now
+        mean = mid_mean + drift * posterior.signal_mean[steps]
         m = np.arange(1, horizon)
         future_var = kappa**2 * sigma**2 * (1 - phi**2) / (1 - phi) ** 2 * np.sum((1 - phi ** (horizon - m)) ** 2)
-        drift_var = future_var + kappa**2 * sigma**2 * gain**2 * flow_var[steps]
+        known_var = mid_var + drift**2 * posterior.signal_var[steps] + 2 * drift * cross
 
         regime = latent.regime[steps]
         before = np.minimum(horizon, self.block_steps - steps % self.block_steps)
         after = horizon - before
         stay = self.params.regime_stay_probability
-        probs = np.zeros((len(steps), edges.shape[1] + 1))
+        cdf = np.zeros(edges.shape)
         for shift, weight in ((0, stay), (1, (1 - stay) / 2), (2, (1 - stay) / 2)):
             nxt = (regime + shift) % 3
-            var = drift_var + sigma**2 * (VOL_MULTIPLIER[regime] ** 2 * before + VOL_MULTIPLIER[nxt] ** 2 * after)
+            var = (
+                known_var
+                + future_var
+                + sigma**2 * (VOL_MULTIPLIER[regime] ** 2 * before + VOL_MULTIPLIER[nxt] ** 2 * after)
+            )
             # With no boundary inside the horizon the next regime is irrelevant: weights sum to 1.
-            cdf = ndtr((edges - mean[:, None]) / np.sqrt(var)[:, None])
-            bounds = np.concatenate([np.zeros((len(steps), 1)), cdf, np.ones((len(steps), 1))], 1)
-            probs += weight * np.diff(bounds, axis=1)
-        return probs
+            odd = ODD_SPREAD[np.where(after > 0, nxt, regime)][:, None]
+            cdf += weight * self.shown_below(thresholds, tick, mean[:, None], np.sqrt(var)[:, None], odd)
+        bounds = np.concatenate([np.zeros((len(steps), 1)), cdf, np.ones((len(steps), 1))], 1)
+        return np.diff(bounds, axis=1)
+
+    @staticmethod
+    def shown_below(
+        thresholds: np.ndarray, tick: float, mean: np.ndarray, sd: np.ndarray, odd: np.ndarray
+    ) -> np.ndarray:
+        """P(the mid shown at t + h < each threshold, in ticks) when the true log mid then is
+        N(mean, sd^2) and its book's spread is odd with probability ``odd``: the shown mid is below
+        a threshold iff the true one is below the grid point at or above it, on the half-integers
+        for an odd spread and on the integers for an even one."""
+        below = np.zeros(np.broadcast_shapes(thresholds.shape, mean.shape))
+        for offset, share in ((0.5, odd), (0.0, 1 - odd)):
+            grid = np.ceil(thresholds - offset) + offset
+            below += share * ndtr((np.log(grid * tick) - mean) / sd)
+        return below
 
     def oracle_at(self, symbol: str, timestamps_ns: np.ndarray, horizon: int, edges: np.ndarray) -> np.ndarray:
         """Oracle probabilities for samples anywhere in time (grid timestamps, any days)."""
@@ -326,11 +409,7 @@ class SyntheticMarket:
         return probs
 
 
-def _kalman_update(
-    mean: np.ndarray, cov: np.ndarray, rows: np.ndarray, values: np.ndarray, noise: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Condition N(mean, cov) on ``values = rows @ state + N(0, noise)``."""
-    innovation = rows @ cov @ rows.T + noise
-    gain = np.linalg.solve(innovation, rows @ cov).T
-    updated = cov - gain @ rows @ cov
-    return mean + gain @ (values - rows @ mean), (updated + updated.T) / 2
+def _forward_filled(values: np.ndarray) -> np.ndarray:
+    """Each NaN replaced by the last finite value before it (NaN before the first)."""
+    last = np.maximum.accumulate(np.where(np.isfinite(values), np.arange(len(values)), 0))
+    return np.where(np.isfinite(values[last]), values[last], np.nan)
