@@ -9,7 +9,7 @@ The inputs are the tiled binance-ws recordings of ``benchmarks/book_engine.py`` 
 * **import**: ``bmlt import`` of the recording at 20 levels (what ``bmlt_assets.cli.main`` runs)
   in a fresh process, warmed up on a 20-second file first (imports, compiled code); CPU, wall
   and the process's peak RSS (``VmHWM``). Every update's book lands in the landing zone.
-* **snapshots**: ``dagster asset materialize --select orderbook_snapshots --partition
+* **snapshots**: ``dagster asset materialize --select <name>/orderbook_snapshots --partition
   2024-08-09`` on that landing zone (its blocking check ``snapshots_are_sound`` included), on
   one core (``taskset -c 0``); CPU and the largest ``VmHWM`` of the command's processes, read
   every 50 ms.

@@ -896,7 +896,7 @@ class PlatformConfig(Section):
         return (
             f"steps run on several machines ({', '.join(spread)}), but {' and '.join(local)} would keep state on "
             "one machine's disk, so runs, models and trials split per pod: set mlflow.tracking_uri to a tracking "
-            "server (http://mlflow:5000, deploy/mlflow.yaml) and hpo.storage: database ($OPTUNA_STORAGE_URL)"
+            "server (http://mlflow:5000, deploy/k8s/mlflow.yaml) and hpo.storage: database ($OPTUNA_STORAGE_URL)"
         )
 
 
