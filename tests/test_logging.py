@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from bmlt_assets.core.logs import LOGGER_NAMES, colour_enabled, setup_logging
+from tests.helpers import write_config
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 log = logging.getLogger("bmlt_assets.core.example")
@@ -156,3 +160,14 @@ def test_logs_module_imports_only_the_standard_library_and_rich() -> None:
     imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     tops = {name.split(".")[0] for name in imported}
     assert tops - set(sys.stdlib_module_names) - {"__future__"} == {"rich"}
+
+
+def test_loading_the_code_location_prints_no_library_warning(tmp_path: Path) -> None:
+    """Every Dagster command loads the definitions: MLflow's warning that the pyfunc's predict has no
+    type hints (raw colour codes, even with NO_COLOR) or any other import-time warning would open each."""
+    env = {**os.environ, "NO_COLOR": "1", "BMLT_CONFIG": str(write_config(tmp_path)), "PYTHONWARNINGS": "default"}
+    result = subprocess.run(
+        [sys.executable, "-c", "import bmlt_assets.definitions"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
