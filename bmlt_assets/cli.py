@@ -16,10 +16,15 @@ import shutil
 import sys
 from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bmlt_assets.boundary import refuse_unwritable, report_failure
 from bmlt_assets.core.config import ConfigError, PlatformConfig, config_path_from_env, day_out_of_range, load_config
 from bmlt_assets.core.logs import colour_enabled, setup_logging
+
+if TYPE_CHECKING:
+    from bmlt_assets.core.files import LandingDays, StoredPath
+    from bmlt_assets.core.sources.importer import ImportSummary
 
 log = logging.getLogger(__name__)
 
@@ -347,31 +352,17 @@ def import_(config: PlatformConfig, args: argparse.Namespace) -> int:
     keeps the books rebuilt before the damage (they are written) and exits 2 with what happened."""
     import tempfile
 
-    from bmlt_assets.core.files import LandingDays, landing_base, landing_depth, landing_root
+    from bmlt_assets.core.files import LandingDays, landing_base
     from bmlt_assets.core.sources.binance.sync import RecordingError
-    from bmlt_assets.core.sources.book_engine import time_steps_warning
     from bmlt_assets.core.sources.importer import import_recordings
 
     refuse_unwritable(config)  # before reading what may be gigabytes
     args.market = args.market or config.data.market
     args.levels = config.data.depth if args.levels is None else args.levels
-    if args.levels < 1:
-        print(
-            f"--levels {args.levels}: keep at least 1 level per side (data.depth is {config.data.depth})",
-            file=sys.stderr,
-        )
+    problem = _import_arguments_problem(config, args)
+    if problem:
+        print(problem, file=sys.stderr)
         return 2
-    for path in args.files:
-        problem = (
-            "is a directory: pass the recordings in it (e.g. {path}/*.gz), not the folder"
-            if path.is_dir()
-            else "no such file"
-            if not path.exists()
-            else None
-        )
-        if problem:
-            print(f"cannot import: {path}: {problem.format(path=path)}", file=sys.stderr)
-            return 2
     progress = _ImportProgress()
     config.local_dir.mkdir(parents=True, exist_ok=True)
     # The books stream into hidden files in local_dir (the landing zone's own file system when it
@@ -392,26 +383,63 @@ def import_(config: PlatformConfig, args: argparse.Namespace) -> int:
             return 2
         finally:
             progress.close()
-        recorded = sorted(landing.symbols)
-        unlisted = [symbol for symbol in recorded if symbol not in config.data.symbols]
-        if recorded and len(unlisted) == len(recorded):
-            print(
-                f"cannot import: {', '.join(map(str, args.files))} holds books of {', '.join(unlisted)}, which "
-                f"{args.config} does not list in data.symbols {config.data.symbols}: add them there, or pass the "
-                "--config that lists them",
-                file=sys.stderr,
-            )
+        unlisted = [symbol for symbol in sorted(landing.symbols) if symbol not in config.data.symbols]
+        problem = _landing_problem(config, args, landing, unlisted)
+        if problem:
+            print(problem, file=sys.stderr)
             return 2
-        for target in landing.targets:
-            held = landing_depth(target) if target.exists() else None
-            if held is not None and held != args.levels and not args.force:
-                print(
-                    f"cannot import: {target} holds books of {held} levels per side and this import has "
-                    f"{args.levels}: pass --force to overwrite it, or --levels {held} to match it",
-                    file=sys.stderr,
-                )
-                return 2
         written = landing.publish()
+    return _report_import(config, args, imported, written, unlisted)
+
+
+def _import_arguments_problem(config: PlatformConfig, args: argparse.Namespace) -> str | None:
+    """What makes `bmlt import`'s arguments unusable, as the line to print, before anything is read."""
+    if args.levels < 1:
+        return f"--levels {args.levels}: keep at least 1 level per side (data.depth is {config.data.depth})"
+    for path in args.files:
+        if path.is_dir():
+            return (
+                f"cannot import: {path}: is a directory: pass the recordings in it (e.g. {path}/*.gz), not the folder"
+            )
+        if not path.exists():
+            return f"cannot import: {path}: no such file"
+    return None
+
+
+def _landing_problem(
+    config: PlatformConfig, args: argparse.Namespace, landing: LandingDays, unlisted: list[str]
+) -> str | None:
+    """Why the imported books must not land, as the line to print: none of their symbols is the
+    config's, or they would overwrite a landing file of another depth without --force."""
+    from bmlt_assets.core.files import landing_depth
+
+    if unlisted and len(unlisted) == len(landing.symbols):
+        return (
+            f"cannot import: {', '.join(map(str, args.files))} holds books of {', '.join(unlisted)}, which "
+            f"{args.config} does not list in data.symbols {config.data.symbols}: add them there, or pass the "
+            "--config that lists them"
+        )
+    for target in landing.targets:
+        held = landing_depth(target) if target.exists() else None
+        if held is not None and held != args.levels and not args.force:
+            return (
+                f"cannot import: {target} holds books of {held} levels per side and this import has "
+                f"{args.levels}: pass --force to overwrite it, or --levels {held} to match it"
+            )
+    return None
+
+
+def _report_import(
+    config: PlatformConfig,
+    args: argparse.Namespace,
+    imported: ImportSummary,
+    written: list[StoredPath],
+    unlisted: list[str],
+) -> int:
+    """Print what an import wrote and what it could not keep; exit 2 where a recording was damaged."""
+    from bmlt_assets.core.files import landing_base, landing_root
+    from bmlt_assets.core.sources.book_engine import time_steps_warning
+
     result = imported.as_dict() | {
         "files": [str(f) for f in args.files],
         "written": [str(w) for w in written],
