@@ -25,7 +25,7 @@ demo: install
 		--tags "$$($(BIN)/bmlt range-tags --config $(CONFIG))"
 	@$(BIN)/bmlt summary --config $(CONFIG)
 
-# The quick suite (under 5 minutes on 2 cores); `make test-slow` runs the end-to-end tests marked
+# The quick suite (about 8 minutes on 2 cores); `make test-slow` runs the end-to-end tests marked
 # slow (CLI backfills, services); CI runs both. Each first installs the Debian packages its tests
 # need when missing (.ci/system-packages: Chromium; PostgreSQL for the slow ones), or says in one
 # line what to run when it cannot (not root).
