@@ -87,6 +87,7 @@ def test_fresh_day_scores_know_the_oracle_and_the_prior(fitted_and_fresh) -> Non
         assert sum(first.regimes.values()) == pytest.approx(1.0)
         assert pooled.day == "pooled" and pooled.samples == 2 * first.samples
         assert pooled.independent_outcomes == 2 * first.independent_outcomes
+    assert score_fresh_days(fitted, [], [], identity, None, []) == []  # no day, no scores (and no error)
     flat = np.zeros_like(best)
     for entry in score_fresh_days(fitted, days[:1], [flat], identity, None, [oracle])[0][:1]:
         # Flat logits: uniform probabilities, which even the class prior beats.

@@ -236,6 +236,10 @@ def test_a_leak_in_any_walk_forward_fold_refuses_the_challenger() -> None:
     assert gate(
         report, False, False, RULES, "no champion yet", [fold(0, (False, False)), fold(1, (False, False))]
     ).promote
+    # The latest fold's test block is the test part, judged by the report's own leak flag.
+    assert gate(
+        report, False, False, RULES, "no champion yet", [fold(0, (False, False)), fold(1, (True, True))]
+    ).promote
 
 
 @pytest.mark.slow  # the tiny pipeline trained and evaluated twice: about 16 s

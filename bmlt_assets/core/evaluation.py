@@ -154,7 +154,7 @@ class TestPart:
         regime = volatility_regimes(train.volatility, test.volatility)
         features = (order_book_features(data.quotes, train.steps), order_book_features(data.quotes, test.steps))
         flow = sample_features(data, test.steps)
-        fitted = baselines or fit_gradient_boosting(data, seed=0)
+        fitted = baselines if baselines is not None else fit_gradient_boosting(data, seed=0)
         return cls(
             data, config, cadence_s, spread_bps, costs, purged_test_period(data), regime, *features, fitted, flow
         )
@@ -404,7 +404,9 @@ def evaluate_fresh_days(
     days = []
     for date in dates:
         day = fresh_day(source.snapshots(date, config.data.symbols), date, config)
-        days.append((date.isoformat(), fresh_day_data(day, config, fitted)))
+        data = fresh_day_data(day, config, fitted)
+        if len(data.parts[FRESH].steps):  # a day without an eligible sample has nothing to score
+            days.append((date.isoformat(), data))
     logits = [predict_logits(model, day, day.parts[FRESH].steps) for _, day in days]
     oracles = [oracle_for(oracle, config.target, day) for _, day in days]
     return score_fresh_days(fitted, days, logits, calibration, baselines, oracles)  # type: ignore[arg-type]

@@ -80,14 +80,15 @@ def fresh_day_data(day: LabelledDay, config: PlatformConfig, fitted: TrainingDat
 
 def fresh_scores(
     day: str,
-    horizon: int,
+    overlap: float,
     classes: np.ndarray,
     probabilities: dict[str, np.ndarray],
     regime: np.ndarray,
     outcomes: int,
 ) -> FreshScores:
     """Scores of ``probabilities`` (``model``, ``prior`` and ``oracle`` at least) for ``classes``;
-    intervals from the stationary block bootstrap, blocks at least the horizon long."""
+    intervals from the stationary block bootstrap, blocks at least ``overlap`` samples long (the
+    samples one outcome spans)."""
     rows = np.arange(len(classes))
     losses = {name: -np.log(np.clip(p[rows, classes], 1e-12, 1.0)) for name, p in probabilities.items()}
     hits = {name: (p.argmax(axis=1) == classes).astype(np.float64) for name, p in probabilities.items()}
@@ -99,25 +100,25 @@ def fresh_scores(
         log_loss={name: float(loss.mean()) for name, loss in losses.items()},
         accuracy={name: float(hit.mean()) for name, hit in hits.items()},
         logloss_capture=ratio_interval(
-            losses["prior"] - losses["model"], losses["prior"] - losses["oracle"], minimum_block=horizon
+            losses["prior"] - losses["model"], losses["prior"] - losses["oracle"], minimum_block=overlap
         ),
         accuracy_capture=ratio_interval(
-            hits["model"] - hits["prior"], hits["oracle"] - hits["prior"], minimum_block=horizon
+            hits["model"] - hits["prior"], hits["oracle"] - hits["prior"], minimum_block=overlap
         ),
         model_minus={
-            name: mean_interval(losses["model"] - loss, horizon) for name, loss in losses.items() if name != "model"
+            name: mean_interval(losses["model"] - loss, overlap) for name, loss in losses.items() if name != "model"
         },
     )
 
 
-def pooled(day_inputs: list[tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, int]], horizon: int) -> FreshScores:
+def pooled(day_inputs: list[tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, int]], overlap: float) -> FreshScores:
     """All days as one sample: ``day_inputs`` holds each day's classes, probabilities, regimes and
     independent outcomes (a block of the bootstrap may join two days' ends: the days are
     independent sessions, so that only blurs one block in thousands)."""
     names = day_inputs[0][1].keys()
     return fresh_scores(
         "pooled",
-        horizon,
+        overlap,
         np.concatenate([classes for classes, _, _, _ in day_inputs]),
         {name: np.concatenate([p[name] for _, p, _, _ in day_inputs]) for name in names},
         np.concatenate([regime for _, _, regime, _ in day_inputs]),
@@ -136,14 +137,16 @@ def score_fresh_days(
     """Per horizon: each fresh day's scores, then the pooled ones. ``day_logits``: the model's
     (N, H, C) logits of each day's samples; ``oracles``: each day's oracle. Scored: the model as
     shipped, the model with its temperature alone (the calibration's comparator), the class prior,
-    the gradient-boosted baseline and the oracle; the regimes are the training part's terciles."""
+    the gradient-boosted baseline and the oracle; the regimes are the training part's terciles.
+    Every day holds at least one sample; no day gives no scores."""
     train = fitted.parts["train"]
+    stride = min(fitted.horizons)  # fresh_stride: the steps between two samples of a fresh day
     scores: list[list[FreshScores]] = [[] for _ in fitted.horizons]
     inputs: list[list[tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, int]]] = [[] for _ in fitted.horizons]
     for (label, data), logits, oracle in zip(days, day_logits, oracles):
         part = data.parts[FRESH]
         regime = volatility_regimes(train.volatility, part.volatility)
-        features = sample_features(data, part.steps) if baselines else None
+        features = None if baselines is None else sample_features(data, part.steps)
         for i, horizon in enumerate(fitted.horizons):
             classes = part.classes[:, i]
             probabilities = {
@@ -154,13 +157,16 @@ def score_fresh_days(
             alone = calibration[i].without_bias()
             if alone is not None:
                 probabilities["temperature_alone"] = alone.probabilities(logits[:, i])
-            if baselines is not None and features is not None:
+            if baselines is not None and features is not None:  # the one check, as mypy narrows it
                 probabilities["gbm"] = baselines[i].probabilities(features)
             outcomes = independent_outcomes(part.steps, horizon)
-            scores[i].append(fresh_scores(label, horizon, classes, probabilities, regime, outcomes))
+            overlap = -(-horizon // stride)  # an outcome spans ceil(horizon / stride) samples
+            scores[i].append(fresh_scores(label, overlap, classes, probabilities, regime, outcomes))
             inputs[i].append((classes, probabilities, regime, outcomes))
+    if not days:
+        return []
     return [
-        [*day_scores, pooled(day_inputs, horizon)]
+        [*day_scores, pooled(day_inputs, -(-horizon // stride))]
         for day_scores, day_inputs, horizon in zip(scores, inputs, fitted.horizons)
     ]
 

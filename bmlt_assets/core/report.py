@@ -290,7 +290,7 @@ def ranked_warnings(report: EvaluationReport) -> list[tuple[Materiality, str]]:
                         f"(model minus {other}) {_ci(d)} includes 0.",
                     )
                 )
-    for fold in report.walk_forward:
+    for fold in report.walk_forward[:-1]:  # the latest fold's test block is the test part, warned above
         for entry, scored in zip(report.horizons, fold.horizons):
             if scored.leak_suspected:
                 found.append(

@@ -377,8 +377,9 @@ class SyntheticMarket:
                 + future_var
                 + sigma**2 * (VOL_MULTIPLIER[regime] ** 2 * before + VOL_MULTIPLIER[nxt] ** 2 * after)
             )
-            # With no boundary inside the horizon the next regime is irrelevant: weights sum to 1.
-            odd = ODD_SPREAD[np.where(after > 0, nxt, regime)][:, None]
+            # With no boundary inside the horizon the next regime is irrelevant: weights sum to 1. The
+            # book at t + h draws its spread in its own block, the next one already when t + h starts it.
+            odd = ODD_SPREAD[np.where(steps % self.block_steps + horizon >= self.block_steps, nxt, regime)][:, None]
             cdf += weight * self.shown_below(thresholds, tick, mean[:, None], np.sqrt(var)[:, None], odd)
         bounds = np.concatenate([np.zeros((len(steps), 1)), cdf, np.ones((len(steps), 1))], 1)
         return np.diff(bounds, axis=1)
