@@ -83,7 +83,13 @@ def _champion(mlflow: TrackedMlflow, config: PlatformConfig, data: TrainingData,
     test = data.parts["test"].steps
     why = incomparability(theirs, spec, (int(data.source.timestamps[test[0]]), int(data.source.timestamps[test[-1]])))
     if why:
-        return Champion(True, None, f"champion v{version} is not comparable ({why}), so not replaced")
+        return Champion(
+            True,
+            None,
+            f"champion v{version} is not comparable ({why}), so not replaced: to let the next model that "
+            f"passes the gate become champion, delete the alias (mlflow.MlflowClient()"
+            f".delete_registered_model_alias('{config.registered_model_name}', 'champion'))",
+        )
     source = data.source
     probabilities = score_steps(model, source.base, source.mids, source.timestamps, test, theirs["window_steps"])
     return Champion(True, probabilities, f"compared with champion v{version} on the same test window")
