@@ -57,6 +57,7 @@ from bmlt_assets.core.metrics import (
     confusion,
     logistic_baseline,
     order_book_features,
+    per_sample_log_loss,
     persistence_probabilities,
     prior_probabilities,
     signal_capture,
@@ -113,10 +114,6 @@ def purged_test_period(data: TrainingData) -> TestPeriod:
     """First and last sample timestamp (ns, UTC) of the test part."""
     steps = data.parts["test"].steps
     return TestPeriod(int(data.source.timestamps[steps[0]]), int(data.source.timestamps[steps[-1]]))
-
-
-def per_sample_log_loss(probabilities: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    return -np.log(np.clip(probabilities[np.arange(len(classes)), classes], 1e-12, 1.0))
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from bmlt_assets.core.days import DayReturns, DayTensors, LabelledDay
 from bmlt_assets.core.evaluation_report import FreshScores, Interval
 from bmlt_assets.core.gradient_boosting import GradientBoosted, sample_features
 from bmlt_assets.core.labels import REGIMES, class_edges, classify, volatility_regimes
-from bmlt_assets.core.metrics import prior_probabilities
+from bmlt_assets.core.metrics import per_sample_log_loss, prior_probabilities
 from bmlt_assets.core.readable import DIGITS, PROSE, interval, number
 from bmlt_assets.core.sources import OracleProbabilities
 from bmlt_assets.core.splits import eligible_steps
@@ -89,8 +89,7 @@ def fresh_scores(
     """Scores of ``probabilities`` (``model``, ``prior`` and ``oracle`` at least) for ``classes``;
     intervals from the stationary block bootstrap, blocks at least ``overlap`` samples long (the
     samples one outcome spans)."""
-    rows = np.arange(len(classes))
-    losses = {name: -np.log(np.clip(p[rows, classes], 1e-12, 1.0)) for name, p in probabilities.items()}
+    losses = {name: per_sample_log_loss(p, classes) for name, p in probabilities.items()}
     hits = {name: (p.argmax(axis=1) == classes).astype(np.float64) for name, p in probabilities.items()}
     return FreshScores(
         day=day,

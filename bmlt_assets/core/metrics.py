@@ -36,6 +36,11 @@ def classification_metrics(classes: np.ndarray, probabilities: np.ndarray) -> Cl
     )
 
 
+def per_sample_log_loss(probabilities: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Each sample's log loss (sklearn's log_loss gives only the mean, and the bootstrap needs the series)."""
+    return -np.log(np.clip(probabilities[np.arange(len(classes)), classes], 1e-12, 1.0))
+
+
 def confusion(classes: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
     return confusion_matrix(classes, probabilities.argmax(axis=1), labels=range(probabilities.shape[1]))
 
