@@ -141,3 +141,30 @@ def test_the_fresh_day_section_shows_every_day_and_the_pooled_row_and_warns() ->
             "of the log-loss difference (shipped minus temperature alone) [0.00100, 0.00300] lies entirely above 0.",
         )
     ]
+
+
+def test_fresh_days_score_the_shipped_calibration_against_its_temperature_and_the_fitted_gbm(fitted_and_fresh) -> None:
+    """The comparators a report shows on fresh days are the ones fitted on the range: the model's
+    temperature without its bias, and the gradient-boosted baseline, each scored on the day's samples."""
+    from bmlt_assets.core.gradient_boosting import fit_gradient_boosting, sample_features
+    from bmlt_assets.core.metrics import per_sample_log_loss
+
+    config, fitted, day, _, source = fitted_and_fresh
+    part = day.parts[FRESH]
+    oracle = oracle_for(source.oracle(), config.target, day)
+    assert oracle is not None
+    logits = np.random.default_rng(3).normal(0, 1, (len(part.steps), len(day.horizons), day.n_classes))
+    biased = [
+        Calibration(1.5, tuple(np.linspace(-0.3, 0.3, day.n_classes)), temperature_alone=0.8) for _ in day.horizons
+    ]
+    baselines = fit_gradient_boosting(fitted, seed=0)
+    (first, pooled), *_ = score_fresh_days(fitted, [("2025-01-08", day)], [logits], biased, baselines, [oracle])
+    classes = part.classes[:, 0]
+    model = per_sample_log_loss(biased[0].probabilities(logits[:, 0]), classes)
+    alone = per_sample_log_loss(Calibration(0.8, (0.0,) * day.n_classes).probabilities(logits[:, 0]), classes)
+    gbm = per_sample_log_loss(baselines[0].probabilities(sample_features(day, part.steps)), classes)
+    assert first.log_loss["model"] == pytest.approx(model.mean())
+    assert first.model_minus["temperature_alone"].mean == pytest.approx((model - alone).mean())
+    assert first.model_minus["gbm"].mean == pytest.approx((model - gbm).mean())
+    assert first.log_loss["gbm"] < first.log_loss["prior"]  # fitted on the range, it still knows something here
+    assert pooled.model_minus.keys() == first.model_minus.keys()
