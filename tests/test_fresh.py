@@ -168,3 +168,10 @@ def test_fresh_days_score_the_shipped_calibration_against_its_temperature_and_th
     assert first.model_minus["gbm"].mean == pytest.approx((model - gbm).mean())
     assert first.log_loss["gbm"] < first.log_loss["prior"]  # fitted on the range, it still knows something here
     assert pooled.model_minus.keys() == first.model_minus.keys()
+
+    # The bootstrap's blocks span one outcome in samples (one per shortest horizon), not in steps: a
+    # calibration identical to its temperature alone gives a constant difference, whose block is that minimum.
+    same = [Calibration(1.0, (0.0,) * day.n_classes, temperature_alone=1.0)] * len(day.horizons)
+    scored = score_fresh_days(fitted, [("2025-01-08", day)], [logits], same, None, [oracle])
+    for horizon, (entry, _) in zip(day.horizons, scored):
+        assert entry.model_minus["temperature_alone"].block_length == -(-horizon // fresh_stride(config))

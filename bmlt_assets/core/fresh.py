@@ -140,6 +140,7 @@ def score_fresh_days(
     Every day holds at least one sample; no day gives no scores."""
     train = fitted.parts["train"]
     stride = min(fitted.horizons)  # fresh_stride: the steps between two samples of a fresh day
+    overlaps = [-(-horizon // stride) for horizon in fitted.horizons]  # the samples an outcome spans
     scores: list[list[FreshScores]] = [[] for _ in fitted.horizons]
     inputs: list[list[tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, int]]] = [[] for _ in fitted.horizons]
     for (label, data), logits, oracle in zip(days, day_logits, oracles):
@@ -159,14 +160,12 @@ def score_fresh_days(
             if baselines is not None and features is not None:  # the one check, as mypy narrows it
                 probabilities["gbm"] = baselines[i].probabilities(features)
             outcomes = independent_outcomes(part.steps, horizon)
-            overlap = -(-horizon // stride)  # an outcome spans ceil(horizon / stride) samples
-            scores[i].append(fresh_scores(label, overlap, classes, probabilities, regime, outcomes))
+            scores[i].append(fresh_scores(label, overlaps[i], classes, probabilities, regime, outcomes))
             inputs[i].append((classes, probabilities, regime, outcomes))
     if not days:
         return []
     return [
-        [*day_scores, pooled(day_inputs, -(-horizon // stride))]
-        for day_scores, day_inputs, horizon in zip(scores, inputs, fitted.horizons)
+        [*day_scores, pooled(day_inputs, overlap)] for day_scores, day_inputs, overlap in zip(scores, inputs, overlaps)
     ]
 
 
